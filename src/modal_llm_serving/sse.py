@@ -1,0 +1,107 @@
+"""An incremental Server-Sent Events parser (the WHATWG event-stream rules).
+
+Bytes go in as they come off the socket, in chunks of any size; whole events come out. It handles
+frames split anywhere (even inside a UTF-8 character or between CR and LF), `\\r\\n`, `\\r` or `\\n`
+line ends, comment lines (keep-alives such as `: ping`), multi-line `data:` fields, and streams
+that end without `[DONE]` (call `close()` to flush a last event that lacks its blank line).
+
+>>> parser = SSEParser()
+>>> parser.feed(b'data: {"a": 1}\\n\\nda')
+[SSEEvent(data='{"a": 1}', event='message', id=None)]
+>>> parser.feed(b'ta: [DONE]\\n\\n')
+[SSEEvent(data='[DONE]', event='message', id=None)]
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+
+__all__ = ["SSEEvent", "SSEParser"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SSEEvent:
+    """One dispatched event: its data (lines joined by newlines), type and last event id."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+
+
+class SSEParser:
+    """Feed bytes, get events. One parser per response stream."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self._first_chunk = True
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Parse `chunk` and return the events it completed (often none or one)."""
+        text = self._decoder.decode(chunk)
+        if self._first_chunk and text:
+            text = text.removeprefix("\ufeff")  # a byte-order mark may open the stream
+            self._first_chunk = False
+        self._buffer += text
+        return self._drain(final=False)
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: return a last event left without its terminating blank line."""
+        self._buffer += self._decoder.decode(b"", final=True)
+        events = self._drain(final=True)
+        if self._buffer:
+            self._process_line(self._buffer)
+            self._buffer = ""
+        event = self._dispatch()
+        return events + ([event] if event else [])
+
+    def _drain(self, *, final: bool) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        while True:
+            end, width = _find_line_end(self._buffer, final=final)
+            if end < 0:
+                return events
+            line, self._buffer = self._buffer[:end], self._buffer[end + width:]
+            if line:
+                self._process_line(line)
+            elif event := self._dispatch():
+                events.append(event)
+
+    def _process_line(self, line: str) -> None:
+        if line.startswith(":"):
+            return  # a comment: servers send these as keep-alives
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        # "retry" and unknown fields do not change what we dispatch
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = SSEEvent(data="\n".join(self._data), event=self._event or "message",
+                         id=self._last_id)
+        self._data, self._event = [], ""
+        return event
+
+
+def _find_line_end(buffer: str, *, final: bool) -> tuple[int, int]:
+    """Index and width of the first line terminator, or (-1, 0) if none is complete yet."""
+    for index, char in enumerate(buffer):
+        if char == "\n":
+            return index, 1
+        if char == "\r":
+            if index + 1 < len(buffer):
+                return index, 2 if buffer[index + 1] == "\n" else 1
+            # a CR at the very end might be the first half of CRLF: wait for more bytes
+            return (index, 1) if final else (-1, 0)
+    return -1, 0
