@@ -186,7 +186,8 @@ class LocalServer:
 
 
 def start_server(config: EngineConfig, *, kv_cache_gib: float = DEFAULT_KV_CACHE_GIB,
-                 log_path: Path | None = None, extra_env: dict[str, str] | None = None) -> LocalServer:
+                 log_path: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> LocalServer:
     """Launch vLLM for `config` (its port must be free) and return without waiting."""
     build = engine_build()
     if build is None:
