@@ -2,9 +2,13 @@
 
     MlsError
     ├── UsageError              bad input: a flag, a file, a model id without a revision
+    │   └── WorkloadError       a workload field is invalid (carries the field's name)
+    ├── PlanRefused             no plan can meet the workload; says what would fit instead
     ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
     ├── EngineStartError        the engine exited or never became ready (carries its last log lines)
     ├── ModelCacheError         the embedded model could not be extracted or converted
+    ├── RecipeError             a recipe file is missing, or its engine-command block is malformed
+    ├── BenchDataError          benchmark prompts could not be read or built
     └── EndpointError           an HTTP endpoint misbehaved
         ├── EndpointTimeout     not ready before the deadline
         └── EndpointStatusError answered with an unexpected HTTP status
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BenchDataError",
     "EndpointError",
     "EndpointStatusError",
     "EndpointTimeout",
@@ -20,7 +25,10 @@ __all__ = [
     "EngineStartError",
     "MlsError",
     "ModelCacheError",
+    "RecipeError",
+    "PlanRefused",
     "UsageError",
+    "WorkloadError",
 ]
 
 
@@ -30,6 +38,18 @@ class MlsError(Exception):
 
 class UsageError(MlsError):
     """Raised when the user's input cannot work; the message says how to fix it."""
+
+
+class WorkloadError(UsageError):
+    """Raised when a workload field (file or flag) is invalid; `field` names it."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PlanRefused(MlsError):
+    """Raised when no plan can meet the workload; the message says what would fit."""
 
 
 class EngineNotInstalled(MlsError):
@@ -47,6 +67,14 @@ class EngineStartError(MlsError):
 
 class ModelCacheError(MlsError):
     """Raised when the embedded default model cannot be extracted or converted."""
+
+
+class RecipeError(MlsError):
+    """Raised when a recipe cannot be found or loaded, or its engine-command copy is malformed."""
+
+
+class BenchDataError(MlsError):
+    """Raised when a benchmark's prompts (JSONL, ShareGPT, tokenizer) cannot be used."""
 
 
 class EndpointError(MlsError):

@@ -1,0 +1,323 @@
+"""Facts the planner needs: GPUs (a data file you can override) and model architectures.
+
+GPU figures come from `data/gpus.toml`; a user file (`--gpu-catalog` or env `MLS_GPU_CATALOG`)
+replaces entries field by field and may add new GPUs. Model facts come from the model's own
+`config.json` when one is at hand (a local checkpoint folder, or the Hugging Face cache for a Hub
+id at its pinned revision), else from the small built-in catalog `data/models.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from modal_llm_serving.errors import UsageError
+
+__all__ = [
+    "GPU",
+    "ModelFacts",
+    "Platform",
+    "builtin_models",
+    "find_hub_config",
+    "load_gpu_catalog",
+    "model_facts",
+    "model_facts_from_config",
+]
+
+GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class GPU:
+    """One Modal GPU type and the figures the planner uses."""
+
+    name: str  # Modal's GPU string, e.g. "H100"
+    memory_gb: float
+    hbm_tb_s: float
+    bf16_tflops: float
+    fp8_tflops: float
+    fp8: bool
+    price_per_hour: float
+    price_verified: bool
+
+    def tflops(self, *, fp8: bool) -> float:
+        return self.fp8_tflops if fp8 and self.fp8 and self.fp8_tflops > 0 else self.bf16_tflops
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """Platform estimates behind the cold-start prediction (see data/gpus.toml)."""
+
+    volume_read_gb_s: float
+    host_to_device_gb_s: float
+    container_start_s: float
+    engine_init_s: float
+    snapshot_restore_s: float
+    gpu_overhead_gb: float
+
+
+_GPU_FIELDS = {f.name: f for f in dataclasses.fields(GPU) if f.name != "name"}
+_PLATFORM_FIELDS = {f.name for f in dataclasses.fields(Platform)}
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from exc
+
+
+def _builtin(name: str) -> dict[str, Any]:
+    text = resources.files("modal_llm_serving").joinpath("data", name).read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Platform]:
+    """The GPU catalog and platform figures, with `override` (or $MLS_GPU_CATALOG) applied."""
+    data = _builtin("gpus.toml")
+    if override is None and (env := os.environ.get("MLS_GPU_CATALOG")):
+        override = Path(env)
+    gpus: dict[str, dict[str, Any]] = {k: dict(v) for k, v in data["gpus"].items()}
+    platform: dict[str, Any] = dict(data["platform"])
+    if override is not None:
+        user = _read_toml(override, "GPU catalog")
+        for key in user:
+            if key not in ("gpus", "platform"):
+                raise UsageError(f"GPU catalog {override}: unknown table [{key}] (use [gpus.NAME] "
+                                 "and [platform])")
+        for name, entry in user.get("gpus", {}).items():
+            gpus[name] = {**gpus.get(name, {}), **entry}
+        platform.update(user.get("platform", {}))
+    source = override or "the built-in GPU catalog"
+    catalog: dict[str, GPU] = {}
+    for name, entry in gpus.items():
+        unknown = set(entry) - set(_GPU_FIELDS)
+        missing = set(_GPU_FIELDS) - set(entry)
+        if unknown or missing:
+            raise UsageError(f"{source}: GPU '{name}' has unknown fields {sorted(unknown)} or "
+                             f"lacks {sorted(missing)}; every GPU needs {sorted(_GPU_FIELDS)}")
+        for field in ("memory_gb", "hbm_tb_s", "bf16_tflops", "price_per_hour"):
+            value = entry[field]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise UsageError(f"{source}: GPU '{name}' field '{field}' must be a positive "
+                                 f"number, got {value!r}")
+        catalog[name] = GPU(name=name, **entry)
+    if set(platform) != _PLATFORM_FIELDS:
+        raise UsageError(f"{source}: [platform] needs exactly {sorted(_PLATFORM_FIELDS)}")
+    return catalog, Platform(**{k: float(v) for k, v in platform.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What sizing needs to know about a model's architecture."""
+
+    name: str
+    total_params: float  # parameters, all experts
+    active_params: float  # parameters used per token (= total for dense models)
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_position: int
+    native_precision: str  # dtype the checkpoint is stored in
+    experts: int = 0  # routed experts per MoE layer (0: dense)
+    experts_per_token: int = 0
+    kv_lora_rank: int = 0  # MLA latent size (DeepSeek); 0 for ordinary attention
+    qk_rope_head_dim: int = 0
+    checkpoint_bytes: float | None = None  # exact size on disk when known
+    source: str = ""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+    def kv_elements_per_token(self) -> int:
+        """Values cached per token across all layers (K and V, or the MLA latent)."""
+        if self.kv_lora_rank:
+            return self.layers * (self.kv_lora_rank + self.qk_rope_head_dim)
+        return 2 * self.layers * self.kv_heads * self.head_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["kv_elements_per_token"] = self.kv_elements_per_token()
+        return data
+
+
+def builtin_models() -> dict[str, dict[str, Any]]:
+    return _builtin("models.toml")
+
+
+def _from_catalog(name: str, entry: dict[str, Any]) -> ModelFacts:
+    fields = dict(entry)
+    total = fields.pop("total_params_b") * 1e9
+    active = fields.pop("active_params_b") * 1e9
+    checkpoint = fields.pop("checkpoint_gb", None)
+    return ModelFacts(name=name, total_params=total, active_params=active,
+                      checkpoint_bytes=checkpoint * GB if checkpoint else None,
+                      source="built-in catalog (data/models.toml)", **fields)
+
+
+def _dtype_name(config: dict[str, Any]) -> str:
+    quant = config.get("quantization_config") or {}
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "fp8":
+        return "fp8"
+    if method == "mxfp4":
+        return "mxfp4"
+    if method in ("awq", "gptq", "bitsandbytes") or quant.get("bits") == 4:
+        return "int4"
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return {"float16": "fp16", "float32": "fp32"}.get(dtype, "bf16")
+
+
+def model_facts_from_config(config: dict[str, Any], *, name: str, source: str,
+                            checkpoint_bytes: float | None = None) -> ModelFacts:
+    """Architecture and parameter counts from a Hugging Face `config.json` mapping."""
+    if "text_config" in config:  # multimodal wrappers keep the language model's config inside
+        config = {**config["text_config"], "quantization_config":
+                  config.get("quantization_config")}
+    try:
+        hidden = int(config["hidden_size"])
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+        vocab = int(config["vocab_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{source} lacks {exc} (hidden_size, num_hidden_layers, "
+                         "num_attention_heads, vocab_size): is it a decoder LLM config?") from exc
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    inter = int(config.get("intermediate_size") or 4 * hidden)
+    experts = int(config.get("num_local_experts") or config.get("num_experts")
+                  or config.get("n_routed_experts") or 0)
+    per_token = int(config.get("num_experts_per_tok") or config.get("experts_per_token")
+                    or config.get("num_experts_per_token") or 0)
+    moe_inter = int(config.get("moe_intermediate_size") or inter)
+    shared = int(config.get("n_shared_experts") or 0)
+    kv_lora = int(config.get("kv_lora_rank") or 0)
+    rope_dim = int(config.get("qk_rope_head_dim") or 0)
+    if kv_lora:  # MLA: low-rank projections; roughly the published per-layer attention size
+        q_rank = int(config.get("q_lora_rank") or hidden)
+        nope = int(config.get("qk_nope_head_dim") or head_dim)
+        v_dim = int(config.get("v_head_dim") or head_dim)
+        attn = (hidden * q_rank + q_rank * heads * (nope + rope_dim)
+                + hidden * (kv_lora + rope_dim) + kv_lora * heads * (nope + v_dim)
+                + heads * v_dim * hidden)
+        kv_heads, head_dim = 1, kv_lora + rope_dim
+    else:
+        attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    dense_mlp = 3 * hidden * inter
+    dense_layers = layers
+    if experts:
+        first_dense = int(config.get("first_k_dense_replace") or 0)
+        dense_layers = first_dense + len(config.get("mlp_only_layers") or [])
+    moe_layers = layers - dense_layers if experts else 0
+    expert_mlp = 3 * hidden * moe_inter
+    router = hidden * experts
+    tied = bool(config.get("tie_word_embeddings", False))
+    embeddings = vocab * hidden * (1 if tied else 2)
+    common = layers * attn + dense_layers * dense_mlp + embeddings
+    total = common + moe_layers * (experts * expert_mlp + shared * expert_mlp + router)
+    active = common + moe_layers * ((per_token + shared) * expert_mlp + router)
+    max_position = int(config.get("max_position_embeddings") or 4096)
+    return ModelFacts(
+        name=name, total_params=float(total), active_params=float(active), layers=layers,
+        hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
+        max_position=max_position, native_precision=_dtype_name(config), experts=experts,
+        experts_per_token=per_token, kv_lora_rank=kv_lora, qk_rope_head_dim=rope_dim,
+        checkpoint_bytes=checkpoint_bytes, source=source)
+
+
+def _hub_cache() -> Path:
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return Path(cache)
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "huggingface")
+    return Path(home) / "hub"
+
+
+def find_hub_config(model: str, revision: str | None) -> Path | None:
+    """`config.json` of a Hub model in the local Hugging Face cache, at `revision` if given."""
+    repo = _hub_cache() / ("models--" + model.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    if revision is None:
+        ref = repo / "refs" / "main"
+        revision = ref.read_text().strip() if ref.is_file() else None
+    if revision is None:
+        return None
+    for snapshot in snapshots.iterdir():
+        if snapshot.name.startswith(revision) and (snapshot / "config.json").is_file():
+            return snapshot / "config.json"
+    return None
+
+
+def _checkpoint_bytes(folder: Path) -> float | None:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            size = json.loads(index.read_text())["metadata"]["total_size"]
+            return float(size)
+        except (KeyError, ValueError, TypeError):
+            pass
+    files = list(folder.glob("*.safetensors"))
+    if files:
+        return float(sum(f.stat().st_size for f in files))
+    return None
+
+
+def model_facts(model: str, *, revision: str | None = None) -> ModelFacts:
+    """Facts for `model`: its config.json (local folder or Hub cache), else the built-in catalog."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise UsageError(f"{folder} has no config.json: point 'model' at a Hugging Face "
+                             "checkpoint folder")
+        return _load_config(config_path, name=model, checkpoint=_checkpoint_bytes(folder))
+    if cached := find_hub_config(model, revision):
+        return _load_config(cached, name=model, checkpoint=_checkpoint_bytes(cached.parent))
+    catalog = builtin_models()
+    if model in catalog:
+        return _from_catalog(model, catalog[model])
+    lower = {name.lower(): name for name in catalog}
+    if model.lower() in lower:
+        return _from_catalog(lower[model.lower()], catalog[lower[model.lower()]])
+    raise UsageError(
+        f"no facts for model {model!r}: it is not in the local Hugging Face cache at that "
+        "revision nor in the built-in catalog. Download its config.json (`hf download "
+        f"{model} config.json --revision REV`) or point 'model' at a local checkpoint folder. "
+        f"Built-in: {', '.join(sorted(catalog))}")
+
+
+def _load_config(path: Path, *, name: str, checkpoint: float | None) -> ModelFacts:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} is not a JSON object")
+    return model_facts_from_config(config, name=name, source=f"config.json at {path}",
+                                   checkpoint_bytes=checkpoint)
+
+
+def experts_touched_fraction(facts: ModelFacts, batch: int) -> float:
+    """Expected share of a MoE layer's experts a decode step reads for `batch` sequences.
+
+    Each token picks `experts_per_token` of `experts` (treated as uniform and independent), so
+    an expert is untouched with probability (1 - k/E)^batch.
+    """
+    if not facts.is_moe:
+        return 1.0
+    k = facts.experts_per_token / facts.experts
+    return 1.0 - math.pow(1.0 - k, batch)

@@ -1,0 +1,683 @@
+"""From a workload to a plan: serving pattern, GPU type and count, engine and Modal settings,
+and predicted ceilings, each with its formula and a plain-words reason.
+
+The pattern follows the skill's rules exactly: online (vLLM + `@modal.web_server`) is the default;
+cold-start (snapshots + sleep/wake) only when startup latency is a first-class requirement;
+low-latency (SGLang + `http_server`) only when lowest latency is the explicit goal; throughput
+(vLLM's `LLM` in a batch worker) only for offline work. Requests outside self-hosted text
+generation are refused with the sibling skill to use.
+
+Sizing: weights + KV cache (context and concurrency) + per-GPU overhead must fit in the engine's
+share of GPU memory; tensor parallelism is a power of two up to 8 per container; replicas cover
+the rest of the concurrency. Among the GPU setups that fit and meet the SLOs, the cheapest at
+peak wins (lowest latency wins for the low-latency goal; lowest cost per token for throughput).
+
+Predictions are rooflines, so they are ceilings (floors for times) that real engines approach but
+do not reach: decode reads all touched weights and the KV cache once per step at the card's HBM
+bandwidth, or is bound by tensor-core FLOP/s, whichever is slower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from modal_llm_serving.catalog import (
+    GB,
+    GPU,
+    ModelFacts,
+    Platform,
+    experts_touched_fraction,
+    load_gpu_catalog,
+    model_facts,
+)
+from modal_llm_serving.engines import EngineConfig
+from modal_llm_serving.errors import PlanRefused
+from modal_llm_serving.workload import NARROW_REGIONS, OUT_OF_SCOPE_TASKS, PRECISIONS, Workload
+
+__all__ = ["Candidate", "Plan", "Prediction", "make_plan"]
+
+TP_SIZES = (1, 2, 4, 8)
+MAX_NUM_SEQS_CAP = 256  # vLLM's default max_num_seqs: a sane ceiling before benchmarking
+KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, prefix blocks)
+# Tensor parallelism all-reduces activations twice per layer per step; each costs some
+# microseconds of latency over NVLink however small the message, which caps what TP buys at
+# batch 1 (without it the roofline would call 8 GPUs 8x faster, which no engine reaches).
+ALLREDUCE_S = 10e-6
+# low-latency: among setups whose decode floor is within 2x of the fastest, the cheapest
+# (each doubling of GPUs buys less as all-reduce latency dominates; 8 B200s for an 8B model
+# would be "fastest" and absurd)
+LATENCY_TIE = 2.0
+RECIPES = {
+    "online": "vllm_online.py",
+    "cold-start": "vllm_cold_start.py",
+    "low-latency": "sglang_low_latency.py",
+    "throughput": "qwen3_throughput.py",
+}
+ENGINES = {"online": "vllm", "cold-start": "vllm", "low-latency": "sglang",
+           "throughput": "vllm"}
+MINUTES = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One predicted figure with the formula that produced it and the inputs plugged in."""
+
+    name: str
+    value: float
+    unit: str
+    formula: str
+    inputs: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One GPU setup per container and how the workload lands on it."""
+
+    gpu: GPU
+    n_gpu: int
+    weights_bytes: float
+    kv_capacity_tokens: int  # after headroom
+    batch: int  # sequences one container decodes together at peak
+    containers: int  # replicas at peak
+    step_s: float  # decode step at `batch`
+    step1_s: float  # decode step at batch 1
+    prefill_s: float  # prefill floor for one typical prompt
+    price_multiplier: float
+
+    @property
+    def cost_per_hour(self) -> float:
+        """USD per hour at peak (all replicas)."""
+        return self.gpu.price_per_hour * self.n_gpu * self.containers * self.price_multiplier
+
+    @property
+    def container_tok_s(self) -> float:
+        return self.batch / self.step_s
+
+    @property
+    def cost_per_mtok(self) -> float:
+        per_container_hour = self.gpu.price_per_hour * self.n_gpu * self.price_multiplier
+        return per_container_hour / (3600 * self.container_tok_s) * 1e6
+
+    def label(self) -> str:
+        return f"{self.n_gpu}x {self.gpu.name}" if self.n_gpu > 1 else self.gpu.name
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything `mls plan` decided, why, and what it predicts."""
+
+    workload: Workload
+    model: ModelFacts
+    pattern: str
+    engine: str
+    recipe: str
+    precision: str
+    kv_cache_dtype: str
+    gpu: GPU
+    n_gpu: int
+    max_model_len: int
+    max_num_seqs: int
+    gpu_memory_utilization: float
+    target_inputs: int
+    max_inputs: int | None  # None: http_server takes target_inputs only
+    min_containers: int
+    max_containers: int
+    buffer_containers: int
+    region: str | None
+    startup_timeout_s: int
+    quantization: str | None  # vLLM --quantization for online quantization, else None
+    predictions: list[Prediction]
+    reasons: list[tuple[str, str]]  # (topic, plain-words explanation)
+    warnings: list[str]
+    alternatives: list[Candidate]
+    chosen: Candidate
+
+    def prediction(self, name: str) -> Prediction:
+        return next(p for p in self.predictions if p.name == name)
+
+    def engine_config(self) -> EngineConfig:
+        """The plan's engine settings in the engine builder's vocabulary."""
+        extra: tuple[str, ...] = ()
+        if self.quantization:
+            extra = ("--quantization", self.quantization)
+        return EngineConfig(
+            model=self.workload.model, revision=self.workload.revision,
+            served_model_name=self.workload.served_model_name,
+            max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.n_gpu,
+            kv_cache_dtype="fp8" if self.kv_cache_dtype == "fp8" else None,
+            enable_sleep_mode=self.pattern == "cold-start",
+            extra_args=extra)
+
+    def recipe_settings(self) -> dict[str, Any]:
+        """Values for the recipe's UPPER_CASE constants (a recipe uses those it defines)."""
+        gpu_string = self.gpu.name
+        settings: dict[str, Any] = {
+            "MODEL_NAME": self.workload.model,
+            "MODEL_REVISION": self.workload.revision,
+            "GPU_TYPE": gpu_string,
+            "N_GPU": self.n_gpu,
+            "REGION": self.region,
+            "MAX_MODEL_LEN": self.max_model_len,
+            "MAX_NUM_SEQS": self.max_num_seqs,
+            "GPU_MEMORY_UTILIZATION": self.gpu_memory_utilization,
+            "TARGET_INPUTS": self.target_inputs,
+            "MIN_CONTAINERS": self.min_containers,
+            "MAX_CONTAINERS": self.max_containers,
+            "BUFFER_CONTAINERS": self.buffer_containers,
+            "STARTUP_TIMEOUT": self.startup_timeout_s,
+        }
+        if self.max_inputs is not None:
+            settings["MAX_INPUTS"] = self.max_inputs
+        if self.workload.served_model_name:
+            settings["SERVED_MODEL_NAME"] = self.workload.served_model_name
+        if self.kv_cache_dtype == "fp8":
+            settings["KV_CACHE_DTYPE"] = "fp8"
+        if self.pattern == "low-latency" and self.region:
+            settings["PROXY_REGIONS"] = [self.region]
+        if self.pattern == "throughput":
+            settings["BATCH_SIZE"] = self.max_num_seqs
+            settings["N_CONTAINERS"] = self.max_containers
+            settings["GPU_PRICE_PER_HOUR"] = self.gpu.price_per_hour
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload.to_dict(),
+            "model": self.model.to_dict(),
+            "pattern": self.pattern,
+            "engine": self.engine,
+            "recipe": self.recipe,
+            "precision": self.precision,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "gpu": dataclasses.asdict(self.gpu),
+            "n_gpu": self.n_gpu,
+            "containers_at_peak": self.chosen.containers,
+            "cost_per_hour_at_peak": round(self.chosen.cost_per_hour, 4),
+            "engine_config": dataclasses.asdict(self.engine_config()),
+            "recipe_settings": self.recipe_settings(),
+            "predictions": [p.to_dict() for p in self.predictions],
+            "reasons": [{"topic": t, "text": x} for t, x in self.reasons],
+            "warnings": self.warnings,
+            "alternatives": [
+                {"gpu": c.gpu.name, "n_gpu": c.n_gpu, "containers": c.containers,
+                 "cost_per_hour": round(c.cost_per_hour, 4),
+                 "tpot_floor_ms": round(c.step_s * 1e3, 3),
+                 "cost_per_mtok": round(c.cost_per_mtok, 4)}
+                for c in self.alternatives],
+        }
+
+
+# --- the arithmetic ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizing:
+    facts: ModelFacts
+    precision: str
+    kv_bytes_per_elem: float
+    weights_bytes: float
+    expert_params: float  # all routed experts (0 for dense)
+    common_params: float  # everything else
+    ctx_avg: float  # average context a decoding sequence attends to
+    seq_tokens: int  # KV tokens one typical request holds at its end
+    max_model_len: int
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return self.facts.kv_elements_per_token() * self.kv_bytes_per_elem
+
+    @property
+    def bytes_per_param(self) -> float:
+        return self.weights_bytes / self.facts.total_params
+
+    def step_bytes(self, batch: int) -> float:
+        touched = experts_touched_fraction(self.facts, batch)
+        weights = (self.common_params + self.expert_params * touched) * self.bytes_per_param
+        return weights + batch * self.ctx_avg * self.kv_bytes_per_token
+
+    def step_seconds(self, gpu: GPU, n: int, batch: int) -> float:
+        memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
+        compute = 2 * self.facts.active_params * batch / (n * self._tflops(gpu) * 1e12)
+        return max(memory, compute) + self.allreduce_seconds(n)
+
+    def allreduce_seconds(self, n: int) -> float:
+        return 2 * self.facts.layers * ALLREDUCE_S if n > 1 else 0.0
+
+    def prefill_seconds(self, gpu: GPU, n: int, prompt: int) -> float:
+        f = self.facts
+        flops = (2 * f.active_params * prompt
+                 + 2 * f.layers * prompt * prompt * f.heads * min(f.head_dim, 192))
+        return max(flops / (n * self._tflops(gpu) * 1e12),
+                   self.weights_bytes / (n * gpu.hbm_tb_s * 1e12))
+
+    def _tflops(self, gpu: GPU) -> float:
+        return gpu.tflops(fp8=self.precision == "fp8")
+
+
+def _sizing(w: Workload, facts: ModelFacts) -> _Sizing:
+    precision = w.precision or facts.native_precision
+    if precision not in PRECISIONS:
+        precision = "bf16"
+    if precision == facts.native_precision and facts.checkpoint_bytes:
+        weights = facts.checkpoint_bytes
+    else:
+        weights = facts.total_params * PRECISIONS[precision]
+    expert = 0.0
+    if facts.is_moe and facts.experts > facts.experts_per_token:
+        e, k = facts.experts, facts.experts_per_token
+        expert = (facts.total_params - facts.active_params) * e / (e - k)
+    max_len = w.context_length or min(facts.max_position, max(8192, w.input_tokens
+                                                              + w.output_tokens))
+    return _Sizing(facts=facts, precision=precision,
+                   kv_bytes_per_elem=1.0 if w.kv_cache_dtype == "fp8" else 2.0,
+                   weights_bytes=weights, expert_params=expert,
+                   common_params=facts.total_params - expert,
+                   ctx_avg=w.input_tokens + w.output_tokens / 2,
+                   seq_tokens=w.input_tokens + w.output_tokens, max_model_len=max_len)
+
+
+def _region_multiplier(region: str | None) -> float:
+    if region is None:
+        return 1.0
+    return 1.75 if region in NARROW_REGIONS else 1.5
+
+
+def _max_batch_for_tpot(s: _Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap: int) -> int:
+    """Largest batch whose decode step still meets the TPOT SLO (0 if even 1 misses)."""
+    if tpot_ms is None:
+        return cap
+    if s.step_seconds(gpu, n, 1) * 1e3 > tpot_ms:
+        return 0
+    lo, hi = 1, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if s.step_seconds(gpu, n, mid) * 1e3 <= tpot_ms:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rejection:
+    gpu: str
+    n_gpu: int
+    why: str
+
+
+def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
+                pattern: str, util: float) -> tuple[list[Candidate], list[_Rejection]]:
+    fits: list[Candidate] = []
+    rejected: list[_Rejection] = []
+    multiplier = _region_multiplier(w.region)
+    for gpu in gpus.values():
+        if w.gpu and gpu.name != w.gpu:
+            continue
+        for n in TP_SIZES:
+            if n > w.max_gpus:
+                continue
+            if pattern == "cold-start" and n > 1:
+                rejected.append(_Rejection(gpu.name, n, "GPU snapshots do not support "
+                                           "several GPUs"))
+                continue
+            if s.facts.heads % n:
+                rejected.append(_Rejection(gpu.name, n, f"{s.facts.heads} attention heads do "
+                                           f"not split over {n} GPUs"))
+                continue
+            usable = n * (gpu.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
+            kv_bytes = usable - s.weights_bytes
+            kv_tokens = int(kv_bytes * KV_HEADROOM / s.kv_bytes_per_token) if kv_bytes > 0 else 0
+            if kv_tokens < s.max_model_len:
+                need = (s.weights_bytes + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM
+                        + n * platform.gpu_overhead_gb * GB) / GB
+                rejected.append(_Rejection(gpu.name, n, f"needs {need:.1f} GB, has "
+                                           f"{n * gpu.memory_gb * util:.1f} GB usable"))
+                continue
+            if w.ttft_ms is not None:
+                prefill = s.prefill_seconds(gpu, n, w.input_tokens)
+                if prefill * 1e3 > w.ttft_ms:
+                    rejected.append(_Rejection(gpu.name, n, f"prefill floor {prefill * 1e3:.0f} "
+                                               f"ms > ttft_ms {w.ttft_ms:g}"))
+                    continue
+            capacity = max(0, kv_tokens // s.seq_tokens)
+            cap = min(MAX_NUM_SEQS_CAP, max(capacity, 1))
+            slo_batch = _max_batch_for_tpot(s, gpu, n, w.tpot_ms, cap)
+            if slo_batch == 0:
+                step = s.step_seconds(gpu, n, 1)
+                rejected.append(_Rejection(gpu.name, n, f"decode floor {step * 1e3:.1f} ms/token "
+                                           f"> tpot_ms {w.tpot_ms:g}"))
+                continue
+            batch = slo_batch if pattern == "throughput" else min(slo_batch, w.concurrency)
+            containers = math.ceil(w.concurrency / batch) if pattern != "throughput" else 1
+            step = s.step_seconds(gpu, n, batch)
+            if w.throughput_tok_s:
+                containers = max(containers, math.ceil(w.throughput_tok_s / (batch / step)))
+            fits.append(Candidate(
+                gpu=gpu, n_gpu=n, weights_bytes=s.weights_bytes, kv_capacity_tokens=kv_tokens,
+                batch=batch, containers=containers, step_s=step,
+                step1_s=s.step_seconds(gpu, n, 1),
+                prefill_s=s.prefill_seconds(gpu, n, w.input_tokens),
+                price_multiplier=multiplier))
+    return fits, rejected
+
+
+def _rank(pattern: str, candidates: list[Candidate]) -> list[Candidate]:
+    if pattern == "low-latency":
+        best = min(c.step_s for c in candidates)
+        return sorted(candidates, key=lambda c: (c.step_s > best * LATENCY_TIE,
+                                                 round(c.cost_per_hour, 4), c.step_s))
+    if pattern == "throughput":
+        return sorted(candidates, key=lambda c: (c.cost_per_mtok, c.cost_per_hour))
+    return sorted(candidates, key=lambda c: (round(c.cost_per_hour, 4), c.n_gpu * c.containers,
+                                             c.step_s))
+
+
+def _cold_start(s: _Sizing, platform: Platform, n: int) -> tuple[float, float, float]:
+    """(weights floor, without snapshots, with snapshots) in seconds."""
+    load = s.weights_bytes / (platform.volume_read_gb_s * GB)
+    without = platform.container_start_s + load + platform.engine_init_s
+    wake = s.weights_bytes / (n * platform.host_to_device_gb_s * GB)
+    with_snap = platform.container_start_s + platform.snapshot_restore_s + load + wake
+    return load, without, with_snap
+
+
+# --- the decisions ------------------------------------------------------------------------------
+
+
+def _pattern(w: Workload, online_cold_start_s: float | None) -> tuple[str, str]:
+    if w.task in OUT_OF_SCOPE_TASKS:
+        raise PlanRefused(f"out of scope: {OUT_OF_SCOPE_TASKS[w.task]}")
+    if w.goal:
+        why = {
+            "online": "you asked for a standard online API: vLLM's OpenAI server behind "
+                      "@modal.web_server",
+            "cold-start": "you made startup latency the goal: vLLM with memory snapshots and "
+                          "sleep/wake, worth its extra moving parts only for that",
+            "low-latency": "you made lowest latency the explicit goal: SGLang behind "
+                           "modal.experimental.http_server with a pinned region and sticky "
+                           "sessions (the only case where SGLang's extra setup is justified)",
+            "throughput": "you made tokens/s or tokens/$ the goal: vLLM's offline LLM "
+                          "interface in a batch worker, no per-request HTTP",
+        }[w.goal]
+        return w.goal, why
+    if w.offline:
+        return "throughput", ("the work is offline (no per-request HTTP), so vLLM's LLM "
+                              "interface in a batch worker; throughput is what counts")
+    if (w.cold_start_s is not None and online_cold_start_s is not None
+            and w.cold_start_s < online_cold_start_s):
+        return "cold-start", (f"a cold start may take at most {w.cold_start_s:g} s but the "
+                              f"default online app needs about {online_cold_start_s:.0f} s, so "
+                              "startup latency is first-class: memory snapshots + sleep/wake")
+    why = "online is the default: vLLM's OpenAI server behind @modal.web_server"
+    if w.ttft_ms is not None or w.tpot_ms is not None:
+        why += ("; latency SLOs alone do not switch to SGLang (set goal = 'low-latency' if "
+                "lowest latency is the explicit objective)")
+    return "online", why
+
+
+def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
+    """Plan `w`; raises PlanRefused (saying what would fit) when nothing can meet it."""
+    if w.task in OUT_OF_SCOPE_TASKS:
+        raise PlanRefused(f"out of scope: {OUT_OF_SCOPE_TASKS[w.task]}")
+    gpus, platform = load_gpu_catalog(gpu_catalog)
+    if w.gpu and w.gpu not in gpus:
+        raise PlanRefused(f"GPU {w.gpu!r} is not in the catalog ({', '.join(gpus)}); add it "
+                          "with --gpu-catalog")
+    facts = model_facts(w.model, revision=w.revision)
+    s = _sizing(w, facts)
+    if w.context_length and w.context_length > facts.max_position:
+        raise PlanRefused(f"context_length {w.context_length} exceeds what {facts.name} supports "
+                          f"({facts.max_position} tokens): use at most {facts.max_position}")
+    online_cold: float | None = None
+    if w.goal is None and not w.offline and w.cold_start_s is not None:
+        online_cold = _cold_start(s, platform, 1)[1]
+    pattern, pattern_why = _pattern(w, online_cold)
+    util = 0.85 if pattern == "low-latency" else 0.90
+    fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
+    if not fits and pattern == "cold-start" and w.goal is None:
+        # Snapshots need one GPU; a model that needs several keeps a warm container instead.
+        pattern = "online"
+        pattern_why += ("; but GPU snapshots need a single GPU and this model needs more, so "
+                        "online with a warm container instead")
+        fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
+    if not fits:
+        raise PlanRefused(_why_nothing_fits(w, s, gpus, platform, rejected, util))
+    ranked = _rank(pattern, fits)
+    chosen = ranked[0]
+    if w.budget_per_hour is not None:
+        affordable = [c for c in ranked if c.cost_per_hour <= w.budget_per_hour]
+        if not affordable:
+            cheapest = min(fits, key=lambda c: c.cost_per_hour)
+            per_container = cheapest.cost_per_hour / cheapest.containers
+            seqs = int(w.budget_per_hour // per_container) * cheapest.batch
+            hint = (f"raise the budget or lower concurrency to {seqs}" if seqs >= 1 else
+                    f"raise the budget to at least ${per_container:.2f}/h (one container)")
+            raise PlanRefused(
+                f"no plan fits budget_per_hour ${w.budget_per_hour:g}: the cheapest, "
+                f"{cheapest.containers} x {cheapest.label()}, costs ${cheapest.cost_per_hour:.2f}"
+                f"/h at peak; {hint}")
+        chosen = affordable[0]
+    return _build(w, s, platform, pattern, pattern_why, chosen, ranked, util)
+
+
+def _why_nothing_fits(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
+                      rejected: list[_Rejection], util: float) -> str:
+    reasons = {r.why.split(" ")[0] for r in rejected}
+    allowed = [g for g in gpus.values() if not w.gpu or g.name == w.gpu]
+    biggest = max(allowed, key=lambda g: g.memory_gb)
+    tp = max(n for n in TP_SIZES if n <= w.max_gpus)
+    if w.tpot_ms is not None or w.ttft_ms is not None:
+        best_tpot = min((s.step_seconds(g, n, 1) for g in gpus.values() for n in TP_SIZES
+                         if s.facts.heads % n == 0 and n <= w.max_gpus), default=math.inf)
+        best_ttft = min((s.prefill_seconds(g, n, w.input_tokens) for g in gpus.values()
+                         for n in TP_SIZES if s.facts.heads % n == 0 and n <= w.max_gpus),
+                        default=math.inf)
+        if (w.tpot_ms is not None and best_tpot * 1e3 > w.tpot_ms) or (
+                w.ttft_ms is not None and best_ttft * 1e3 > w.ttft_ms):
+            return (f"no GPU can meet these SLOs for {s.facts.name}: the best decode floor is "
+                    f"{best_tpot * 1e3:.1f} ms/token and the best prefill floor "
+                    f"{best_ttft * 1e3:.0f} ms for {w.input_tokens} prompt tokens (8x "
+                    f"{max(gpus.values(), key=lambda g: g.hbm_tb_s).name}); relax tpot_ms to "
+                    f">= {math.ceil(best_tpot * 1e3 * 1.2)} / ttft_ms to >= "
+                    f"{math.ceil(best_ttft * 1e3 * 1.2)}, shorten the prompts, or pick a "
+                    "smaller model or fp8 precision")
+    need = s.weights_bytes + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM
+    node = tp * (biggest.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
+    options = []
+    for precision in ("fp8", "int4"):
+        if PRECISIONS[precision] < s.bytes_per_param:
+            smaller = s.facts.total_params * PRECISIONS[precision]
+            if smaller + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM < node:
+                options.append(f"precision = '{precision}' ({smaller / GB:.0f} GB of weights)")
+    nodes = max(2, math.ceil(need / node))
+    text = (f"{s.facts.name} at {s.precision} needs about {need / GB:.0f} GB for weights and "
+            f"one {s.max_model_len}-token sequence, more than {tp}x {biggest.name} "
+            f"({node / GB:.0f} GB usable) in one container")
+    if "needs" not in reasons and rejected:
+        text = "no GPU setup fits: " + "; ".join(
+            f"{r.n_gpu}x {r.gpu}: {r.why}" for r in rejected[:4])
+        return text
+    if options:
+        text += "; it would fit with " + " or ".join(options)
+    text += (f"; otherwise it needs multi-node serving (about {nodes} nodes of {tp}x "
+             f"{biggest.name}, modal.experimental.clustered with pipeline parallelism across "
+             "nodes), which this tool does not plan")
+    if w.gpu or w.max_gpus < 8:
+        text += "; you also restricted gpu/max_gpus: lift that to see more options"
+    return text
+
+
+def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_why: str,
+           chosen: Candidate, ranked: list[Candidate], util: float) -> Plan:
+    gpu, n = chosen.gpu, chosen.n_gpu
+    reasons: list[tuple[str, str]] = [("pattern", pattern_why)]
+    warnings: list[str] = []
+    f = s.facts
+    reasons.append(("model", f"{f.name}: {f.total_params / 1e9:.1f}B parameters"
+                    + (f" ({f.active_params / 1e9:.1f}B active per token, {f.experts} experts, "
+                       f"{f.experts_per_token} per token)" if f.is_moe else "")
+                    + f", {f.layers} layers, {f.kv_heads} KV heads x {f.head_dim}; facts from "
+                    f"{f.source}"))
+    quantization = None
+    if w.precision and w.precision != f.native_precision:
+        if w.precision == "fp8" and f.native_precision in ("bf16", "fp16"):
+            quantization = "fp8"
+            reasons.append(("precision", "fp8 from a 16-bit checkpoint: vLLM quantizes the "
+                            "weights at load (--quantization fp8), halving weight memory and "
+                            "the bytes read per decode step"))
+        else:
+            warnings.append(f"precision {w.precision} differs from the checkpoint's "
+                            f"{f.native_precision}: serve a checkpoint already quantized to "
+                            f"{w.precision} (e.g. an AWQ/GPTQ repo) so weights match this plan")
+    if pattern == "low-latency" and quantization:
+        warnings.append("SGLang takes --quantization fp8 through extra args, not the recipe")
+    reasons.append(("memory", f"weights {s.weights_bytes / GB:.1f} GB at {s.precision}; KV "
+                    f"cache {s.kv_bytes_per_token / 1024:.0f} KiB per token "
+                    f"({f.kv_elements_per_token()} values x {s.kv_bytes_per_elem:g} B); a "
+                    f"{s.seq_tokens}-token request holds "
+                    f"{s.seq_tokens * s.kv_bytes_per_token / GB:.2f} GB; the engine takes "
+                    f"{util:.0%} of each GPU and {platform.gpu_overhead_gb:g} GB per GPU go to "
+                    "CUDA context, activations and graphs"))
+    runner_up = [c for c in ranked if c is not chosen][:3]
+    basis = {"low-latency": "the lowest cost among setups within 2x of the fastest decode "
+             "floor", "throughput": "the lowest cost per "
+             "million output tokens"}.get(pattern, "the lowest cost at peak")
+    reasons.append(("gpu", f"{chosen.label()} per container has {basis} among setups that fit "
+                    f"with headroom and meet your SLOs: ${chosen.cost_per_hour:.2f}/h for "
+                    f"{chosen.containers} container(s) at peak"
+                    + ("; next: " + ", ".join(f"{c.containers} x {c.label()} "
+                                              f"${c.cost_per_hour:.2f}/h" for c in runner_up)
+                       if runner_up else "")))
+    if n > 1:
+        reasons.append(("tensor parallelism", f"{n} GPUs split the {f.heads} attention heads "
+                        "evenly; TP is a power of two and at most 8 per container on Modal"))
+    if not gpu.price_verified:
+        warnings.append(f"the {gpu.name} price (${gpu.price_per_hour}/h) is not verified: "
+                        "check https://modal.com/pricing or override it with --gpu-catalog")
+    if gpu.name == "T4":
+        warnings.append("T4 (Turing) has no bf16 and no FlashAttention: vLLM runs it in fp16 "
+                        "with slower attention kernels; check your engine version supports it")
+    if s.kv_bytes_per_elem == 1.0 and not gpu.fp8:
+        warnings.append(f"{gpu.name} has no fp8 tensor cores; fp8 KV cache still halves "
+                        "memory but costs conversion time")
+    # engine and concurrency knobs
+    max_len = s.max_model_len
+    capacity = chosen.kv_capacity_tokens // s.seq_tokens
+    max_num_seqs = max(1, min(MAX_NUM_SEQS_CAP, capacity))
+    if pattern != "throughput":
+        max_num_seqs = max(1, min(max_num_seqs, max(chosen.batch * 2, chosen.batch)))
+    target = max(1, chosen.batch)
+    max_inputs: int | None = max(target, min(max_num_seqs, math.ceil(target * 1.25)))
+    if pattern == "low-latency":
+        max_inputs = None
+    reasons.append(("context", f"max model len {max_len} tokens"
+                    + (" (you asked for it)" if w.context_length else
+                       f" (the model allows {f.max_position}; 8192 keeps KV reservations and "
+                       "startup lean; raise context_length if prompts need more)")))
+    reasons.append(("concurrency", f"KV cache holds ~{chosen.kv_capacity_tokens:,} tokens per "
+                    f"container after a {1 - KV_HEADROOM:.0%} margin = {capacity} typical "
+                    f"requests; max_num_seqs {max_num_seqs}; target_inputs {target}"
+                    + (f", max_inputs {max_inputs}" if max_inputs is not None else
+                       " (http_server takes target_inputs only)")
+                    + (f"; capped by the TPOT SLO of {w.tpot_ms:g} ms" if w.tpot_ms else "")
+                    + ". Conservative start: benchmark (`mls bench`) before raising them"))
+    # containers and region
+    containers = chosen.containers
+    load_s, cold_without, cold_with = _cold_start(s, platform, n)
+    predicted_cold = cold_with if pattern == "cold-start" else cold_without
+    min_containers = 0
+    if w.cold_start_s is not None and w.cold_start_s < predicted_cold:
+        min_containers = 1
+        reasons.append(("warm container", f"even the best cold start here is about "
+                        f"{predicted_cold:.0f} s (> {w.cold_start_s:g} s allowed), so one "
+                        "container stays warm (MIN_CONTAINERS = 1): a standing bill of "
+                        f"${chosen.cost_per_hour / containers:.2f}/h"))
+        if w.budget_per_hour is not None and chosen.cost_per_hour / containers > w.budget_per_hour:
+            raise PlanRefused("a warm container is needed for the cold-start tolerance but "
+                              "exceeds budget_per_hour; raise cold_start_s or the budget")
+    else:
+        reasons.append(("scale to zero", "MIN_CONTAINERS = 0: nothing runs (or bills) while "
+                        "idle; set it to 1 if the first request after idle must be fast"))
+    max_containers = max(containers, min_containers)
+    reasons.append(("replicas", f"{w.concurrency} requests in flight / {chosen.batch} per "
+                    f"container = {containers} container(s) at peak"
+                    + (f"; throughput target {w.throughput_tok_s:g} tok/s counted"
+                       if w.throughput_tok_s else "")))
+    region = w.region
+    if pattern == "low-latency" and region is None:
+        region = "us-east"
+        reasons.append(("region", "low latency pins the GPU near its proxy and clients: "
+                        "us-east by default (set region to where your users are); pinning costs "
+                        "1.75x per GPU-hour for a narrow region"))
+        chosen = dataclasses.replace(chosen, price_multiplier=_region_multiplier(region))
+    elif region:
+        reasons.append(("region", f"pinned to {region}: GPU-hours cost "
+                        f"{_region_multiplier(region):g}x there"))
+    startup = max(10 * MINUTES, math.ceil(cold_without * 3 / MINUTES) * MINUTES)
+    predictions = _predictions(w, s, chosen, platform, load_s, cold_without, cold_with)
+    return Plan(
+        workload=w, model=f, pattern=pattern, engine=ENGINES[pattern], recipe=RECIPES[pattern],
+        precision=s.precision, kv_cache_dtype=w.kv_cache_dtype, gpu=gpu, n_gpu=n,
+        max_model_len=max_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=util,
+        target_inputs=target, max_inputs=max_inputs, min_containers=min_containers,
+        max_containers=max_containers, buffer_containers=0, region=region,
+        startup_timeout_s=startup, quantization=quantization, predictions=predictions,
+        reasons=reasons, warnings=warnings, alternatives=runner_up, chosen=chosen)
+
+
+def _predictions(w: Workload, s: _Sizing, c: Candidate, platform: Platform, load_s: float,
+                 cold_without: float, cold_with: float) -> list[Prediction]:
+    gpu, n, b = c.gpu, c.n_gpu, c.batch
+    bw = gpu.hbm_tb_s * 1e12
+    tf = gpu.tflops(fp8=s.precision == "fp8") * 1e12
+    price = gpu.price_per_hour * n * c.price_multiplier
+    decode_inputs = {"W_bytes": s.weights_bytes, "kv_bytes_per_token": s.kv_bytes_per_token,
+                     "ctx_avg": s.ctx_avg, "n_gpu": n, "hbm_bytes_s": bw,
+                     "active_params": s.facts.active_params, "flops_s": tf}
+    decode_inputs["allreduce_s"] = s.allreduce_seconds(n)
+    step_formula = ("step(B) = max((W_touched(B) + B*ctx_avg*kv_bytes_per_token) / "
+                    "(n_gpu*hbm_bytes_s), 2*active_params*B / (n_gpu*flops_s)) + allreduce_s "
+                    "(2*layers*10us when n_gpu > 1)"
+                    + ("; MoE: W_touched(B) = W_common + W_experts*(1-(1-k/E)^B)"
+                       if s.facts.is_moe else "; W_touched = W_bytes"))
+    agg = b / c.step_s
+    return [
+        Prediction("decode_tok_s_per_seq", 1 / c.step1_s, "tok/s",
+                   "1 / step(1); " + step_formula, {**decode_inputs, "B": 1}),
+        Prediction("decode_tok_s_at_batch", agg, "tok/s", "B / step(B) per container; "
+                   + step_formula, {**decode_inputs, "B": b}),
+        Prediction("tpot_floor_ms", c.step_s * 1e3, "ms", "step(B) * 1000", {"B": b}),
+        Prediction("ttft_prefill_floor_ms", c.prefill_s * 1e3, "ms",
+                   "max((2*active_params*L_in + 2*layers*L_in^2*heads*head_dim) / "
+                   "(n_gpu*flops_s), W_bytes / (n_gpu*hbm_bytes_s)) * 1000; excludes queueing "
+                   "and network", {"L_in": w.input_tokens, "active_params":
+                                   s.facts.active_params, "n_gpu": n, "flops_s": tf,
+                                   "W_bytes": s.weights_bytes, "hbm_bytes_s": bw}),
+        Prediction("cost_per_mtok_output_usd", price / (3600 * agg) * 1e6, "USD/Mtok",
+                   "price_per_hour*n_gpu*region_multiplier / (3600 * decode_tok_s_at_batch) "
+                   "* 1e6, at full load", {"price_per_hour": gpu.price_per_hour, "n_gpu": n,
+                                           "region_multiplier": c.price_multiplier,
+                                           "decode_tok_s_at_batch": agg}),
+        Prediction("cold_start_weights_floor_s", load_s, "s",
+                   "W_bytes / volume_read_bytes_s", {"W_bytes": s.weights_bytes,
+                                                     "volume_read_bytes_s":
+                                                     platform.volume_read_gb_s * GB}),
+        Prediction("cold_start_without_snapshot_s", cold_without, "s",
+                   "container_start + W_bytes/volume_read_bytes_s + engine_init",
+                   {"container_start": platform.container_start_s,
+                    "engine_init": platform.engine_init_s}),
+        Prediction("cold_start_with_snapshot_s", cold_with, "s",
+                   "container_start + snapshot_restore + W_bytes/volume_read_bytes_s + "
+                   "W_bytes/(n_gpu*host_to_device_bytes_s)",
+                   {"container_start": platform.container_start_s,
+                    "snapshot_restore": platform.snapshot_restore_s,
+                    "host_to_device_bytes_s": platform.host_to_device_gb_s * GB}),
+    ]
