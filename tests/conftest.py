@@ -52,6 +52,6 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
     if engine_build() is None:
         pytest.fail("vLLM is not installed: run `make test`, which installs it")
     config = tiny_engine_config(tiny_model_path, port=free_port())
-    with start_server(config, kv_cache_gib=0.5) as server:
+    with start_server(config, kv_cache_gib=1) as server:
         server.wait_ready(timeout=300)
         yield server

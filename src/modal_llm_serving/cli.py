@@ -137,7 +137,7 @@ def local() -> None:
               help="Context length (prompt + output tokens).")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Sequences decoded together.")
-@click.option("--kv-cache-gib", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--kv-cache-gib", type=click.IntRange(min=1), default=1, show_default=True,
               help="KV cache space for the CPU build (VLLM_CPU_KVCACHE_SPACE).")
 @click.option("--api-key", envvar="MLS_API_KEY",
               help="Require this bearer key on /v1 [env MLS_API_KEY; default: none locally].")
@@ -150,7 +150,7 @@ def local() -> None:
 @expected_errors
 def local_serve(model: str | None, revision: str | None, served_model_name: str | None,
                 host: str, port: int | None, max_model_len: int, max_num_seqs: int,
-                kv_cache_gib: float, api_key: str | None, log_file: str | None,
+                kv_cache_gib: int, api_key: str | None, log_file: str | None,
                 ready_timeout: float, exit_after_smoke: bool) -> None:
     """Serve a model with real vLLM here, wait until it lists the model, smoke-test it.
 

