@@ -110,3 +110,36 @@ def test_openai_sdk_non_stream_and_stream(tiny_server: LocalServer) -> None:
     assert 0 < usage.completion_tokens <= 10
     assert len({chunk.id for chunk in chunks}) == 1
     assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+
+
+def test_ready_wait_retries_503_but_not_401() -> None:
+    """A scaled-to-zero endpoint answers 503 while it starts; a 401 will not change by waiting."""
+    import http.server
+    import threading
+
+    answers = iter([503, 503, 503, 401])
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = next(answers, 401)
+            seen.append(status)
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        waits: list[str] = []
+        report = run_smoke(f"http://127.0.0.1:{server.server_port}", ready_timeout=30,
+                           on_wait=waits.append)
+    finally:
+        server.shutdown()
+    assert seen == [503, 503, 503, 401]
+    assert len(waits) == 3 and all("HTTP 503" in message for message in waits)
+    failed = report.failed
+    assert failed is not None and failed.name == "ready" and "401" in failed.detail
+    assert "--api-key" in failed.hint
