@@ -1,0 +1,333 @@
+"""The agent skill as a package: frontmatter, links, evals aligned with the skill, installability.
+
+What an installer and an agent rely on, checked with their own tools where they exist
+(`agentskills validate` from skills-ref, `npx skills add . --list`), and on a copy of the skill
+folder alone, since that is how it is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import strictyaml
+from skills_ref.parser import parse_frontmatter
+from skills_ref.validator import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+SKILL = ROOT / "skills" / "modal-llm-serving"
+SKILL_MD = SKILL / "SKILL.md"
+AGENTSKILLS = Path(sys.executable).parent / "agentskills"
+SKILLS_CLI = "skills@1.5.18"  # newer releases need Node >= 22.20; this machine and CI have 20
+
+# The seed's boundary: what the skill refuses that no sibling takes either.
+OUT_OF_SCOPE = {
+    "embeddings": r"embeddings",
+    "diffusion": r"diffusion",
+    "transformers-pipeline": r"transformers pipelines",
+    "hosted-api": r"hosted[- ]API",
+}
+PATTERN_CATEGORIES = {
+    "vllm_online.py": "online",
+    "vllm_cold_start.py": "cold-start",
+    "sglang_low_latency.py": "low-latency",
+    "qwen3_throughput.py": "throughput",
+}
+
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def skill_text() -> str:
+    return SKILL_MD.read_text(encoding="utf-8")
+
+
+def markdown_files(root: Path = SKILL) -> list[Path]:
+    return [root / "SKILL.md", *sorted((root / "references").glob("*.md"))]
+
+
+def slug(heading: str) -> str:
+    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    return {slug(match) for match in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.MULTILINE)}
+
+
+def relative_links(path: Path) -> list[str]:
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    return [target for target in LINK.findall(text)
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto:
+
+
+def broken_links(root: Path) -> list[str]:
+    """Every relative link in SKILL.md and references/*.md must resolve inside `root`."""
+    problems = []
+    for path in markdown_files(root):
+        for target in relative_links(path):
+            file_part, _, fragment = target.partition("#")
+            resolved = (path.parent / file_part).resolve() if file_part else path
+            where = f"{path.relative_to(root)} -> {target}"
+            if not resolved.exists():
+                problems.append(f"{where}: no such file")
+            elif not resolved.is_relative_to(root.resolve()):
+                problems.append(f"{where}: leaves the skill folder (breaks when copied alone)")
+            elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+                problems.append(f"{where}: no heading with anchor #{fragment}")
+    return problems
+
+
+def load_evals() -> dict:
+    return json.loads((SKILL / "evals" / "evals.json").read_text(encoding="utf-8"))
+
+
+def load_trigger_evals() -> list[dict]:
+    return json.loads((SKILL / "evals" / "trigger-evals.json").read_text(encoding="utf-8"))
+
+
+def workflow_rows() -> list[tuple[str, str]]:
+    """(recipe file, primary reference file) from SKILL.md's workflow table."""
+    rows = re.findall(r"^\|.*`scripts/([a-z0-9_]+\.py)`.*\]\(references/([a-z0-9-]+\.md)\)",
+                      skill_text(), re.MULTILINE)
+    assert rows, "SKILL.md has no workflow table with recipes and references"
+    return rows
+
+
+def siblings() -> set[str]:
+    return set(re.findall(r"`(modal-[a-z-]+)`", skill_text())) - {"modal-llm-serving"}
+
+
+# --- frontmatter and shape ------------------------------------------------------------------------
+
+
+def test_frontmatter_follows_the_spec() -> None:
+    metadata, body = parse_frontmatter(skill_text())
+    assert metadata["name"] == SKILL.name == "modal-llm-serving"
+    description = metadata["description"]
+    assert 1 <= len(description) <= 1024
+    assert "Use when" in description  # what it does, then when to use it
+    for sibling in siblings():
+        assert sibling in description, f"the description should route {sibling} away"
+    assert len(metadata.get("compatibility", "")) <= 500
+    assert all(isinstance(value, str) for value in metadata.get("metadata", {}).values())
+    assert set(metadata) <= {"name", "description", "license", "compatibility", "metadata",
+                             "allowed-tools"}
+    assert body.startswith("# ")
+
+
+def test_skill_md_is_under_500_lines() -> None:
+    assert len(skill_text().splitlines()) < 500
+
+
+def test_skills_ref_library_finds_no_problem() -> None:
+    assert validate(SKILL) == []
+
+
+def test_agentskills_validate_command_passes() -> None:
+    done = subprocess.run([str(AGENTSKILLS), "validate", str(SKILL)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Valid skill" in done.stdout
+
+
+def test_agentskills_validate_catches_a_bad_name(tmp_path: Path) -> None:
+    """The validator is not a rubber stamp: a copy whose name differs from its folder fails."""
+    copy = tmp_path / "modal-llm-serving"
+    shutil.copytree(SKILL, copy)
+    text = (copy / "SKILL.md").read_text(encoding="utf-8")
+    (copy / "SKILL.md").write_text(text.replace("name: modal-llm-serving", "name: Modal_LLM", 1))
+    done = subprocess.run([str(AGENTSKILLS), "validate", str(copy)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode != 0
+
+
+def test_references_are_one_level_deep_and_all_linked_from_skill_md() -> None:
+    references = SKILL / "references"
+    assert not [path for path in references.iterdir() if path.is_dir()]
+    linked = {Path(target.partition("#")[0]).name for target in relative_links(SKILL_MD)
+              if target.startswith("references/")}
+    present = {path.name for path in references.glob("*.md")}
+    assert present == linked, f"orphaned: {present - linked}; missing: {linked - present}"
+    assert {"performance-playbook.md", "vllm-online-serving.md", "vllm-cold-starts.md",
+            "sglang-low-latency.md", "vllm-throughput.md"} <= present
+
+
+def test_every_relative_link_resolves() -> None:
+    assert broken_links(SKILL) == []
+
+
+def test_link_checker_reports_what_is_broken(tmp_path: Path) -> None:
+    copy = tmp_path / "modal-llm-serving"
+    shutil.copytree(SKILL, copy)
+    with (copy / "SKILL.md").open("a", encoding="utf-8") as handle:
+        handle.write("\n[a](references/nope.md) [b](../../README.md) "
+                     "[c](references/vllm-throughput.md#no-such-heading)\n")
+    problems = "\n".join(broken_links(copy))
+    assert "references/nope.md: no such file" in problems
+    assert "../../README.md: no such file" in problems or "leaves the skill folder" in problems
+    assert "no heading with anchor #no-such-heading" in problems
+
+
+def test_paths_named_in_the_skill_exist() -> None:
+    """`scripts/x.py`, `references/y.md`, ... named in backticks in any skill document."""
+    named = set()
+    for path in markdown_files():
+        text = path.read_text(encoding="utf-8")
+        named |= set(re.findall(
+            r"`(?:skills/modal-llm-serving/)?((?:scripts|references|evals|agents)/[\w./*-]+)`",
+            text))
+    assert named
+    missing = [name for name in sorted(named) if not list(SKILL.glob(name))]
+    assert missing == []
+
+
+def test_every_recipe_has_a_row_in_the_workflow_table_and_a_reference() -> None:
+    recipes = {path.name for path in (SKILL / "scripts").glob("*.py")}
+    rows = workflow_rows()
+    assert {recipe for recipe, _ in rows} == recipes
+    for recipe, reference in rows:
+        text = (SKILL / "references" / reference).read_text(encoding="utf-8")
+        assert recipe in text, f"{reference} should walk {recipe}"
+
+
+def test_every_script_compiles(tmp_path: Path) -> None:
+    scripts = sorted(SKILL.rglob("*.py"))
+    assert len(scripts) >= 4
+    for script in scripts:
+        py_compile.compile(str(script), cfile=str(tmp_path / f"{script.stem}.pyc"), doraise=True)
+
+
+def test_agent_interface_metadata() -> None:
+    data = strictyaml.load((SKILL / "agents" / "openai.yaml").read_text(encoding="utf-8")).data
+    interface = data["interface"]
+    assert interface["display_name"].strip()
+    assert 25 <= len(interface["short_description"]) <= 64
+    assert "$modal-llm-serving" in interface["default_prompt"]
+    assert data["policy"]["allow_implicit_invocation"] in {"true", "false"}
+
+
+def test_repo_metadata_points_at_the_skill() -> None:
+    manifest = json.loads((ROOT / ".claude-plugin" / "marketplace.json").read_text())
+    skills = [skill for plugin in manifest["plugins"] for skill in plugin["skills"]]
+    assert skills == ["./skills/modal-llm-serving"]
+    assert all((ROOT / skill / "SKILL.md").exists() for skill in skills)
+
+
+# --- evals ----------------------------------------------------------------------------------------
+
+
+def test_evals_schema_ids_and_files() -> None:
+    data = load_evals()
+    assert data["skill_name"] == "modal-llm-serving"
+    ids = [case["id"] for case in data["evals"]]
+    assert len(ids) == len(set(ids)), "eval ids must be unique"
+    for case in data["evals"]:
+        assert set(case) == {"id", "category", "prompt", "expected_output", "files",
+                             "expectations"}, case["id"]
+        assert case["prompt"].strip() and case["expected_output"].strip()
+        assert len(case["expectations"]) >= 2 and all(e.strip() for e in case["expectations"])
+        for name in case["files"]:
+            assert (SKILL / name).is_file(), f"{case['id']}: {name} does not exist"
+
+
+def test_evals_cover_every_pattern_with_its_recipe_and_reference() -> None:
+    cases = load_evals()["evals"]
+    for recipe, reference in workflow_rows():
+        category = PATTERN_CATEGORIES[recipe]
+        matching = [case for case in cases if case["category"] == category]
+        assert matching, f"no eval for the {category} pattern"
+        assert any(recipe in case["expected_output"] for case in matching), recipe
+        assert any(reference in " ".join(case["expectations"]) for case in matching), reference
+
+
+def test_evals_cover_every_sibling_and_out_of_scope_case() -> None:
+    cases = load_evals()["evals"]
+    found = siblings()
+    assert found == {"modal-finetuning", "modal-batch-processing", "modal-sandbox"}
+    for sibling in found:
+        matching = [case for case in cases if case["category"] == sibling]
+        assert matching and all(sibling in " ".join(case["expectations"]) for case in matching)
+    text = skill_text()
+    for category, words in OUT_OF_SCOPE.items():
+        assert re.search(words, text, re.IGNORECASE), f"SKILL.md should rule out {category}"
+        assert [case for case in cases if case["category"] == category], category
+    known = set(PATTERN_CATEGORIES.values()) | found | set(OUT_OF_SCOPE) | {"environment",
+                                                                             "review"}
+    assert {case["category"] for case in cases} <= known
+
+
+def test_trigger_evals_have_enough_positives_and_near_misses() -> None:
+    queries = load_trigger_evals()
+    assert all(set(query) == {"query", "should_trigger"} for query in queries)
+    assert all(isinstance(query["should_trigger"], bool) for query in queries)
+    texts = [query["query"] for query in queries]
+    assert len(texts) == len(set(texts)), "duplicate queries"
+    positives = [q["query"] for q in queries if q["should_trigger"]]
+    negatives = [q["query"] for q in queries if not q["should_trigger"]]
+    assert len(positives) >= 10 and len(negatives) >= 10
+    near_misses = {
+        "fine-tuning": r"fine-tun|post-training|LoRA",
+        "batch orchestration": r"\.map|spawn|detached",
+        "sandboxes": r"sandbox",
+        "embeddings": r"embedding",
+        "diffusion": r"diffusion",
+        "hosted APIs": r"(OpenAI|Anthropic).*API",
+    }
+    for name, pattern in near_misses.items():
+        assert any(re.search(pattern, q, re.IGNORECASE) for q in negatives), name
+    patterns = {
+        "online": r"OpenAI-compatible|\bAPI\b",
+        "cold-start": r"cold start|snapshot|scale to zero",
+        "low-latency": r"SGLang|time to first token|latency",
+        "throughput": r"tokens per dollar|LLM class|batch",
+    }
+    for name, pattern in patterns.items():
+        assert any(re.search(pattern, q, re.IGNORECASE) for q in positives), name
+
+
+# --- installability -------------------------------------------------------------------------------
+
+
+def list_skills(folder: Path) -> tuple[int, str]:
+    """`npx skills add FOLDER --list`: (how many skills it found, its output without colours)."""
+    npx = shutil.which("npx")
+    if npx is None:
+        pytest.fail("npx (Node 20) is needed to check that `npx skills add` lists the skill")
+    env = {**os.environ, "CI": "true", "NO_COLOR": "1", "DO_NOT_TRACK": "1",
+           "DISABLE_TELEMETRY": "1"}
+    done = subprocess.run([npx, "-y", SKILLS_CLI, "add", ".", "--list"], cwd=folder, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+                          check=False)
+    output = ANSI.sub("", done.stdout + done.stderr)
+    assert done.returncode == 0, output
+    found = re.search(r"Found (\d+) skills?", output)
+    assert found, output
+    return int(found.group(1)), output
+
+
+def test_npx_skills_lists_the_skill_and_skips_none() -> None:
+    count, output = list_skills(ROOT)
+    # The CLI skips an invalid SKILL.md silently: every one in the repo must be counted.
+    present = [path for path in ROOT.glob("skills/*/SKILL.md")]
+    assert count == len(present) == 1, output
+    assert re.search(r"^\W*modal-llm-serving\s*$", output, re.MULTILINE), output
+
+
+def test_the_skill_folder_copied_alone_installs_and_validates(tmp_path: Path) -> None:
+    copy = tmp_path / "agent" / "skills" / "modal-llm-serving"
+    shutil.copytree(SKILL, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert validate(copy) == []
+    assert broken_links(copy) == []
+    count, output = list_skills(tmp_path / "agent")
+    assert count == 1 and "modal-llm-serving" in output
