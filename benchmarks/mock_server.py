@@ -1,0 +1,322 @@
+"""A mock OpenAI-compatible streaming server with a known truth, for calibration and faults ONLY.
+
+It is never a stand-in for an engine: it exists to measure the benchmark client against timings
+that are known exactly (TTFT, per-token delay, chunking) and to inject faults on purpose.
+Raw asyncio protocol on uvloop, so it costs as little CPU as possible; run it in its own process
+(`MockProcess` does) so it does not share the client's event loop or core.
+
+Truth: a request's first token event is written `ttft_ms` after its body is read, then one event
+every `itl_ms * chunk` (each carrying `chunk` tokens), on an absolute schedule (no drift).
+
+Faults, `--fault KIND=N` (every Nth request, counted from 1): 503, 429, reset (connection closed
+after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `--stall-s`
+mid-stream), hang (reads the request, never answers), nodone (no `data: [DONE]`), split (events
+written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 503 for S seconds
+after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint).
+
+    python benchmarks/mock_server.py --port 8123 --ttft-ms 50 --itl-ms 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+WORDS = ('alpha', 'bravo', 'charlie', 'delta', 'echo', 'foxtrot', 'golf', 'hotel', 'india',
+    'juliet', 'kilo', 'lima', 'mike', 'november', 'oscar', 'papa', 'quebec', 'romeo', 'sierra',
+    'tango', 'uniform', 'victor', 'whiskey', 'xray', 'yankee', 'zulu')
+FAULTS = ("503", "429", "reset", "malformed", "stall", "hang", "nodone", "split")
+
+
+class Settings(argparse.Namespace):
+    ttft_ms: float
+    itl_ms: float
+    chunk: int
+    model: str
+    fault: list[str]
+    stall_s: float
+    cold_s: float
+
+
+class MockState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = 0
+        self.faults: dict[str, int] = {}
+        for spec in settings.fault or []:
+            kind, _, every = spec.partition("=")
+            if kind not in FAULTS or not every.isdigit() or int(every) < 1:
+                raise SystemExit(f"--fault {spec!r}: use KIND=N with KIND one of {FAULTS}")
+            self.faults[kind] = int(every)
+        self.cold_until = time.monotonic() + settings.cold_s
+
+    def fault_for(self, number: int) -> set[str]:
+        return {kind for kind, every in self.faults.items() if number % every == 0}
+
+
+def _tokenize(text: str) -> list[int]:
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    return [vocab.get(word, len(WORDS) + (hash(word) % 1000)) for word in text.split()]
+
+
+class Protocol(asyncio.Protocol):
+    def __init__(self, state: MockState) -> None:
+        self.state = state
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.received_ns = 0
+        self.first_ns = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._next()
+
+    def _next(self) -> None:
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = self.buffer[:head_end].decode("latin-1")
+        lines = head.split("\r\n")
+        method, path, _ = [*lines[0].split(" "), "", ""][:3]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        if len(self.buffer) < head_end + 4 + length:
+            return
+        body = self.buffer[head_end + 4: head_end + 4 + length]
+        self.buffer = self.buffer[head_end + 4 + length:]
+        self.busy = True
+        received = asyncio.get_running_loop().time()
+        self.received_ns = time.perf_counter_ns()  # CLOCK_MONOTONIC: comparable across processes
+        asyncio.get_running_loop().create_task(self._serve(method, path, body, received))
+
+    async def _serve(self, method: str, path: str, body: bytes, received: float) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._route(method, path.split("?")[0], body, received)
+        self.busy = False
+        if self.transport is not None and not self.transport.is_closing() and self.buffer:
+            self._next()
+
+    def _send(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+                  503: "Service Unavailable"}.get(status, "Error")
+        assert self.transport is not None
+        self.transport.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+
+    async def _route(self, method: str, path: str, body: bytes, received: float) -> None:
+        state = self.state
+        if path == "/health":
+            return self._send(200, {})
+        if path == "/v1/models":
+            return self._send(200, {"object": "list", "data": [
+                {"id": state.settings.model, "object": "model"}]})
+        if path == "/mock/scale-to-zero":
+            state.cold_until = time.monotonic() + state.settings.cold_s
+            return self._send(200, {"cold_s": state.settings.cold_s})
+        if path in ("/tokenize", "/detokenize"):
+            request = json.loads(body or b"{}")
+            if path == "/tokenize":
+                tokens = _tokenize(request.get("prompt", ""))
+                return self._send(200, {"count": len(tokens), "tokens": tokens})
+            text = " ".join(WORDS[t % len(WORDS)] for t in request.get("tokens", []))
+            return self._send(200, {"prompt": text})
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            return self._send(404, {"error": {"message": f"no route {path}"}})
+        if time.monotonic() < state.cold_until:
+            return self._send(503, {"error": {"message": "scaled to zero; starting"}})
+        state.count += 1
+        faults = state.fault_for(state.count)
+        if "hang" in faults:
+            await asyncio.sleep(3600)
+            return None
+        for status in (503, 429):
+            if str(status) in faults:
+                return self._send(status, {"error": {"message": f"injected {status}"}})
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return self._send(400, {"error": {"message": "body is not JSON"}})
+        if request.get("model") != state.settings.model:
+            return self._send(404, {"error": {"message": f"The model `{request.get('model')}` "
+                                                         "does not exist."}})
+        n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
+        await self._stream(path.endswith("chat/completions"), n, faults, received,
+                           prompt_len=len(_tokenize(json.dumps(request.get("messages")
+                                                               or request.get("prompt")))))
+        return None
+
+    async def _stream(self, chat: bool, n: int, faults: set[str], received: float, *,
+                      prompt_len: int) -> None:
+        settings = self.state.settings
+        transport = self.transport
+        assert transport is not None
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        chunk = max(1, settings.chunk)
+        events = (n + chunk - 1) // chunk
+        split = "split" in faults
+        for index in range(events):
+            due = received + (settings.ttft_ms + index * chunk * settings.itl_ms) / 1000
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if index == events // 2 and index > 0:
+                if "reset" in faults:
+                    transport.abort()
+                    return
+                if "stall" in faults:
+                    await asyncio.sleep(settings.stall_s)
+                if "malformed" in faults:
+                    self._write(b"data: {not json\n\n", split=False)
+            tokens = min(chunk, n - index * chunk)
+            text = " ".join(WORDS[(index * chunk + i) % len(WORDS)] for i in range(tokens)) + " "
+            if chat:
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": text}}
+            else:
+                choice = {"index": 0, "text": text}
+            choice["finish_reason"] = "length" if index == events - 1 else None
+            payload = b"data: " + json.dumps({"object": "chunk", "choices": [choice]}).encode()
+            if index == 0 and chat:  # vLLM opens chat streams with a role-only chunk
+                role = {"object": "chunk", "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+                payload = b"data: " + json.dumps(role).encode() + b"\n\n" + payload
+            if index == 0:
+                self.first_ns = time.perf_counter_ns()
+            self._write(payload + b"\n\n", split=split)
+            if transport.is_closing():
+                return
+        usage = {"object": "chunk", "choices": [],
+                 "usage": {"prompt_tokens": prompt_len, "completion_tokens": n,
+                           "total_tokens": prompt_len + n},
+                 # the mock's own stamps (perf_counter_ns): calibration separates its lateness
+                 "server_timing": {"received_ns": self.received_ns, "first_ns": self.first_ns}}
+        self._write(b"data: " + json.dumps(usage).encode() + b"\n\n", split=split)
+        if "nodone" not in faults:
+            self._write(b"data: [DONE]\n\n", split=split)
+        transport.write(b"0\r\n\r\n")
+
+    def _write(self, data: bytes, *, split: bool) -> None:
+        assert self.transport is not None
+        if not split:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            return
+        pieces, start = [], 0
+        while start < len(data):
+            size = random.randint(1, 7)
+            pieces.append(data[start:start + size])
+            start += size
+            if random.random() < 0.2:
+                pieces.append(b": keep-alive\n\n" if data[start - 1:start] == b"\n" else b"")
+        for piece in pieces:
+            if piece:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    state = MockState(settings)
+    server = await loop.create_server(lambda: Protocol(state), host, port, backlog=4096)
+    print(f"READY {host}:{server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ttft-ms", type=float, default=50.0)
+    parser.add_argument("--itl-ms", type=float, default=10.0)
+    parser.add_argument("--chunk", type=int, default=1, help="tokens per streamed event")
+    parser.add_argument("--model", default="mock")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND=N")
+    parser.add_argument("--stall-s", type=float, default=5.0)
+    parser.add_argument("--cold-s", type=float, default=0.0)
+    args = parser.parse_args(argv, namespace=Settings())
+    MockState(args)  # validates --fault before we say READY
+    return args, args.host, args.port
+
+
+def main() -> None:
+    settings, host, port = parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(settings, host, port))
+
+
+class MockProcess:
+    """The mock in its own process: `with MockProcess(ttft_ms=50) as mock: mock.url`."""
+
+    def __init__(self, *, ttft_ms: float = 50.0, itl_ms: float = 10.0, chunk: int = 1,
+                 model: str = "mock", faults: tuple[str, ...] = (), stall_s: float = 5.0,
+                 cold_s: float = 0.0, cpu: int | None = None) -> None:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--ttft-ms", str(ttft_ms),
+                "--itl-ms", str(itl_ms), "--chunk", str(chunk), "--model", model,
+                "--stall-s", str(stall_s), "--cold-s", str(cold_s)]
+        for fault in faults:
+            argv += ["--fault", fault]
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+        if cpu is not None and hasattr(os, "sched_setaffinity"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.process.pid, {cpu})
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"the mock server did not start: {line!r}")
+        self.url = f"http://{line.removeprefix('READY ')}"
+
+    def __enter__(self) -> MockProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+if __name__ == "__main__":
+    main()

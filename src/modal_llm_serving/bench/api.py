@@ -1,0 +1,264 @@
+"""`mls bench run` as one library call: check input, build prompts, run each load level, save.
+
+>>> levels = parse_levels(concurrency="1,8,32", rate=None)  # doctest: +SKIP
+>>> run_benchmark(config, levels, workload, out_dir=Path("results/x"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import math
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modal_llm_serving.bench.data import (
+    LengthSpec,
+    Prompt,
+    load_jsonl,
+    load_sharegpt,
+    make_tokenizer,
+    synthetic_prompts,
+)
+from modal_llm_serving.bench.metrics import FORMULAS, Slo
+from modal_llm_serving.bench.results import JsonlSink, write_json
+from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_load
+from modal_llm_serving.client import normalize_base_url
+from modal_llm_serving.errors import UsageError
+
+__all__ = ["Level", "Workload", "parse_levels", "parse_slos", "prepare_prompts", "resolve_model",
+           "run_benchmark", "run_event_loop"]
+
+MAX_LEVELS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One load level of a sweep: a concurrency or a request rate."""
+
+    kind: str  # concurrency | rate
+    value: float
+
+    @property
+    def slug(self) -> str:
+        if self.kind == "concurrency":
+            return f"c{int(self.value)}"
+        return "r-inf" if math.isinf(self.value) else f"r{self.value:g}"
+
+    def apply(self, config: BenchConfig) -> BenchConfig:
+        if self.kind == "concurrency":
+            return dataclasses.replace(config, concurrency=int(self.value), rate=None)
+        return dataclasses.replace(config, concurrency=None, rate=self.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Where prompts come from and how long inputs and outputs are."""
+
+    input_len: LengthSpec
+    output_len: LengthSpec | None
+    dataset: Path | None = None
+    dataset_format: str = "synthetic"  # synthetic | jsonl | sharegpt
+    tokenizer: str | None = None
+    pool: int = 1000
+    seed: int = 0
+
+
+def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
+    """`--concurrency 1,4,16` or `--rate 2,4,inf`; anything that makes no sense is a UsageError."""
+    if concurrency and rate:
+        raise UsageError("give --concurrency (closed loop) or --rate (open loop), not both; cap "
+                         "an open loop's requests in flight with --max-concurrency")
+    if not concurrency and not rate:
+        return [Level("concurrency", 1)]
+    option, spec = ("--concurrency", concurrency) if concurrency else ("--rate", rate)
+    assert spec is not None
+    items = [item.strip() for item in spec.split(",")]
+    if not all(items):
+        raise UsageError(f"{option} {spec!r} has an empty item; write a comma list like 1,4,16")
+    levels = []
+    for item in items:
+        if option == "--concurrency":
+            if not item.isdigit() or int(item) < 1:
+                raise UsageError(f"{option} {item!r} is not a whole number >= 1; e.g. "
+                                 "--concurrency 1,4,16")
+            if int(item) > 100_000:
+                raise UsageError(f"{option} {item} is more streams than one client can hold")
+            levels.append(Level("concurrency", int(item)))
+        else:
+            try:
+                value = float(item)
+            except ValueError:
+                raise UsageError(f"{option} {item!r} is not a number of requests per second; "
+                                 "e.g. --rate 1,2,4 or inf") from None
+            if math.isnan(value) or value <= 0:
+                raise UsageError(f"{option} {item!r} must be > 0 requests/s (inf = all at once)")
+            levels.append(Level("rate", value))
+    if len({level.value for level in levels}) != len(levels):
+        raise UsageError(f"{option} {spec!r} repeats a value; each level runs once")
+    if len(levels) > MAX_LEVELS:
+        raise UsageError(f"{option} has {len(levels)} levels; at most {MAX_LEVELS} per sweep")
+    return levels
+
+
+def parse_slos(values: tuple[str, ...] | list[str]) -> Slo | None:
+    """`ttft:500`, `tpot:50`, `e2el:2000` (ms; as vLLM's --goodput) into an Slo, or None."""
+    limits: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.partition(":")
+        name = name.strip().lower()
+        try:
+            limit = float(number)
+        except ValueError:
+            limit = math.nan
+        if not sep or name not in ("ttft", "tpot", "e2el") or not limit > 0 or \
+                math.isinf(limit):
+            raise UsageError(f"--slo {value!r}: write METRIC:MS with METRIC ttft, tpot or e2el "
+                             "and MS > 0, e.g. --slo ttft:500")
+        if name in limits:
+            raise UsageError(f"--slo gives {name} twice")
+        limits[name] = limit
+    if not limits:
+        return None
+    return Slo(ttft_ms=limits.get("ttft"), tpot_ms=limits.get("tpot"), e2el_ms=limits.get("e2el"))
+
+
+def check_config(config: BenchConfig) -> None:
+    """Cross-option checks the option types cannot express."""
+    if config.num_requests is None and config.duration_s is None:
+        raise UsageError("bound the run: give --num-requests and/or --duration")
+    if config.arrival not in ARRIVALS:
+        raise UsageError(f"--arrival {config.arrival!r}: choose one of {', '.join(ARRIVALS)}")
+    if config.arrival == "gamma" and config.burstiness <= 0:
+        raise UsageError("--burstiness must be > 0 (1 is Poisson; < 1 burstier)")
+    if config.duration_s is not None and config.warmup_s + config.cooldown_s >= config.duration_s:
+        raise UsageError("--warmup plus --cooldown leave nothing of --duration to measure")
+    if config.endpoint not in ("chat", "completions"):
+        raise UsageError("--endpoint is chat or completions")
+
+
+def resolve_model(base_url: str, model: str | None, *, headers: dict[str, str]) -> tuple[
+        str, list[str] | None]:
+    """The model to send (given, or the only one served) and the served list, if it answered."""
+    served: list[str] | None = None
+    try:
+        response = httpx.get(f"{base_url}/v1/models", headers=headers, timeout=10.0)
+        if response.status_code == 200:
+            served = [str(entry.get("id")) for entry in response.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, AttributeError):
+        served = None
+    if model:
+        return model, served
+    if served is None:
+        raise UsageError(f"could not list models at {base_url}/v1/models (is the URL right and "
+                         "the server up?); pass --model to run anyway")
+    if len(served) != 1:
+        raise UsageError(f"{base_url} serves {len(served)} models ({', '.join(served) or 'none'});"
+                         " pick one with --model")
+    return served[0], served
+
+
+def prepare_prompts(workload: Workload, *, base_url: str, model: str,
+                    headers: dict[str, str], count: int) -> tuple[list[Prompt], dict[str, Any]]:
+    """The prompt pool and a description of it (tokenizer used, exactness) for the summary."""
+    tokenizer = make_tokenizer(base_url=base_url, model=model, headers=headers,
+                               tokenizer=workload.tokenizer)
+    info: dict[str, Any] = {"tokenizer_source": tokenizer.source,
+                            "dataset": workload.dataset_format}
+    size = max(1, min(count, workload.pool))
+    if workload.dataset_format == "synthetic":
+        output_len = workload.output_len or LengthSpec("fixed", 128)
+        prompts, exact = synthetic_prompts(tokenizer, count=size, input_len=workload.input_len,
+                                           output_len=output_len, seed=workload.seed)
+        info.update(input_len=str(workload.input_len), output_len=str(output_len),
+                    exact_input_fraction=exact)
+    else:
+        assert workload.dataset is not None
+        if workload.dataset_format == "jsonl":
+            prompts = load_jsonl(workload.dataset, tokenizer=tokenizer,
+                                 output_len=workload.output_len, seed=workload.seed)
+        else:
+            prompts = load_sharegpt(workload.dataset, tokenizer=tokenizer,
+                                    output_len=workload.output_len, seed=workload.seed,
+                                    limit=size)
+        info.update(dataset_path=str(workload.dataset),
+                    output_len=str(workload.output_len) if workload.output_len else "from data")
+    info["prompt_pool"] = len(prompts)
+    info["mean_input_len"] = sum(p.input_len for p in prompts) / len(prompts)
+    info["mean_output_len"] = sum(p.output_len for p in prompts) / len(prompts)
+    return prompts, info
+
+
+def run_event_loop(coroutine: Any) -> Any:
+    """asyncio.run on uvloop when it is installed (it ships with vLLM): less client overhead."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, *,
+                  out_dir: Path, progress: Callable[[Level, Progress], None] | None = None,
+                  on_level: Callable[[Level, dict[str, Any]], None] | None = None,
+                  on_info: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run every level (each to its bounds) and save results; return the level summaries."""
+    try:
+        base_url = normalize_base_url(config.base_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_config(config)
+    headers = dict(config.headers)
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    model, served = resolve_model(base_url, config.model or None, headers=headers)
+    say = on_info or (lambda _m: None)
+    if served is not None and model not in served:
+        say(f"warning: {model!r} is not among the served models ({', '.join(served)}); "
+            "requests will likely fail with 404")
+    config = dataclasses.replace(config, base_url=base_url, model=model)
+    budget = config.num_requests or workload.pool
+    prompts, data_info = prepare_prompts(workload, base_url=base_url, model=model,
+                                         headers=headers, count=budget)
+    say(f"prompts: {len(prompts)} ({data_info['tokenizer_source']})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for level in levels:
+        level_config = level.apply(config)
+        folder = out_dir / level.slug if len(levels) > 1 else out_dir
+        level_progress = None
+        if progress is not None:
+            level_progress = functools.partial(progress, level)
+        with JsonlSink(folder / "requests.jsonl") as sink:
+            summary = run_event_loop(run_load(level_config, prompts, sink=sink,
+                                              progress=level_progress))
+        summary.update(_context(level_config, level, data_info))
+        write_json(folder / "summary.json", summary)
+        summaries.append(summary)
+        if on_level:
+            on_level(level, summary)
+    if len(levels) > 1:
+        write_json(out_dir / "sweep.json", {"levels": [level.slug for level in levels],
+                                            "summaries": summaries})
+    return summaries
+
+
+def _context(config: BenchConfig, level: Level, data_info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"),
+        "backend": "openai-chat" if config.endpoint == "chat" else "openai",
+        "base_url": config.base_url,
+        "level": {"kind": level.kind, "value": level.value, "slug": level.slug},
+        "config": config.public_dict(),
+        "data": data_info,
+        "formulas": FORMULAS,
+        "client": {"python": platform.python_version(), "platform": sys.platform,
+                   "transport": config.transport},
+    }

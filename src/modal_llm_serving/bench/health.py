@@ -1,0 +1,94 @@
+"""Is the client, not the server, the bottleneck? Client CPU, event-loop lag, dispatch lag, memory.
+
+One asyncio loop runs the whole harness: if it is busy, stamps are late and every latency grows.
+A monitor task asks to wake every `interval`; how late it wakes is the loop lag. The process's CPU
+time over wall time says how close the single loop thread is to a full core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import sys
+import time
+from typing import Any
+
+from modal_llm_serving.bench.metrics import stats
+
+__all__ = ["HealthMonitor", "judge"]
+
+# Above these the numbers describe the client more than the server (checked on 2 cores).
+CPU_LIMIT = 0.85  # of one core
+LOOP_LAG_P99_LIMIT_MS = 5.0
+DISPATCH_LAG_P99_LIMIT_MS = 5.0
+
+
+class HealthMonitor:
+    """Samples event-loop lag while running; `result()` adds CPU and peak memory."""
+
+    def __init__(self, *, interval_s: float = 0.01) -> None:
+        self._interval = interval_s
+        self._lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wall0 = 0.0
+        self._cpu0 = 0.0
+        self._wall = 0.0
+        self._cpu = 0.0
+
+    def start(self) -> None:
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        interval = self._interval
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(interval)
+            late = time.perf_counter() - before - interval
+            self._lags_ms.append(max(0.0, late) * 1000)
+            if len(self._lags_ms) > 200_000:  # keep memory flat on very long runs
+                del self._lags_ms[::2]
+
+    async def stop(self) -> None:
+        self._wall = time.perf_counter() - self._wall0
+        self._cpu = time.process_time() - self._cpu0
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def result(self) -> dict[str, Any]:
+        lag = stats(self._lags_ms)
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        scale = 1 if sys.platform != "darwin" else 1 / 1024  # macOS reports bytes
+        return {
+            "client_cpu_fraction_of_one_core": self._cpu / self._wall if self._wall else 0.0,
+            "client_cpu_seconds": self._cpu,
+            "wall_seconds": self._wall,
+            "loop_lag_n": lag["n"],
+            "loop_lag_p50_ms": lag["p50"],
+            "loop_lag_p99_ms": lag["p99"],
+            "loop_lag_max_ms": lag["max"],
+            "peak_rss_mb": rss_kib * scale / 1024,
+        }
+
+
+def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Loud warnings when the client itself limits or distorts the measurement."""
+    warnings = []
+    cpu = harness.get("client_cpu_fraction_of_one_core") or 0.0
+    if cpu > CPU_LIMIT:
+        warnings.append(f"CLIENT BOTTLENECK: the harness used {cpu:.0%} of a CPU core (limit "
+                        f"{CPU_LIMIT:.0%}); latencies include client queueing. Use fewer "
+                        "streams, a bigger client machine, or the in-region Modal client.")
+    lag = harness.get("loop_lag_p99_ms") or 0.0
+    if lag > LOOP_LAG_P99_LIMIT_MS:
+        warnings.append(f"CLIENT BOTTLENECK: event-loop lag p99 {lag:.1f} ms (limit "
+                        f"{LOOP_LAG_P99_LIMIT_MS:g} ms): timestamps are taken late.")
+    dispatch = summary.get("p99_dispatch_lag_ms")
+    if dispatch is not None and dispatch > DISPATCH_LAG_P99_LIMIT_MS:
+        warnings.append(f"CLIENT BOTTLENECK: dispatch lag p99 {dispatch:.1f} ms (limit "
+                        f"{DISPATCH_LAG_P99_LIMIT_MS:g} ms): requests left later than scheduled; "
+                        "read the TTFT-from-schedule numbers.")
+    return warnings

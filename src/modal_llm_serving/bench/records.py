@@ -1,0 +1,127 @@
+"""What one benchmark request leaves behind: raw `perf_counter_ns` stamps, counts and its fate.
+
+The streaming loop only stamps times; every latency is a computed property (None when the data
+for it is missing), so the JSONL on disk holds the raw truth and any metric can be recomputed.
+All stamps are nanoseconds relative to the run's start (`t0`), so records from one run compare.
+
+Token-bearing event (the same rule as `vllm bench serve`, one refinement): a streamed event whose
+`choices` list is non-empty. vLLM opens every chat stream with a role-only chunk
+(`{"role": "assistant", "content": ""}`) emitted in the same engine step as the first token; it
+carries no token, so it is not counted (a server that sends it before prefill would otherwise
+fake a fast TTFT). An empty-content delta that is not that opener *is* counted: it is a token
+whose bytes are an incomplete UTF-8 sequence, held back by the detokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["RequestRecord"]
+
+NS_PER_MS = 1_000_000
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    """One request: when it was scheduled, sent, answered, and what came back."""
+
+    index: int
+    input_len: int  # prompt tokens we aimed for (the server's count is `prompt_tokens`)
+    max_tokens: int
+    scheduled_ns: int | None = None  # open loop only: when the schedule said to send it
+    sent_ns: int = 0  # just before the request bytes were handed to the connection
+    first_token_ns: int | None = None  # first token-bearing event's bytes came off the socket
+    last_token_ns: int | None = None
+    end_ns: int = 0  # response finished (or failed)
+    itl_ns: list[int] = dataclasses.field(default_factory=list)  # gaps between token events
+    token_events: int = 0
+    prompt_tokens: int | None = None  # usage.prompt_tokens
+    completion_tokens: int | None = None  # usage.completion_tokens (N_out)
+    status: int | None = None  # HTTP status of the last attempt
+    error: str | None = None  # kind: http_503, timeout, reset, malformed_chunk, connect, ...
+    error_detail: str | None = None
+    attempts: int = 1
+    saw_done: bool = False
+    session_id: str | None = None  # multi-turn: the conversation this request belongs to
+    turn: int = 0
+    text_chars: int = 0
+    server_timing: dict[str, int] | None = None  # a server's own stamps, if it sends them
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def n_out(self) -> int | None:
+        """Output tokens: usage.completion_tokens; only without usage, the token-event count."""
+        if self.completion_tokens is not None:
+            return self.completion_tokens
+        return self.token_events if self.token_events else None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """TTFT = first token-bearing event − send."""
+        if not self.ok or self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.sent_ns) / NS_PER_MS
+
+    @property
+    def e2el_ms(self) -> float | None:
+        """E2EL = last token event − send."""
+        if not self.ok or self.last_token_ns is None:
+            return None
+        return (self.last_token_ns - self.sent_ns) / NS_PER_MS
+
+    @property
+    def tokens_in_first_event(self) -> int:
+        """1 for token-per-event streams; for chunked streams, tokens per event (rounded)."""
+        n_out = self.n_out
+        if not n_out or not self.token_events:
+            return 1
+        return max(1, round(n_out / self.token_events))
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """TPOT = (t_last − t_first) / (N_out − tokens in first event)."""
+        n_out = self.n_out
+        if not self.ok or self.first_token_ns is None or self.last_token_ns is None or not n_out:
+            return None
+        rest = n_out - self.tokens_in_first_event
+        if rest <= 0:
+            return None
+        return (self.last_token_ns - self.first_token_ns) / NS_PER_MS / rest
+
+    @property
+    def sched_ttft_ms(self) -> float | None:
+        """Coordinated-omission corrected TTFT = first token-bearing event − scheduled send."""
+        if self.scheduled_ns is None or self.ttft_ms is None or self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.scheduled_ns) / NS_PER_MS
+
+    @property
+    def sched_e2el_ms(self) -> float | None:
+        """Coordinated-omission corrected E2EL = last token event − scheduled send."""
+        if self.scheduled_ns is None or self.e2el_ms is None or self.last_token_ns is None:
+            return None
+        return (self.last_token_ns - self.scheduled_ns) / NS_PER_MS
+
+    @property
+    def dispatch_lag_ms(self) -> float | None:
+        """Send − scheduled send: how late the client was (open loop)."""
+        if self.scheduled_ns is None:
+            return None
+        return (self.sent_ns - self.scheduled_ns) / NS_PER_MS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Raw fields plus the derived metrics, for one JSONL line."""
+        data = dataclasses.asdict(self)
+        data.update(ok=self.ok, n_out=self.n_out, ttft_ms=self.ttft_ms, tpot_ms=self.tpot_ms,
+                    e2el_ms=self.e2el_ms, sched_ttft_ms=self.sched_ttft_ms,
+                    sched_e2el_ms=self.sched_e2el_ms, dispatch_lag_ms=self.dispatch_lag_ms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})

@@ -1,0 +1,221 @@
+"""Render a run (or a sweep) as Markdown with PNG plots, from its saved summary and JSONL.
+
+Every number sits beside its formula (FACTS.md: peers disagree on names). Plots: TTFT and TPOT
+distributions per level (histogram + CDF) and, for a sweep, the latency–throughput curve.
+matplotlib is imported lazily and drawn with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from modal_llm_serving.bench.metrics import FORMULAS
+from modal_llm_serving.bench.results import read_records, read_summary
+
+__all__ = ["render_report", "summary_lines"]
+
+_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"),
+            ("sched_ttft", "TTFT from schedule"), ("sched_e2el", "E2EL from schedule"),
+            ("dispatch_lag", "dispatch lag"))
+
+
+def _ms(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.2f}"
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A compact text view (terminal): throughput, latency percentiles, errors, health."""
+    lines = [f"{summary.get('label', '')}: {summary['completed']} ok, {summary['failed']} failed"
+             f" in {summary['duration']:.2f} s (n={summary['completed'] + summary['failed']})"]
+    for key, unit in (("output_throughput", "tok/s"), ("total_token_throughput", "tok/s"),
+                      ("request_throughput", "req/s")):
+        lines.append(f"  {key:<24} {summary[key]:>10.2f} {unit:<6} {FORMULAS[key]}")
+    if summary.get("request_goodput") is not None:
+        lines.append(f"  {'request_goodput':<24} {summary['request_goodput']:>10.2f} req/s  "
+                     f"SLO attainment {summary['slo_attainment']:.1%} "
+                     f"({summary['goodput_config']})")
+    lines.append(f"  {'achieved_concurrency':<24} {summary['achieved_concurrency']:>10.2f}")
+    lines.append(f"  {'metric (ms)':<20} {'n':>6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}")
+    for key, name in _METRICS:
+        if f"n_{key}" not in summary:
+            continue
+        lines.append(f"  {name:<20} {summary[f'n_{key}']:>6} {_ms(summary[f'mean_{key}_ms']):>9} "
+                     f"{_ms(summary[f'p50_{key}_ms']):>9} {_ms(summary[f'p90_{key}_ms']):>9} "
+                     f"{_ms(summary[f'p99_{key}_ms']):>9}  {FORMULAS[key]}")
+    if summary.get("error_counts"):
+        errors = ", ".join(f"{kind} ×{count}" for kind, count in summary["error_counts"].items())
+        lines.append(f"  errors: {errors}")
+        for kind, example in summary.get("error_examples", {}).items():
+            if example:
+                lines.append(f"    {kind}: {example[:150]}")
+    harness = summary.get("harness", {})
+    lines.append(f"  client: CPU {harness.get('client_cpu_fraction_of_one_core', 0):.0%} of a "
+                 f"core, loop lag p99 {_ms(harness.get('loop_lag_p99_ms'))} ms, peak RSS "
+                 f"{harness.get('peak_rss_mb', 0):.0f} MB")
+    lines.extend(f"  !! {warning}" for warning in harness.get("warnings", []))
+    return lines
+
+
+def render_report(folder: Path) -> Path:
+    """Write folder/report.md (+ PNGs) for a run or a sweep folder; return the report's path."""
+    sweep = folder / "sweep.json"
+    if sweep.is_file():
+        import json
+
+        slugs = json.loads(sweep.read_text())["levels"]
+        levels = [(slug, read_summary(folder / slug), folder / slug) for slug in slugs]
+    else:
+        levels = [("", read_summary(folder), folder)]
+    parts = [f"# Benchmark of {levels[0][1].get('model_id', '?')} at "
+             f"{levels[0][1].get('base_url', '?')}", ""]
+    parts += _context_section(levels[0][1])
+    plots = _plots(folder, levels)
+    if len(levels) > 1:
+        parts += _sweep_table(levels)
+        if "curve" in plots:
+            parts += ["![latency–throughput](latency_throughput.png)", ""]
+    for slug, summary, _path in levels:
+        parts += _level_section(slug, summary, plots.get(slug, []))
+    parts += ["## Definitions", ""] + [f"- **{key}**: {text}" for key, text in FORMULAS.items()]
+    parts += ["", "Percentiles: linear interpolation between closest ranks; std is the "
+                  "population standard deviation (as `vllm bench serve`).", ""]
+    path = folder / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def _context_section(summary: dict[str, Any]) -> list[str]:
+    data = summary.get("data", {})
+    config = summary.get("config", {})
+    return [
+        f"- date (UTC): {summary.get('date', '?')}; endpoint: {summary.get('backend', '?')}; "
+        f"transport: {summary.get('client', {}).get('transport', '?')}",
+        f"- prompts: {data.get('dataset', '?')}, input {data.get('input_len', 'from data')} "
+        f"tokens, output {data.get('output_len', '?')} tokens; tokenizer: "
+        f"{data.get('tokenizer_source', '?')}; exact input length for "
+        f"{data.get('exact_input_fraction', 1):.0%} of prompts",
+        f"- bounds: {config.get('num_requests')} requests, {config.get('duration_s')} s; "
+        f"warm-up {config.get('warmup_s')} s and cool-down {config.get('cooldown_s')} s excluded;"
+        f" ignore_eos={config.get('ignore_eos')}; turns per session {config.get('turns')}",
+        "",
+    ]
+
+
+def _sweep_table(levels: list[tuple[str, dict[str, Any], Path]]) -> list[str]:
+    rows = ["## Sweep", "",
+            "| level | n ok | failed | output tok/s | req/s | TTFT p50 | TTFT p99 | TPOT p50 | "
+            "TPOT p99 | E2EL p50 | client CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _slug, s, _path in levels:
+        rows.append(
+            f"| {s.get('label')} | {s['completed']} | {s['failed']} | "
+            f"{s['output_throughput']:.1f} | {s['request_throughput']:.2f} | "
+            f"{_ms(s.get('p50_ttft_ms'))} | {_ms(s.get('p99_ttft_ms'))} | "
+            f"{_ms(s.get('p50_tpot_ms'))} | {_ms(s.get('p99_tpot_ms'))} | "
+            f"{_ms(s.get('p50_e2el_ms'))} | "
+            f"{s.get('harness', {}).get('client_cpu_fraction_of_one_core', 0):.0%} |")
+    return [*rows, "", "Latencies in ms. " + FORMULAS["ttft"] + "; " + FORMULAS["tpot"] + ".", ""]
+
+
+def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list[str]:
+    title = summary.get("label") or slug or "run"
+    rows = [f"## {title}", ""]
+    warnings = summary.get("harness", {}).get("warnings", [])
+    rows += [f"> **{warning}**" for warning in warnings] + ([""] if warnings else [])
+    rows += ["| throughput | value | formula |", "|---|---|---|"]
+    for key, unit in (("output_throughput", "tok/s"), ("total_token_throughput", "tok/s"),
+                      ("request_throughput", "req/s")):
+        rows.append(f"| {key} | {summary[key]:.2f} {unit} | {FORMULAS[key]} |")
+    if summary.get("request_goodput") is not None:
+        rows.append(f"| request_goodput | {summary['request_goodput']:.2f} req/s "
+                    f"({summary['slo_attainment']:.1%} attainment, SLOs "
+                    f"{summary['goodput_config']} ms) | {FORMULAS['request_goodput']} |")
+    rows.append(f"| achieved_concurrency | {summary['achieved_concurrency']:.2f} | "
+                f"{FORMULAS['achieved_concurrency']} |")
+    rows.append(f"| duration | {summary['duration']:.2f} s ({summary['completed']} ok, "
+                f"{summary['failed']} failed, {summary.get('excluded_by_window', 0)} outside "
+                f"the window) | {FORMULAS['duration']} |")
+    rows += ["", "| latency (ms) | n | mean | p50 | p90 | p95 | p99 | max | formula |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, name in _METRICS:
+        if f"n_{key}" not in summary:
+            continue
+        rows.append(f"| {name} | {summary[f'n_{key}']} | {_ms(summary[f'mean_{key}_ms'])} | "
+                    f"{_ms(summary[f'p50_{key}_ms'])} | {_ms(summary[f'p90_{key}_ms'])} | "
+                    f"{_ms(summary[f'p95_{key}_ms'])} | {_ms(summary[f'p99_{key}_ms'])} | "
+                    f"{_ms(summary[f'max_{key}_ms'])} | {FORMULAS[key]} |")
+    if summary.get("error_counts"):
+        rows += ["", "| error | count | example |", "|---|---|---|"]
+        for kind, count in summary["error_counts"].items():
+            example = summary.get("error_examples", {}).get(kind, "").replace("|", "\\|")
+            rows.append(f"| {kind} | {count} | {example[:120]} |")
+    harness = summary.get("harness", {})
+    rows += ["", f"Harness health: client CPU "
+                 f"{harness.get('client_cpu_fraction_of_one_core', 0):.0%} of one core, "
+                 f"event-loop lag p50/p99/max {_ms(harness.get('loop_lag_p50_ms'))}/"
+                 f"{_ms(harness.get('loop_lag_p99_ms'))}/{_ms(harness.get('loop_lag_max_ms'))} ms,"
+                 f" peak RSS {harness.get('peak_rss_mb', 0):.0f} MB.", ""]
+    rows += [f"![{name}]({name})" for name in plots]
+    return [*rows, ""]
+
+
+def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, Any] = {}
+    for slug, summary, path in levels:
+        ttft, tpot = [], []
+        for record in read_records(path / "requests.jsonl"):
+            if record.get("ok") and record.get("ttft_ms") is not None:
+                ttft.append(record["ttft_ms"])
+                if record.get("tpot_ms") is not None:
+                    tpot.append(record["tpot_ms"])
+        if not ttft:
+            continue
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for axis, values, name in ((axes[0], ttft, "TTFT"), (axes[1], tpot, "TPOT")):
+            if not values:
+                axis.set_title(f"{name}: no values")
+                continue
+            axis.hist(values, bins=min(60, max(10, len(values) // 5)), color="#4c72b0")
+            twin = axis.twinx()
+            ordered = sorted(values)
+            twin.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))],
+                      color="#dd8452")
+            twin.set_ylim(0, 1.02)
+            twin.set_ylabel("CDF")
+            axis.set_xlabel(f"{name} (ms)")
+            axis.set_ylabel("requests")
+            axis.set_title(f"{name} (n={len(values)}) {summary.get('label', '')}")
+        figure.tight_layout()
+        name = f"latency_{slug}.png" if slug else "latency.png"
+        figure.savefig(folder / name, dpi=110)
+        plt.close(figure)
+        made[slug] = [name]
+    if len(levels) > 1:
+        points = [(s["output_throughput"], s.get("p50_ttft_ms"), s.get("p50_tpot_ms"),
+                   s.get("label", slug)) for slug, s, _p in levels]
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for axis, index, name in ((axes[0], 1, "TTFT p50 (ms)"), (axes[1], 2, "TPOT p50 (ms)")):
+            xs = [point[0] for point in points if point[index] is not None]
+            ys = [point[index] for point in points if point[index] is not None]
+            axis.plot(xs, ys, marker="o")
+            for point in points:
+                if point[index] is not None:
+                    axis.annotate(str(point[3]), (point[0], point[index]), fontsize=7)
+            axis.set_xlabel("output throughput (tok/s)")
+            axis.set_ylabel(name)
+            axis.grid(alpha=0.3)
+        figure.suptitle("latency–throughput over the sweep")
+        figure.tight_layout()
+        figure.savefig(folder / "latency_throughput.png", dpi=110)
+        plt.close(figure)
+        made["curve"] = ["latency_throughput.png"]
+    return made

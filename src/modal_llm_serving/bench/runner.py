@@ -1,0 +1,358 @@
+"""Load generation: closed loop (fixed concurrency) or open loop (request rate), one asyncio loop.
+
+Closed loop: `concurrency` workers, each sends its next request when its last one ends; reports
+achieved concurrency. Open loop: send times are fixed in advance from the arrival process
+(constant, Poisson, or gamma with a burstiness factor, as `vllm bench serve`), so latency is also
+reported from the schedule (coordinated-omission corrected) together with the dispatch lag; an
+optional `max_concurrency` caps requests in flight (waiting for a slot counts as dispatch lag).
+
+Multi-turn sessions: a conversation's turns go out one after another, each carrying the previous
+turns (so the server can reuse the prefix) and one session header per conversation, for sticky
+routing. Bounds: a number of requests and/or a duration (no new request starts after it).
+Each finished record goes straight to the sink (JSONL), so an interrupted run keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from modal_llm_serving.bench.data import Prompt
+from modal_llm_serving.bench.health import HealthMonitor, judge
+from modal_llm_serving.bench.metrics import Accumulator, Slo
+from modal_llm_serving.bench.records import RequestRecord
+from modal_llm_serving.bench.stream import RequestSpec, RetryPolicy, send_streaming
+from modal_llm_serving.bench.transport import Transport, make_transport
+
+__all__ = ["BenchConfig", "Progress", "arrival_times", "run_load"]
+
+ARRIVALS = ("constant", "poisson", "gamma")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Everything one load level needs. `concurrency` XOR `rate` (requests/s, inf = all at once)."""
+
+    base_url: str
+    model: str
+    endpoint: str = "chat"  # chat | completions
+    api_key: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    concurrency: int | None = None
+    rate: float | None = None
+    arrival: str = "poisson"
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    num_requests: int | None = None
+    duration_s: float | None = None
+    warmup_s: float = 0.0
+    cooldown_s: float = 0.0
+    turns: int = 1
+    session_header: str = "Modal-Session-ID"
+    ignore_eos: bool = True
+    timeout_s: float = 600.0
+    stall_timeout_s: float = 120.0
+    retries: int = 0
+    retry_statuses: tuple[int, ...] = (429, 503)
+    slo: Slo | None = None
+    seed: int = 0
+    transport: str = "raw"
+    prewarm: bool = True  # open the pool's connections before the clock starts
+    extra_body: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.concurrency is not None
+
+    @property
+    def label(self) -> str:
+        if self.concurrency is not None:
+            return f"concurrency {self.concurrency}"
+        rate = "inf" if self.rate is None or math.isinf(self.rate) else f"{self.rate:g}"
+        return f"rate {rate}/s ({self.arrival})"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as saved with results: no API key, header values that look secret masked."""
+        data = dataclasses.asdict(self)
+        data.pop("api_key")
+        data["api_key_set"] = bool(self.api_key)
+        data["headers"] = {name: ("***" if _secret_header(name) else value)
+                           for name, value in self.headers}
+        data["slo"] = self.slo.as_dict() if self.slo else None
+        data["extra_body"] = dict(self.extra_body)
+        return data
+
+
+def _secret_header(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in ("auth", "key", "token", "secret", "cookie"))
+
+
+@dataclasses.dataclass
+class Progress:
+    """A snapshot for the live display."""
+
+    elapsed_s: float
+    sent: int
+    done: int
+    failed: int
+    in_flight: int
+    output_tokens: int
+    target: int | None
+    duration_s: float | None
+
+    @property
+    def output_tok_s(self) -> float:
+        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def arrival_times(*, count: int, rate: float, arrival: str, burstiness: float,
+                  seed: int) -> list[float]:
+    """Scheduled send offsets (s) for `count` requests; an infinite rate sends all at 0."""
+    return list(itertools.islice(_lazy_arrivals(rate=rate, arrival=arrival,
+                                                burstiness=burstiness, seed=seed), count))
+
+
+class _Run:
+    def __init__(self, config: BenchConfig, prompts: list[Prompt],
+                 sink: Callable[[RequestRecord], None],
+                 progress: Callable[[Progress], None] | None) -> None:
+        self.config = config
+        self.prompts = prompts
+        self.sink = sink
+        self.progress = progress
+        self.accumulator = Accumulator()
+        self.sent = self.done = self.failed = self.out_tokens = 0
+        self.in_flight = 0
+        self.t0_ns = 0
+        self.deadline_ns: int | None = None
+        self.run_id = uuid.uuid4().hex[:8]
+        self.prompt_cycle = itertools.cycle(range(len(prompts)))
+        self.chat = config.endpoint == "chat"
+        path = "/v1/chat/completions" if self.chat else "/v1/completions"
+        self.url = config.base_url + path
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers.update(dict(config.headers))
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self.headers = headers
+        self.transport: Transport | None = None
+        self.retry = RetryPolicy(statuses=frozenset(config.retry_statuses),
+                                 max_retries=config.retries)
+
+    # --- budget -------------------------------------------------------------------------------
+    def take_slot(self) -> int | None:
+        """The next request's index, or None once the request or time budget is spent."""
+        limit = self.config.num_requests
+        if limit is not None and self.sent >= limit:
+            return None
+        if self.deadline_ns is not None and time.perf_counter_ns() >= self.deadline_ns:
+            return None
+        index = self.sent
+        self.sent += 1
+        return index
+
+    # --- one conversation ---------------------------------------------------------------------
+    async def conversation(self, first_index: int, *, scheduled_ns: int | None) -> None:
+        config = self.config
+        session_id = f"{self.run_id}-{first_index}" if config.turns > 1 else None
+        history: list[dict[str, str]] = []
+        index: int | None = first_index
+        for turn in range(config.turns):
+            if index is None:
+                return
+            prompt = self.prompts[next(self.prompt_cycle)]
+            text = await self.request(index, prompt, history, session_id=session_id, turn=turn,
+                                      scheduled_ns=scheduled_ns if turn == 0 else None)
+            if text is None:
+                return  # a failed turn ends the conversation: later turns would lack context
+            if turn + 1 < config.turns:
+                history += [{"role": "user", "content": prompt.text},
+                            {"role": "assistant", "content": text}]
+                index = self.take_slot()
+
+    async def request(self, index: int, prompt: Prompt, history: list[dict[str, str]], *,
+                      session_id: str | None, turn: int, scheduled_ns: int | None) -> str | None:
+        config = self.config
+        body: dict[str, Any] = {"model": config.model, "stream": True,
+                                "max_tokens": prompt.output_len,
+                                "stream_options": {"include_usage": True}}
+        if self.chat:
+            messages = list(prompt.messages) if prompt.messages else [
+                {"role": "user", "content": prompt.text}]
+            body["messages"] = history + messages
+        else:
+            body["prompt"] = "".join(m["content"] + "\n" for m in history) + prompt.text
+        if config.ignore_eos:
+            body["ignore_eos"] = True
+            body["min_tokens"] = prompt.output_len
+        body.update(dict(config.extra_body))
+        headers = self.headers
+        if session_id is not None:
+            headers = {**headers, config.session_header: session_id}
+        spec = RequestSpec(url=self.url, body=json.dumps(body).encode(), headers=headers,
+                           chat=self.chat)
+        record = RequestRecord(index=index, input_len=prompt.input_len,
+                               max_tokens=prompt.output_len, scheduled_ns=scheduled_ns,
+                               session_id=session_id, turn=turn)
+        self.in_flight += 1
+        try:
+            assert self.transport is not None
+            text = await send_streaming(self.transport, spec, record, t0_ns=self.t0_ns,
+                                        retry=self.retry)
+        except asyncio.CancelledError:
+            record.error, record.error_detail = "cancelled", "the run ended before this request"
+            record.end_ns = time.perf_counter_ns() - self.t0_ns
+            self.finish(record)
+            raise
+        finally:
+            self.in_flight -= 1
+        self.finish(record)
+        return text if record.ok else None
+
+    def finish(self, record: RequestRecord) -> None:
+        self.done += 1
+        if record.ok:
+            self.out_tokens += record.n_out or 0
+        else:
+            self.failed += 1
+        self.sink(record)
+        self.accumulator.add(record)
+
+    # --- load patterns ------------------------------------------------------------------------
+    async def closed_loop(self) -> None:
+        async def worker() -> None:
+            while (index := self.take_slot()) is not None:
+                await self.conversation(index, scheduled_ns=None)
+
+        assert self.config.concurrency is not None
+        await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
+
+    async def open_loop(self) -> None:
+        config = self.config
+        rate = config.rate if config.rate is not None else math.inf
+        limit = config.num_requests
+        if limit is None:  # duration-bounded: enough arrivals to cover the duration
+            assert config.duration_s is not None
+            limit = int(min(rate * config.duration_s * 2 + 10, 10_000_000)) if not math.isinf(
+                rate) else 1_000_000
+        times = _lazy_arrivals(rate=rate, arrival=config.arrival, burstiness=config.burstiness,
+                               seed=config.seed)
+        gate = (asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None)
+        tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        t0_loop = loop.time() - (time.perf_counter_ns() - self.t0_ns) / 1e9
+        for _ in range(limit):
+            offset = next(times)
+            delay = t0_loop + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if gate is not None:
+                await gate.acquire()
+            index = self.take_slot()
+            if index is None:
+                if gate is not None:
+                    gate.release()
+                break
+            task = loop.create_task(self._gated(index, int(offset * 1e9), gate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _gated(self, index: int, scheduled_ns: int,
+                     gate: asyncio.Semaphore | None) -> None:
+        try:
+            await self.conversation(index, scheduled_ns=scheduled_ns)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def report_progress(self) -> None:
+        assert self.progress is not None
+        while True:
+            await asyncio.sleep(0.5)
+            self.progress(self.snapshot())
+
+    def snapshot(self) -> Progress:
+        return Progress(elapsed_s=(time.perf_counter_ns() - self.t0_ns) / 1e9, sent=self.sent,
+                        done=self.done, failed=self.failed, in_flight=self.in_flight,
+                        output_tokens=self.out_tokens, target=self.config.num_requests,
+                        duration_s=self.config.duration_s)
+
+    async def run(self) -> dict[str, Any]:
+        config = self.config
+        pool = config.concurrency or config.max_concurrency or 256
+        monitor = HealthMonitor()
+        async with make_transport(config.transport, pool=max(1, pool), timeout_s=config.timeout_s,
+                                  stall_timeout_s=config.stall_timeout_s) as transport:
+            self.transport = transport
+            if config.prewarm and hasattr(transport, "prewarm"):
+                await transport.prewarm(self.url, min(pool, 1024))
+            self.t0_ns = time.perf_counter_ns()
+            if config.duration_s is not None:
+                self.deadline_ns = self.t0_ns + int(config.duration_s * 1e9)
+            monitor.start()
+            reporter = (asyncio.get_running_loop().create_task(self.report_progress())
+                        if self.progress else None)
+            try:
+                await (self.closed_loop() if config.closed_loop else self.open_loop())
+            finally:
+                await monitor.stop()
+                if reporter is not None:
+                    reporter.cancel()
+            if self.progress is not None:
+                self.progress(self.snapshot())
+        return self._summarize(monitor)
+
+    def _summarize(self, monitor: HealthMonitor) -> dict[str, Any]:
+        config = self.config
+        summary = self.accumulator.summary(warmup_s=config.warmup_s, cooldown_s=config.cooldown_s,
+                                           slo=config.slo)
+        harness = monitor.result()
+        harness["warnings"] = judge(harness, summary)
+        summary["harness"] = harness
+        # stamps in the JSONL are relative to this perf_counter_ns() reading (CLOCK_MONOTONIC on
+        # Linux: comparable with another local process's stamps, as the calibration does)
+        summary["t0_perf_counter_ns"] = self.t0_ns
+        summary["max_concurrency"] = config.concurrency or config.max_concurrency
+        summary["request_rate"] = (None if config.closed_loop else
+                                   ("inf" if config.rate is None or math.isinf(config.rate)
+                                    else config.rate))
+        summary["burstiness"] = config.burstiness
+        summary["num_prompts"] = self.sent
+        summary["model_id"] = config.model
+        summary["endpoint_type"] = "openai-chat" if self.chat else "openai"
+        summary["label"] = config.label
+        return summary
+
+
+def _lazy_arrivals(*, rate: float, arrival: str, burstiness: float,
+                   seed: int) -> Iterator[float]:
+    rng = random.Random(seed)
+    now = 0.0
+    while True:
+        yield now
+        if math.isinf(rate):
+            continue
+        if arrival == "constant":
+            now += 1 / rate
+        elif arrival == "poisson":
+            now += rng.expovariate(rate)
+        else:
+            now += rng.gammavariate(burstiness, 1 / (rate * burstiness))
+
+
+async def run_load(config: BenchConfig, prompts: list[Prompt], *,
+                   sink: Callable[[RequestRecord], None],
+                   progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+    """Run one load level to its bounds; each finished record goes to `sink`; return the summary."""
+    return await _Run(config, prompts, sink, progress).run()

@@ -1,0 +1,180 @@
+"""Send one streaming completion and stamp its events (the harness's measuring loop).
+
+Bytes are stamped with `time.perf_counter_ns()` by the transport the moment a read arrives (in
+`data_received` for the raw transport), before SSE parsing or JSON decoding, so parsing cost never
+shows up as latency. Every event in one read shares the stamp
+of that read: it is when those bytes reached us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from typing import Any
+
+from modal_llm_serving.bench.records import RequestRecord
+from modal_llm_serving.bench.transport import Transport, TransportError
+from modal_llm_serving.sse import SSEParser
+
+__all__ = ["RequestSpec", "RetryPolicy", "is_token_event", "send_streaming"]
+
+_ERROR_BODY_LIMIT = 400
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestSpec:
+    """A ready-to-send request: URL, JSON body bytes and headers (auth and session included)."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    chat: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Which HTTP statuses to retry and how often; the load modes default to no retries."""
+
+    statuses: frozenset[int] = frozenset()
+    max_retries: int = 0
+    backoff_s: float = 0.5
+    retry_connect: bool = False
+
+
+def is_token_event(payload: dict[str, Any], *, chat: bool) -> bool:
+    """Token-bearing: non-empty `choices`, except the role-only chunk that opens a chat stream."""
+    choices = payload.get("choices")
+    if not choices:
+        return False
+    if not chat:
+        return True
+    delta = choices[0].get("delta") or {}
+    if "role" in delta and not delta.get("content") and not choices[0].get("finish_reason"):
+        return any(value for key, value in delta.items() if key not in ("role", "content"))
+    return True
+
+
+async def send_streaming(transport: Transport, spec: RequestSpec,
+                         record: RequestRecord, *, t0_ns: int,
+                         retry: RetryPolicy = RetryPolicy()) -> str:
+    """Run `spec`, filling `record` in place (stamps relative to `t0_ns`); return the text."""
+    record.sent_ns = time.perf_counter_ns() - t0_ns
+    attempt = 0
+    while True:
+        attempt += 1
+        record.attempts = attempt
+        text = await _attempt(transport, spec, record, t0_ns=t0_ns)
+        retryable = ((record.status in retry.statuses)
+                     or (retry.retry_connect and record.error in ("connect", "reset")))
+        if record.error is None or not retryable or attempt > retry.max_retries:
+            return text
+        await asyncio.sleep(retry.backoff_s)
+        _reset_for_retry(record)
+
+
+def _reset_for_retry(record: RequestRecord) -> None:
+    record.error = record.error_detail = None
+    record.status = None
+    record.first_token_ns = record.last_token_ns = None
+    record.itl_ns = []
+    record.token_events = 0
+    record.completion_tokens = record.prompt_tokens = None
+    record.saw_done = False
+
+
+async def _attempt(transport: Transport, spec: RequestSpec,
+                   record: RequestRecord, *, t0_ns: int) -> str:
+    parts: list[str] = []
+    try:
+        async with transport.post(spec.url, spec.body, spec.headers) as response:
+            record.status = response.status
+            if response.status != 200:
+                body = await response.read_body(_ERROR_BODY_LIMIT)
+                record.error = f"http_{response.status}"
+                record.error_detail = _error_message(body)
+            else:
+                await _consume(response.chunks(), spec, record, parts, t0_ns=t0_ns)
+    except TransportError as exc:
+        if record.error is None:
+            record.error, record.error_detail = exc.kind, exc.detail
+    record.end_ns = time.perf_counter_ns() - t0_ns
+    if record.error is None and record.first_token_ns is None:
+        record.error = "no_tokens"
+        record.error_detail = "the stream ended without a token-bearing event"
+    return "".join(parts)
+
+
+async def _consume(chunks: Any, spec: RequestSpec, record: RequestRecord, parts: list[str],
+                   *, t0_ns: int) -> None:
+    parser = SSEParser()
+    chat = spec.chat
+    last = None
+    now = 0
+    async for stamp, data in chunks:
+        now = stamp - t0_ns  # stamped by the transport as the bytes arrived, before parsing
+        for event in parser.feed(data):
+            last = _handle(event.data, now, chat, record, parts, last)
+            if record.error is not None:
+                return
+    for event in parser.close():
+        last = _handle(event.data, now, chat, record, parts, last)  # bytes of the last read
+        if record.error is not None:
+            return
+
+
+def _handle(data: str, now: int, chat: bool, record: RequestRecord, parts: list[str],
+            last: int | None) -> int | None:
+    if data == "[DONE]":
+        record.saw_done = True
+        return last
+    try:
+        payload = json.loads(data)
+        if not isinstance(payload, dict):
+            raise ValueError("not a JSON object")
+    except ValueError:
+        record.error = "malformed_chunk"
+        record.error_detail = f"not JSON: {data[:120]!r}"
+        return last
+    if "error" in payload and not payload.get("choices"):
+        record.error = "stream_error"
+        record.error_detail = _error_message(data.encode())
+        return last
+    if usage := payload.get("usage"):
+        record.completion_tokens = usage.get("completion_tokens", record.completion_tokens)
+        record.prompt_tokens = usage.get("prompt_tokens", record.prompt_tokens)
+        if isinstance(timing := payload.get("server_timing"), dict):
+            record.server_timing = timing
+    if not is_token_event(payload, chat=chat):
+        return last
+    choice = payload["choices"][0]
+    piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+    if piece:
+        parts.append(piece)
+        record.text_chars += len(piece)
+    record.token_events += 1
+    if last is None:
+        record.first_token_ns = now
+    else:
+        record.itl_ns.append(now - last)
+    record.last_token_ns = now
+    return now
+
+
+def _error_message(body: bytes) -> str:
+    """The server's error message (OpenAI/vLLM JSON shape) or the start of its body."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text[:200] or "(empty body)"
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:200]
+        if isinstance(error, str):
+            return error[:200]
+        if payload.get("message"):
+            return str(payload["message"])[:200]
+    return text[:200]
