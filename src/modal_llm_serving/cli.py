@@ -277,6 +277,43 @@ def render_doctor(report: Any) -> None:
     click.echo(f"{failed} failed, {warned} warnings" if failed or warned else "all checks ok")
 
 
+# --- mls dev -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def dev() -> None:
+    """Commands for developing this toolkit itself."""
+
+
+@dev.command("sync-recipes")
+@click.option("--check", is_flag=True,
+              help="Change nothing; exit 1 if any recipe's copy differs from engines.py.")
+@click.option("--dir", "folder", type=click.Path(exists=True, file_okay=False),
+              help="Recipes folder [default: the skill's scripts/ in this checkout].")
+@expected_errors
+def dev_sync_recipes(check: bool, folder: str | None) -> None:
+    """Copy the engine-command block of engines.py into every recipe that differs.
+
+    Each recipe carries a verbatim copy (between `# BEGIN engine-command` and
+    `# END engine-command`) so it imports with only `modal` installed.
+    """
+    from pathlib import Path
+
+    from modal_llm_serving.recipes import stale_recipes, sync_recipes
+
+    where = Path(folder) if folder else None
+    if check:
+        if stale := stale_recipes(where):
+            names = ", ".join(path.name for path in stale)
+            raise click.ClickException(f"out of date: {names}; run `mls dev sync-recipes`")
+        click.echo("every recipe's engine block matches engines.py")
+        return
+    changed = sync_recipes(where)
+    for path in changed:
+        click.echo(f"updated {path}")
+    click.echo(f"{len(changed)} recipe(s) updated" if changed else "already in sync")
+
+
 def main() -> None:
     cli(prog_name="mls")
 

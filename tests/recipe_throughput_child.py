@@ -1,0 +1,53 @@
+"""Run the throughput recipe's generation and accounting on local vLLM `LLM` with a tiny model.
+
+    python tests/recipe_throughput_child.py MODEL_DIR OUT_JSON N INPUT_LEN OUTPUT_LEN
+
+A file of its own, run in a subprocess, because vLLM's engine core is a spawned child that
+re-imports the main module: it must be an importable file with a `__main__` guard, and the
+version shim must be imported first so the child gets it too. The recipe's own functions do the
+work (`llm_kwargs`, `make_prompts`, `run_batch`, `summarize`); only the model, the CPU swap and
+the workload size differ from what runs on Modal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import modal_llm_serving.vllm_launcher  # noqa: F401  (must come before vLLM)
+
+
+def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> None:
+    from vllm import LLM
+
+    from modal_llm_serving.engines import for_local_cpu
+    from modal_llm_serving.recipes import load_recipe, recipe_path
+
+    recipe = load_recipe(recipe_path("qwen3_throughput"))
+    config = for_local_cpu(dataclasses.replace(recipe.engine_config(), model=model_dir,
+                                               revision=None))
+    start = time.perf_counter()
+    llm = LLM(**recipe.llm_kwargs(config))
+    init_seconds = time.perf_counter() - start
+    vocab = llm.get_tokenizer().vocab_size
+    warmup = recipe.make_prompts(4, input_len=input_len, vocab_size=vocab, seed=-1)
+    warm_stats, _ = recipe.run_batch(llm, warmup, output_len=output_len)
+    prompts = recipe.make_prompts(n, input_len=input_len, vocab_size=vocab, seed=0)
+    stats, outputs = recipe.run_batch(llm, prompts, output_len=output_len)
+    per_request = [{"prompt_ids": len(output.prompt_token_ids),
+                    "output_ids": sum(len(sample.token_ids) for sample in output.outputs)}
+                   for output in outputs]
+    batch = dataclasses.asdict(stats)
+    summary = recipe.summarize([batch], price_per_hour=recipe.GPU_PRICE_PER_HOUR,
+                               n_gpu=recipe.N_GPU)
+    Path(out).write_text(json.dumps({
+        "stats": batch, "per_request": per_request, "summary": summary,
+        "init_seconds": init_seconds, "warmup_requests": warm_stats.requests}))
+
+
+if __name__ == "__main__":
+    model_dir, out, n, input_len, output_len = sys.argv[1:6]
+    main(model_dir, out, int(n), int(input_len), int(output_len))
