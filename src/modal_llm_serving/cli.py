@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -67,6 +68,9 @@ def cli() -> None:
     mls local serve              real vLLM on this machine, embedded SmolLM2, smoke-tested
     mls smoke URL                is an OpenAI-compatible endpoint up and correct?
     mls doctor                   is this machine's Modal CLI, SDK, python, profile right?
+    mls plan WORKLOAD.toml       GPU, engine settings, predicted ceilings, cost, in plain words
+    mls new WORKLOAD.toml -o F   the matching recipe with the plan's settings, checked
+    mls check FILE...            an app file against the serving rules (exit 1 on findings)
     """
 
 
@@ -312,6 +316,376 @@ def dev_sync_recipes(check: bool, folder: str | None) -> None:
     for path in changed:
         click.echo(f"updated {path}")
     click.echo(f"{len(changed)} recipe(s) updated" if changed else "already in sync")
+
+
+# --- mls bench ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmark an OpenAI-compatible streaming endpoint (TTFT, TPOT, ITL, E2EL, throughput).
+
+    \b
+    mls bench run URL --concurrency 1,8,32 -n 200     closed-loop sweep
+    mls bench run URL --rate 2,4 --duration 60         open loop (Poisson), from the schedule
+    mls bench report results/bench-...                 re-render a saved run
+    mls bench cold-start URL --repeat 3 --wait 900     time to first token from zero
+    """
+
+
+def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
+    """Options every bench command shares: who to talk to and how."""
+    for option in reversed([
+        click.option("--model", help="Model id [default: the only served model]."),
+        click.option("--api-key", envvar="MLS_API_KEY",
+                     help="Bearer key for /v1 routes [env MLS_API_KEY]."),
+        click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+                     help="Extra header on every request (repeatable)."),
+        click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat",
+                     show_default=True, help="/v1/chat/completions or /v1/completions."),
+        click.option("--json", "json_", is_flag=True, help="Print the summary as JSON."),
+    ]):
+        command = option(command)
+    return command
+
+
+@bench.command("run")
+@click.argument("url")
+@_bench_common
+@click.option("--concurrency", "-c", metavar="N[,N...]",
+              help="Closed loop: requests in flight; a comma list sweeps [default: 1].")
+@click.option("--rate", "-r", metavar="R[,R...]",
+              help="Open loop: requests/s (inf = all at once); a comma list sweeps.")
+@click.option("--arrival", type=click.Choice(["poisson", "constant", "gamma"]),
+              default="poisson", show_default=True, help="Open-loop arrival process.")
+@click.option("--burstiness", type=float, default=1.0, show_default=True,
+              help="Gamma shape (1 = Poisson, < 1 burstier).")
+@click.option("--max-concurrency", type=click.IntRange(min=1),
+              help="Open loop: cap on requests in flight.")
+@click.option("--num-requests", "-n", type=click.IntRange(min=1),
+              help="Requests per level [default: 100 unless --duration].")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per level; no new request starts after it.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds at the start excluded from the measurement window.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds at the end excluded from the measurement window.")
+@click.option("--input-len", default="128", show_default=True, metavar="SPEC",
+              help="Prompt tokens: N, uniform:MIN:MAX or normal:MEAN:STD.")
+@click.option("--output-len", metavar="SPEC",
+              help="Output tokens (same forms) [default: 128, or from the dataset].")
+@click.option("--dataset", type=click.Path(dir_okay=False, path_type=Path),
+              help="Prompts: JSONL ({prompt, output_tokens} or {messages}) or ShareGPT JSON.")
+@click.option("--tokenizer", help="Local tokenizer folder or Hub id [default: the server's "
+                                  "/tokenize].")
+@click.option("--turns", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Turns per conversation (multi-turn sessions reuse their prefix).")
+@click.option("--session-header", default="Modal-Session-ID", show_default=True,
+              help="Header carrying one id per conversation (sticky routing) when --turns > 1.")
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
+              help="Ask for exactly the output length (vLLM/SGLang ignore_eos + min_tokens).")
+@click.option("--slo", "slos", multiple=True, metavar="METRIC:MS",
+              help="SLO for goodput, e.g. --slo ttft:500 --slo tpot:50 (ttft, tpot, e2el).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds a request may take in all.")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True, help="Seconds a stream may go without a byte.")
+@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Retries of a 429/503 answer (each attempt counted in the record).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompts and arrivals.")
+@click.option("--transport", type=click.Choice(["raw", "aiohttp", "httpx"]), default="raw",
+              show_default=True, help="HTTP client (raw measured lowest overhead).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder [default: results/bench-<UTC time>].")
+@click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
+@expected_errors
+def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
+              endpoint: str, json_: bool, concurrency: str | None, rate: str | None,
+              arrival: str, burstiness: float, max_concurrency: int | None,
+              num_requests: int | None, duration: float | None, warmup: float, cooldown: float,
+              input_len: str, output_len: str | None, dataset: Path | None,
+              tokenizer: str | None, turns: int, session_header: str, ignore_eos: bool,
+              slos: tuple[str, ...], timeout: float, stall_timeout: float, retries: int,
+              seed: int, transport: str, out: Path | None, no_report: bool) -> None:
+    """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
+
+    Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
+    on stderr; results are written as requests finish, so Ctrl-C keeps what finished.
+    """
+    import datetime as dt
+
+    from modal_llm_serving.bench.api import plan_run, run_benchmark
+    from modal_llm_serving.bench.report import render_report, summary_lines
+
+    config, levels, workload = plan_run(
+        url=url, model=model, api_key=api_key, headers=parse_headers(headers), endpoint=endpoint,
+        concurrency=concurrency, rate=rate, arrival=arrival, burstiness=burstiness,
+        max_concurrency=max_concurrency, num_requests=num_requests, duration=duration,
+        warmup=warmup, cooldown=cooldown, input_len=input_len, output_len=output_len,
+        dataset=dataset, tokenizer=tokenizer, turns=turns, session_header=session_header,
+        ignore_eos=ignore_eos, slos=slos, timeout=timeout, stall_timeout=stall_timeout,
+        retries=retries, seed=seed, transport=transport)
+    out = out or Path("results") / f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    def on_level(level: Any, summary: dict[str, Any]) -> None:
+        if not json_:
+            click.echo("\n" + "\n".join(summary_lines(summary)))
+
+    try:
+        summaries = run_benchmark(
+            config, levels, workload, out_dir=out, progress=_bench_progress(),
+            on_info=lambda message: click.echo(message, err=True), on_level=on_level)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: finished requests are in {out}", err=True)
+        sys.exit(130)
+    if not no_report:
+        click.echo(f"report: {render_report(out)}", err=True)
+    click.echo(f"results: {out}", err=True)
+    if json_:
+        echo_json(summaries[0] if len(summaries) == 1 else summaries)
+
+
+def _bench_progress() -> Callable[[Any, Any], None]:
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(level: Any, snap: Any) -> None:
+        target = (f"/{snap.target}" if snap.target else
+                  f" of {snap.duration_s:g} s" if snap.duration_s else "")
+        line = (f"{level.slug}: {snap.elapsed_s:6.1f} s  done {snap.done}{target}  failed "
+                f"{snap.failed}  in flight {snap.in_flight}  {snap.output_tok_s:8.1f} tok/s")
+        if interactive:
+            click.echo(f"\r{line:<90}", nl=False, err=True)
+        elif snap.elapsed_s - last[0] >= 10:
+            last[0] = snap.elapsed_s
+            click.echo(line, err=True)
+
+    return show
+
+
+@bench.command("report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "json_", is_flag=True, help="Print the saved summary as JSON.")
+@expected_errors
+def bench_report(folder: Path, json_: bool) -> None:
+    """Re-render report.md and plots of a saved run (or sweep) FOLDER."""
+    from modal_llm_serving.bench.report import render_report, summary_lines
+    from modal_llm_serving.bench.results import read_summary
+
+    path = render_report(folder)
+    if json_:
+        sweep = folder / "sweep.json"
+        echo_json(json.loads(sweep.read_text()) if sweep.is_file() else read_summary(folder))
+        return
+    if not (folder / "sweep.json").is_file():
+        click.echo("\n".join(summary_lines(read_summary(folder))))
+    click.echo(f"report: {path}")
+
+
+@bench.command("cold-start")
+@click.argument("url")
+@_bench_common
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trials.")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds between trials (let the endpoint scale back to zero).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0,
+              show_default=True, help="Seconds a trial may wait for its first token.")
+@expected_errors
+def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
+                     endpoint: str, json_: bool, repeat: int, wait: float,
+                     timeout: float) -> None:
+    """Time from now to the first token at URL, retrying 503s and connection errors."""
+    from modal_llm_serving.bench.coldstart import run_cold_start
+    from modal_llm_serving.client import normalize_base_url
+
+    try:
+        base_url = normalize_base_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    if model is None:
+        raise click.UsageError("--model is required: a scaled-to-zero endpoint cannot list its "
+                               "models before it is up")
+    result = run_cold_start(base_url=base_url, model=model, api_key=api_key,
+                            headers=parse_headers(headers), endpoint=endpoint, repeat=repeat,
+                            wait_s=wait, timeout_s=timeout,
+                            on_event=lambda message: click.echo(message, err=True))
+    if json_:
+        echo_json(result)
+    else:
+        seconds = result["seconds_to_first_token"]
+        if seconds["n"]:
+            click.echo(f"time to first token (n={seconds['n']}): median {seconds['median']:.2f} s,"
+                       f" min {seconds['min']:.2f} s, max {seconds['max']:.2f} s "
+                       f"({result['definition']})")
+    if result["failed"]:
+        sys.exit(1)
+
+
+# --- mls plan / mls new / mls check ------------------------------------------------------------
+
+
+def workload_options(command: Callable[P, R]) -> Callable[P, R]:
+    """The workload: an optional TOML file, then `--set FIELD=VALUE`, then flags (last win)."""
+    options = [
+        click.argument("workload_file", required=False, metavar="[WORKLOAD.toml]",
+                       type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--model", help="Hub id (org/name) or a local checkpoint folder."),
+        click.option("--revision", help="Commit hash of a Hub model (required for Hub ids)."),
+        click.option("--goal", metavar="GOAL",
+                     help="online | cold-start | low-latency | throughput [default: inferred]."),
+        click.option("--concurrency", type=int, help="Requests in flight at peak [default: 8]."),
+        click.option("--context-length", type=int, help="Max tokens per sequence."),
+        click.option("--precision", help="bf16 | fp16 | fp8 | int8 | int4 | mxfp4."),
+        click.option("--ttft-ms", type=float, help="Time-to-first-token SLO, ms."),
+        click.option("--tpot-ms", type=float, help="Time-per-output-token SLO, ms."),
+        click.option("--throughput", "throughput_tok_s", type=float,
+                     help="Output tokens/s wanted across replicas."),
+        click.option("--region", help="Modal region to pin, e.g. us-east [default: any]."),
+        click.option("--cold-start-s", type=float, help="Longest acceptable cold start, s."),
+        click.option("--budget", "budget_per_hour", type=float, help="USD per hour at peak."),
+        click.option("--offline", is_flag=True, help="Batch work with no per-request HTTP."),
+        click.option("--gpu", help="Only this GPU type from the catalog, e.g. H100."),
+        click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
+                     help="Any other workload field (TOML value), e.g. --set input_tokens=2000."),
+        click.option("--gpu-catalog", envvar="MLS_GPU_CATALOG",
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="TOML file overriding GPU figures and prices [env MLS_GPU_CATALOG]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _workload(workload_file: Path | None, assignments: tuple[str, ...],
+              flags: dict[str, Any]) -> Any:
+    from modal_llm_serving.workload import workload_from_inputs
+
+    return workload_from_inputs(workload_file, flags=flags, assignments=assignments)
+
+
+@cli.command("plan")
+@workload_options
+@click.option("--json", "json_", is_flag=True, help="Print the plan as JSON.")
+@expected_errors
+def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
+                 gpu_catalog: Path | None, json_: bool, **flags: Any) -> None:
+    """Plan a deployment: pattern, GPU type and count, engine and Modal settings, predictions.
+
+    \b
+    mls plan workload.toml
+    mls plan --model Qwen/Qwen3-8B --revision <commit> --concurrency 32 --tpot-ms 40
+    Exit codes: 0 planned; 1 refused (out of scope, or nothing fits: the message says what
+    would); 2 invalid workload (the message names the field).
+    """
+    from modal_llm_serving.plan import explain, make_plan
+
+    result = make_plan(_workload(workload_file, assignments, flags), gpu_catalog=gpu_catalog)
+    if json_:
+        echo_json(result.to_dict())
+    else:
+        click.echo(explain(result))
+
+
+@cli.command("new")
+@workload_options
+@click.option("-o", "--output", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The app file to write.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--json", "json_", is_flag=True, help="Print what was done as JSON.")
+@expected_errors
+def new_command(workload_file: Path | None, assignments: tuple[str, ...],
+                gpu_catalog: Path | None, output: Path, force: bool, json_: bool,
+                **flags: Any) -> None:
+    """Plan the workload, write the matching recipe with the plan's settings, check it.
+
+    Only the recipe's UPPER_CASE settings constants change (a syntax-tree edit). Exit codes:
+    0 written and `mls check` clean; 1 refused, or the written file has findings; 2 bad input.
+    """
+    from modal_llm_serving.render import new_app
+
+    click.echo("planning and writing the app; then importing it with the Modal SDK to check "
+               "it", err=True)
+    result = new_app(_workload(workload_file, assignments, flags), output, force=force,
+                     gpu_catalog=gpu_catalog)
+    if json_:
+        echo_json(result.to_dict())
+    else:
+        plan = result.plan
+        click.echo(f"wrote {output} from {result.recipe.name} ({plan.pattern} pattern, "
+                   f"{plan.chosen.label()})")
+        for name, (old, new) in result.render.changed.items():
+            click.echo(f"  {name}: {old} -> {new}")
+        if result.render.missing:
+            click.echo("  not settings of this recipe (left to its defaults): "
+                       + ", ".join(result.render.missing))
+        for warning in plan.warnings:
+            click.echo(f"  ! {warning}")
+        render_findings(result.findings, files=1)
+        if not result.findings:
+            click.echo(f"next: modal run {output}   (smoke test)   |   modal deploy {output}")
+    if result.findings:
+        sys.exit(1)
+
+
+@cli.command("check")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "json_", is_flag=True, help="Print the findings as JSON.")
+@click.option("--no-import", is_flag=True,
+              help="Static checks only; do not import the files with the Modal SDK.")
+@click.option("--import-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds an import may take before it counts as hanging.")
+@click.option("--list", "list_", is_flag=True, help="List the rules and exit.")
+@expected_errors
+def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
+                  import_timeout: float, list_: bool) -> None:
+    """Check Modal LLM app files against the serving rules.
+
+    Static checks read the syntax tree; then each file is imported with the real Modal SDK in a
+    child process (where module-level code only defines things), so a crash or hang on import
+    is a finding too. Exit codes: 0 no findings; 1 findings; 2 bad usage (e.g. missing file).
+    """
+    from modal_llm_serving.check import RULES, check_files, import_skipped_reason
+
+    if list_:
+        if json_:
+            echo_json([dataclasses_asdict(rule) for rule in RULES])
+        else:
+            for rule in RULES:
+                click.echo(f"{rule.id} {rule.name}\n    why: {rule.message}\n    fix: {rule.fix}")
+        return
+    if not files:
+        raise UsageError("name at least one app file (or --list for the rules)")
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        if not no_import and (reason := import_skipped_reason(path)):
+            click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
+    findings = check_files(list(files), import_check=not no_import,
+                           import_timeout=import_timeout)
+    if json_:
+        echo_json({"files": len(files), "findings": [f.to_dict() for f in findings]})
+    else:
+        render_findings(findings, files=len(files))
+    if findings:
+        sys.exit(1)
+
+
+def dataclasses_asdict(value: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(value)
+
+
+def render_findings(findings: list[Any], *, files: int) -> None:
+    for finding in findings:
+        click.echo(f"{finding.location()}: {finding.rule.id} {finding.rule.name}  "
+                   f"{finding.detail}\n    why: {finding.rule.message}\n"
+                   f"    fix: {finding.rule.fix}")
+    plural = "s" if files != 1 else ""
+    if findings:
+        click.echo(f"mls check: {len(findings)} finding(s) in {files} file{plural}")
+    else:
+        click.echo(f"mls check: no findings in {files} file{plural}")
 
 
 def main() -> None:

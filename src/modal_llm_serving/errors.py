@@ -25,8 +25,8 @@ __all__ = [
     "EngineStartError",
     "MlsError",
     "ModelCacheError",
-    "RecipeError",
     "PlanRefused",
+    "RecipeError",
     "UsageError",
     "WorkloadError",
 ]

@@ -41,6 +41,9 @@ __all__ = ["Candidate", "Plan", "Prediction", "make_plan"]
 
 TP_SIZES = (1, 2, 4, 8)
 MAX_NUM_SEQS_CAP = 256  # vLLM's default max_num_seqs: a sane ceiling before benchmarking
+OFFLINE_NUM_SEQS_CAP = 512  # offline batches gain from larger batches while KV allows
+# Hub organisations whose models are gated: the app needs a Secret holding HF_TOKEN.
+GATED_ORGS = ("meta-llama/", "google/", "mistralai/")
 KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, prefix blocks)
 # Tensor parallelism all-reduces activations twice per layer per step; each costs some
 # microseconds of latency over NVLink however small the message, which caps what TP buys at
@@ -132,6 +135,7 @@ class Plan:
     region: str | None
     startup_timeout_s: int
     quantization: str | None  # vLLM --quantization for online quantization, else None
+    kv_cache_gib: int  # KV cache the cold-start recipe reserves (keeps snapshots lean)
     predictions: list[Prediction]
     reasons: list[tuple[str, str]]  # (topic, plain-words explanation)
     warnings: list[str]
@@ -168,13 +172,17 @@ class Plan:
             "MAX_MODEL_LEN": self.max_model_len,
             "MAX_NUM_SEQS": self.max_num_seqs,
             "GPU_MEMORY_UTILIZATION": self.gpu_memory_utilization,
-            "TARGET_INPUTS": self.target_inputs,
-            "MIN_CONTAINERS": self.min_containers,
-            "MAX_CONTAINERS": self.max_containers,
-            "BUFFER_CONTAINERS": self.buffer_containers,
             "STARTUP_TIMEOUT": self.startup_timeout_s,
+            "GPU_PRICE_PER_HOUR": self.gpu.price_per_hour,
         }
-        if self.max_inputs is not None:
+        if self.workload.model.startswith(GATED_ORGS):
+            settings["HF_SECRET"] = "huggingface"
+        if self.pattern != "throughput":  # HTTP autoscaling knobs; a batch job has none
+            settings |= {"TARGET_INPUTS": self.target_inputs,
+                         "MIN_CONTAINERS": self.min_containers,
+                         "MAX_CONTAINERS": self.max_containers,
+                         "BUFFER_CONTAINERS": self.buffer_containers}
+        if self.max_inputs is not None and self.pattern != "throughput":
             settings["MAX_INPUTS"] = self.max_inputs
         if self.workload.served_model_name:
             settings["SERVED_MODEL_NAME"] = self.workload.served_model_name
@@ -182,10 +190,12 @@ class Plan:
             settings["KV_CACHE_DTYPE"] = "fp8"
         if self.pattern == "low-latency" and self.region:
             settings["PROXY_REGIONS"] = [self.region]
+        if self.pattern == "cold-start":
+            settings["KV_CACHE_GIB"] = self.kv_cache_gib
         if self.pattern == "throughput":
-            settings["BATCH_SIZE"] = self.max_num_seqs
             settings["N_CONTAINERS"] = self.max_containers
-            settings["GPU_PRICE_PER_HOUR"] = self.gpu.price_per_hour
+            settings["INPUT_LEN"] = self.workload.input_tokens
+            settings["OUTPUT_LEN"] = self.workload.output_tokens
         return settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,7 +272,19 @@ class _Sizing:
         return gpu.tflops(fp8=self.precision == "fp8")
 
 
-def _sizing(w: Workload, facts: ModelFacts) -> _Sizing:
+def _default_context(w: Workload, facts: ModelFacts, pattern: str) -> int:
+    """Context length when the workload names none: lean, but room for a typical request."""
+    need = w.input_tokens + w.output_tokens
+    if pattern == "throughput":  # offline lengths are known: the next power of two
+        want = max(1024, 1 << (need - 1).bit_length())
+    elif pattern == "cold-start":  # small KV reservations keep snapshots lean
+        want = max(4096, need)
+    else:
+        want = max(8192, need)
+    return min(facts.max_position, want)
+
+
+def _sizing(w: Workload, facts: ModelFacts, pattern: str = "online") -> _Sizing:
     precision = w.precision or facts.native_precision
     if precision not in PRECISIONS:
         precision = "bf16"
@@ -274,8 +296,7 @@ def _sizing(w: Workload, facts: ModelFacts) -> _Sizing:
     if facts.is_moe and facts.experts > facts.experts_per_token:
         e, k = facts.experts, facts.experts_per_token
         expert = (facts.total_params - facts.active_params) * e / (e - k)
-    max_len = w.context_length or min(facts.max_position, max(8192, w.input_tokens
-                                                              + w.output_tokens))
+    max_len = w.context_length or _default_context(w, facts, pattern)
     return _Sizing(facts=facts, precision=precision,
                    kv_bytes_per_elem=1.0 if w.kv_cache_dtype == "fp8" else 2.0,
                    weights_bytes=weights, expert_params=expert,
@@ -348,7 +369,8 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
                                                f"ms > ttft_ms {w.ttft_ms:g}"))
                     continue
             capacity = max(0, kv_tokens // s.seq_tokens)
-            cap = min(MAX_NUM_SEQS_CAP, max(capacity, 1))
+            ceiling = OFFLINE_NUM_SEQS_CAP if pattern == "throughput" else MAX_NUM_SEQS_CAP
+            cap = min(ceiling, max(capacity, 1))
             slo_batch = _max_batch_for_tpot(s, gpu, n, w.tpot_ms, cap)
             if slo_batch == 0:
                 step = s.step_seconds(gpu, n, 1)
@@ -441,12 +463,14 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         online_cold = _cold_start(s, platform, 1)[1]
     pattern, pattern_why = _pattern(w, online_cold)
     util = 0.85 if pattern == "low-latency" else 0.90
+    s = _sizing(w, facts, pattern)
     fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
     if not fits and pattern == "cold-start" and w.goal is None:
         # Snapshots need one GPU; a model that needs several keeps a warm container instead.
         pattern = "online"
         pattern_why += ("; but GPU snapshots need a single GPU and this model needs more, so "
                         "online with a warm container instead")
+        s = _sizing(w, facts, pattern)
         fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
     if not fits:
         raise PlanRefused(_why_nothing_fits(w, s, gpus, platform, rejected, util))
@@ -559,6 +583,10 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     if n > 1:
         reasons.append(("tensor parallelism", f"{n} GPUs split the {f.heads} attention heads "
                         "evenly; TP is a power of two and at most 8 per container on Modal"))
+    if w.model.startswith(GATED_ORGS):
+        reasons.append(("access", f"{w.model} is gated on the Hub: HF_SECRET names a Modal "
+                        "Secret holding HF_TOKEN (`modal secret create huggingface "
+                        "HF_TOKEN=...`), after accepting the license on the model page"))
     if not gpu.price_verified:
         warnings.append(f"the {gpu.name} price (${gpu.price_per_hour}/h) is not verified: "
                         "check https://modal.com/pricing or override it with --gpu-catalog")
@@ -571,7 +599,8 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     # engine and concurrency knobs
     max_len = s.max_model_len
     capacity = chosen.kv_capacity_tokens // s.seq_tokens
-    max_num_seqs = max(1, min(MAX_NUM_SEQS_CAP, capacity))
+    cap = OFFLINE_NUM_SEQS_CAP if pattern == "throughput" else MAX_NUM_SEQS_CAP
+    max_num_seqs = max(1, min(cap, capacity))
     if pattern != "throughput":
         max_num_seqs = max(1, min(max_num_seqs, max(chosen.batch * 2, chosen.batch)))
     target = max(1, chosen.batch)
@@ -580,8 +609,9 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
         max_inputs = None
     reasons.append(("context", f"max model len {max_len} tokens"
                     + (" (you asked for it)" if w.context_length else
-                       f" (the model allows {f.max_position}; 8192 keeps KV reservations and "
-                       "startup lean; raise context_length if prompts need more)")))
+                       f" (the model allows {f.max_position}; a shorter default keeps KV "
+                       "reservations, snapshots and startup lean while fitting a typical "
+                       "request; raise context_length if prompts need more)")))
     reasons.append(("concurrency", f"KV cache holds ~{chosen.kv_capacity_tokens:,} tokens per "
                     f"container after a {1 - KV_HEADROOM:.0%} margin = {capacity} typical "
                     f"requests; max_num_seqs {max_num_seqs}; target_inputs {target}"
@@ -621,7 +651,8 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     elif region:
         reasons.append(("region", f"pinned to {region}: GPU-hours cost "
                         f"{_region_multiplier(region):g}x there"))
-    startup = max(10 * MINUTES, math.ceil(cold_without * 3 / MINUTES) * MINUTES)
+    # the very first start also downloads the weights from the Hub: be generous, but bounded
+    startup = max(20 * MINUTES, math.ceil(cold_without * 4 / MINUTES) * MINUTES)
     predictions = _predictions(w, s, chosen, platform, load_s, cold_without, cold_with)
     return Plan(
         workload=w, model=f, pattern=pattern, engine=ENGINES[pattern], recipe=RECIPES[pattern],
@@ -629,7 +660,10 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
         max_model_len=max_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=util,
         target_inputs=target, max_inputs=max_inputs, min_containers=min_containers,
         max_containers=max_containers, buffer_containers=0, region=region,
-        startup_timeout_s=startup, quantization=quantization, predictions=predictions,
+        startup_timeout_s=startup, quantization=quantization,
+        kv_cache_gib=math.ceil(max(max_num_seqs * s.seq_tokens, max_len)
+                               * s.kv_bytes_per_token / 2**30),
+        predictions=predictions,
         reasons=reasons, warnings=warnings, alternatives=runner_up, chosen=chosen)
 
 
@@ -681,3 +715,44 @@ def _predictions(w: Workload, s: _Sizing, c: Candidate, platform: Platform, load
                     "snapshot_restore": platform.snapshot_restore_s,
                     "host_to_device_bytes_s": platform.host_to_device_gb_s * GB}),
     ]
+
+
+# --- plain words ------------------------------------------------------------------------------
+
+_PREDICTION_LABELS = {
+    "decode_tok_s_per_seq": "decode ceiling, one sequence",
+    "decode_tok_s_at_batch": "decode ceiling at the planned batch",
+    "tpot_floor_ms": "time per output token, floor",
+    "ttft_prefill_floor_ms": "time to first token, prefill floor",
+    "cost_per_mtok_output_usd": "cost per million output tokens, full load",
+    "cold_start_weights_floor_s": "cold start floor: weights off the Volume",
+    "cold_start_without_snapshot_s": "cold start without snapshots",
+    "cold_start_with_snapshot_s": "cold start with snapshots",
+}
+
+
+def explain(plan: Plan) -> str:
+    """The plan in plain words: the choice, every reason, the predictions with formulas."""
+    w, c = plan.workload, plan.chosen
+    out = [f"plan for {w.model}@{(w.revision or 'local')[:12]}: {plan.pattern} pattern, "
+           f"{plan.engine}, recipe {plan.recipe}",
+           f"  {c.label()} per container, {c.containers} container(s) at peak, "
+           f"${c.cost_per_hour:.2f}/h at peak"
+           + (f", region {plan.region}" if plan.region else ""),
+           "", "why:"]
+    out += [f"  - {topic}: {text}" for topic, text in plan.reasons]
+    out += ["", "settings (recipe constants):"]
+    out += [f"  {name} = {value!r}" for name, value in plan.recipe_settings().items()]
+    if plan.quantization:
+        out.append(f"  engine extra args: --quantization {plan.quantization}")
+    batch = c.batch
+    out += ["", f"predictions (roofline ceilings/floors on {c.label()}, batch {batch}; real "
+            "engines land below ceilings and above floors: benchmark with `mls bench`):"]
+    for p in plan.predictions:
+        label = _PREDICTION_LABELS.get(p.name, p.name)
+        value = f"{p.value:,.4f}" if p.value < 1 else f"{p.value:,.1f}"
+        out.append(f"  {label}: {value} {p.unit}")
+        out.append(f"      {p.formula}")
+    if plan.warnings:
+        out += ["", "warnings:"] + [f"  ! {text}" for text in plan.warnings]
+    return "\n".join(out)

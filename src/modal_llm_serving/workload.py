@@ -218,3 +218,29 @@ def load_workload(path: Path, *, overrides: Mapping[str, Any] | None = None) -> 
         raise WorkloadError(f"{path} is not valid TOML: {exc}", field="file") from exc
     merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return workload_from_mapping(merged)
+
+
+def parse_assignments(assignments: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`FIELD=VALUE` pairs (VALUE in TOML syntax; a bare word is a string) into a mapping."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise WorkloadError(f"--set {item!r}: write FIELD=VALUE, e.g. --set input_tokens=2000",
+                                field=name or "set")
+        try:
+            out[name] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[name] = raw.strip()
+    return out
+
+
+def workload_from_inputs(path: Path | None, *, flags: Mapping[str, Any],
+                         assignments: tuple[str, ...] | list[str] = ()) -> Workload:
+    """A workload from an optional TOML file, then `--set` pairs, then flags (the last win)."""
+    overrides = {**parse_assignments(assignments),
+                 **{k: v for k, v in flags.items() if v is not None and v is not False}}
+    if path is not None:
+        return load_workload(path, overrides=overrides)
+    return workload_from_mapping(overrides)

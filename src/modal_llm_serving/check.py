@@ -1,0 +1,711 @@
+"""`mls check`: a Modal LLM app file checked against the serving rules.
+
+Most rules read the file's syntax tree (`ast`), resolving module-level constants so that
+`gpu=f"{GPU_TYPE}:{N_GPU}"` or `MODEL_REVISION = "..."` count as what they say. Then, where it is
+safe (the file parses and runs nothing but definitions at import), the file is imported with the
+real Modal SDK in a child process with a timeout: Modal's decorators validate their arguments at
+import (e.g. `max_inputs` with `http_server` raises), and a file that crashes or hangs on import
+becomes a finding, never a traceback.
+
+Each rule has an id, a one-line message (why it matters) and a fix; `RULES` lists them all.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RULES", "Finding", "Rule", "check_file", "check_files", "check_source"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule: its id, a short name, why it matters and how to fix it."""
+
+    id: str
+    name: str
+    message: str
+    fix: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("MLS001", "unpinned-revision",
+         "the model is pulled from a mutable registry without a pinned commit: a push to the "
+         "repo silently changes what you serve",
+         "set MODEL_REVISION to a commit hash and pass it (revision=MODEL_REVISION / --revision)"),
+    Rule("MLS002", "weights-not-on-volume",
+         "model weights are not cached on a modal.Volume, so every cold start downloads them",
+         "mount a Volume at the Hugging Face cache, e.g. volumes={'/root/.cache/huggingface': "
+         "modal.Volume.from_name('hf-cache', create_if_missing=True)}"),
+    Rule("MLS003", "compile-cache",
+         "engine compilation artifacts (torch.compile, CUDA graphs, DeepGEMM) are not on a "
+         "Volume of their own, so each cold start recompiles, or a cache wipe takes the weights",
+         "mount a second Volume at the engine's cache (/root/.cache/vllm for vLLM, "
+         "~/.cache/deepgemm for SGLang), separate from the weights Volume"),
+    Rule("MLS004", "no-hf-xet",
+         "HF_XET_HIGH_PERFORMANCE=1 is not set, so the first weight download runs far below "
+         "the network's speed",
+         "add .env({'HF_XET_HIGH_PERFORMANCE': '1'}) to the image"),
+    Rule("MLS005", "no-readiness-check",
+         "nothing polls /health: Modal's web_server readiness is only a TCP check, so success "
+         "can be reported (and requests routed) before the model is loaded",
+         "poll http://127.0.0.1:PORT/health until 200 (and process.poll() for a crash) before "
+         "the server function returns or the smoke test reports success"),
+    Rule("MLS006", "no-smoke-path",
+         "there is no @app.local_entrypoint, so `modal run FILE` cannot prove the app answers",
+         "add an @app.local_entrypoint() that waits for /health and sends one OpenAI chat "
+         "request"),
+    Rule("MLS007", "several-patterns",
+         "more than one serving pattern in one file: their knobs and lifecycles conflict",
+         "keep one pattern per file (split online, low-latency and offline into their own apps)"),
+    Rule("MLS008", "max-inputs-with-http-server",
+         "@modal.concurrent(max_inputs=...) with modal.experimental.http_server raises "
+         "TypeError at import",
+         "use @modal.concurrent(target_inputs=N) only with http_server"),
+    Rule("MLS009", "dev-mode-public",
+         "vLLM dev mode (sleep mode) is on behind a public @modal.web_server: anyone with the "
+         "URL can call /sleep, /wake_up or /collective_rpc",
+         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder, or set "
+         "requires_proxy_auth=True"),
+    Rule("MLS010", "low-latency-no-region",
+         "a low-latency server without a pinned region: the GPU may run far from the proxy "
+         "and clients, adding a round trip to every token",
+         "set region=... on the class (and proxy_regions=[...] on http_server) to where your "
+         "users are"),
+    Rule("MLS011", "low-latency-no-503-retry",
+         "a scaled-to-zero http_server answers 503 while it scales up; a client that does not "
+         "retry fails the first request",
+         "retry on HTTP 503 (and timeouts) with a deadline in the smoke test / client"),
+    Rule("MLS012", "secret-in-code",
+         "a secret (API key, token, password) is written in the file: it lands in git, logs "
+         "and images",
+         "read it from a modal.Secret (modal.Secret.from_name) and os.environ at run time"),
+    Rule("MLS013", "unpinned-engine",
+         "the engine version or base image is not pinned (`vllm` without ==, an image tag "
+         "'latest' or none): a rebuild can change the engine under you",
+         "pin the engine (vllm==X.Y.Z, sglang==X.Y.Z) and use a fixed image tag"),
+    Rule("MLS014", "gpu-snapshot-multi-gpu",
+         "GPU memory snapshots are enabled with several GPUs per container, which snapshots "
+         "do not support",
+         "use one GPU with enable_gpu_snapshot, or turn GPU snapshots off for tensor parallelism"),
+    Rule("MLS015", "extra-endpoints",
+         "the app exposes more ports or endpoints than serving needs (several web endpoints, "
+         "tunnels), widening what the public can reach",
+         "expose one web endpoint for the server; drop extra endpoints and modal.forward "
+         "tunnels"),
+    Rule("MLS016", "syntax-error",
+         "the file does not parse as Python", "fix the syntax error at the reported line"),
+    Rule("MLS017", "import-failed",
+         "importing the file with the Modal SDK fails, so `modal deploy` would fail too",
+         "run `python -c 'import runpy; runpy.run_path(\"FILE\")'` and fix the error shown"),
+    Rule("MLS018", "import-timeout",
+         "importing the file did not finish in time: it does work (or waits) at import",
+         "move work at import time into functions (@modal.enter, the local_entrypoint)"),
+)
+_BY_ID = {rule.id: rule for rule in RULES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One rule broken at one place."""
+
+    rule: Rule
+    path: str
+    line: int
+    detail: str  # what exactly was found here
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.id, "name": self.rule.name, "path": self.path,
+                "line": self.line, "detail": self.detail, "why": self.rule.message,
+                "fix": self.rule.fix}
+
+    def location(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+class _Unknown:
+    """A value the checker cannot work out statically."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN: Any = _Unknown()
+_HEX = re.compile(r"^[0-9a-f]{7,40}$")
+_VERSION = re.compile(r"^\d+(\.\d+){1,3}([a-z0-9.+-]*)$")
+_TOKEN_PATTERNS = (
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face token
+    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b"),  # OpenAI-style key
+    re.compile(r"\b(ak|as)-[A-Za-z0-9]{20,}\b"),  # Modal token id / secret
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub token
+)
+_SECRET_NAME = re.compile(r"(?i)(^|_)(api_?key|token|password|passwd|secret_?key|access_?key)$")
+_PLACEHOLDERS = {"", "empty", "unused", "none", "dummy", "not-needed", "sk-no-key-required",
+                 "fake", "test", "changeme"}
+_ENGINE_PACKAGES = ("vllm", "sglang")
+_BLOCK_BEGIN = "# BEGIN engine-command"
+_BLOCK_END = "# END engine-command"
+_WEB_DECORATORS = ("web_server", "http_server", "fastapi_endpoint", "web_endpoint", "asgi_app",
+                   "wsgi_app")
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    if isinstance(node, ast.Call):
+        return _dotted(node.func)
+    return ""
+
+
+class _Module:
+    """The parsed file plus what the rules ask of it."""
+
+    def __init__(self, tree: ast.Module, source: str) -> None:
+        self.tree = tree
+        self.source = source
+        self.constants: dict[str, Any] = {}
+        self.constant_lines: dict[str, int] = {}
+        for stmt in tree.body:
+            targets: list[ast.expr] = []
+            value: ast.expr | None = None
+            if isinstance(stmt, ast.Assign):
+                targets, value = stmt.targets, stmt.value
+            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+                targets, value = [stmt.target], stmt.value
+            for target in targets:
+                if isinstance(target, ast.Name) and value is not None:
+                    self.constants[target.id] = self.resolve(value)
+                    self.constant_lines[target.id] = stmt.lineno
+        # The engine-command block (a verbatim copy of the toolkit's command builder) defines
+        # flags for every engine; only what the file *uses* counts, so skip its lines.
+        lines = source.splitlines()
+        begin = next((i + 1 for i, t in enumerate(lines) if t.startswith(_BLOCK_BEGIN)), 0)
+        end = next((i + 1 for i, t in enumerate(lines) if t.startswith(_BLOCK_END)), 0)
+        self.block = range(begin, end + 1) if begin and end > begin else range(0)
+        outside = [n for n in ast.walk(tree) if _line(n) not in self.block]
+        self.calls = [n for n in outside if isinstance(n, ast.Call)]
+        self.strings = [n for n in outside
+                        if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        self.sequences = [n for n in outside if isinstance(n, ast.List | ast.Tuple)]
+        self.decorated = [n for n in ast.walk(tree)
+                          if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+
+    def resolve(self, node: ast.AST | None) -> Any:
+        """The value of an expression built from literals and module constants, else UNKNOWN."""
+        if node is None:
+            return UNKNOWN
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return self.constants.get(node.id, UNKNOWN)
+        if isinstance(node, ast.JoinedStr):
+            parts = []
+            for value in node.values:
+                part = self.resolve(value.value if isinstance(value, ast.FormattedValue)
+                                    else value)
+                if part is UNKNOWN:
+                    return UNKNOWN
+                parts.append(str(part))
+            return "".join(parts)
+        if isinstance(node, ast.BinOp):
+            left, right = self.resolve(node.left), self.resolve(node.right)
+            if left is UNKNOWN or right is UNKNOWN:
+                return UNKNOWN
+            try:
+                if isinstance(node.op, ast.Mult):
+                    return left * right
+                if isinstance(node.op, ast.Add):
+                    return left + right
+            except TypeError:
+                return UNKNOWN
+            return UNKNOWN
+        if isinstance(node, ast.List | ast.Tuple):
+            return [self.resolve(e) for e in node.elts]
+        if isinstance(node, ast.Dict):
+            return {self.resolve(k): self.resolve(v) for k, v in zip(node.keys, node.values,
+                                                                     strict=True) if k}
+        return UNKNOWN
+
+    def calls_named(self, *suffixes: str) -> Iterator[ast.Call]:
+        for call in self.calls:
+            name = _dotted(call.func)
+            if any(name == s or name.endswith("." + s) for s in suffixes):
+                yield call
+
+    def decorators(self, *suffixes: str) -> Iterator[tuple[ast.AST, ast.expr]]:
+        """(decorated definition, decorator) pairs whose decorator name ends with a suffix."""
+        for definition in self.decorated:
+            assert isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            for decorator in definition.decorator_list:
+                name = _dotted(decorator)
+                if any(name == s or name.endswith("." + s) for s in suffixes):
+                    yield definition, decorator
+
+    def has_string(self, needle: str) -> bool:
+        return any(needle in str(s.value) for s in self.strings)
+
+    def mentions(self, name: str) -> bool:
+        return any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
+                   for n in ast.walk(self.tree))
+
+
+def _kwarg(call: ast.Call, name: str) -> ast.expr | None:
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    return None
+
+
+def _line(node: ast.AST | None) -> int:
+    return getattr(node, "lineno", 1) or 1
+
+
+class _Checker:
+    def __init__(self, module: _Module, path: str) -> None:
+        self.m = module
+        self.path = path
+        self.findings: list[Finding] = []
+
+    def add(self, rule_id: str, line: int, detail: str) -> None:
+        self.findings.append(Finding(_BY_ID[rule_id], self.path, line, detail))
+
+    # what the file is
+    def model_reference(self) -> tuple[str, int] | None:
+        """(Hub id, line) of the model the file serves, if it names one."""
+        name = self.m.constants.get("MODEL_NAME")
+        if isinstance(name, str) and "/" in name and not name.startswith(("/", ".")):
+            return name, self.m.constant_lines["MODEL_NAME"]
+        for call in self.m.calls_named("snapshot_download", "hf_hub_download", "LLM",
+                                       "EngineConfig", "from_pretrained"):
+            value = self.m.resolve(_kwarg(call, "model") or _kwarg(call, "repo_id")
+                                   or (call.args[0] if call.args else None))
+            if isinstance(value, str) and "/" in value and not value.startswith(("/", ".")):
+                return value, _line(call)
+        return None
+
+    def engines(self) -> set[str]:
+        """Engines the file installs, imports or launches (not ones it merely could build)."""
+        found: set[str] = set()
+        for node in ast.walk(self.m.tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names} & set(_ENGINE_PACKAGES)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module.split(".")[0]} & set(_ENGINE_PACKAGES)
+        for spec, _ in self.package_specs():
+            package = re.split(r"[\[=<>~! ]", spec.strip(), maxsplit=1)[0].lower()
+            if package in _ENGINE_PACKAGES:
+                found.add(package)
+        for call in self.m.calls_named("from_registry"):
+            tag = self.m.resolve(call.args[0]) if call.args else UNKNOWN
+            found |= {e for e in _ENGINE_PACKAGES if isinstance(tag, str) and e in tag.lower()}
+        for call in self.m.calls:
+            name = _dotted(call.func).split(".")[-1]
+            if name == "vllm_command" or name == "LLM":
+                found.add("vllm")
+            elif name == "sglang_command":
+                found.add("sglang")
+        return found
+
+    def package_specs(self) -> Iterator[tuple[str, int]]:
+        for call in self.m.calls_named("pip_install", "uv_pip_install"):
+            for arg in call.args:
+                values = self.m.resolve(arg)
+                for spec in values if isinstance(values, list) else [values]:
+                    if isinstance(spec, str):
+                        yield spec, _line(call)
+
+    def patterns(self) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        for _, decorator in self.m.decorators("web_server"):
+            found.append(("web_server", _line(decorator)))
+        for _, decorator in self.m.decorators("http_server"):
+            found.append(("http_server", _line(decorator)))
+        for _, decorator in self.m.decorators("app.server", "server"):
+            if _dotted(decorator).split(".")[-1] == "server":
+                found.append(("app.server", _line(decorator)))
+        for call in self.m.calls_named("LLM"):
+            found.append(("offline LLM", _line(call)))
+        return found
+
+    def run(self) -> list[Finding]:
+        model = self.model_reference()
+        engines = self.engines()
+        patterns = self.patterns()
+        http_kinds = {kind for kind, _ in patterns if kind != "offline LLM"}
+        low_latency = bool(http_kinds & {"http_server", "app.server"})
+        self.revision(model)
+        self.volumes(model, engines)
+        if model and not self._xet_on():
+            self.add("MLS004", model[1], "HF_XET_HIGH_PERFORMANCE is never set to '1'")
+        if http_kinds and not (self.m.has_string("/health")):
+            self.add("MLS005", patterns[0][1], "no request to /health anywhere in the file")
+        entrypoints = list(self.m.decorators("local_entrypoint"))
+        if not entrypoints:
+            self.add("MLS006", 1, "no @app.local_entrypoint() in the file")
+        kinds = sorted({kind for kind, _ in patterns})
+        if len(kinds) > 1 or len(engines) > 1:
+            what = ", ".join(kinds) if len(kinds) > 1 else " and ".join(sorted(engines))
+            self.add("MLS007", sorted(line for _, line in patterns)[-1] if patterns else 1,
+                     f"found {what}")
+        if "http_server" in http_kinds:
+            for call in self.m.calls_named("concurrent"):
+                if _kwarg(call, "max_inputs") is not None:
+                    self.add("MLS008", _line(call), "@modal.concurrent(max_inputs=...) in a file "
+                             "with http_server")
+        self.dev_mode()
+        if low_latency:
+            self.region(entrypoints)
+        self.secrets()
+        self.pins()
+        self.gpu_snapshot()
+        self.endpoints()
+        return self.findings
+
+    def revision(self, model: tuple[str, int] | None) -> None:
+        if model is None:
+            return
+        revision = self.m.constants.get("MODEL_REVISION", UNKNOWN)
+        line = self.m.constant_lines.get("MODEL_REVISION", model[1])
+        passed = [self.m.resolve(_kwarg(c, "revision")) for c in self.m.calls
+                  if _kwarg(c, "revision") is not None]
+        if "MODEL_REVISION" in self.m.constants:
+            if not (isinstance(revision, str) and _HEX.match(revision)):
+                self.add("MLS001", line, f"MODEL_REVISION = {revision!r} is not a commit hash")
+            elif not self.m.mentions("MODEL_REVISION") and not passed:
+                self.add("MLS001", line, "MODEL_REVISION is defined but never passed on")
+            return
+        pinned = [v for v in passed if isinstance(v, str) and _HEX.match(v)]
+        if not pinned and not self._revision_in_argv():
+            self.add("MLS001", model[1], f"{model[0]} is loaded with no pinned revision")
+
+    def _revision_in_argv(self) -> bool:
+        return any(flag == "--revision" and isinstance(value, str) and _HEX.match(value)
+                   for flag, value, _ in self._argv_pairs())
+
+    def _xet_on(self) -> bool:
+        for call in self.m.calls_named("env"):
+            for arg in call.args:
+                mapping = self.m.resolve(arg)
+                if isinstance(mapping, dict) and str(mapping.get("HF_XET_HIGH_PERFORMANCE")) in (
+                        "1", "True", "true"):
+                    return True
+        for node in ast.walk(self.m.tree):  # os.environ["HF_XET_HIGH_PERFORMANCE"] = "1"
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
+                key = self.m.resolve(node.targets[0].slice)
+                if key == "HF_XET_HIGH_PERFORMANCE" and str(self.m.resolve(node.value)) == "1":
+                    return True
+        return False
+
+    def _volume_names(self) -> dict[str, str]:
+        """Variable name -> Volume name for `x = modal.Volume.from_name("name", ...)`."""
+        names: dict[str, str] = {}
+        for stmt in ast.walk(self.m.tree):
+            if (isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)
+                    and isinstance(stmt.value, ast.Call)
+                    and _dotted(stmt.value.func).endswith("Volume.from_name")):
+                value = self.m.resolve(stmt.value.args[0]) if stmt.value.args else UNKNOWN
+                names[stmt.targets[0].id] = value if isinstance(value, str) else stmt.targets[0].id
+        return names
+
+    def _mounts(self) -> list[tuple[str, str, int]]:
+        """(mount path, volume identity, line) for every volumes={...} entry."""
+        names = self._volume_names()
+        mounts = []
+        for call in self.m.calls:
+            value = _kwarg(call, "volumes")
+            if not isinstance(value, ast.Dict):
+                continue
+            for key, vol in zip(value.keys, value.values, strict=True):
+                path = self.m.resolve(key)
+                if isinstance(vol, ast.Name):
+                    ident = names.get(vol.id, vol.id)
+                elif isinstance(vol, ast.Call) and vol.args:
+                    ident = str(self.m.resolve(vol.args[0]))
+                else:
+                    ident = ast.unparse(vol)
+                mounts.append((str(path), ident, _line(call)))
+        return mounts
+
+    def volumes(self, model: tuple[str, int] | None, engines: set[str]) -> None:
+        mounts = self._mounts()
+        server_line = next((_line(d) for _, d in self.m.decorators("function", "cls")),
+                           model[1] if model else 1)
+        weight_mounts = [m for m in mounts if re.search(r"hugging|/hf|hf[-_]|models?\b|weights",
+                                                        m[0], re.I)]
+        if model and not weight_mounts:
+            self.add("MLS002", server_line, "no Volume is mounted at the Hugging Face cache "
+                     "(or a models/weights folder)")
+        if not engines:
+            return
+        compile_mounts = [m for m in mounts if re.search(r"vllm|compile|inductor|triton|deepgemm|"
+                                                         r"sglang|torch", m[0], re.I)]
+        broad = [m for m in mounts if m[0].rstrip("/") in ("/root/.cache", "/root", "/cache")]
+        if broad:
+            self.add("MLS003", broad[0][2], f"one Volume at {broad[0][0]} holds weights and "
+                     "compile caches together")
+            return
+        if not compile_mounts:
+            self.add("MLS003", server_line, "no Volume for the engine's compile cache")
+            return
+        weight_ids = {m[1] for m in weight_mounts}
+        for path, ident, line in compile_mounts:
+            if ident in weight_ids:
+                self.add("MLS003", line, f"the compile cache at {path} shares the weights "
+                         f"Volume {ident!r}")
+
+    def _argv_pairs(self) -> Iterator[tuple[Any, Any, int]]:
+        """(flag, next value, line) for adjacent items of list/tuple literals (argv)."""
+        for node in self.m.sequences:
+            values = [self.m.resolve(e) for e in node.elts]
+            for i, value in enumerate(values[:-1]):
+                yield value, values[i + 1], _line(node)
+
+    def dev_mode(self) -> None:
+        dev = any(self.m.resolve(_kwarg(c, "enable_sleep_mode")) is True for c in self.m.calls)
+        dev = dev or any(s.value == "--enable-sleep-mode" for s in self.m.strings)
+        for node in ast.walk(self.m.tree):
+            if isinstance(node, ast.Dict) and _line(node) not in self.m.block:
+                mapping = self.m.resolve(node)
+                if str(mapping.get("VLLM_SERVER_DEV_MODE")) in ("1", "True", "true"):
+                    dev = True
+        if not dev:
+            return
+        engine_calls = list(self.m.calls_named("EngineConfig"))
+        hosts = {self.m.resolve(_kwarg(c, "host")) for c in engine_calls}
+        ports = {self.m.resolve(_kwarg(c, "port")) for c in engine_calls}
+        for flag, value, _ in self._argv_pairs():
+            if flag == "--host":
+                hosts.add(value)
+            elif flag == "--port":
+                ports.add(value)
+        loopback = bool(hosts) and hosts <= {"127.0.0.1", "localhost", "::1"}
+        for _, decorator in self.m.decorators("web_server"):
+            call = decorator if isinstance(decorator, ast.Call) else None
+            if call is not None and self.m.resolve(_kwarg(call, "requires_proxy_auth")) is True:
+                continue
+            port = self.m.resolve((_kwarg(call, "port") or (call.args[0] if call.args else None))
+                                  if call else None)
+            if loopback and port is not UNKNOWN and port not in ports:
+                continue  # the engine is private; the public port is something in front of it
+            self.add("MLS009", _line(decorator), "sleep mode / VLLM_SERVER_DEV_MODE with the "
+                     "engine reachable on the public web_server port")
+
+    def region(self, entrypoints: list[tuple[ast.AST, ast.expr]]) -> None:
+        for call in self.m.calls_named("cls", "function", "server"):
+            name = _dotted(call.func)
+            if not name.startswith(("app.", "modal.App")) and "app" not in name.split(".")[0]:
+                continue
+            regions = [self.m.resolve(_kwarg(call, key)) for key in
+                       ("region", "compute_region")]
+            if not any(r not in (None, UNKNOWN, []) for r in regions):
+                self.add("MLS010", _line(call), "no region=... on the low-latency server")
+        has_503 = any(isinstance(n, ast.Constant) and n.value == 503
+                      for n in ast.walk(self.m.tree))
+        if not has_503:
+            line = _line(entrypoints[0][1]) if entrypoints else 1
+            self.add("MLS011", line, "no retry on HTTP 503 in the file's client")
+
+    def secrets(self) -> None:
+        for string in self.m.strings:
+            if any(pattern.search(str(string.value)) for pattern in _TOKEN_PATTERNS):
+                self.add("MLS012", _line(string), "a string that looks like a live token")
+        for stmt in ast.walk(self.m.tree):
+            if isinstance(stmt, ast.Assign):
+                for target in stmt.targets:
+                    name = (target.id if isinstance(target, ast.Name) else
+                            str(self.m.resolve(target.slice)) if isinstance(target, ast.Subscript)
+                            else "")
+                    if _SECRET_NAME.search(name) and self._literal_secret(stmt.value):
+                        self.add("MLS012", _line(stmt), f"{name} is assigned a literal value")
+        for call in self.m.calls:
+            for keyword in call.keywords:
+                if keyword.arg and _SECRET_NAME.search(keyword.arg) and self._literal_secret(
+                        keyword.value):
+                    self.add("MLS012", _line(call), f"{keyword.arg}= is passed a literal value")
+            if _dotted(call.func).endswith("Secret.from_dict") and call.args:
+                mapping = self.m.resolve(call.args[0])
+                if isinstance(mapping, dict) and any(isinstance(v, str) and v
+                                                     for v in mapping.values()):
+                    self.add("MLS012", _line(call), "modal.Secret.from_dict with literal values")
+        for sequence in self.m.sequences:
+            for i, item in enumerate(sequence.elts[:-1]):
+                flag, value = self.m.resolve(item), sequence.elts[i + 1]
+                if flag in ("--api-key", "--hf-token", "--token") and isinstance(
+                        value, ast.Constant) and self._literal_secret(value):
+                    self.add("MLS012", _line(sequence), f"{flag} followed by a literal value")
+
+    def _literal_secret(self, node: ast.expr) -> bool:
+        if not isinstance(node, ast.Constant | ast.JoinedStr):
+            return False
+        value = self.m.resolve(node)
+        return isinstance(value, str) and len(value) >= 8 and value.lower() not in _PLACEHOLDERS
+
+    def pins(self) -> None:
+        for name in ("VLLM_VERSION", "SGLANG_VERSION"):
+            value = self.m.constants.get(name)
+            if name in self.m.constants and not (isinstance(value, str)
+                                                 and _VERSION.match(value)):
+                self.add("MLS013", self.m.constant_lines[name], f"{name} = {value!r}")
+        for spec, line in self.package_specs():
+            package = re.split(r"[\[=<>~! ]", spec.strip(), maxsplit=1)[0].lower()
+            if package in _ENGINE_PACKAGES and "==" not in spec:
+                self.add("MLS013", line, f"{spec!r} is not pinned with ==")
+        for call in self.m.calls_named("from_registry"):
+            tag = self.m.resolve(call.args[0]) if call.args else UNKNOWN
+            if isinstance(tag, str):
+                image_tag = tag.rsplit("/", 1)[-1]
+                if ":" not in image_tag and "@sha256" not in tag:
+                    self.add("MLS013", _line(call), f"image {tag!r} has no tag")
+                elif image_tag.endswith(":latest"):
+                    self.add("MLS013", _line(call), f"image {tag!r} uses 'latest'")
+
+    def gpu_snapshot(self) -> None:
+        on = self.m.constants.get("ENABLE_GPU_SNAPSHOT") is True
+        line = self.m.constant_lines.get("ENABLE_GPU_SNAPSHOT", 1)
+        for call in self.m.calls:
+            options = self.m.resolve(_kwarg(call, "experimental_options"))
+            if isinstance(options, dict) and options.get("enable_gpu_snapshot") is True:
+                on, line = True, _line(call)
+        if not on:
+            return
+        counts: list[int] = []
+        if isinstance(self.m.constants.get("N_GPU"), int):
+            counts.append(self.m.constants["N_GPU"])
+        for call in self.m.calls:
+            gpu = self.m.resolve(_kwarg(call, "gpu"))
+            for spec in gpu if isinstance(gpu, list) else [gpu]:
+                if isinstance(spec, str) and ":" in spec:
+                    with contextlib.suppress(ValueError):
+                        counts.append(int(spec.rsplit(":", 1)[1]))
+        if any(count > 1 for count in counts):
+            self.add("MLS014", line, f"enable_gpu_snapshot with {max(counts)} GPUs")
+
+    def endpoints(self) -> None:
+        web = [d for _, d in self.m.decorators(*_WEB_DECORATORS)]
+        web += [d for _, d in self.m.decorators("server")
+                if _dotted(d).split(".")[-1] == "server"]
+        for decorator in sorted(web, key=_line)[1:]:
+            self.add("MLS015", _line(decorator), "a second web endpoint in the same app")
+        for call in self.m.calls_named("forward"):
+            if _dotted(call.func).startswith("modal."):
+                self.add("MLS015", _line(call), "a modal.forward tunnel opens an extra port")
+
+
+_IMPORT_RUNNER = """
+import importlib.util, json, sys
+path = sys.argv[1]
+spec = importlib.util.spec_from_file_location("mls_checked_app", path)
+module = importlib.util.module_from_spec(spec)
+sys.modules["mls_checked_app"] = module
+spec.loader.exec_module(module)
+import modal
+apps = [name for name, value in vars(module).items() if isinstance(value, modal.App)]
+print(json.dumps({"apps": apps}))
+"""
+
+# Module-level calls that do real work (deploys, processes, network) make an import unsafe.
+_UNSAFE_AT_IMPORT = re.compile(
+    r"^(subprocess|requests|httpx|socket|shutil)\."
+    r"|^(os\.(system|popen|remove|unlink|rmdir|kill)|urllib\.request\.urlopen|exec|eval)$"
+    r"|\.(remote|remote_gen|spawn|deploy|map|starmap|for_each)$|^app\.run$")
+
+
+def _safe_to_import(tree: ast.Module) -> str | None:
+    """None when module-level code only defines things; else what makes the import unsafe."""
+    for stmt in tree.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            # decorators run at import: allow Modal's own
+            nodes: list[ast.AST] = list(stmt.decorator_list)
+        elif isinstance(stmt, ast.If) and _dotted(getattr(stmt.test, "left", stmt.test)) == (
+                "__name__"):
+            continue  # `if __name__ == "__main__":` does not run on import
+        else:
+            nodes = [stmt]
+        for node in nodes:
+            for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+                name = _dotted(call.func)
+                if _UNSAFE_AT_IMPORT.search(name) and not name.startswith("modal."):
+                    return f"module-level call {name}() at line {call.lineno}"
+    return None
+
+
+def _import_findings(path: Path, tree: ast.Module, *, timeout: float) -> list[Finding]:
+    unsafe = _safe_to_import(tree)
+    if unsafe:
+        return []  # static checks only; the CLI notes the skip
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        result = subprocess.run([sys.executable, "-c", _IMPORT_RUNNER, str(path.resolve())],
+                                capture_output=True, text=True, timeout=timeout, env=env,
+                                cwd=path.parent, check=False)
+    except subprocess.TimeoutExpired:
+        return [Finding(_BY_ID["MLS018"], str(path), 1, f"no result after {timeout:g} s")]
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit code {result.returncode}"
+        line = 1
+        for text in reversed(lines):  # the deepest frame inside the checked file
+            match = re.search(r'File "(.+)", line (\d+)', text)
+            if match and Path(match.group(1)).resolve() == path.resolve():
+                line = int(match.group(2))
+                break
+        return [Finding(_BY_ID["MLS017"], str(path), line, last[:300])]
+    try:
+        apps = json.loads(result.stdout.strip().splitlines()[-1])["apps"]
+    except (ValueError, IndexError, KeyError):
+        apps = []
+    if not apps:
+        return [Finding(_BY_ID["MLS017"], str(path), 1, "the file defines no modal.App")]
+    return []
+
+
+def check_source(source: str, *, path: str = "<source>") -> list[Finding]:
+    """Static checks of `source` (no import)."""
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        return [Finding(_BY_ID["MLS016"], path, exc.lineno or 1, f"{exc.msg}")]
+    findings = _Checker(_Module(tree, source), path).run()
+    return sorted(findings, key=lambda f: (f.line, f.rule.id))
+
+
+def check_file(path: Path, *, import_check: bool = True,
+               import_timeout: float = 60.0) -> list[Finding]:
+    """All checks of one file: static, then (where safe) an import with the real Modal SDK."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [Finding(_BY_ID["MLS017"], str(path), 1, f"cannot read the file: {exc}")]
+    findings = check_source(source, path=str(path))
+    if import_check and not any(f.rule.id == "MLS016" for f in findings):
+        tree = ast.parse(source)
+        findings += _import_findings(path, tree, timeout=import_timeout)
+    return sorted(findings, key=lambda f: (f.line, f.rule.id))
+
+
+def import_skipped_reason(path: Path) -> str | None:
+    """Why the import check would be skipped for `path` (None: it runs)."""
+    try:
+        return _safe_to_import(ast.parse(path.read_text(encoding="utf-8")))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+
+
+def check_files(paths: list[Path], *, import_check: bool = True,
+                import_timeout: float = 60.0) -> list[Finding]:
+    findings: list[Finding] = []
+    for path in paths:
+        findings += check_file(path, import_check=import_check, import_timeout=import_timeout)
+    return findings
