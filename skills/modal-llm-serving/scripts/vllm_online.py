@@ -334,7 +334,7 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen, *, timeout: flo
 # client = OpenAI(base_url=f"{url}/v1", api_key=os.environ["MLS_API_KEY"])
 # ```
 #
-# `mls smoke <URL>` checks a deployment; `mls bench <URL>` measures it.
+# `mls smoke <URL>` checks a deployment; `mls bench run <URL>` measures it.
 
 # ## Smoke-test it
 
