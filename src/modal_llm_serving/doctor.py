@@ -475,8 +475,9 @@ def _profile_check(env: Mapping[str, str]) -> Check:
 def _hf_token_check(env: Mapping[str, str]) -> Check:
     """Where huggingface_hub looks: HF_TOKEN, the legacy variable, then the token file."""
     title = "Hugging Face token"
-    fix_remote = ("on Modal the token comes from a Secret: `modal secret create huggingface-secret "
-                  "HF_TOKEN=<token>`")
+    # The recipes' HF_SECRET setting names this Secret for gated models.
+    fix_remote = ("on Modal the token comes from a Secret: `modal secret create huggingface "
+                  "HF_TOKEN=<token>`, named by the recipe's HF_SECRET")
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         if env.get(name, "").strip():
             return Check("hf-token", title, "ok", f"found in ${name}; {fix_remote}",
