@@ -53,6 +53,10 @@ ALLREDUCE_S = 10e-6
 # (each doubling of GPUs buys less as all-reduce latency dominates; 8 B200s for an 8B model
 # would be "fastest" and absurd)
 LATENCY_TIE = 2.0
+# Rooflines are floors; engines reach ~70-80% of peak HBM bandwidth in decode and add
+# scheduling, sampling and network time. A latency SLO counts as met only when the floor
+# stays within 70% of it.
+SLO_MARGIN = 0.7
 RECIPES = {
     "online": "vllm_online.py",
     "cold-start": "vllm_cold_start.py",
@@ -315,12 +319,13 @@ def _max_batch_for_tpot(s: _Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap
     """Largest batch whose decode step still meets the TPOT SLO (0 if even 1 misses)."""
     if tpot_ms is None:
         return cap
-    if s.step_seconds(gpu, n, 1) * 1e3 > tpot_ms:
+    budget_ms = tpot_ms * SLO_MARGIN
+    if s.step_seconds(gpu, n, 1) * 1e3 > budget_ms:
         return 0
     lo, hi = 1, cap
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if s.step_seconds(gpu, n, mid) * 1e3 <= tpot_ms:
+        if s.step_seconds(gpu, n, mid) * 1e3 <= budget_ms:
             lo = mid
         else:
             hi = mid - 1
@@ -349,6 +354,13 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
                 rejected.append(_Rejection(gpu.name, n, "GPU snapshots do not support "
                                            "several GPUs"))
                 continue
+            if s.precision == "fp8" and not gpu.fp8:
+                rejected.append(_Rejection(gpu.name, n, "has no FP8 tensor cores for fp8 "
+                                           "weights"))
+                break
+            if s.precision == "mxfp4" and gpu.name == "T4":
+                rejected.append(_Rejection(gpu.name, n, "(Turing) has no MXFP4 kernels"))
+                break
             if s.facts.heads % n:
                 rejected.append(_Rejection(gpu.name, n, f"{s.facts.heads} attention heads do "
                                            f"not split over {n} GPUs"))
@@ -364,9 +376,9 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
                 continue
             if w.ttft_ms is not None:
                 prefill = s.prefill_seconds(gpu, n, w.input_tokens)
-                if prefill * 1e3 > w.ttft_ms:
+                if prefill * 1e3 > w.ttft_ms * SLO_MARGIN:
                     rejected.append(_Rejection(gpu.name, n, f"prefill floor {prefill * 1e3:.0f} "
-                                               f"ms > ttft_ms {w.ttft_ms:g}"))
+                                               f"ms > {SLO_MARGIN:.0%} of ttft_ms {w.ttft_ms:g}"))
                     continue
             capacity = max(0, kv_tokens // s.seq_tokens)
             ceiling = OFFLINE_NUM_SEQS_CAP if pattern == "throughput" else MAX_NUM_SEQS_CAP
@@ -375,7 +387,7 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
             if slo_batch == 0:
                 step = s.step_seconds(gpu, n, 1)
                 rejected.append(_Rejection(gpu.name, n, f"decode floor {step * 1e3:.1f} ms/token "
-                                           f"> tpot_ms {w.tpot_ms:g}"))
+                                           f"> {SLO_MARGIN:.0%} of tpot_ms {w.tpot_ms:g}"))
                 continue
             batch = slo_batch if pattern == "throughput" else min(slo_batch, w.concurrency)
             containers = math.ceil(w.concurrency / batch) if pattern != "throughput" else 1
@@ -504,14 +516,15 @@ def _why_nothing_fits(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: P
         best_ttft = min((s.prefill_seconds(g, n, w.input_tokens) for g in gpus.values()
                          for n in TP_SIZES if s.facts.heads % n == 0 and n <= w.max_gpus),
                         default=math.inf)
-        if (w.tpot_ms is not None and best_tpot * 1e3 > w.tpot_ms) or (
-                w.ttft_ms is not None and best_ttft * 1e3 > w.ttft_ms):
+        if (w.tpot_ms is not None and best_tpot * 1e3 > w.tpot_ms * SLO_MARGIN) or (
+                w.ttft_ms is not None and best_ttft * 1e3 > w.ttft_ms * SLO_MARGIN):
             return (f"no GPU can meet these SLOs for {s.facts.name}: the best decode floor is "
                     f"{best_tpot * 1e3:.1f} ms/token and the best prefill floor "
                     f"{best_ttft * 1e3:.0f} ms for {w.input_tokens} prompt tokens (8x "
-                    f"{max(gpus.values(), key=lambda g: g.hbm_tb_s).name}); relax tpot_ms to "
-                    f">= {math.ceil(best_tpot * 1e3 * 1.2)} / ttft_ms to >= "
-                    f"{math.ceil(best_ttft * 1e3 * 1.2)}, shorten the prompts, or pick a "
+                    f"{max(gpus.values(), key=lambda g: g.hbm_tb_s).name}), and an SLO needs "
+                    f"{1 / SLO_MARGIN:.2f}x the floor as margin; relax tpot_ms to >= "
+                    f"{math.ceil(best_tpot * 1e3 / SLO_MARGIN)} / ttft_ms to >= "
+                    f"{math.ceil(best_ttft * 1e3 / SLO_MARGIN)}, shorten the prompts, or pick a "
                     "smaller model or fp8 precision")
     need = s.weights_bytes + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM
     node = tp * (biggest.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
@@ -571,13 +584,13 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                     f"{util:.0%} of each GPU and {platform.gpu_overhead_gb:g} GB per GPU go to "
                     "CUDA context, activations and graphs"))
     runner_up = [c for c in ranked if c is not chosen][:3]
-    basis = {"low-latency": "the lowest cost among setups within 2x of the fastest decode "
-             "floor", "throughput": "the lowest cost per "
-             "million output tokens"}.get(pattern, "the lowest cost at peak")
-    reasons.append(("gpu", f"{chosen.label()} per container has {basis} among setups that fit "
+    basis = {"low-latency": f"is the cheapest whose decode floor is within {LATENCY_TIE:g}x of "
+             "the fastest", "throughput": "has the lowest cost per million output tokens"}.get(
+        pattern, "has the lowest cost at peak")
+    reasons.append(("gpu", f"{chosen.label()} per container {basis}, of the setups that fit "
                     f"with headroom and meet your SLOs: ${chosen.cost_per_hour:.2f}/h for "
-                    f"{chosen.containers} container(s) at peak"
-                    + ("; next: " + ", ".join(f"{c.containers} x {c.label()} "
+                    f"{_containers(chosen.containers)} at peak"
+                    + ("; next: " + ", ".join(f"{c.label()} ({_containers(c.containers)}) "
                                               f"${c.cost_per_hour:.2f}/h" for c in runner_up)
                        if runner_up else "")))
     if n > 1:
@@ -612,12 +625,18 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                        f" (the model allows {f.max_position}; a shorter default keeps KV "
                        "reservations, snapshots and startup lean while fitting a typical "
                        "request; raise context_length if prompts need more)")))
-    reasons.append(("concurrency", f"KV cache holds ~{chosen.kv_capacity_tokens:,} tokens per "
-                    f"container after a {1 - KV_HEADROOM:.0%} margin = {capacity} typical "
-                    f"requests; max_num_seqs {max_num_seqs}; target_inputs {target}"
+    kv_text = (f"KV cache holds ~{chosen.kv_capacity_tokens:,} tokens per container after a "
+               f"{1 - KV_HEADROOM:.0%} margin = {capacity} typical requests")
+    if pattern == "throughput":
+        reasons.append(("batch", f"{kv_text}; max_num_seqs {max_num_seqs} sequences decode "
+                        "together (offline batches fill the KV cache); benchmark before raising"))
+    else:
+        reasons.append(("concurrency", f"{kv_text}; max_num_seqs {max_num_seqs}; target_inputs "
+                    f"{target}"
                     + (f", max_inputs {max_inputs}" if max_inputs is not None else
                        " (http_server takes target_inputs only)")
-                    + (f"; capped by the TPOT SLO of {w.tpot_ms:g} ms" if w.tpot_ms else "")
+                    + (f"; capped so the decode floor stays within {SLO_MARGIN:.0%} of the "
+                       f"TPOT SLO ({w.tpot_ms:g} ms)" if w.tpot_ms else "")
                     + ". Conservative start: benchmark (`mls bench`) before raising them"))
     # containers and region
     containers = chosen.containers
@@ -633,14 +652,21 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
         if w.budget_per_hour is not None and chosen.cost_per_hour / containers > w.budget_per_hour:
             raise PlanRefused("a warm container is needed for the cold-start tolerance but "
                               "exceeds budget_per_hour; raise cold_start_s or the budget")
-    else:
+    elif pattern != "throughput":
         reasons.append(("scale to zero", "MIN_CONTAINERS = 0: nothing runs (or bills) while "
                         "idle; set it to 1 if the first request after idle must be fast"))
     max_containers = max(containers, min_containers)
-    reasons.append(("replicas", f"{w.concurrency} requests in flight / {chosen.batch} per "
-                    f"container = {containers} container(s) at peak"
-                    + (f"; throughput target {w.throughput_tok_s:g} tok/s counted"
-                       if w.throughput_tok_s else "")))
+    if pattern == "throughput":
+        reasons.append(("workers", f"{_containers(containers)} (N_CONTAINERS)"
+                        + (f" to reach {w.throughput_tok_s:g} output tok/s at "
+                           f"{chosen.container_tok_s:,.0f} tok/s each" if w.throughput_tok_s
+                           else "; raise N_CONTAINERS to finish a batch sooner at the same cost "
+                           "per token")))
+    else:
+        reasons.append(("replicas", f"{w.concurrency} requests in flight / {chosen.batch} per "
+                        f"container = {_containers(containers)} at peak"
+                        + (f"; throughput target {w.throughput_tok_s:g} tok/s counted"
+                           if w.throughput_tok_s else "")))
     region = w.region
     if pattern == "low-latency" and region is None:
         region = "us-east"
@@ -652,7 +678,8 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
         reasons.append(("region", f"pinned to {region}: GPU-hours cost "
                         f"{_region_multiplier(region):g}x there"))
     # the very first start also downloads the weights from the Hub: be generous, but bounded
-    startup = max(20 * MINUTES, math.ceil(cold_without * 4 / MINUTES) * MINUTES)
+    startup = min(60 * MINUTES,
+                  max(20 * MINUTES, math.ceil(cold_without * 4 / MINUTES) * MINUTES))
     predictions = _predictions(w, s, chosen, platform, load_s, cold_without, cold_with)
     return Plan(
         workload=w, model=f, pattern=pattern, engine=ENGINES[pattern], recipe=RECIPES[pattern],
@@ -665,6 +692,10 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                                * s.kv_bytes_per_token / 2**30),
         predictions=predictions,
         reasons=reasons, warnings=warnings, alternatives=runner_up, chosen=chosen)
+
+
+def _containers(n: int) -> str:
+    return f"{n} container" + ("s" if n != 1 else "")
 
 
 def _predictions(w: Workload, s: _Sizing, c: Candidate, platform: Platform, load_s: float,
@@ -736,7 +767,7 @@ def explain(plan: Plan) -> str:
     w, c = plan.workload, plan.chosen
     out = [f"plan for {w.model}@{(w.revision or 'local')[:12]}: {plan.pattern} pattern, "
            f"{plan.engine}, recipe {plan.recipe}",
-           f"  {c.label()} per container, {c.containers} container(s) at peak, "
+           f"  {c.label()} per container, {_containers(c.containers)} at peak, "
            f"${c.cost_per_hour:.2f}/h at peak"
            + (f", region {plan.region}" if plan.region else ""),
            "", "why:"]

@@ -1,0 +1,351 @@
+"""`mls plan`: the workload spec, the catalogs, the seed's decision rules, sizing, predictions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from modal_llm_serving.catalog import load_gpu_catalog, model_facts, model_facts_from_config
+from modal_llm_serving.cli import cli
+from modal_llm_serving.errors import PlanRefused, UsageError, WorkloadError
+from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, make_plan
+from modal_llm_serving.workload import load_workload, workload_from_mapping
+
+REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
+BASE = {"model": "Qwen/Qwen3-8B-FP8", "revision": REV}
+
+
+def plan_of(**fields: Any) -> Any:
+    return make_plan(workload_from_mapping({**BASE, **fields}))
+
+
+# --- the workload ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), [
+    ({"concurrency": -3}, "concurrency", "at least 1"),
+    ({"concurrency": 2.5}, "concurrency", "whole number"),
+    ({"region": "mars"}, "region", "not one of"),
+    ({"region": "us-eats"}, "region", "did you mean 'us-east'"),
+    ({"revision": "main"}, "revision", "branch or tag"),
+    ({"revision": None, "model": "Qwen/Qwen3-8B"}, "revision", "required"),
+    ({"goal": "fastest"}, "goal", "online, cold-start, low-latency, throughput"),
+    ({"ttft_ms": 0}, "ttft_ms", "greater than 0"),
+    ({"tpot_ms": "fast"}, "tpot_ms", "must be a number"),
+    ({"context_length": 512, "input_tokens": 1000}, "context_length", "shorter than"),
+    ({"max_gpus": 3}, "max_gpus", "power of two"),
+    ({"max_gpus": 16}, "max_gpus", "multi-node"),
+    ({"goal": "throughput", "tpot_ms": 20}, "goal", "no per-request latency"),
+    ({"offline": True, "goal": "online"}, "offline", "no HTTP server"),
+    ({"concurency": 4}, "concurency", "did you mean 'concurrency'"),
+    ({"model": "justaname"}, "model", "org/name"),
+])
+def test_invalid_workload_names_the_field(fields: dict[str, Any], field: str, words: str) -> None:
+    data = {k: v for k, v in {**BASE, **fields}.items() if v is not None}  # None: left out
+    with pytest.raises(WorkloadError) as info:
+        workload_from_mapping(data)
+    assert info.value.field == field
+    assert f"'{field}'" in str(info.value) and words in str(info.value)
+
+
+def test_toml_file_and_flags_override(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(f'model = "Qwen/Qwen3-8B-FP8"\nrevision = "{REV}"\nconcurrency = 4\n'
+                    'tpot_ms = 40\n')
+    workload = load_workload(path, overrides={"concurrency": 64, "region": None})
+    assert (workload.concurrency, workload.tpot_ms, workload.region) == (64, 40.0, None)
+    path.write_text("model = [broken")
+    with pytest.raises(WorkloadError, match="not valid TOML"):
+        load_workload(path)
+
+
+def test_local_checkpoint_needs_no_revision(tiny_model_path: Path) -> None:
+    workload = workload_from_mapping({"model": str(tiny_model_path)})
+    assert workload.is_local_path and workload.revision is None
+
+
+# --- the catalogs ---------------------------------------------------------------------------
+
+
+def test_gpu_catalog_marks_unverified_prices_and_takes_overrides(tmp_path: Path) -> None:
+    gpus, platform = load_gpu_catalog()
+    assert gpus["H100"].price_per_hour == 3.95 and gpus["H100"].price_verified
+    assert {"H100", "A100-80GB", "L40S", "L4", "T4"} <= {n for n, g in gpus.items()
+                                                       if g.price_verified}
+    assert {"H200", "B200", "A10", "A100-40GB", "RTX-PRO-6000"} <= set(gpus)
+    assert not gpus["B200"].price_verified and platform.volume_read_gb_s > 0
+    override = tmp_path / "gpus.toml"
+    override.write_text("[gpus.H100]\nprice_per_hour = 2.0\nprice_verified = true\n"
+                        "[gpus.X9]\nmemory_gb = 10\nhbm_tb_s = 1.0\nbf16_tflops = 100.0\n"
+                        "fp8_tflops = 0.0\nfp8 = false\nprice_per_hour = 0.1\n"
+                        "price_verified = false\n[platform]\nvolume_read_gb_s = 4.0\n")
+    gpus, platform = load_gpu_catalog(override)
+    assert gpus["H100"].price_per_hour == 2.0 and gpus["H100"].hbm_tb_s == 3.35
+    assert gpus["X9"].memory_gb == 10 and platform.volume_read_gb_s == 4.0
+    override.write_text("[gpus.X9]\nmemory_gb = 10\n")
+    with pytest.raises(UsageError, match="X9"):
+        load_gpu_catalog(override)
+
+
+def test_gpu_catalog_override_changes_the_plan(tmp_path: Path) -> None:
+    override = tmp_path / "gpus.toml"
+    override.write_text("[gpus.H100]\nprice_per_hour = 0.10\n")
+    workload = workload_from_mapping({**BASE, "concurrency": 16})
+    assert make_plan(workload).gpu.name != "H100"
+    assert make_plan(workload, gpu_catalog=override).gpu.name == "H100"
+
+
+QWEN3_8B_CONFIG = {  # the published config.json's architecture fields
+    "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+    "tie_word_embeddings": False, "max_position_embeddings": 40960, "torch_dtype": "bfloat16"}
+MIXTRAL_CONFIG = {
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "max_position_embeddings": 32768}
+
+
+def test_parameter_counts_from_config_match_the_model_cards() -> None:
+    dense = model_facts_from_config(QWEN3_8B_CONFIG, name="q", source="test")
+    assert dense.total_params == pytest.approx(8.19e9, rel=0.01)
+    assert dense.kv_elements_per_token() == 2 * 36 * 8 * 128
+    moe = model_facts_from_config(MIXTRAL_CONFIG, name="m", source="test")
+    assert moe.total_params == pytest.approx(46.7e9, rel=0.01)
+    assert moe.active_params == pytest.approx(12.9e9, rel=0.01)
+    assert moe.is_moe and moe.native_precision == "bf16"
+    with pytest.raises(UsageError, match="hidden_size"):
+        model_facts_from_config({"vocab_size": 3}, name="x", source="bad.json")
+
+
+def _safetensors_params(folder: Path) -> int:
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def test_local_config_facts_match_the_real_checkpoint(tiny_model_path: Path) -> None:
+    facts = model_facts(str(tiny_model_path))
+    assert facts.source.startswith("config.json at")
+    assert facts.total_params == pytest.approx(_safetensors_params(tiny_model_path), rel=0.02)
+    assert facts.checkpoint_bytes and facts.checkpoint_bytes > 0
+
+
+def test_hub_cache_config_is_read_at_the_pinned_revision(
+        tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    snapshot = repo / "snapshots" / REV
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny_model_path / "config.json", snapshot / "config.json")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    facts = model_facts("someorg/tiny", revision=REV)
+    assert str(snapshot) in facts.source
+    with pytest.raises(UsageError, match=r"hf download someorg/tiny config\.json"):
+        model_facts("someorg/tiny", revision="0123456789abcdef")
+
+
+def test_unknown_model_asks_for_a_config() -> None:
+    with pytest.raises(UsageError, match=r"config\.json"):
+        make_plan(workload_from_mapping({"model": "nobody/unknown-7b", "revision": "abcdef1"}))
+
+
+# --- the seed's decision rules ---------------------------------------------------------------
+
+
+def test_online_is_the_default_and_slos_alone_do_not_pick_sglang() -> None:
+    plan = plan_of(concurrency=16, ttft_ms=2000, tpot_ms=60)
+    assert (plan.pattern, plan.engine, plan.recipe) == ("online", "vllm", "vllm_online.py")
+    assert "low-latency" in plan.reasons[0][1]
+
+
+def test_cold_start_only_when_startup_latency_is_first_class() -> None:
+    assert plan_of(cold_start_s=600).pattern == "online"  # a slow cold start is acceptable
+    plan = plan_of(cold_start_s=30)
+    assert plan.pattern == "cold-start" and plan.n_gpu == 1
+    assert plan.engine_config().enable_sleep_mode
+    assert plan.recipe_settings()["KV_CACHE_GIB"] >= 1
+
+
+def test_cold_start_tighter_than_snapshots_keeps_a_warm_container() -> None:
+    plan = plan_of(cold_start_s=1)
+    assert plan.pattern == "cold-start" and plan.min_containers == 1
+    assert any(topic == "warm container" for topic, _ in plan.reasons)
+
+
+def test_sglang_only_for_an_explicit_low_latency_goal() -> None:
+    plan = plan_of(goal="low-latency")
+    assert (plan.engine, plan.recipe) == ("sglang", "sglang_low_latency.py")
+    assert plan.region == "us-east" and plan.recipe_settings()["PROXY_REGIONS"] == ["us-east"]
+    assert plan.max_inputs is None and "MAX_INPUTS" not in plan.recipe_settings()
+    assert plan.chosen.price_multiplier == 1.75  # a narrow region costs 1.75x
+
+
+def test_offline_work_uses_the_llm_interface() -> None:
+    plan = plan_of(offline=True, input_tokens=1024, output_tokens=128)
+    assert (plan.pattern, plan.recipe) == ("throughput", "qwen3_throughput.py")
+    settings = plan.recipe_settings()
+    assert (settings["INPUT_LEN"], settings["OUTPUT_LEN"]) == (1024, 128)
+    assert "TARGET_INPUTS" not in settings and plan.max_model_len == 2048
+
+
+@pytest.mark.parametrize(("task", "sibling"), [
+    ("fine-tuning", "modal-finetuning"), ("training", "modal-finetuning"),
+    ("batch-jobs", "modal-batch-processing"), ("sandbox", "modal-sandbox"),
+    ("embeddings", "not text generation"), ("diffusion", "out of scope"),
+    ("hosted-api", "self-hosted"),
+])
+def test_out_of_scope_requests_name_the_sibling(task: str, sibling: str) -> None:
+    with pytest.raises(PlanRefused, match=sibling):
+        plan_of(task=task)
+
+
+# --- sizing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen3-8B", "Qwen/Qwen3-30B-A3B",
+                                   "meta-llama/Llama-3.3-70B-Instruct", "openai/gpt-oss-120b"])
+def test_the_plan_fits_with_headroom_and_is_the_cheapest(model: str) -> None:
+    plan = make_plan(workload_from_mapping({"model": model, "revision": "abcdef1",
+                                            "concurrency": 24}))
+    _, platform = load_gpu_catalog()
+    usable = plan.n_gpu * (plan.gpu.memory_gb * plan.gpu_memory_utilization
+                           - platform.gpu_overhead_gb) * 1e9
+    kv_per_token = plan.model.kv_elements_per_token() * 2
+    assert plan.chosen.weights_bytes + plan.max_model_len * kv_per_token < usable
+    assert plan.n_gpu in TP_SIZES and plan.model.heads % plan.n_gpu == 0
+    assert plan.target_inputs <= (plan.max_inputs or plan.target_inputs) <= plan.max_num_seqs
+    assert all(alt.cost_per_hour >= plan.chosen.cost_per_hour for alt in plan.alternatives)
+
+
+def test_concurrency_beyond_one_container_adds_replicas() -> None:
+    plan = plan_of(concurrency=4000, gpu="L4")
+    assert plan.max_containers > 1
+    assert plan.max_containers * plan.target_inputs >= 4000
+
+
+def test_tpot_slo_caps_the_batch() -> None:
+    one_h100 = {"concurrency": 64, "gpu": "H100", "max_gpus": 1}
+    loose, tight = plan_of(**one_h100), plan_of(**one_h100, tpot_ms=5)
+    assert tight.target_inputs < loose.target_inputs
+    assert tight.max_containers > loose.max_containers  # the rest goes to more replicas
+    assert tight.prediction("tpot_floor_ms").value <= 5 * SLO_MARGIN
+
+
+def test_model_that_fits_nowhere_says_what_would() -> None:
+    with pytest.raises(PlanRefused) as info:
+        make_plan(workload_from_mapping({"model": "meta-llama/Llama-3.1-405B-Instruct",
+                                         "revision": "abcdef1", "gpu": "H100"}))
+    text = str(info.value)
+    assert "precision = 'fp8'" in text and "multi-node" in text and "8x H100" in text
+
+
+def test_impossible_slo_says_the_best_achievable() -> None:
+    with pytest.raises(PlanRefused, match=r"relax tpot_ms to >= \d+"):
+        plan_of(tpot_ms=0.05)
+
+
+def test_budget_too_small_is_refused_with_the_cheapest_price() -> None:
+    with pytest.raises(PlanRefused, match=r"budget_per_hour \$0.2.*\$0.80/h"):
+        plan_of(budget_per_hour=0.2)
+    assert plan_of(budget_per_hour=2.0, concurrency=16).chosen.cost_per_hour <= 2.0
+
+
+def test_context_beyond_the_model_is_refused() -> None:
+    with pytest.raises(PlanRefused, match="at most 40960"):
+        plan_of(context_length=100_000)
+
+
+def test_fp8_weights_need_fp8_tensor_cores() -> None:
+    plan = plan_of(concurrency=4)
+    assert plan.gpu.fp8
+    with pytest.raises(PlanRefused, match="FP8"):
+        plan_of(gpu="A100-80GB")
+
+
+# --- predictions ----------------------------------------------------------------------------
+
+
+def test_predictions_follow_their_formulas() -> None:
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
+                                            "gpu": "H100", "concurrency": 1}))
+    weights, kv_token, ctx = 8.2e9 * 2, 2 * 36 * 8 * 128 * 2, 1000 + 250 / 2
+    per_seq = 3.35e12 / (weights + ctx * kv_token)  # memory-bound at batch 1
+    assert plan.prediction("decode_tok_s_per_seq").value == pytest.approx(per_seq, rel=1e-6)
+    assert plan.prediction("tpot_floor_ms").value == pytest.approx(1e3 / per_seq, rel=1e-6)
+    prefill = max((2 * 8.2e9 * 1000 + 2 * 36 * 1000**2 * 32 * 128) / 989e12, weights / 3.35e12)
+    assert plan.prediction("ttft_prefill_floor_ms").value == pytest.approx(prefill * 1e3)
+    assert plan.prediction("cost_per_mtok_output_usd").value == pytest.approx(
+        3.95 / (3600 * per_seq) * 1e6, rel=1e-6)
+    assert plan.prediction("cold_start_weights_floor_s").value == pytest.approx(weights / 1e9)
+    with_snap = plan.prediction("cold_start_with_snapshot_s").value
+    assert with_snap < plan.prediction("cold_start_without_snapshot_s").value
+    for prediction in plan.predictions:
+        assert prediction.formula and prediction.unit and prediction.inputs
+
+
+def test_moe_reads_only_the_touched_experts() -> None:
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-30B-A3B",
+                                            "revision": "abcdef1", "gpu": "H100"}))
+    dense_equivalent = 3.35e12 / (30.5e9 * 2)
+    assert plan.prediction("decode_tok_s_per_seq").value > 4 * dense_equivalent
+    assert "W_experts" in plan.prediction("decode_tok_s_per_seq").formula
+
+
+def test_more_gpus_cut_latency_with_diminishing_returns() -> None:
+    one = plan_of(gpu="H100", max_gpus=1).prediction("tpot_floor_ms").value
+    plan = plan_of(gpu="H100", goal="low-latency")
+    assert plan.prediction("tpot_floor_ms").value <= one
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_cli_plan_text_explains_every_choice(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(f'model = "Qwen/Qwen3-8B-FP8"\nrevision = "{REV}"\nconcurrency = 16\n')
+    result = CliRunner().invoke(cli, ["plan", str(path), "--tpot-ms", "40"])
+    assert result.exit_code == 0, result.output
+    for words in ("why:", "pattern:", "gpu:", "memory:", "concurrency:", "predictions",
+                  "step(B) = max(", "MODEL_REVISION"):
+        assert words in result.output
+
+
+def test_cli_plan_json_carries_formulas() -> None:
+    result = CliRunner().invoke(cli, ["plan", "--model", "Qwen/Qwen3-8B-FP8", "--revision", REV,
+                                      "--set", "input_tokens=2000", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["workload"]["input_tokens"] == 2000
+    names = {p["name"] for p in data["predictions"]}
+    assert {"decode_tok_s_per_seq", "decode_tok_s_at_batch", "ttft_prefill_floor_ms",
+            "cost_per_mtok_output_usd", "cold_start_with_snapshot_s",
+            "cold_start_without_snapshot_s"} <= names
+    assert all(p["formula"] for p in data["predictions"])
+    assert data["engine_config"]["tensor_parallel_size"] == data["n_gpu"]
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["--concurrency", "-3"], 2, "workload field 'concurrency'"),
+    (["--region", "mars"], 2, "workload field 'region'"),
+    (["--set", "task=fine-tuning"], 1, "modal-finetuning"),
+    (["--tpot-ms", "0.01"], 1, "relax tpot_ms"),
+])
+def test_cli_plan_bad_input_is_one_line(args: list[str], code: int, words: str) -> None:
+    result = CliRunner().invoke(cli, ["plan", "--model", "Qwen/Qwen3-8B-FP8", "--revision", REV,
+                                      *args])
+    assert result.exit_code == code, result.output
+    assert words in result.output and "Traceback" not in result.output
