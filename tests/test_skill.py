@@ -192,6 +192,63 @@ def test_paths_named_in_the_skill_exist() -> None:
     assert missing == []
 
 
+def test_quick_start_verifies_the_real_modal_environment_first() -> None:
+    quick_start = skill_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    for command in ("modal --version", "import modal, sys", "sys.executable",
+                    "modal profile current", "mls doctor"):
+        assert command in quick_start, command
+
+
+def test_troubleshooting_covers_what_breaks_first() -> None:
+    section = skill_text().split("## Troubleshooting", 1)[1].split("\n## ", 1)[0].lower()
+    for symptom in ("download", "out of memory", "snapshot", "503", "unpinned revision",
+                    "chat-template", "303"):
+        assert symptom in section, symptom
+
+
+def mls_commands() -> list[tuple[str, list[str]]]:
+    """Every `mls ...` command line the skill documents (inline code and code blocks)."""
+    found = []
+    for path in markdown_files():
+        text = path.read_text(encoding="utf-8")
+        lines = re.findall(r"`(mls [^`]+)`", text)
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            block = block.replace("\\\n", " ")  # join continued lines
+            lines += re.findall(r"^\s*(mls [^\n]*)", block, re.MULTILINE)
+        for line in lines:
+            found.append((path.name, line.split(" #", 1)[0].split()))
+    return found
+
+
+def test_every_mls_command_and_option_the_skill_names_exists() -> None:
+    """The skill describes the toolkit from its --help: a renamed command or flag fails here."""
+    import click
+
+    from modal_llm_serving.cli import cli
+
+    commands = mls_commands()
+    assert len(commands) >= 10
+    for where, words in commands:
+        command: click.Command = cli
+        path = ["mls"]
+        for word in words[1:]:
+            if not isinstance(command, click.Group) or word.startswith("-"):
+                break
+            sub = command.get_command(click.Context(command), word)
+            if sub is None:
+                break
+            command, path = sub, [*path, word]
+        assert len(path) > 1, f"{where}: {' '.join(words)}: no such mls command"
+        if isinstance(command, click.Group):  # naming a group alone ("`mls bench` prints") is fine
+            assert words[len(path):] == [], f"{where}: {' '.join(words)}: no such subcommand"
+            continue
+        known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+        for word in words[len(path):]:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--") or re.fullmatch(r"-[a-z]", flag):
+                assert flag in known, f"{where}: {' '.join(path)} has no option {flag}"
+
+
 def test_every_recipe_has_a_row_in_the_workflow_table_and_a_reference() -> None:
     recipes = {path.name for path in (SKILL / "scripts").glob("*.py")}
     rows = workflow_rows()
