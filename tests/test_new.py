@@ -145,7 +145,8 @@ def test_render_keeps_comments_style_and_reports_missing() -> None:
               'GPU_TYPE = "H100"  # which card\nNAME: str = "x"\nnot_a_setting = 1\n')
     result = render_source(source, {"TIMEOUT": 600, "GPU_TYPE": "L4", "NAME": "y",
                                     "NEW_THING": 3, "MINUTES": 60})
-    assert result.text == ('MINUTES = 60  # seconds\n\n# prose stays\nTIMEOUT = 10 * MINUTES  # why\n'
+    assert result.text == ('MINUTES = 60  # seconds\n\n# prose stays\n'
+                           'TIMEOUT = 10 * MINUTES  # why\n'
                            'GPU_TYPE = "L4"  # which card\nNAME: str = "y"\nnot_a_setting = 1\n')
     assert result.missing == ["NEW_THING"] and result.unchanged == ["MINUTES"]
     assert result.changed["GPU_TYPE"] == ('"H100"', '"L4"')
