@@ -61,6 +61,8 @@ class MockState:
                 raise SystemExit(f"--fault {spec!r}: use KIND=N with KIND one of {FAULTS}")
             self.faults[kind] = int(every)
         self.cold_until = time.monotonic() + settings.cold_s
+        # what the tests check: per session header, the message count of each turn
+        self.sessions: dict[str, list[int]] = {}
 
     def fault_for(self, number: int) -> set[str]:
         return {kind for kind, every in self.faults.items() if number % every == 0}
@@ -79,6 +81,7 @@ class Protocol(asyncio.Protocol):
         self.busy = False
         self.received_ns = 0
         self.first_ns = 0
+        self.session: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -106,6 +109,7 @@ class Protocol(asyncio.Protocol):
         length = int(headers.get("content-length", "0") or 0)
         if len(self.buffer) < head_end + 4 + length:
             return
+        self.session = headers.get("modal-session-id")
         body = self.buffer[head_end + 4: head_end + 4 + length]
         self.buffer = self.buffer[head_end + 4 + length:]
         self.busy = True
@@ -136,6 +140,8 @@ class Protocol(asyncio.Protocol):
         if path == "/v1/models":
             return self._send(200, {"object": "list", "data": [
                 {"id": state.settings.model, "object": "model"}]})
+        if path == "/mock/stats":
+            return self._send(200, {"requests": state.count, "sessions": state.sessions})
         if path == "/mock/scale-to-zero":
             state.cold_until = time.monotonic() + state.settings.cold_s
             return self._send(200, {"cold_s": state.settings.cold_s})
@@ -165,6 +171,9 @@ class Protocol(asyncio.Protocol):
         if request.get("model") != state.settings.model:
             return self._send(404, {"error": {"message": f"The model `{request.get('model')}` "
                                                          "does not exist."}})
+        if self.session is not None:
+            turns = state.sessions.setdefault(self.session, [])
+            turns.append(len(request.get("messages") or []))
         n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
         await self._stream(path.endswith("chat/completions"), n, faults, received,
                            prompt_len=len(_tokenize(json.dumps(request.get("messages")

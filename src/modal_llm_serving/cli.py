@@ -442,6 +442,9 @@ def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[s
     click.echo(f"results: {out}", err=True)
     if json_:
         echo_json(summaries[0] if len(summaries) == 1 else summaries)
+    if any(summary["completed"] == 0 for summary in summaries):
+        click.echo("no request succeeded at some level; see the errors above", err=True)
+        sys.exit(1)
 
 
 def _bench_progress() -> Callable[[Any, Any], None]:

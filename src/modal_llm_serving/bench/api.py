@@ -33,10 +33,14 @@ from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_
 from modal_llm_serving.client import normalize_base_url
 from modal_llm_serving.errors import UsageError
 
-__all__ = ["Level", "Workload", "parse_levels", "parse_slos", "prepare_prompts", "resolve_model",
+__all__ = ["Level", "Workload", "check_config", "parse_levels", "parse_slos", "plan_run",
+           "prepare_prompts", "resolve_model",
            "run_benchmark", "run_event_loop"]
 
 MAX_LEVELS = 64
+# Distinct prompts per run; longer runs cycle through them. 1000 apart, a repeat is far outside
+# any prefix cache's reach at these lengths, and building them stays a few seconds.
+PROMPT_POOL = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +71,7 @@ class Workload:
     dataset: Path | None = None
     dataset_format: str = "synthetic"  # synthetic | jsonl | sharegpt
     tokenizer: str | None = None
-    pool: int = 1000
+    pool: int = PROMPT_POOL
     seed: int = 0
 
 
@@ -128,6 +132,44 @@ def parse_slos(values: tuple[str, ...] | list[str]) -> Slo | None:
     if not limits:
         return None
     return Slo(ttft_ms=limits.get("ttft"), tpot_ms=limits.get("tpot"), e2el_ms=limits.get("e2el"))
+
+
+def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
+             headers: dict[str, str] | None = None, endpoint: str = "chat",
+             concurrency: str | None = None, rate: str | None = None,
+             arrival: str = "poisson", burstiness: float = 1.0,
+             max_concurrency: int | None = None, num_requests: int | None = None,
+             duration: float | None = None, warmup: float = 0.0, cooldown: float = 0.0,
+             input_len: str = "128", output_len: str | None = None,
+             dataset: Path | None = None, tokenizer: str | None = None, turns: int = 1,
+             session_header: str = "Modal-Session-ID", ignore_eos: bool = True,
+             slos: tuple[str, ...] | list[str] = (), timeout: float = 600.0,
+             stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
+             transport: str = "raw") -> tuple[BenchConfig, list[Level], Workload]:
+    """The CLI's options (plain values, as `mls bench run` and the in-region app take them)
+    checked and turned into a config, the load levels and the workload."""
+    from modal_llm_serving.bench.data import parse_length
+
+    levels = parse_levels(concurrency=concurrency, rate=rate)
+    if dataset is not None and not dataset.is_file():
+        raise UsageError(f"--dataset {dataset} does not exist")
+    workload = Workload(
+        input_len=parse_length(input_len, option="--input-len"),
+        output_len=parse_length(output_len, option="--output-len") if output_len else None,
+        dataset=dataset,
+        dataset_format=("synthetic" if dataset is None else
+                        "jsonl" if dataset.suffix == ".jsonl" else "sharegpt"),
+        tokenizer=tokenizer, pool=min(num_requests or PROMPT_POOL, PROMPT_POOL), seed=seed)
+    config = BenchConfig(
+        base_url=url, model=model or "", endpoint=endpoint, api_key=api_key,
+        headers=tuple((headers or {}).items()), arrival=arrival, burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        num_requests=num_requests if num_requests or duration else 100, duration_s=duration,
+        warmup_s=warmup, cooldown_s=cooldown, turns=turns, session_header=session_header,
+        ignore_eos=ignore_eos, timeout_s=timeout, stall_timeout_s=stall_timeout,
+        retries=retries, slo=parse_slos(slos), seed=seed, transport=transport)
+    check_config(config)
+    return config, levels, workload
 
 
 def check_config(config: BenchConfig) -> None:

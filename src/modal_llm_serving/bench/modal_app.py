@@ -1,0 +1,97 @@
+# ---
+# cmd: ["modal", "run", "-m", "modal_llm_serving.bench.modal_app", "--url", "https://..."]
+# ---
+
+# # Run `mls bench` inside Modal, next to the endpoint
+
+# A benchmark run from a laptop measures the internet too: tens of milliseconds of round trip
+# in every TTFT, and a home uplink in every throughput number. This app runs the very same harness
+# (`modal_llm_serving.bench`) as a Modal Function pinned to a region, so the client sits in the
+# endpoint's region and the numbers describe the server.
+#
+# The results (per-request JSONL, summary JSON, report and plots) come back to the machine that
+# launched it, under `--out`.
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import modal
+
+MINUTES = 60  # seconds
+
+# ## Where the client runs
+
+# Pin the client to the endpoint's region (a Modal region name, e.g. `us-east`, `us-west`,
+# `eu-west`); pinning costs more per CPU-second than an unpinned function, and is what keeps the
+# network out of the numbers. Set `MLS_BENCH_REGION` when you launch to change it.
+BENCH_REGION = os.environ.get("MLS_BENCH_REGION", "us-east")
+
+# Two physical cores keep the client far from its own bottleneck at a few hundred streams
+# (see docs/PERFORMANCE.md); the harness warns loudly if it still is one.
+BENCH_CPU = 4.0
+BENCH_MEMORY_MB = 2048
+BENCH_TIMEOUT = 60 * MINUTES  # how long may one whole sweep take?
+
+# ## The container image
+
+# Only the harness's own dependencies, pinned; the package itself travels as local source.
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install("click==8.5.1", "httpx==0.28.1", "aiohttp==3.14.5", "uvloop==0.23.0",
+                 "matplotlib==3.11.2", "tokenizers==0.23.3")
+    .add_local_python_source("modal_llm_serving")
+)
+
+app = modal.App("mls-bench-client")
+
+
+# ## The benchmark function
+
+# It takes the same options as `mls bench run` (plain values) and returns the summaries plus
+# every file the run wrote, so nothing is left behind in the container.
+@app.function(image=image, region=BENCH_REGION, cpu=BENCH_CPU,  # type: ignore[untyped-decorator]
+              memory=BENCH_MEMORY_MB, timeout=BENCH_TIMEOUT)
+def run_in_region(options: dict[str, Any]) -> dict[str, Any]:
+    return run_here(options, out_dir=Path("/tmp/mls-bench"))
+
+
+def run_here(options: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
+    """The function's body, runnable anywhere (tests call it locally against the mock)."""
+    from modal_llm_serving.bench.api import plan_run, run_benchmark
+    from modal_llm_serving.bench.report import render_report
+
+    config, levels, workload = plan_run(**options)
+    summaries = run_benchmark(config, levels, workload, out_dir=out_dir)
+    render_report(out_dir)
+    files = {str(path.relative_to(out_dir)): path.read_bytes()
+             for path in sorted(out_dir.rglob("*")) if path.is_file()}
+    return {"summaries": summaries, "files": files, "region": os.environ.get("MODAL_REGION")}
+
+
+# ## Run it
+
+# ```bash
+# MLS_BENCH_REGION=us-east modal run -m modal_llm_serving.bench.modal_app \
+#     --url https://you--app.modal.run --concurrency 1,8,32 --num-requests 200
+# ```
+# An API key is read from `MLS_API_KEY` on the launching machine and passed to the function
+# (it is never written into the results).
+@app.local_entrypoint()  # type: ignore[untyped-decorator]
+def main(url: str, model: str = "", concurrency: str = "1", rate: str = "",
+         num_requests: int = 100, input_len: str = "128", output_len: str = "128",
+         out: str = "results/in-region") -> None:
+    options = {"url": url, "model": model or None, "concurrency": concurrency or None,
+               "rate": rate or None, "num_requests": num_requests, "input_len": input_len,
+               "output_len": output_len, "api_key": os.environ.get("MLS_API_KEY")}
+    if rate:
+        options["concurrency"] = None
+    result = run_in_region.remote(options)
+    folder = Path(out)
+    for name, data in result["files"].items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    print(f"ran in {result['region'] or BENCH_REGION}; results in {folder}")

@@ -1,0 +1,289 @@
+"""`mls bench` against the calibration mock: faults, bounds, sessions, reports, cold start.
+
+The mock (benchmarks/mock_server.py) runs in its own process with known timings and injected
+faults; it is used here only for what a real engine cannot do on demand (faults, exact timings).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from modal_llm_serving.bench.api import plan_run, run_benchmark
+from modal_llm_serving.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mock_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mock_server", ROOT / "benchmarks" /
+                                                  "mock_server.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MOCK = _mock_module()
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[Any]:
+    with MOCK.MockProcess(ttft_ms=30, itl_ms=5) as server:
+        yield server
+
+
+def _run(url: str, out: Path, **options: Any) -> dict[str, Any]:
+    config, levels, workload = plan_run(url=url, **options)
+    summaries = run_benchmark(config, levels, workload, out_dir=out)
+    return summaries[0]
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines()]
+
+
+def test_one_stream_measures_the_known_truth(mock: Any, tmp_path: Path) -> None:
+    summary = _run(mock.url, tmp_path, concurrency="1", num_requests=6, input_len="16",
+                   output_len="20")
+    assert summary["completed"] == 6 and summary["failed"] == 0
+    # truth: TTFT 30 ms, 5 ms per token; generous bounds (the CPU is shared), not a timing test
+    assert 29.5 <= summary["median_ttft_ms"] <= 40
+    assert 4.8 <= summary["mean_tpot_ms"] <= 5.5
+    assert summary["total_output_tokens"] == 120  # from usage, 20 per request
+    assert summary["data"]["tokenizer_source"].startswith("server /tokenize")
+    assert summary["data"]["exact_input_fraction"] == 1.0
+    records = _records(tmp_path)
+    assert len(records) == 6 and all(r["n_out"] == 20 and r["token_events"] == 20
+                                     for r in records)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_every_transport_gives_the_same_fates(transport: str, tmp_path: Path) -> None:
+    with MOCK.MockProcess(ttft_ms=20, itl_ms=2, faults=("reset=3", "503=4")) as server:
+        summary = _run(server.url, tmp_path, concurrency="2", num_requests=12, input_len="8",
+                       output_len="10", transport=transport)
+    assert summary["error_counts"] == {"reset": 3, "http_503": 3}  # #12 is both: 503 wins
+    assert 19.5 <= summary["median_ttft_ms"] <= 35
+
+
+def test_each_fault_gets_its_fate_and_the_run_goes_on(tmp_path: Path) -> None:
+    faults = ("503=5", "429=7", "reset=6", "malformed=11", "stall=13", "nodone=2", "split=3")
+    with MOCK.MockProcess(ttft_ms=10, itl_ms=2, faults=faults, stall_s=3) as server:
+        summary = _run(server.url, tmp_path, concurrency="4", num_requests=26, input_len="8",
+                       output_len="12", stall_timeout=1.0)
+    records = _records(tmp_path)
+    assert len(records) == 26 == summary["completed"] + summary["failed"]
+    kinds = summary["error_counts"]
+    assert {"http_503", "http_429", "reset", "malformed_chunk", "timeout"} <= set(kinds)
+    assert "injected 503" in summary["error_examples"]["http_503"]
+    ok = [r for r in records if r["ok"]]
+    # split frames, keep-alive comments and a missing [DONE] do not fail a request
+    assert any(not r["saw_done"] for r in ok)
+    assert all(r["n_out"] == 12 for r in ok)
+
+
+def test_503_then_success_with_retries(tmp_path: Path) -> None:
+    with MOCK.MockProcess(ttft_ms=5, itl_ms=1, faults=("503=2",)) as server:
+        summary = _run(server.url, tmp_path, concurrency="1", num_requests=6, input_len="4",
+                       output_len="4", retries=2)
+    assert summary["completed"] == 6
+    # the mock's 2nd, 4th, ... request answers 503: after the first, each request needs a retry
+    assert [r["attempts"] for r in _records(tmp_path)] == [1, 2, 2, 2, 2, 2]
+
+
+def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
+    with MOCK.MockProcess(faults=("hang=1",)) as server:
+        started = time.monotonic()
+        summary = _run(server.url, tmp_path, concurrency="2", num_requests=2, input_len="4",
+                       output_len="4", timeout=1.5, stall_timeout=1.0)
+    assert summary["error_counts"] == {"timeout": 2}
+    assert time.monotonic() - started < 30
+
+
+def test_open_loop_reports_latency_from_the_schedule(mock: Any, tmp_path: Path) -> None:
+    summary = _run(mock.url, tmp_path, rate="40", arrival="poisson", num_requests=30,
+                   input_len="8", output_len="8")
+    assert summary["completed"] == 30 and summary["request_rate"] == 40
+    for key in ("p99_sched_ttft_ms", "p99_dispatch_lag_ms", "mean_sched_e2el_ms"):
+        assert summary[key] is not None
+    assert summary["mean_sched_ttft_ms"] >= summary["mean_ttft_ms"]
+    assert all(r["scheduled_ns"] is not None for r in _records(tmp_path))
+
+
+def test_duration_bound_and_capped_open_loop(mock: Any, tmp_path: Path) -> None:
+    started = time.monotonic()
+    summary = _run(mock.url, tmp_path, rate="inf", max_concurrency=3, duration=1.0,
+                   input_len="4", output_len="10")
+    assert time.monotonic() - started < 10
+    assert summary["completed"] > 5 and summary["max_concurrency"] == 3
+    assert summary["achieved_concurrency"] <= 3.05
+
+
+def test_multi_turn_sessions_reuse_the_prefix_with_one_header(tmp_path: Path) -> None:
+    with MOCK.MockProcess(ttft_ms=5, itl_ms=1) as server:
+        summary = _run(server.url, tmp_path, concurrency="2", num_requests=9, turns=3,
+                       input_len="6", output_len="5")
+        stats = httpx.get(f"{server.url}/mock/stats").json()
+    assert summary["completed"] == 9
+    sessions = list(stats["sessions"].values())
+    # each conversation's turns carry the earlier user/assistant pairs (1, 3, 5 messages); the
+    # request budget may cut the last conversations short, never reorder them
+    assert all(turns == [1, 3, 5][: len(turns)] for turns in sessions)
+    assert sum(map(len, sessions)) == 9 and sessions.count([1, 3, 5]) >= 2
+    records = _records(tmp_path)
+    assert len({r["session_id"] for r in records}) == len(sessions)
+    assert {r["turn"] for r in records} == {0, 1, 2}
+
+
+def test_cli_run_report_and_json(mock: Any, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(cli, [
+        "bench", "run", mock.url, "-c", "1,3", "-n", "6", "--input-len", "uniform:4:12",
+        "--output-len", "6", "--slo", "ttft:1000", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "TTFT = first token-bearing event − send" in result.output
+    for name in ("sweep.json", "report.md", "latency_throughput.png", "latency_c1.png",
+                 "c3/requests.jsonl", "c3/summary.json"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "TPOT = (t_last − t_first) / (N_out − tokens in first event)" in report
+    again = CliRunner().invoke(cli, ["bench", "report", str(out / "c1"), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["completed"] == 6
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["not-a-url"], "is not an http(s) URL"),
+    (["http://x", "-c", "0,2"], "not a whole number"),
+    (["http://x", "-c", "2", "-r", "3"], "not both"),
+    (["http://x", "--rate", "-3"], "must be > 0"),
+    (["http://x", "--input-len", "normal:-5:1"], "--input-len"),
+    (["http://x", "--slo", "ttft"], "METRIC:MS"),
+    (["http://x", "--dataset", "/no/such.jsonl"], "does not exist"),
+])
+def test_cli_explains_bad_arguments_in_one_line(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", "run", *args, "--model", "m"])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_wrong_model_records_404s(mock: Any, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", "run", mock.url, "--model", "nope", "-n", "3",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not among the served models" in result.output
+    assert "http_404" in result.output and "does not exist" in result.output
+    assert len(_records(tmp_path)) == 3
+
+
+def test_cli_unreachable_server_records_connect_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", "run", "http://127.0.0.1:9", "--model", "m",
+                                      "-n", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "connect" in result.output
+    assert [r["error"] for r in _records(tmp_path)] == ["connect", "connect"]
+    no_model = CliRunner().invoke(cli, ["bench", "run", "http://127.0.0.1:9"])
+    assert no_model.exit_code == 2 and "pass --model" in no_model.output
+
+
+def test_bad_dataset_lines_are_explained(mock: Any, tmp_path: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "alpha bravo", "output_tokens": 3}\n{"oops": 1}\n')
+    result = CliRunner().invoke(cli, ["bench", "run", mock.url, "--dataset", str(data),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "prompts.jsonl:2" in result.output
+
+
+def test_user_jsonl_and_sharegpt_prompts(mock: Any, tmp_path: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "alpha bravo charlie", "output_tokens": 3}\n'
+                    '{"messages": [{"role": "user", "content": "delta echo"}],'
+                    ' "output_tokens": 5}\n')
+    summary = _run(mock.url, tmp_path / "a", concurrency="1", num_requests=4, dataset=data)
+    assert summary["total_output_tokens"] == 16 and summary["completed"] == 4
+    share = tmp_path / "share.json"
+    share.write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": "alpha bravo"},
+                           {"from": "gpt", "value": "one two three four"}]}]))
+    summary = _run(mock.url, tmp_path / "b", concurrency="1", num_requests=2, dataset=share)
+    assert summary["total_output_tokens"] == 8  # the reply's length, in the mock's word tokens
+
+
+def test_interrupted_run_keeps_finished_requests(tmp_path: Path) -> None:
+    with MOCK.MockProcess(ttft_ms=5, itl_ms=5) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", server.url, "-c",
+             "2", "-n", "100000", "--output-len", "10", "--input-len", "4", "--out",
+             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        jsonl = tmp_path / "requests.jsonl"
+        while time.monotonic() < deadline:
+            if jsonl.is_file() and jsonl.stat().st_size > 5000:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    records = _records(tmp_path)
+    assert len(records) >= 10 and all(r["ok"] or r["error"] == "cancelled" for r in records)
+
+
+def test_cold_start_retries_503_until_the_first_token() -> None:
+    with MOCK.MockProcess(ttft_ms=5, itl_ms=1, cold_s=1.5) as server:
+        result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
+                                          "--repeat", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    first, second = payload["trials"]
+    assert first["seconds_to_first_token"] >= 1.3 and first["outcomes"]["http_503"] >= 1
+    assert second["seconds_to_first_token"] < 1.0 and second["outcomes"] == {"ok": 1}
+
+
+def test_cold_start_gives_up_on_a_non_retryable_answer() -> None:
+    with MOCK.MockProcess() as server:
+        result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "nope"])
+    assert result.exit_code == 1 and "not retryable: http_404" in result.output
+
+
+def test_in_region_app_is_pinned_and_runs_the_same_harness(mock: Any, tmp_path: Path) -> None:
+    from modal_llm_serving.bench import modal_app
+
+    info = modal_app.run_in_region.info()
+    assert info.regions == [modal_app.BENCH_REGION] == ["us-east"]
+    assert info.timeout == modal_app.BENCH_TIMEOUT and info.cpu == modal_app.BENCH_CPU
+    result = modal_app.run_here({"url": mock.url, "concurrency": "2", "num_requests": 4,
+                                 "input_len": "4", "output_len": "4"}, out_dir=tmp_path)
+    assert result["summaries"][0]["completed"] == 4
+    assert {"requests.jsonl", "summary.json", "report.md"} <= set(result["files"])
+
+
+def _modal_credentials() -> bool:
+    return bool(os.environ.get("MODAL_TOKEN_ID")) or (Path.home() / ".modal.toml").is_file()
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not _modal_credentials(), reason="needs Modal credentials")
+def test_in_region_app_live(mock: Any) -> None:  # pragma: no cover - needs credentials
+    url = os.environ.get("MLS_LIVE_BENCH_URL")
+    if not url:
+        pytest.skip("set MLS_LIVE_BENCH_URL to a deployed endpoint")
+    from modal_llm_serving.bench import modal_app
+
+    with modal_app.app.run():
+        result = modal_app.run_in_region.remote({"url": url, "concurrency": "1",
+                                                 "num_requests": 3, "output_len": "8"})
+    assert result["summaries"][0]["completed"] == 3
