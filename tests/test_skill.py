@@ -258,6 +258,68 @@ def test_every_recipe_has_a_row_in_the_workflow_table_and_a_reference() -> None:
         assert recipe in text, f"{reference} should walk {recipe}"
 
 
+def recipe_constants(recipe: Path) -> dict[str, object]:
+    """Module-level UPPER_CASE constants of a recipe whose value is a literal (or N * MINUTES)."""
+    import ast
+
+    values: dict[str, object] = {}
+    for node in ast.parse(recipe.read_text(encoding="utf-8")).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()):
+            continue
+        try:  # literals, and `N * MINUTES` (the recipes' time unit)
+            values[node.targets[0].id] = eval(ast.unparse(node.value),
+                                              {"__builtins__": {}, "MINUTES": 60})
+        except Exception:
+            continue
+    return values
+
+
+def documented_values(text: str) -> list[tuple[str, str]]:
+    """`NAME = value` where a reference walks its recipe, and the knob tables' value column.
+
+    (Elsewhere `NAME = value` is advice, such as "set `MIN_CONTAINERS = 1` in production".)
+    """
+    walk = text.split("## Walk the recipe", 1)[-1].split("\n## ", 1)[0]
+    pairs = re.findall(r"`([A-Z][A-Z0-9_]+) = ([^`]+)`", walk)
+    pairs += re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \| ([^|]+?) \|", text, re.MULTILINE)
+    return pairs
+
+
+UNPARSED = object()
+
+
+def parse_documented(value: str) -> object:
+    value = value.strip().strip("`")
+    if minutes := re.fullmatch(r"(\d+) min", value):
+        return int(minutes.group(1)) * 60
+    if seconds := re.fullmatch(r"(\d+) s(?: .*)?", value):
+        return int(seconds.group(1))
+    try:
+        return eval(value, {"__builtins__": {}})
+    except Exception:
+        return UNPARSED  # prose such as "4 routes"
+
+
+def test_settings_quoted_in_references_match_the_recipes() -> None:
+    """A reference that says `MAX_NUM_SEQS = 64` is wrong the day the recipe changes it."""
+    checked = 0
+    for recipe, reference in workflow_rows():
+        constants = recipe_constants(SKILL / "scripts" / recipe)
+        text = (SKILL / "references" / reference).read_text(encoding="utf-8")
+        for name, value in documented_values(text):
+            assert name in constants or name in (SKILL / "scripts" / recipe).read_text(), (
+                f"{reference} names {name}, which {recipe} does not define")
+            documented = parse_documented(value)
+            if isinstance(constants.get(name), str) and documented is UNPARSED:
+                documented = value.strip().strip("`")  # a bare string in a table: H100!
+            if name in constants and documented is not UNPARSED:
+                assert documented == constants[name], (
+                    f"{reference}: {name} is {constants[name]!r} in {recipe}, not {value!r}")
+                checked += 1
+    assert checked >= 20
+
+
 def test_every_script_compiles(tmp_path: Path) -> None:
     scripts = sorted(SKILL.rglob("*.py"))
     assert len(scripts) >= 4
