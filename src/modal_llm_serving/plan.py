@@ -93,6 +93,7 @@ class Candidate:
     batch: int  # sequences one container decodes together at peak
     containers: int  # replicas at peak
     step_s: float  # decode step at `batch`
+    full_step_s: float  # a step at `batch` that also prefills each request's share of prompt
     step1_s: float  # decode step at batch 1
     prefill_s: float  # prefill floor for one typical prompt
     price_multiplier: float
@@ -104,7 +105,8 @@ class Candidate:
 
     @property
     def container_tok_s(self) -> float:
-        return self.batch / self.step_s
+        """Output tokens/s of one container at full load, prompt prefill included."""
+        return self.batch / self.full_step_s
 
     @property
     def cost_per_mtok(self) -> float:
@@ -262,6 +264,14 @@ class _Sizing:
         compute = 2 * self.facts.active_params * batch / (n * self._tflops(gpu) * 1e12)
         return max(memory, compute) + self.allreduce_seconds(n)
 
+    def full_load_seconds(self, gpu: GPU, n: int, batch: int, prompt_per_output: float) -> float:
+        """A decode step at `batch` plus the prefill of `prompt_per_output` prompt tokens per
+        output token (continuous batching mixes them), whichever bound is slower."""
+        memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
+        compute = (2 * self.facts.active_params * batch * (1 + prompt_per_output)
+                   / (n * self._tflops(gpu) * 1e12))
+        return max(memory, compute) + self.allreduce_seconds(n)
+
     def allreduce_seconds(self, n: int) -> float:
         return 2 * self.facts.layers * ALLREDUCE_S if n > 1 else 0.0
 
@@ -392,11 +402,12 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
             batch = slo_batch if pattern == "throughput" else min(slo_batch, w.concurrency)
             containers = math.ceil(w.concurrency / batch) if pattern != "throughput" else 1
             step = s.step_seconds(gpu, n, batch)
+            full = s.full_load_seconds(gpu, n, batch, w.input_tokens / w.output_tokens)
             if w.throughput_tok_s:
-                containers = max(containers, math.ceil(w.throughput_tok_s / (batch / step)))
+                containers = max(containers, math.ceil(w.throughput_tok_s / (batch / full)))
             fits.append(Candidate(
                 gpu=gpu, n_gpu=n, weights_bytes=s.weights_bytes, kv_capacity_tokens=kv_tokens,
-                batch=batch, containers=containers, step_s=step,
+                batch=batch, containers=containers, step_s=step, full_step_s=full,
                 step1_s=s.step_seconds(gpu, n, 1),
                 prefill_s=s.prefill_seconds(gpu, n, w.input_tokens),
                 price_multiplier=multiplier))
@@ -714,6 +725,8 @@ def _predictions(w: Workload, s: _Sizing, c: Candidate, platform: Platform, load
                     + ("; MoE: W_touched(B) = W_common + W_experts*(1-(1-k/E)^B)"
                        if s.facts.is_moe else "; W_touched = W_bytes"))
     agg = b / c.step_s
+    full = c.container_tok_s
+    ratio = w.input_tokens / w.output_tokens
     return [
         Prediction("decode_tok_s_per_seq", 1 / c.step1_s, "tok/s",
                    "1 / step(1); " + step_formula, {**decode_inputs, "B": 1}),
@@ -726,11 +739,17 @@ def _predictions(w: Workload, s: _Sizing, c: Candidate, platform: Platform, load
                    "and network", {"L_in": w.input_tokens, "active_params":
                                    s.facts.active_params, "n_gpu": n, "flops_s": tf,
                                    "W_bytes": s.weights_bytes, "hbm_bytes_s": bw}),
-        Prediction("cost_per_mtok_output_usd", price / (3600 * agg) * 1e6, "USD/Mtok",
-                   "price_per_hour*n_gpu*region_multiplier / (3600 * decode_tok_s_at_batch) "
+        Prediction("output_tok_s_full_load", full, "tok/s",
+                   "B / max(step_memory(B), 2*active_params*B*(1 + L_in/L_out) / "
+                   "(n_gpu*flops_s)) + allreduce_s: decode plus each request's prompt prefill "
+                   "(continuous batching), per container; total tok/s = this * (1 + L_in/L_out)",
+                   {"B": b, "L_in": w.input_tokens, "L_out": w.output_tokens,
+                    "prompt_per_output": ratio, "total_tok_s": full * (1 + ratio)}),
+        Prediction("cost_per_mtok_output_usd", price / (3600 * full) * 1e6, "USD/Mtok",
+                   "price_per_hour*n_gpu*region_multiplier / (3600 * output_tok_s_full_load) "
                    "* 1e6, at full load", {"price_per_hour": gpu.price_per_hour, "n_gpu": n,
                                            "region_multiplier": c.price_multiplier,
-                                           "decode_tok_s_at_batch": agg}),
+                                           "output_tok_s_full_load": full}),
         Prediction("cold_start_weights_floor_s", load_s, "s",
                    "W_bytes / volume_read_bytes_s", {"W_bytes": s.weights_bytes,
                                                      "volume_read_bytes_s":
@@ -755,6 +774,7 @@ _PREDICTION_LABELS = {
     "decode_tok_s_at_batch": "decode ceiling at the planned batch",
     "tpot_floor_ms": "time per output token, floor",
     "ttft_prefill_floor_ms": "time to first token, prefill floor",
+    "output_tok_s_full_load": "output tokens/s at full load, prefill included",
     "cost_per_mtok_output_usd": "cost per million output tokens, full load",
     "cold_start_weights_floor_s": "cold start floor: weights off the Volume",
     "cold_start_without_snapshot_s": "cold start without snapshots",
