@@ -117,12 +117,23 @@ def old_modal_python(tmp_path: Path) -> Path:
 # --- modal CLI ----------------------------------------------------------------------------------
 
 
-def test_no_modal_on_path_fails_with_the_install_command(machine: Machine) -> None:
-    check = machine.doctor().get("modal-cli")
+def test_no_modal_on_path_fails_with_the_install_command(machine: Machine,
+                                                         old_modal_python: Path) -> None:
+    report = machine.doctor(python=str(old_modal_python))  # modal installed, no launcher
+    check = report.get("modal-cli")
     assert check.status == "fail"
-    assert "no `modal` on PATH" in check.summary
+    assert check.summary == "no `modal` on PATH"
     assert "pip install 'modal>=1.6.4,<1.7'" in check.fix
-    assert machine.doctor().get("cli-interpreter").status == "warn"
+    assert report.get("cli-interpreter").status == "warn"
+
+
+def test_modal_installed_in_an_inactive_virtualenv_is_pointed_at(machine: Machine,
+                                                                  old_modal_python: Path) -> None:
+    write_exe(old_modal_python.parent / "modal", f"#!{old_modal_python}\n{fake_cli_body('1.5.2')}")
+    check = machine.doctor(python=str(old_modal_python)).get("modal-cli")
+    assert check.status == "fail"
+    assert f"but {old_modal_python.parent / 'modal'} exists (modal 1.5.2)" in check.summary
+    assert f"source {old_modal_python.parent}/activate" in check.fix
 
 
 def test_modal_cli_in_the_supported_range_is_ok(machine: Machine) -> None:
@@ -580,7 +591,8 @@ def test_command_text_shows_fixes_and_exits_1_on_a_failure(cli_machine: Machine)
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 1
     assert "FAIL  modal CLI" in result.output
-    assert "fix: pip install 'modal>=1.6.4,<1.7'" in result.output
+    # modal sits beside this test session's python, outside the fake PATH
+    assert "fix: activate that environment" in result.output
     assert "FAIL  Modal profile" in result.output
     assert result.output.strip().splitlines()[-1].startswith("2 failed")
     assert "Traceback" not in result.output

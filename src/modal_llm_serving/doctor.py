@@ -265,7 +265,7 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
     gpu = _gpu_check(env, timeout=timeout)
 
     checks = [
-        _modal_cli_check(cli_path, env=env, timeout=timeout),
+        _modal_cli_check(cli_path, env=env, timeout=timeout, current=current),
         _modal_sdk_check(python, current, current_error),
         _interpreter_check(launcher, behind, behind_error, current=current,
                            default=default, default_name=default_name,
@@ -282,9 +282,18 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
 # --- the checks -----------------------------------------------------------------------------------
 
 
-def _modal_cli_check(cli_path: str | None, *, env: Mapping[str, str], timeout: float) -> Check:
+def _modal_cli_check(cli_path: str | None, *, env: Mapping[str, str], timeout: float,
+                     current: PythonInfo | None) -> Check:
     title = "modal CLI"
     if cli_path is None:
+        # The usual cause: modal is installed in a virtualenv that is not activated.
+        beside = Path(current.executable).parent / "modal" if current is not None else None
+        if current is not None and current.modal and beside is not None and beside.is_file():
+            return Check("modal-cli", title, "fail",
+                         f"no `modal` on PATH, but {beside} exists (modal {current.modal})",
+                         fix=f"activate that environment (source {beside.parent}/activate) or run "
+                             f"`{current.executable} -m modal ...`",
+                         data={"beside_this_python": str(beside)})
         return Check("modal-cli", title, "fail", "no `modal` on PATH",
                      fix=f"pip install 'modal{SUPPORTED_TEXT}' into the environment you work in "
                          "(then activate it), or call it as `python -m modal`")
