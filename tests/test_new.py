@@ -184,3 +184,10 @@ def test_cli_new_refusal_writes_nothing(tmp_path: Path) -> None:
                                       "--set", "task=sandbox", "-o", str(output)])
     assert result.exit_code == 1 and "modal-sandbox" in result.output
     assert not output.exists()
+
+
+def test_cli_new_refuses_a_local_folder(tiny_model_path: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["new", "--model", str(tiny_model_path),
+                                      "-o", str(tmp_path / "app.py")])
+    assert result.exit_code == 2 and "Modal container" in result.output
+    assert not (tmp_path / "app.py").exists()

@@ -581,6 +581,9 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
             reasons.append(("precision", "fp8 from a 16-bit checkpoint: vLLM quantizes the "
                             "weights at load (--quantization fp8), halving weight memory and "
                             "the bytes read per decode step"))
+            warnings.append("the recipes have no quantization constant: add "
+                            "('--quantization', 'fp8') to extra_args in the app's "
+                            "engine_config(), or serve an fp8 checkpoint (e.g. a -FP8 repo)")
         else:
             warnings.append(f"precision {w.precision} differs from the checkpoint's "
                             f"{f.native_precision}: serve a checkpoint already quantized to "

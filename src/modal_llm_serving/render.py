@@ -195,6 +195,11 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
     from modal_llm_serving.plan import make_plan
     from modal_llm_serving.recipes import recipe_path
 
+    if workload.is_local_path:
+        raise UsageError(f"{workload.model} is a folder on this machine, which a Modal container "
+                         "cannot see: give the Hub id and its commit (`--model ORG/NAME "
+                         "--revision HASH`), or upload the folder to a Volume and edit MODEL_NAME "
+                         "by hand")
     plan = make_plan(workload, gpu_catalog=gpu_catalog)
     recipe = recipe_path(plan.recipe)
     result = write_app(recipe, plan.recipe_settings(), output, force=force)
