@@ -1,0 +1,84 @@
+"""`mls bench` against real vLLM (the session's tiny server), cross-checked with the openai SDK."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from modal_llm_serving.bench.api import plan_run, run_benchmark
+from modal_llm_serving.local import LocalServer
+
+pytestmark = pytest.mark.engine
+
+
+def _run(server: LocalServer, out: Path, **options: Any) -> tuple[dict[str, Any], list[Any]]:
+    options.setdefault("api_key", server.api_key)
+    config, levels, workload = plan_run(url=server.base_url, **options)
+    summary = run_benchmark(config, levels, workload, out_dir=out)[0]
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    return summary, records
+
+
+def test_exact_lengths_and_usage_against_vllm(tiny_server: LocalServer, tmp_path: Path) -> None:
+    summary, records = _run(tiny_server, tmp_path, concurrency="2", num_requests=6,
+                            input_len="24", output_len="12")
+    assert summary["completed"] == 6, summary["error_counts"]
+    assert summary["data"]["tokenizer_source"].startswith("server /tokenize")
+    assert summary["data"]["exact_input_fraction"] == 1.0
+    assert all(r["completion_tokens"] == 12 for r in records)  # ignore_eos + min_tokens
+    # the chat template adds tokens around the 24 of the prompt text
+    assert all(r["prompt_tokens"] > 24 for r in records)
+    assert summary["total_output_tokens"] == 72
+    # a fast tiny model can deliver all of a stream in one read: E2EL >= TTFT, not >
+    assert 0 < summary["median_ttft_ms"] <= summary["median_e2el_ms"]
+    assert summary["n_tpot"] == 6 and summary["mean_tpot_ms"] >= 0
+
+
+def test_token_events_match_what_the_openai_sdk_sees(tiny_server: LocalServer,
+                                                     tmp_path: Path) -> None:
+    """Our token-bearing rule against the official SDK's view of the same stream."""
+    _summary, records = _run(tiny_server, tmp_path, concurrency="1", num_requests=1,
+                             input_len="16", output_len="10")
+    client = openai.OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key=tiny_server.api_key)
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "alpha beta"}], max_tokens=10,
+        stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True, "min_tokens": 10})
+    with_choices, role_only, usage = 0, 0, None
+    for chunk in stream:
+        if chunk.choices:
+            with_choices += 1
+            delta = chunk.choices[0].delta
+            role_only += bool(delta.role and not delta.content and
+                              not chunk.choices[0].finish_reason)
+        if chunk.usage:
+            usage = chunk.usage
+    assert usage is not None and usage.completion_tokens == 10
+    assert role_only == 1  # vLLM opens with one role-only chunk, which carries no token
+    assert records[0]["token_events"] == with_choices - role_only
+    assert records[0]["completion_tokens"] == usage.completion_tokens
+
+
+def test_completions_endpoint_and_sessions(tiny_server: LocalServer, tmp_path: Path) -> None:
+    summary, _records = _run(tiny_server, tmp_path / "c", concurrency="2", num_requests=4,
+                             endpoint="completions", input_len="8", output_len="6")
+    assert summary["completed"] == 4 and summary["total_output_tokens"] == 24
+    summary, records = _run(tiny_server, tmp_path / "s", concurrency="1", num_requests=2,
+                            turns=2, input_len="8", output_len="6")
+    assert summary["completed"] == 2
+    assert [r["turn"] for r in records] == [0, 1]
+    assert records[1]["prompt_tokens"] > records[0]["prompt_tokens"] + 6  # carries turn 1
+
+
+def test_vllm_errors_are_recorded(tiny_server: LocalServer, tmp_path: Path) -> None:
+    summary, _records = _run(tiny_server, tmp_path / "m", concurrency="1", num_requests=2,
+                             model="no-such-model", input_len="4", output_len="4")
+    assert summary["error_counts"] == {"http_404": 2}
+    assert "no-such-model" in summary["error_examples"]["http_404"]
+    summary, _records = _run(tiny_server, tmp_path / "k", concurrency="1", num_requests=2,
+                             model="tiny", api_key="wrong-key", input_len="4", output_len="4")
+    assert summary["error_counts"] == {"http_401": 2}
