@@ -247,8 +247,20 @@ def test_cli_running_another_environment_warns_loudly(machine: Machine,
     assert check.summary.startswith("DIFFERENT PYTHON ENVIRONMENTS")
     assert str(old_modal_python) in check.summary and "modal 1.5.2" in check.summary
     assert sys.executable in check.summary
-    assert "-m modal" in check.fix
+    # the fix points at the environment with a supported modal, not at the old one
+    assert f"`{sys.executable} -m modal ...`" in check.fix
+    assert f"`{old_modal_python} -m pip install 'modal>=1.6.4,<1.7'`" in check.fix
     assert check.data["mismatch"] is True
+
+
+def test_mismatch_with_no_supported_modal_anywhere_says_install_it(machine: Machine,
+                                                                   old_modal_python: Path,
+                                                                   tmp_path: Path) -> None:
+    bare = make_venv(tmp_path / "bare")
+    machine.modal_launcher(str(old_modal_python), "1.5.2")
+    check = machine.doctor(python=str(bare)).get("cli-interpreter")
+    assert check.status == "warn" and check.data["mismatch"] is True
+    assert check.fix.startswith("install modal>=1.6.4,<1.7 into one environment")
 
 
 def test_default_python_differing_from_the_cli_warns(machine: Machine,
@@ -260,6 +272,7 @@ def test_default_python_differing_from_the_cli_warns(machine: Machine,
     assert check.status == "warn"
     assert "`python` on PATH" in check.summary and "modal 1.5.2" in check.summary
     assert check.data["default_python_name"] == "python"
+    assert f"run `{THIS_PYTHON} -m modal ...`" in check.fix  # the CLI's env is the good one
 
 
 def test_python3_is_the_default_when_there_is_no_python(machine: Machine,

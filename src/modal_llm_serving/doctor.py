@@ -396,9 +396,7 @@ def _interpreter_check(launcher: LauncherInfo | None, behind: PythonInfo | None,
                      f"DIFFERENT PYTHON ENVIRONMENTS: {where}, but " + "; and ".join(differs)
                      + ". What `python -c 'import modal'` tells you is not what `modal deploy` "
                        "runs.",
-                     fix=f"use one environment: activate the one behind the CLI, or run "
-                         f"`{behind.executable} -m modal ...` explicitly, or install modal into "
-                         "the python you use and put its bin folder first on PATH",
+                     fix=_mismatch_fix(behind, [info for info in (current, default) if info]),
                      data=data)
     data["mismatch"] = False
     if behind.modal is None:
@@ -408,6 +406,21 @@ def _interpreter_check(launcher: LauncherInfo | None, behind: PythonInfo | None,
     return Check("cli-interpreter", title, "ok",
                  f"{where}: the same environment as this python"
                  + (f" and `{default_name}`" if default is not None else ""), data=data)
+
+
+def _mismatch_fix(behind: PythonInfo, others: list[PythonInfo]) -> str:
+    """Point at the environment that has a supported modal: that is the one to run."""
+    good = [info for info in (behind, *others) if info.modal and _supported(info.modal)]
+    if good and good[0] is not behind:
+        return (f"run Modal from one environment: `{good[0].executable} -m modal ...` (modal "
+                f"{good[0].modal}), or put {os.path.dirname(good[0].executable)} first on PATH; "
+                f"or upgrade the CLI's: `{behind.executable} -m pip install "
+                f"'modal{SUPPORTED_TEXT}'`")
+    if good:
+        return (f"use the CLI's environment for everything: activate it, or run "
+                f"`{behind.executable} -m modal ...` and `{behind.executable} -c ...` explicitly")
+    return (f"install modal{SUPPORTED_TEXT} into one environment and run everything from it: "
+            f"`{behind.executable} -m pip install 'modal{SUPPORTED_TEXT}'`")
 
 
 def _profile_check(env: Mapping[str, str]) -> Check:
