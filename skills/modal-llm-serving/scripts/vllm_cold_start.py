@@ -117,11 +117,11 @@ PORT = 8000
 # endpoints (/sleep, /wake_up, /is_sleeping, /collective_rpc, /reset_prefix_cache, ...) and its
 # /docs, /metrics and /tokenize stay private. Add a route here only if clients need it.
 #
-# Cost: one extra hop over loopback inside the container, a few tenths of a millisecond per
-# request and per streamed chunk, against cold starts that snapshots cut by seconds to minutes.
-# (Measured locally: see docs/PERFORMANCE.md.) The alternative, Modal's proxy auth
-# (`requires_proxy_auth=True`), only checks who calls; it would still let any authorized caller put
-# the engine to sleep.
+# Cost: one extra hop over loopback inside the container. Measured with a real vLLM on a busy
+# 2-core CPU box (benchmarks/forwarder_overhead.py, docs/PERFORMANCE.md) it adds about 2 ms to the
+# median time to first token, against cold starts that snapshots cut by seconds to minutes.
+# The alternative, Modal's proxy auth (`requires_proxy_auth=True`), only checks who calls; it would
+# still let any authorized caller put the engine to sleep.
 
 PUBLIC_ROUTES = (
     ("GET", "/health"),
