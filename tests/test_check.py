@@ -156,3 +156,55 @@ def test_cli_list_prints_every_rule() -> None:
         assert rule.id in result.output and rule.name in result.output
     as_json = json.loads(CliRunner().invoke(cli, ["check", "--list", "--json"]).output)
     assert [r["id"] for r in as_json] == [r.id for r in RULES]
+
+
+def test_low_latency_helpers_need_no_region() -> None:
+    source = (FIXTURES / "clean_low_latency.py").read_text().replace(
+        "@app.local_entrypoint()", "@app.function(image=image)\ndef download() -> None:\n"
+        "    pass\n\n\n@app.local_entrypoint()")
+    assert check_source(source) == []
+
+
+def test_region_from_the_environment_gets_the_benefit_of_doubt() -> None:
+    source = (FIXTURES / "clean_low_latency.py").read_text().replace(
+        "    region=REGION,", '    region=os.environ.get("REGION", "us-east"),').replace(
+        "import subprocess", "import os\nimport subprocess")
+    assert check_source(source) == []
+
+
+@pytest.mark.parametrize(("value", "is_secret"), [
+    ("not-used", False), ("your-api-key-here", False), ("<paste key>", False),
+    ("Zq83-Kd02-Lm55-Xw19", True)])
+def test_literal_keys_versus_placeholders(value: str, is_secret: bool) -> None:
+    source = (FIXTURES / "clean_online.py").read_text() + f'\nclient = dict(api_key="{value}")\n'
+    assert [f.rule.id for f in check_source(source)] == (["MLS012"] if is_secret else [])
+
+
+AGENT_APP = '''
+import subprocess
+import modal
+
+app = modal.App("quick-llm")
+image = modal.Image.debian_slim().pip_install("vllm", "openai")
+
+
+@app.function(image=image, gpu="A100")
+@modal.web_server(port=8000)
+def serve():
+    subprocess.Popen("vllm serve mistralai/Mistral-7B-Instruct-v0.3 --port 8000", shell=True)
+
+
+@app.function(image=image)
+@modal.fastapi_endpoint()
+def hello():
+    return {"ok": True}
+'''
+
+
+def test_a_typical_quick_agent_app_gets_every_relevant_finding() -> None:
+    ids = {f.rule.id for f in check_source(AGENT_APP)}
+    assert ids == {"MLS001", "MLS002", "MLS003", "MLS004", "MLS005", "MLS006", "MLS013",
+                   "MLS015"}
+    pinned = AGENT_APP.replace("--port 8000", "--revision e0bc86c23ce5aae1db576c8cca6f06f1f73af2db "
+                               "--port 8000")
+    assert "MLS001" not in {f.rule.id for f in check_source(pinned)}

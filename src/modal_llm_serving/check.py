@@ -149,9 +149,13 @@ _TOKEN_PATTERNS = (
     re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key
     re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub token
 )
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_MODEL_IN_COMMAND = re.compile(r"(?:vllm\s+serve|--model(?:-path)?)[ =]+([\w.-]+/[\w.-]+)")
+_REVISION_IN_COMMAND = re.compile(r"--revision[ =]+[0-9a-f]{7,40}\b")
 _SECRET_NAME = re.compile(r"(?i)(^|_)(api_?key|token|password|passwd|secret_?key|access_?key)$")
-_PLACEHOLDERS = {"", "empty", "unused", "none", "dummy", "not-needed", "sk-no-key-required",
-                 "fake", "test", "changeme"}
+_PLACEHOLDER = re.compile(r"(?i)^(empty|unused|none|null|fake|test|changeme)$|your|example|"
+                          r"placeholder|dummy|not[-_ ]?(used|needed|a[-_ ]?secret)|no[-_ ]?key|"
+                          r"xxxx|[<{$]")
 _ENGINE_PACKAGES = ("vllm", "sglang")
 _BLOCK_BEGIN = "# BEGIN engine-command"
 _BLOCK_END = "# END engine-command"
@@ -293,6 +297,13 @@ class _Checker:
                                    or (call.args[0] if call.args else None))
             if isinstance(value, str) and "/" in value and not value.startswith(("/", ".")):
                 return value, _line(call)
+        for flag, value, line in self._argv_pairs():  # ["vllm", "serve", M] / ["--model", M]
+            if flag in ("serve", "--model", "--model-path") and isinstance(value, str) and (
+                    _HUB_ID.match(value)):
+                return value, line
+        for string in self.m.strings:  # a shell command line in one string
+            if match := _MODEL_IN_COMMAND.search(str(string.value)):
+                return match.group(1), _line(string)
         return None
 
     def engines(self) -> set[str]:
@@ -359,11 +370,12 @@ class _Checker:
             what = ", ".join(kinds) if len(kinds) > 1 else " and ".join(sorted(engines))
             self.add("MLS007", sorted(line for _, line in patterns)[-1] if patterns else 1,
                      f"found {what}")
-        if "http_server" in http_kinds:
-            for call in self.m.calls_named("concurrent"):
-                if _kwarg(call, "max_inputs") is not None:
-                    self.add("MLS008", _line(call), "@modal.concurrent(max_inputs=...) in a file "
-                             "with http_server")
+        for definition in self.servers("http_server"):
+            for decorator in definition.decorator_list:
+                if (isinstance(decorator, ast.Call) and _dotted(decorator.func).endswith(
+                        "concurrent") and _kwarg(decorator, "max_inputs") is not None):
+                    self.add("MLS008", _line(decorator), "@modal.concurrent(max_inputs=...) on "
+                             "an http_server class")
         self.dev_mode()
         if low_latency:
             self.region(entrypoints)
@@ -391,8 +403,10 @@ class _Checker:
             self.add("MLS001", model[1], f"{model[0]} is loaded with no pinned revision")
 
     def _revision_in_argv(self) -> bool:
-        return any(flag == "--revision" and isinstance(value, str) and _HEX.match(value)
-                   for flag, value, _ in self._argv_pairs())
+        if any(flag == "--revision" and isinstance(value, str) and _HEX.match(value)
+               for flag, value, _ in self._argv_pairs()):
+            return True
+        return any(_REVISION_IN_COMMAND.search(str(s.value)) for s in self.m.strings)
 
     def _xet_on(self) -> bool:
         for call in self.m.calls_named("env"):
@@ -502,15 +516,27 @@ class _Checker:
             self.add("MLS009", _line(decorator), "sleep mode / VLLM_SERVER_DEV_MODE with the "
                      "engine reachable on the public web_server port")
 
+    def servers(self, *kinds: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+        """Definitions carrying one of the `kinds` decorators (e.g. http_server)."""
+        found = []
+        for definition in self.m.decorated:
+            assert isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            names = [_dotted(d).split(".")[-1] for d in definition.decorator_list]
+            if any(kind in names for kind in kinds):
+                found.append(definition)
+        return found
+
     def region(self, entrypoints: list[tuple[ast.AST, ast.expr]]) -> None:
-        for call in self.m.calls_named("cls", "function", "server"):
-            name = _dotted(call.func)
-            if not name.startswith(("app.", "modal.App")) and "app" not in name.split(".")[0]:
-                continue
-            regions = [self.m.resolve(_kwarg(call, key)) for key in
-                       ("region", "compute_region")]
-            if not any(r not in (None, UNKNOWN, []) for r in regions):
-                self.add("MLS010", _line(call), "no region=... on the low-latency server")
+        for definition in self.servers("http_server", "server"):
+            for call in definition.decorator_list:
+                if not (isinstance(call, ast.Call)
+                        and _dotted(call.func).split(".")[-1] in ("cls", "function", "server")):
+                    continue
+                given = [_kwarg(call, key) for key in ("region", "compute_region")]
+                values = [self.m.resolve(node) for node in given if node is not None]
+                # a value the checker cannot work out (an env lookup) gets the benefit of doubt
+                if not any(v is UNKNOWN or v not in (None, "", []) for v in values):
+                    self.add("MLS010", _line(call), "no region=... on the low-latency server")
         has_503 = any(isinstance(n, ast.Constant) and n.value == 503
                       for n in ast.walk(self.m.tree))
         if not has_503:
@@ -550,7 +576,7 @@ class _Checker:
         if not isinstance(node, ast.Constant | ast.JoinedStr):
             return False
         value = self.m.resolve(node)
-        return isinstance(value, str) and len(value) >= 8 and value.lower() not in _PLACEHOLDERS
+        return isinstance(value, str) and len(value) >= 8 and not _PLACEHOLDER.search(value)
 
     def pins(self) -> None:
         for name in ("VLLM_VERSION", "SGLANG_VERSION"):
