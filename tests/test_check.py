@@ -208,3 +208,11 @@ def test_a_typical_quick_agent_app_gets_every_relevant_finding() -> None:
     pinned = AGENT_APP.replace("--port 8000", "--revision e0bc86c23ce5aae1db576c8cca6f06f1f73af2db "
                                "--port 8000")
     assert "MLS001" not in {f.rule.id for f in check_source(pinned)}
+
+
+def test_cli_checks_a_whole_folder() -> None:
+    result = CliRunner().invoke(cli, ["check", "--no-import", str(FIXTURES)])
+    assert result.exit_code == 1
+    assert f"in {len(list(FIXTURES.glob('*.py')))} files" in result.output
+    recipes = CliRunner().invoke(cli, ["check", str(recipe_path("vllm_online").parent)])
+    assert recipes.exit_code == 0, recipes.output

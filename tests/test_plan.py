@@ -342,6 +342,7 @@ def test_cli_plan_json_carries_formulas() -> None:
     (["--concurrency", "-3"], 2, "workload field 'concurrency'"),
     (["--region", "mars"], 2, "workload field 'region'"),
     (["--set", "task=fine-tuning"], 1, "modal-finetuning"),
+    (["--gpu", "H900"], 2, "workload field 'gpu'"),
     (["--tpot-ms", "0.01"], 1, "relax tpot_ms"),
 ])
 def test_cli_plan_bad_input_is_one_line(args: list[str], code: int, words: str) -> None:

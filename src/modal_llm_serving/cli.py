@@ -631,7 +631,7 @@ def new_command(workload_file: Path | None, assignments: tuple[str, ...],
 
 
 @cli.command("check")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, metavar="FILE_OR_FOLDER...", type=click.Path(path_type=Path))
 @click.option("--json", "json_", is_flag=True, help="Print the findings as JSON.")
 @click.option("--no-import", is_flag=True,
               help="Static checks only; do not import the files with the Modal SDK.")
@@ -657,18 +657,23 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
                 click.echo(f"{rule.id} {rule.name}\n    why: {rule.message}\n    fix: {rule.fix}")
         return
     if not files:
-        raise UsageError("name at least one app file (or --list for the rules)")
+        raise UsageError("name at least one app file or folder (or --list for the rules)")
+    paths: list[Path] = []
     for path in files:
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
+        if path.is_dir():  # a folder: every Python file in it
+            paths += sorted(path.glob("*.py"))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    for path in paths:
         if not no_import and (reason := import_skipped_reason(path)):
             click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
-    findings = check_files(list(files), import_check=not no_import,
-                           import_timeout=import_timeout)
+    findings = check_files(paths, import_check=not no_import, import_timeout=import_timeout)
     if json_:
-        echo_json({"files": len(files), "findings": [f.to_dict() for f in findings]})
+        echo_json({"files": len(paths), "findings": [f.to_dict() for f in findings]})
     else:
-        render_findings(findings, files=len(files))
+        render_findings(findings, files=len(paths))
     if findings:
         sys.exit(1)
 

@@ -34,7 +34,7 @@ from modal_llm_serving.catalog import (
     model_facts,
 )
 from modal_llm_serving.engines import EngineConfig
-from modal_llm_serving.errors import PlanRefused
+from modal_llm_serving.errors import PlanRefused, WorkloadError
 from modal_llm_serving.workload import NARROW_REGIONS, OUT_OF_SCOPE_TASKS, PRECISIONS, Workload
 
 __all__ = ["Candidate", "Plan", "Prediction", "make_plan"]
@@ -474,8 +474,8 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         raise PlanRefused(f"out of scope: {OUT_OF_SCOPE_TASKS[w.task]}")
     gpus, platform = load_gpu_catalog(gpu_catalog)
     if w.gpu and w.gpu not in gpus:
-        raise PlanRefused(f"GPU {w.gpu!r} is not in the catalog ({', '.join(gpus)}); add it "
-                          "with --gpu-catalog")
+        raise WorkloadError(f"workload field 'gpu': {w.gpu!r} is not in the GPU catalog "
+                            f"({', '.join(gpus)}); add it with --gpu-catalog", field="gpu")
     facts = model_facts(w.model, revision=w.revision)
     s = _sizing(w, facts)
     if w.context_length and w.context_length > facts.max_position:
@@ -620,6 +620,10 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     if gpu.name == "T4":
         warnings.append("T4 (Turing) has no bf16 and no FlashAttention: vLLM runs it in fp16 "
                         "with slower attention kernels; check your engine version supports it")
+    if s.kv_bytes_per_elem == 1.0:
+        warnings.append("the recipes have no KV cache dtype constant: add kv_cache_dtype='fp8' "
+                        "to the app's engine_config(), or the KV cache holds half the tokens "
+                        "planned here")
     if s.kv_bytes_per_elem == 1.0 and not gpu.fp8:
         warnings.append(f"{gpu.name} has no fp8 tensor cores; fp8 KV cache still halves "
                         "memory but costs conversion time")
