@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from modal_llm_serving.catalog import load_gpu_catalog, model_facts, model_facts_from_config
+from modal_llm_serving.catalog import (
+    builtin_models,
+    load_gpu_catalog,
+    model_facts,
+    model_facts_from_config,
+)
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import PlanRefused, UsageError, WorkloadError
 from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, make_plan
@@ -254,8 +261,19 @@ def test_model_that_fits_nowhere_says_what_would() -> None:
 
 
 def test_impossible_slo_says_the_best_achievable() -> None:
-    with pytest.raises(PlanRefused, match=r"relax tpot_ms to >= \d+"):
+    with pytest.raises(PlanRefused, match=r"best decode floor is [\d.]+ ms \(8x \w+\); "
+                                          r"tpot_ms needs >= \d+"):
         plan_of(tpot_ms=0.05)
+
+
+def test_cold_start_with_a_big_model_says_snapshots_need_one_gpu() -> None:
+    with pytest.raises(PlanRefused, match="GPU snapshots need a single GPU"):
+        make_plan(workload_from_mapping({"model": "meta-llama/Llama-3.1-405B-Instruct",
+                                         "revision": "abcdef1", "goal": "cold-start"}))
+    with pytest.raises(PlanRefused, match="one GPU"):
+        make_plan(workload_from_mapping({"model": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+                                         "revision": "abcdef1", "goal": "cold-start",
+                                         "ttft_ms": 5}))
 
 
 def test_budget_too_small_is_refused_with_the_cheapest_price() -> None:
@@ -343,10 +361,54 @@ def test_cli_plan_json_carries_formulas() -> None:
     (["--region", "mars"], 2, "workload field 'region'"),
     (["--set", "task=fine-tuning"], 1, "modal-finetuning"),
     (["--gpu", "H900"], 2, "workload field 'gpu'"),
-    (["--tpot-ms", "0.01"], 1, "relax tpot_ms"),
+    (["--tpot-ms", "0.01"], 1, "tpot_ms needs >="),
 ])
 def test_cli_plan_bad_input_is_one_line(args: list[str], code: int, words: str) -> None:
     result = CliRunner().invoke(cli, ["plan", "--model", "Qwen/Qwen3-8B-FP8", "--revision", REV,
                                       *args])
     assert result.exit_code == code, result.output
     assert words in result.output and "Traceback" not in result.output
+
+
+# --- any workload: a sound plan or a refusal that says why ----------------------------------
+
+WORKLOADS = st.fixed_dictionaries(
+    {"model": st.sampled_from(sorted(builtin_models())), "revision": st.just("abcdef1"),
+     "concurrency": st.integers(1, 5000), "input_tokens": st.integers(1, 8000),
+     "output_tokens": st.integers(1, 4000)},
+    optional={"goal": st.sampled_from(["online", "cold-start", "low-latency", "throughput"]),
+              "tpot_ms": st.floats(0.5, 200), "ttft_ms": st.floats(5, 5000),
+              "cold_start_s": st.floats(0, 600), "budget_per_hour": st.floats(0.5, 200),
+              "kv_cache_dtype": st.sampled_from(["auto", "fp8"]),
+              "region": st.sampled_from(["us", "us-east", "eu-west"])})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(WORKLOADS)
+def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, Any]) -> None:
+    try:
+        workload = workload_from_mapping(data)
+    except WorkloadError as exc:
+        assert exc.field in data or exc.field == "context_length"
+        return
+    try:
+        plan = make_plan(workload)
+    except PlanRefused as exc:
+        assert len(str(exc)) > 40  # says why, and what would fit
+        return
+    c = plan.chosen
+    assert plan.n_gpu in TP_SIZES and plan.model.heads % plan.n_gpu == 0
+    assert 1 <= plan.target_inputs <= plan.max_num_seqs
+    if plan.max_inputs is not None:
+        assert plan.target_inputs <= plan.max_inputs <= plan.max_num_seqs
+    assert c.kv_capacity_tokens >= plan.max_model_len
+    if workload.tpot_ms is not None:
+        assert plan.prediction("tpot_floor_ms").value <= workload.tpot_ms * SLO_MARGIN + 1e-9
+    if workload.ttft_ms is not None:
+        assert plan.prediction("ttft_prefill_floor_ms").value <= workload.ttft_ms * SLO_MARGIN
+    if workload.budget_per_hour is not None:
+        assert c.cost_per_hour <= workload.budget_per_hour + 1e-9
+    if plan.pattern != "throughput":
+        assert plan.max_containers * plan.target_inputs >= workload.concurrency
+    for prediction in plan.predictions:
+        assert prediction.value > 0 and prediction.formula

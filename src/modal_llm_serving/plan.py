@@ -319,6 +319,11 @@ def _sizing(w: Workload, facts: ModelFacts, pattern: str = "online") -> _Sizing:
                    seq_tokens=w.input_tokens + w.output_tokens, max_model_len=max_len)
 
 
+def _region(w: Workload, pattern: str) -> str | None:
+    """The region to pin: the workload's, else us-east for low latency (next to its proxy)."""
+    return w.region or ("us-east" if pattern == "low-latency" else None)
+
+
 def _region_multiplier(region: str | None) -> float:
     if region is None:
         return 1.0
@@ -346,14 +351,16 @@ def _max_batch_for_tpot(s: _Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap
 class _Rejection:
     gpu: str
     n_gpu: int
+    kind: str  # snapshot | fp8 | heads | memory | ttft | tpot
     why: str
+    floor_ms: float = 0.0  # for ttft/tpot: the floor that missed the SLO
 
 
 def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
                 pattern: str, util: float) -> tuple[list[Candidate], list[_Rejection]]:
     fits: list[Candidate] = []
     rejected: list[_Rejection] = []
-    multiplier = _region_multiplier(w.region)
+    multiplier = _region_multiplier(_region(w, pattern))
     for gpu in gpus.values():
         if w.gpu and gpu.name != w.gpu:
             continue
@@ -361,19 +368,19 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
             if n > w.max_gpus:
                 continue
             if pattern == "cold-start" and n > 1:
-                rejected.append(_Rejection(gpu.name, n, "GPU snapshots do not support "
+                rejected.append(_Rejection(gpu.name, n, "snapshot", "GPU snapshots do not support "
                                            "several GPUs"))
                 continue
             if s.precision == "fp8" and not gpu.fp8:
-                rejected.append(_Rejection(gpu.name, n, "has no FP8 tensor cores for fp8 "
+                rejected.append(_Rejection(gpu.name, n, "fp8", "has no FP8 tensor cores for fp8 "
                                            "weights"))
                 break
             if s.precision == "mxfp4" and gpu.name == "T4":
-                rejected.append(_Rejection(gpu.name, n, "(Turing) has no MXFP4 kernels"))
+                rejected.append(_Rejection(gpu.name, n, "fp8", "(Turing) has no MXFP4 kernels"))
                 break
             if s.facts.heads % n:
-                rejected.append(_Rejection(gpu.name, n, f"{s.facts.heads} attention heads do "
-                                           f"not split over {n} GPUs"))
+                rejected.append(_Rejection(gpu.name, n, "heads", f"{s.facts.heads} attention "
+                                           f"heads do not split over {n} GPUs"))
                 continue
             usable = n * (gpu.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
             kv_bytes = usable - s.weights_bytes
@@ -381,14 +388,15 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
             if kv_tokens < s.max_model_len:
                 need = (s.weights_bytes + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM
                         + n * platform.gpu_overhead_gb * GB) / GB
-                rejected.append(_Rejection(gpu.name, n, f"needs {need:.1f} GB, has "
+                rejected.append(_Rejection(gpu.name, n, "memory", f"needs {need:.1f} GB, has "
                                            f"{n * gpu.memory_gb * util:.1f} GB usable"))
                 continue
             if w.ttft_ms is not None:
                 prefill = s.prefill_seconds(gpu, n, w.input_tokens)
                 if prefill * 1e3 > w.ttft_ms * SLO_MARGIN:
-                    rejected.append(_Rejection(gpu.name, n, f"prefill floor {prefill * 1e3:.0f} "
-                                               f"ms > {SLO_MARGIN:.0%} of ttft_ms {w.ttft_ms:g}"))
+                    rejected.append(_Rejection(gpu.name, n, "ttft", f"prefill floor "
+                                               f"{prefill * 1e3:.0f} ms > {SLO_MARGIN:.0%} of "
+                                               f"ttft_ms {w.ttft_ms:g}", prefill * 1e3))
                     continue
             capacity = max(0, kv_tokens // s.seq_tokens)
             ceiling = OFFLINE_NUM_SEQS_CAP if pattern == "throughput" else MAX_NUM_SEQS_CAP
@@ -396,8 +404,9 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
             slo_batch = _max_batch_for_tpot(s, gpu, n, w.tpot_ms, cap)
             if slo_batch == 0:
                 step = s.step_seconds(gpu, n, 1)
-                rejected.append(_Rejection(gpu.name, n, f"decode floor {step * 1e3:.1f} ms/token "
-                                           f"> {SLO_MARGIN:.0%} of tpot_ms {w.tpot_ms:g}"))
+                rejected.append(_Rejection(gpu.name, n, "tpot", f"decode floor "
+                                           f"{step * 1e3:.1f} ms/token > {SLO_MARGIN:.0%} of "
+                                           f"tpot_ms {w.tpot_ms:g}", step * 1e3))
                 continue
             batch = slo_batch if pattern == "throughput" else min(slo_batch, w.concurrency)
             containers = math.ceil(w.concurrency / batch) if pattern != "throughput" else 1
@@ -496,7 +505,7 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         s = _sizing(w, facts, pattern)
         fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
     if not fits:
-        raise PlanRefused(_why_nothing_fits(w, s, gpus, platform, rejected, util))
+        raise PlanRefused(_why_nothing_fits(w, s, gpus, platform, rejected, util, pattern))
     ranked = _rank(pattern, fits)
     chosen = ranked[0]
     if w.budget_per_hour is not None:
@@ -516,45 +525,49 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
 
 
 def _why_nothing_fits(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
-                      rejected: list[_Rejection], util: float) -> str:
-    reasons = {r.why.split(" ")[0] for r in rejected}
+                      rejected: list[_Rejection], util: float, pattern: str) -> str:
+    """Why no setup fits, from the rejections, and what would."""
+    slo = [r for r in rejected if r.kind in ("ttft", "tpot")]  # these fit in memory
+    if slo:
+        parts = []
+        for kind, field in (("ttft", "ttft_ms"), ("tpot", "tpot_ms")):
+            misses = [r for r in slo if r.kind == kind]
+            if misses:
+                best = min(misses, key=lambda r: r.floor_ms)
+                parts.append(f"the best {'prefill' if kind == 'ttft' else 'decode'} floor is "
+                             f"{best.floor_ms:.1f} ms ({best.n_gpu}x {best.gpu}); {field} needs "
+                             f">= {math.ceil(best.floor_ms / SLO_MARGIN)} (a {1 - SLO_MARGIN:.0%} "
+                             "margin over the floor)")
+        text = (f"no GPU setup meets these SLOs for {s.facts.name} ({s.precision}, "
+                f"{w.input_tokens} prompt tokens): " + "; ".join(parts)
+                + "; relax the SLO, shorten prompts, or pick a smaller model or fp8 precision")
+        if pattern == "cold-start":
+            text += ("; cold-start snapshots also limit a container to one GPU (drop goal = "
+                     "'cold-start' to allow tensor parallelism)")
+        return text
     allowed = [g for g in gpus.values() if not w.gpu or g.name == w.gpu]
     biggest = max(allowed, key=lambda g: g.memory_gb)
-    tp = max(n for n in TP_SIZES if n <= w.max_gpus)
-    if w.tpot_ms is not None or w.ttft_ms is not None:
-        best_tpot = min((s.step_seconds(g, n, 1) for g in gpus.values() for n in TP_SIZES
-                         if s.facts.heads % n == 0 and n <= w.max_gpus), default=math.inf)
-        best_ttft = min((s.prefill_seconds(g, n, w.input_tokens) for g in gpus.values()
-                         for n in TP_SIZES if s.facts.heads % n == 0 and n <= w.max_gpus),
-                        default=math.inf)
-        if (w.tpot_ms is not None and best_tpot * 1e3 > w.tpot_ms * SLO_MARGIN) or (
-                w.ttft_ms is not None and best_ttft * 1e3 > w.ttft_ms * SLO_MARGIN):
-            return (f"no GPU can meet these SLOs for {s.facts.name}: the best decode floor is "
-                    f"{best_tpot * 1e3:.1f} ms/token and the best prefill floor "
-                    f"{best_ttft * 1e3:.0f} ms for {w.input_tokens} prompt tokens (8x "
-                    f"{max(gpus.values(), key=lambda g: g.hbm_tb_s).name}), and an SLO needs "
-                    f"{1 / SLO_MARGIN:.2f}x the floor as margin; relax tpot_ms to >= "
-                    f"{math.ceil(best_tpot * 1e3 / SLO_MARGIN)} / ttft_ms to >= "
-                    f"{math.ceil(best_ttft * 1e3 / SLO_MARGIN)}, shorten the prompts, or pick a "
-                    "smaller model or fp8 precision")
+    tp = 1 if pattern == "cold-start" else max(n for n in TP_SIZES if n <= w.max_gpus)
     need = s.weights_bytes + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM
     node = tp * (biggest.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
+    if not any(r.kind == "memory" for r in rejected):
+        return "no GPU setup fits: " + "; ".join(
+            f"{r.n_gpu}x {r.gpu}: {r.why}" for r in rejected[:6])
+    text = (f"{s.facts.name} at {s.precision} needs about {need / GB:.0f} GB for weights and "
+            f"one {s.max_model_len}-token sequence, more than {tp}x {biggest.name} "
+            f"({node / GB:.0f} GB usable) in one container")
     options = []
     for precision in ("fp8", "int4"):
         if PRECISIONS[precision] < s.bytes_per_param:
             smaller = s.facts.total_params * PRECISIONS[precision]
             if smaller + s.max_model_len * s.kv_bytes_per_token / KV_HEADROOM < node:
                 options.append(f"precision = '{precision}' ({smaller / GB:.0f} GB of weights)")
-    nodes = max(2, math.ceil(need / node))
-    text = (f"{s.facts.name} at {s.precision} needs about {need / GB:.0f} GB for weights and "
-            f"one {s.max_model_len}-token sequence, more than {tp}x {biggest.name} "
-            f"({node / GB:.0f} GB usable) in one container")
-    if "needs" not in reasons and rejected:
-        text = "no GPU setup fits: " + "; ".join(
-            f"{r.n_gpu}x {r.gpu}: {r.why}" for r in rejected[:4])
-        return text
     if options:
         text += "; it would fit with " + " or ".join(options)
+    if pattern == "cold-start":
+        return text + ("; GPU snapshots need a single GPU: drop goal = 'cold-start' to use "
+                       "tensor parallelism (with a warm container for fast first requests)")
+    nodes = max(2, math.ceil(need / node))
     text += (f"; otherwise it needs multi-node serving (about {nodes} nodes of {tp}x "
              f"{biggest.name}, modal.experimental.clustered with pipeline parallelism across "
              "nodes), which this tool does not plan")
@@ -685,13 +698,11 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                         f"container = {_containers(containers)} at peak"
                         + (f"; throughput target {w.throughput_tok_s:g} tok/s counted"
                            if w.throughput_tok_s else "")))
-    region = w.region
-    if pattern == "low-latency" and region is None:
-        region = "us-east"
+    region = _region(w, pattern)
+    if pattern == "low-latency" and w.region is None:
         reasons.append(("region", "low latency pins the GPU near its proxy and clients: "
                         "us-east by default (set region to where your users are); pinning costs "
-                        "1.75x per GPU-hour for a narrow region"))
-        chosen = dataclasses.replace(chosen, price_multiplier=_region_multiplier(region))
+                        "1.75x per GPU-hour for a narrow region, counted in every cost here"))
     elif region:
         reasons.append(("region", f"pinned to {region}: GPU-hours cost "
                         f"{_region_multiplier(region):g}x there"))
