@@ -518,8 +518,8 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
                     f"raise the budget to at least ${per_container:.2f}/h (one container)")
             raise PlanRefused(
                 f"no plan fits budget_per_hour ${w.budget_per_hour:g}: the cheapest, "
-                f"{cheapest.containers} x {cheapest.label()}, costs ${cheapest.cost_per_hour:.2f}"
-                f"/h at peak; {hint}")
+                f"{cheapest.label()} ({_containers(cheapest.containers)}), costs "
+                f"${cheapest.cost_per_hour:.2f}/h at peak; {hint}")
         chosen = affordable[0]
     return _build(w, s, platform, pattern, pattern_why, chosen, ranked, util)
 
