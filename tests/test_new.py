@@ -191,3 +191,43 @@ def test_cli_new_refuses_a_local_folder(tiny_model_path: Path, tmp_path: Path) -
                                       "-o", str(tmp_path / "app.py")])
     assert result.exit_code == 2 and "Modal container" in result.output
     assert not (tmp_path / "app.py").exists()
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"precision": "fp8", "kv_cache_dtype": "fp8"}, {"goal": "cold-start"},
+    {"concurrency": 200, "tpot_ms": 30}])
+def test_plan_engine_config_parses_with_vllms_own_parser(
+        extra: dict[str, Any], vllm_parser: Any) -> None:  # noqa: F811
+    from modal_llm_serving.engines import vllm_command
+    from modal_llm_serving.plan import make_plan
+    from modal_llm_serving.workload import workload_from_mapping
+
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
+                                            **extra}))
+    config = plan.engine_config()
+    args = recipe_tests.parse_vllm_serve(vllm_parser, vllm_command(config).argv)
+    assert args.max_model_len == plan.max_model_len
+    assert args.max_num_seqs == plan.max_num_seqs
+    assert args.tensor_parallel_size == plan.n_gpu
+    assert args.gpu_memory_utilization == plan.gpu_memory_utilization
+    if extra.get("precision") == "fp8":
+        assert args.quantization == "fp8" and args.kv_cache_dtype == "fp8"
+    assert args.enable_sleep_mode == (plan.pattern == "cold-start")
+
+
+@pytest.mark.parametrize("extra", [{}, {"precision": "fp8", "kv_cache_dtype": "fp8"}])
+def test_low_latency_engine_config_parses_with_sglangs_own_parser(
+        extra: dict[str, Any], sglang_parser: Any) -> None:  # noqa: F811
+    from modal_llm_serving.engines import sglang_command
+    from modal_llm_serving.plan import make_plan
+    from modal_llm_serving.workload import workload_from_mapping
+
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
+                                            "goal": "low-latency", **extra}))
+    argv = recipe_tests.sglang_argv(sglang_command(plan.engine_config()).argv)
+    args = recipe_tests.parse_strictly(sglang_parser, argv)
+    assert args.tp_size == plan.n_gpu and args.context_length == plan.max_model_len
+    assert args.max_running_requests == plan.max_num_seqs
+    assert args.mem_fraction_static == plan.gpu_memory_utilization
+    if extra:
+        assert args.kv_cache_dtype == "fp8_e4m3" and args.quantization == "fp8"

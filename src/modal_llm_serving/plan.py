@@ -156,13 +156,16 @@ class Plan:
         extra: tuple[str, ...] = ()
         if self.quantization:
             extra = ("--quantization", self.quantization)
+        fp8_kv = self.kv_cache_dtype == "fp8"
+        if fp8_kv and self.engine == "sglang":  # SGLang names the fp8 format itself
+            extra += ("--kv-cache-dtype", "fp8_e4m3")
         return EngineConfig(
             model=self.workload.model, revision=self.workload.revision,
             served_model_name=self.workload.served_model_name,
             max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
             gpu_memory_utilization=self.gpu_memory_utilization,
             tensor_parallel_size=self.n_gpu,
-            kv_cache_dtype="fp8" if self.kv_cache_dtype == "fp8" else None,
+            kv_cache_dtype="fp8" if fp8_kv and self.engine == "vllm" else None,
             enable_sleep_mode=self.pattern == "cold-start",
             extra_args=extra)
 
