@@ -412,3 +412,10 @@ def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, An
         assert plan.max_containers * plan.target_inputs >= workload.concurrency
     for prediction in plan.predictions:
         assert prediction.value > 0 and prediction.formula
+
+
+def test_cli_plan_json_refusal_is_json() -> None:
+    result = CliRunner().invoke(cli, ["plan", "--model", "Qwen/Qwen3-8B-FP8", "--revision", REV,
+                                      "--set", "task=sandbox", "--json"])
+    assert result.exit_code == 1
+    assert "modal-sandbox" in json.loads(result.output)["refused"]

@@ -580,9 +580,17 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     Exit codes: 0 planned; 1 refused (out of scope, or nothing fits: the message says what
     would); 2 invalid workload (the message names the field).
     """
+    from modal_llm_serving.errors import PlanRefused
     from modal_llm_serving.plan import explain, make_plan
 
-    result = make_plan(_workload(workload_file, assignments, flags), gpu_catalog=gpu_catalog)
+    workload = _workload(workload_file, assignments, flags)
+    try:
+        result = make_plan(workload, gpu_catalog=gpu_catalog)
+    except PlanRefused as exc:
+        if not json_:
+            raise
+        echo_json({"refused": str(exc), "workload": workload.to_dict()})  # for tools and agents
+        sys.exit(1)
     if json_:
         echo_json(result.to_dict())
     else:
