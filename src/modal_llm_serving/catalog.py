@@ -45,6 +45,7 @@ class GPU:
     fp8: bool
     price_per_hour: float
     price_verified: bool
+    nvlink: bool = False  # GPUs of one container linked by NVLink (else PCIe)
 
     def tflops(self, *, fp8: bool) -> float:
         return self.fp8_tflops if fp8 and self.fp8 and self.fp8_tflops > 0 else self.bf16_tflops
@@ -100,7 +101,7 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
     catalog: dict[str, GPU] = {}
     for name, entry in gpus.items():
         unknown = set(entry) - set(_GPU_FIELDS)
-        missing = set(_GPU_FIELDS) - set(entry)
+        missing = set(_GPU_FIELDS) - set(entry) - {"nvlink"}
         if unknown or missing:
             raise UsageError(f"{source}: GPU '{name}' has unknown fields {sorted(unknown)} or "
                              f"lacks {sorted(missing)}; every GPU needs {sorted(_GPU_FIELDS)}")

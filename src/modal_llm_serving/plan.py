@@ -45,10 +45,11 @@ OFFLINE_NUM_SEQS_CAP = 512  # offline batches gain from larger batches while KV 
 # Hub organisations whose models are gated: the app needs a Secret holding HF_TOKEN.
 GATED_ORGS = ("meta-llama/", "google/", "mistralai/")
 KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, prefix blocks)
-# Tensor parallelism all-reduces activations twice per layer per step; each costs some
-# microseconds of latency over NVLink however small the message, which caps what TP buys at
-# batch 1 (without it the roofline would call 8 GPUs 8x faster, which no engine reaches).
-ALLREDUCE_S = 10e-6
+# Tensor parallelism all-reduces activations twice per layer per step; each costs a latency
+# however small the message (which caps what TP buys at batch 1: without it the roofline would
+# call 8 GPUs 8x faster, which no engine reaches) plus the message over the link. Estimates:
+# NVLink ~10 us and ~300 GB/s per GPU; PCIe ~25 us and ~25 GB/s.
+ALLREDUCE = {True: (10e-6, 300e9), False: (25e-6, 25e9)}  # nvlink -> (latency s, bytes/s)
 # low-latency: among setups whose decode floor is within 2x of the fastest, the cheapest
 # (each doubling of GPUs buys less as all-reduce latency dominates; 8 B200s for an 8B model
 # would be "fastest" and absurd)
@@ -265,7 +266,7 @@ class _Sizing:
     def step_seconds(self, gpu: GPU, n: int, batch: int) -> float:
         memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
         compute = 2 * self.facts.active_params * batch / (n * self._tflops(gpu) * 1e12)
-        return max(memory, compute) + self.allreduce_seconds(n)
+        return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
 
     def full_load_seconds(self, gpu: GPU, n: int, batch: int, prompt_per_output: float) -> float:
         """A decode step at `batch` plus the prefill of `prompt_per_output` prompt tokens per
@@ -273,10 +274,15 @@ class _Sizing:
         memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
         compute = (2 * self.facts.active_params * batch * (1 + prompt_per_output)
                    / (n * self._tflops(gpu) * 1e12))
-        return max(memory, compute) + self.allreduce_seconds(n)
+        return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
 
-    def allreduce_seconds(self, n: int) -> float:
-        return 2 * self.facts.layers * ALLREDUCE_S if n > 1 else 0.0
+    def allreduce_seconds(self, gpu: GPU, n: int, batch: int) -> float:
+        """2 all-reduces per layer of `batch` x hidden activations (2 bytes), ring algorithm."""
+        if n == 1:
+            return 0.0
+        latency, bandwidth = ALLREDUCE[gpu.nvlink]
+        message = batch * self.facts.hidden * 2
+        return 2 * self.facts.layers * (latency + 2 * (n - 1) / n * message / bandwidth)
 
     def prefill_seconds(self, gpu: GPU, n: int, prompt: int) -> float:
         f = self.facts
@@ -739,10 +745,11 @@ def _predictions(w: Workload, s: _Sizing, c: Candidate, platform: Platform, load
     decode_inputs = {"W_bytes": s.weights_bytes, "kv_bytes_per_token": s.kv_bytes_per_token,
                      "ctx_avg": s.ctx_avg, "n_gpu": n, "hbm_bytes_s": bw,
                      "active_params": s.facts.active_params, "flops_s": tf}
-    decode_inputs["allreduce_s"] = s.allreduce_seconds(n)
+    decode_inputs["allreduce_s"] = s.allreduce_seconds(gpu, n, b)
     step_formula = ("step(B) = max((W_touched(B) + B*ctx_avg*kv_bytes_per_token) / "
-                    "(n_gpu*hbm_bytes_s), 2*active_params*B / (n_gpu*flops_s)) + allreduce_s "
-                    "(2*layers*10us when n_gpu > 1)"
+                    "(n_gpu*hbm_bytes_s), 2*active_params*B / (n_gpu*flops_s)) + allreduce_s; "
+                    "allreduce_s = 2*layers*(latency + 2*(n_gpu-1)/n_gpu*B*hidden*2/link_bytes_s)"
+                    " when n_gpu > 1 (NVLink 10 us, 300 GB/s; PCIe 25 us, 25 GB/s)"
                     + ("; MoE: W_touched(B) = W_common + W_experts*(1-(1-k/E)^B)"
                        if s.facts.is_moe else "; W_touched = W_bytes"))
     agg = b / c.step_s
