@@ -216,3 +216,15 @@ def test_cli_checks_a_whole_folder() -> None:
     assert f"in {len(list(FIXTURES.glob('*.py')))} files" in result.output
     recipes = CliRunner().invoke(cli, ["check", str(recipe_path("vllm_online").parent)])
     assert recipes.exit_code == 0, recipes.output
+
+
+def test_cli_python_without_modal_is_a_usage_error(tmp_path: Path) -> None:
+    import sys
+
+    bare = tmp_path / "python"  # an interpreter that cannot see the venv's modal
+    bare.write_text(f"#!/bin/sh\nexec {sys.base_prefix}/bin/python3 -I -S \"$@\"\n")  # no site
+    bare.chmod(0o755)
+    result = CliRunner().invoke(cli, ["check", "--python", str(bare),
+                                      str(FIXTURES / "clean_online.py")])
+    assert result.exit_code == 2, result.output
+    assert "cannot import modal" in result.output and "--python" in result.output

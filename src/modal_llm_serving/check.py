@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modal_llm_serving.errors import UsageError
+
 __all__ = ["RULES", "Finding", "Rule", "check_file", "check_files", "check_source"]
 
 
@@ -667,19 +669,25 @@ def _safe_to_import(tree: ast.Module) -> str | None:
     return None
 
 
-def _import_findings(path: Path, tree: ast.Module, *, timeout: float) -> list[Finding]:
+def _import_findings(path: Path, tree: ast.Module, *, timeout: float,
+                     python: str) -> list[Finding]:
     unsafe = _safe_to_import(tree)
     if unsafe:
         return []  # static checks only; the CLI notes the skip
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        result = subprocess.run([sys.executable, "-c", _IMPORT_RUNNER, str(path.resolve())],
+        result = subprocess.run([python, "-c", _IMPORT_RUNNER, str(path.resolve())],
                                 capture_output=True, text=True, timeout=timeout, env=env,
                                 cwd=path.parent, check=False)
     except subprocess.TimeoutExpired:
         return [Finding(_BY_ID["MLS018"], str(path), 1, f"no result after {timeout:g} s")]
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        if lines and lines[-1].endswith("No module named 'modal'"):
+            # the interpreter is wrong, not the file: say so instead of blaming the app
+            raise UsageError(f"{python} cannot import modal, so it cannot import {path}: pass "
+                             "--python with the interpreter behind your `modal` CLI (see "
+                             "`mls doctor`), or --no-import")
         last = lines[-1] if lines else f"exit code {result.returncode}"
         line = 1
         for text in reversed(lines):  # the deepest frame inside the checked file
@@ -707,8 +715,8 @@ def check_source(source: str, *, path: str = "<source>") -> list[Finding]:
     return sorted(findings, key=lambda f: (f.line, f.rule.id))
 
 
-def check_file(path: Path, *, import_check: bool = True,
-               import_timeout: float = 60.0) -> list[Finding]:
+def check_file(path: Path, *, import_check: bool = True, import_timeout: float = 60.0,
+               python: str | None = None) -> list[Finding]:
     """All checks of one file: static, then (where safe) an import with the real Modal SDK."""
     try:
         source = path.read_text(encoding="utf-8")
@@ -717,7 +725,8 @@ def check_file(path: Path, *, import_check: bool = True,
     findings = check_source(source, path=str(path))
     if import_check and not any(f.rule.id == "MLS016" for f in findings):
         tree = ast.parse(source)
-        findings += _import_findings(path, tree, timeout=import_timeout)
+        findings += _import_findings(path, tree, timeout=import_timeout,
+                                     python=python or sys.executable)
     return sorted(findings, key=lambda f: (f.line, f.rule.id))
 
 
@@ -729,9 +738,10 @@ def import_skipped_reason(path: Path) -> str | None:
         return None
 
 
-def check_files(paths: list[Path], *, import_check: bool = True,
-                import_timeout: float = 60.0) -> list[Finding]:
+def check_files(paths: list[Path], *, import_check: bool = True, import_timeout: float = 60.0,
+                python: str | None = None) -> list[Finding]:
     findings: list[Finding] = []
     for path in paths:
-        findings += check_file(path, import_check=import_check, import_timeout=import_timeout)
+        findings += check_file(path, import_check=import_check, import_timeout=import_timeout,
+                               python=python)
     return findings

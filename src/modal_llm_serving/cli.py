@@ -645,10 +645,13 @@ def new_command(workload_file: Path | None, assignments: tuple[str, ...],
               help="Static checks only; do not import the files with the Modal SDK.")
 @click.option("--import-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds an import may take before it counts as hanging.")
+@click.option("--python", "python_", type=click.Path(exists=True, dir_okay=False),
+              help="Interpreter for the import check: the one behind your `modal` CLI "
+                   "[default: this one].")
 @click.option("--list", "list_", is_flag=True, help="List the rules and exit.")
 @expected_errors
 def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
-                  import_timeout: float, list_: bool) -> None:
+                  import_timeout: float, python_: str | None, list_: bool) -> None:
     """Check Modal LLM app files against the serving rules.
 
     Static checks read the syntax tree; then each file is imported with the real Modal SDK in a
@@ -677,7 +680,8 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
     for path in paths:
         if not no_import and (reason := import_skipped_reason(path)):
             click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
-    findings = check_files(paths, import_check=not no_import, import_timeout=import_timeout)
+    findings = check_files(paths, import_check=not no_import, import_timeout=import_timeout,
+                           python=python_)
     if json_:
         echo_json({"files": len(paths), "findings": [f.to_dict() for f in findings]})
     else:
