@@ -12,6 +12,7 @@ import contextlib
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.metrics import stats
@@ -60,8 +61,6 @@ class HealthMonitor:
 
     def result(self) -> dict[str, Any]:
         lag = stats(self._lags_ms)
-        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        scale = 1 if sys.platform != "darwin" else 1 / 1024  # macOS reports bytes
         return {
             "client_cpu_fraction_of_one_core": self._cpu / self._wall if self._wall else 0.0,
             "client_cpu_seconds": self._cpu,
@@ -70,8 +69,24 @@ class HealthMonitor:
             "loop_lag_p50_ms": lag["p50"],
             "loop_lag_p99_ms": lag["p99"],
             "loop_lag_max_ms": lag["max"],
-            "peak_rss_mb": rss_kib * scale / 1024,
+            "peak_rss_mb": peak_rss_mb(),
         }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory.
+
+    Linux: VmHWM of /proc/self/status, which starts afresh at exec. (`ru_maxrss` does not: it
+    keeps the peak of whatever process forked us, e.g. a 400 MB parent.)
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # macOS reports bytes
 
 
 def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
