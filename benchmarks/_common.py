@@ -66,7 +66,8 @@ def ours(url: str, out: Path, *, model: str, concurrency: int, requests: int, in
         argv += ["--api-key", api_key]
     code, wall, rss = run_measured(argv, log=out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text()) if code in (0, 1) else {}
-    return {**_split_by_mock_stamps(out, summary), "tool": f"mls bench ({transport})", "ok": code == 0, "wall_s": wall,
+    return {**_split_by_mock_stamps(out, summary), "tool": f"mls bench ({transport})",
+            "ok": code == 0, "wall_s": wall,
             "peak_rss_mb": rss, "ttft_p50": summary.get("median_ttft_ms"),
             "ttft_mean": summary.get("mean_ttft_ms"), "tpot_mean": summary.get("mean_tpot_ms"),
             "itl_mean": summary.get("mean_itl_ms"),
@@ -94,7 +95,8 @@ def _split_by_mock_stamps(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
             down.append((record["first_token_ns"] + t0 - timing["first_ns"]) / 1e6)
     if not up:
         return {}
-    return {"send_to_mock_p50": statistics.median(up), "mock_ttft_p50": statistics.median(mock),
+    return {"send_to_mock_p50": statistics.median(up),
+            "mock_ttft_p50": statistics.median(mock),
             "mock_to_stamp_p50": statistics.median(down)}
 
 
