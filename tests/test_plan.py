@@ -419,3 +419,11 @@ def test_cli_plan_json_refusal_is_json() -> None:
                                       "--set", "task=sandbox", "--json"])
     assert result.exit_code == 1
     assert "modal-sandbox" in json.loads(result.output)["refused"]
+
+
+def test_inferred_cold_start_for_a_multi_gpu_model_keeps_a_warm_online_container() -> None:
+    plan = make_plan(workload_from_mapping({"model": "meta-llama/Llama-3.3-70B-Instruct",
+                                            "revision": "abcdef1", "cold_start_s": 20,
+                                            "gpu": "H100"}))
+    assert plan.pattern == "online" and plan.n_gpu > 1 and plan.min_containers == 1
+    assert "single GPU" in plan.reasons[0][1]

@@ -506,7 +506,8 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
     util = 0.85 if pattern == "low-latency" else 0.90
     s = _sizing(w, facts, pattern)
     fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
-    if not fits and pattern == "cold-start" and w.goal is None:
+    if (not fits and pattern == "cold-start" and w.goal is None
+            and any(r.kind == "memory" for r in rejected)):
         # Snapshots need one GPU; a model that needs several keeps a warm container instead.
         pattern = "online"
         pattern_why += ("; but GPU snapshots need a single GPU and this model needs more, so "
@@ -608,10 +609,9 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                             "engine_config(), or serve an fp8 checkpoint (e.g. a -FP8 repo)")
         else:
             warnings.append(f"precision {w.precision} differs from the checkpoint's "
-                            f"{f.native_precision}: serve a checkpoint already quantized to "
-                            f"{w.precision} (e.g. an AWQ/GPTQ repo) so weights match this plan")
-    if pattern == "low-latency" and quantization:
-        warnings.append("SGLang takes --quantization fp8 through extra args, not the recipe")
+                            f"{f.native_precision}: serve a checkpoint stored in "
+                            f"{w.precision} (for int4, an AWQ/GPTQ repo) so the weights match "
+                            "this plan")
     reasons.append(("memory", f"weights {s.weights_bytes / GB:.1f} GB at {s.precision}; KV "
                     f"cache {s.kv_bytes_per_token / 1024:.0f} KiB per token "
                     f"({f.kv_elements_per_token()} values x {s.kv_bytes_per_elem:g} B); a "
@@ -655,7 +655,8 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     cap = OFFLINE_NUM_SEQS_CAP if pattern == "throughput" else MAX_NUM_SEQS_CAP
     max_num_seqs = max(1, min(cap, capacity))
     if pattern != "throughput":
-        max_num_seqs = max(1, min(max_num_seqs, max(chosen.batch * 2, chosen.batch)))
+        # room above the planned batch for bursts, bounded so CUDA graphs stay small
+        max_num_seqs = max(1, min(max_num_seqs, chosen.batch * 2))
     target = max(1, chosen.batch)
     max_inputs: int | None = max(target, min(max_num_seqs, math.ceil(target * 1.25)))
     if pattern == "low-latency":
