@@ -231,3 +231,16 @@ def test_low_latency_engine_config_parses_with_sglangs_own_parser(
     assert args.mem_fraction_static == plan.gpu_memory_utilization
     if extra:
         assert args.kv_cache_dtype == "fp8_e4m3" and args.quantization == "fp8"
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--precision", "fp8"], "no quantization setting"),
+    (["--set", "kv_cache_dtype=fp8"], "fp8 KV cache"),
+])
+def test_cli_new_refuses_plans_the_recipes_cannot_carry(
+        extra: list[str], words: str, tmp_path: Path) -> None:
+    output = tmp_path / "app.py"
+    result = CliRunner().invoke(cli, ["new", "--model", "Qwen/Qwen3-8B", "--revision",
+                                      "abcdef1", *extra, "-o", str(output)])
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert not output.exists()

@@ -201,7 +201,23 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
                          "--revision HASH`), or upload the folder to a Volume and edit MODEL_NAME "
                          "by hand")
     plan = make_plan(workload, gpu_catalog=gpu_catalog)
+    _recipe_can_carry(plan)
     recipe = recipe_path(plan.recipe)
     result = write_app(recipe, plan.recipe_settings(), output, force=force)
     findings = check_file(output, import_check=import_check)
     return NewApp(plan=plan, recipe=recipe, output=output, render=result, findings=findings)
+
+
+def _recipe_can_carry(plan: Any) -> None:
+    """Refuse plans whose memory math rests on an engine setting the recipes do not have."""
+    native = plan.model.native_precision
+    if plan.quantization or plan.precision != native:
+        raise UsageError(
+            f"this plan serves {plan.model.name} at {plan.precision}, but its checkpoint is "
+            f"{native} and the recipes have no quantization setting: point --model at a "
+            f"checkpoint stored in {plan.precision} (e.g. a -FP8 or AWQ repo), or drop "
+            "--precision")
+    if plan.kv_cache_dtype == "fp8":
+        raise UsageError("this plan sizes an fp8 KV cache, which the recipes do not set: drop "
+                         "kv_cache_dtype for `mls new` (or add it to engine_config() by hand "
+                         "after writing the app)")
