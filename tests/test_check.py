@@ -228,3 +228,12 @@ def test_cli_python_without_modal_is_a_usage_error(tmp_path: Path) -> None:
                                       str(FIXTURES / "clean_online.py")])
     assert result.exit_code == 2, result.output
     assert "cannot import modal" in result.output and "--python" in result.output
+
+
+def test_a_main_block_client_counts_as_a_smoke_path() -> None:
+    source = (FIXTURES / "mls006_no_smoke_path.py").read_text() + (
+        '\n\nif __name__ == "__main__":\n'
+        '    import openai\n'
+        '    urllib.request.urlopen("https://example.invalid/health")\n'
+        '    openai.OpenAI().chat.completions.create(model=MODEL_NAME, messages=[])\n')
+    assert check_source(source) == []

@@ -65,7 +65,7 @@ RULES: tuple[Rule, ...] = (
     Rule("MLS006", "no-smoke-path",
          "there is no @app.local_entrypoint, so `modal run FILE` cannot prove the app answers",
          "add an @app.local_entrypoint() that waits for /health and sends one OpenAI chat "
-         "request"),
+         "request (a client under `if __name__ == \"__main__\":` doing both also counts)"),
     Rule("MLS007", "several-patterns",
          "more than one serving pattern in one file: their knobs and lifecycles conflict",
          "keep one pattern per file (split online, low-latency and offline into their own apps)"),
@@ -365,8 +365,9 @@ class _Checker:
         if http_kinds and not (self.m.has_string("/health")):
             self.add("MLS005", patterns[0][1], "no request to /health anywhere in the file")
         entrypoints = list(self.m.decorators("local_entrypoint"))
-        if not entrypoints:
-            self.add("MLS006", 1, "no @app.local_entrypoint() in the file")
+        if not entrypoints and not self._main_block_client():
+            self.add("MLS006", 1, "no @app.local_entrypoint() (nor a __main__ client that hits "
+                     "/health and one chat completion)")
         kinds = sorted({kind for kind, _ in patterns})
         if len(kinds) > 1 or len(engines) > 1:
             what = ", ".join(kinds) if len(kinds) > 1 else " and ".join(sorted(engines))
@@ -386,6 +387,14 @@ class _Checker:
         self.gpu_snapshot()
         self.endpoints()
         return self.findings
+
+    def _main_block_client(self) -> bool:
+        """An `if __name__ == "__main__":` block in a file that calls /health and chat."""
+        has_main = any(isinstance(stmt, ast.If) and "__name__" in ast.unparse(stmt.test)
+                       for stmt in self.m.tree.body)
+        chat = self.m.has_string("chat/completions") or any(
+            _dotted(c.func).endswith("chat.completions.create") for c in self.m.calls)
+        return has_main and chat and self.m.has_string("/health")
 
     def revision(self, model: tuple[str, int] | None) -> None:
         if model is None:
