@@ -36,7 +36,8 @@ FORWARDER = """
 import sys, threading
 from modal_llm_serving.recipes import load_recipe, recipe_path
 recipe = load_recipe(recipe_path("vllm_cold_start"))
-recipe.start_forwarder(upstream=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]))
+recipe.start_forwarder(upstream=sys.argv[1], routes=recipe.PUBLIC_ROUTES, host="127.0.0.1",
+                       port=int(sys.argv[2]))
 threading.Event().wait()
 """
 

@@ -1,4 +1,8 @@
-"""Each recipe's copy of the engine-command block is exactly engines.py's; syncing fixes drift."""
+"""Each recipe's copies of toolkit blocks are exactly their sources'; syncing fixes drift.
+
+Every recipe copies the `engine-command` block of engines.py; the vLLM servers (online, cold
+start) also copy the `forwarder` block of forwarder.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.engines import EngineConfig, sglang_command, vllm_command
 from modal_llm_serving.errors import RecipeError
 from modal_llm_serving.recipes import (
+    BLOCKS,
     RECIPES,
+    blocks_in,
     engine_block,
     load_recipe,
     recipe_path,
@@ -21,18 +27,32 @@ from modal_llm_serving.recipes import (
     sync_recipes,
 )
 
+EXPECTED_BLOCKS = {
+    "vllm_online": ["engine-command", "forwarder"],
+    "vllm_cold_start": ["engine-command", "forwarder"],
+    "sglang_low_latency": ["engine-command"],
+    "qwen3_throughput": ["engine-command"],
+}
+
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_copy_is_identical_to_engines_py(name: str) -> None:
+def test_recipe_copies_are_identical_to_their_sources(name: str) -> None:
     path = recipe_path(name)
-    assert engine_block(path.read_text(), where=str(path)) == source_block(), (
-        f"{path.name}'s engine block drifted from engines.py: run `mls dev sync-recipes`")
+    text = path.read_text()
+    assert blocks_in(text) == EXPECTED_BLOCKS[name]
+    for block in blocks_in(text):
+        assert engine_block(text, name=block, where=str(path)) == source_block(block), (
+            f"{path.name}'s {block} block drifted: run `mls dev sync-recipes`")
 
 
-def test_source_block_is_standard_library_only() -> None:
-    imports = [line.split()[1] for line in source_block().splitlines()
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_source_blocks_import_only_the_standard_library(block: str) -> None:
+    import sys
+
+    imports = [line.split()[1] for line in source_block(block).splitlines()
                if line.startswith(("import ", "from "))]
-    assert imports and all(module in {"dataclasses", "__future__"} for module in imports), imports
+    assert imports
+    assert all(module.split(".")[0] in sys.stdlib_module_names for module in imports), imports
 
 
 @pytest.mark.parametrize("name", ["vllm_online", "vllm_cold_start", "qwen3_throughput"])
@@ -110,3 +130,17 @@ def test_cli_reports_a_missing_recipe_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "lacks vllm_online.py" in result.output
     assert "Traceback" not in result.output
+
+
+def test_sync_rewrites_a_drifted_forwarder_copy(recipes_copy: Path) -> None:
+    target = recipes_copy / "vllm_cold_start.py"
+    original = target.read_text()
+    drifted = original.replace('return web.json_response({"error": {"message": "not found"',
+                               'return web.json_response({"error": {"message": "nope"', 1)
+    assert drifted != original
+    target.write_text(drifted)
+    result = CliRunner().invoke(cli, ["dev", "sync-recipes", "--check", "--dir",
+                                      str(recipes_copy)])
+    assert result.exit_code == 1 and "vllm_cold_start.py" in result.output
+    assert sync_recipes(recipes_copy) == [target]
+    assert target.read_text() == original

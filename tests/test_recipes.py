@@ -192,7 +192,11 @@ def test_online_recipe_modal_settings(spy_load: Callable[[str], Spied]) -> None:
     args, _ = spied.calls["Image.uv_pip_install"][0]  # (image, *packages): vllm pinned with ==
     assert f"vllm=={r.VLLM_VERSION}" in args
     config = r.engine_config(api_key="k")
-    assert (config.model, config.revision, config.port) == (r.MODEL_NAME, r.MODEL_REVISION, r.PORT)
+    assert (config.model, config.revision) == (r.MODEL_NAME, r.MODEL_REVISION)
+    # the engine on loopback; the public port is the forwarder's, which passes /health and /v1
+    assert (config.host, config.port) == ("127.0.0.1", r.ENGINE_PORT) and r.ENGINE_PORT != r.PORT
+    assert ("GET", "/health") in r.PUBLIC_ROUTES
+    assert all(path == "/health" or path.startswith("/v1/") for _, path in r.PUBLIC_ROUTES)
     assert "k" not in r.vllm_command(config).argv  # the key travels in the environment
 
 
@@ -341,7 +345,7 @@ def test_vllm_parser_accepts_recipe_argv(name: str, vllm_parser: Any) -> None:
         assert engine.kv_cache_memory_bytes == recipe.KV_CACHE_GIB * 2**30
         assert (args.host, args.port) == ("127.0.0.1", recipe.ENGINE_PORT)
     elif name == "vllm_online":
-        assert args.port == recipe.PORT
+        assert (args.host, args.port) == ("127.0.0.1", recipe.ENGINE_PORT)
 
 
 def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:
@@ -462,32 +466,57 @@ def test_tiny_server_runs_the_online_recipe_argv(tiny_server: LocalServer,
     assert ours["--max-num-seqs"] == str(recipe.MAX_NUM_SEQS)
 
 
+@pytest.fixture(scope="module")
+def online_front(tiny_server: LocalServer) -> str:
+    """The online recipe as deployed: its forwarder on the public port, vLLM behind it."""
+    recipe = load_recipe(recipe_path("vllm_online"))
+    port = free_port()
+    recipe.start_forwarder(upstream=tiny_server.base_url, routes=recipe.PUBLIC_ROUTES,
+                           host="127.0.0.1", port=port)
+    return f"http://127.0.0.1:{port}"  # a daemon thread: it ends with the test process
+
+
 @pytest.mark.engine
-def test_online_recipe_server_passes_the_smoke_test(tiny_server: LocalServer) -> None:
-    report = run_smoke(tiny_server.base_url, api_key=TINY_API_KEY, model="tiny")
-    assert report.ok, [(s.name, s.status, s.detail) for s in report.steps]
-    result = CliRunner().invoke(cli, ["smoke", tiny_server.base_url, "--api-key", TINY_API_KEY,
+def test_online_recipe_server_passes_the_smoke_test(tiny_server: LocalServer,
+                                                    online_front: str) -> None:
+    for url in (tiny_server.base_url, online_front):  # the engine alone, and as deployed
+        report = run_smoke(url, api_key=TINY_API_KEY, model="tiny")
+        assert report.ok, [(s.name, s.status, s.detail) for s in report.steps]
+    result = CliRunner().invoke(cli, ["smoke", online_front, "--api-key", TINY_API_KEY,
                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output[result.output.index("{"):])["model"] == "tiny"
 
 
 @pytest.mark.engine
-def test_online_recipe_own_smoke_function_passes(tiny_server: LocalServer,
+def test_online_recipe_own_smoke_function_passes(online_front: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     recipe = load_recipe(recipe_path("vllm_online"))
-    recipe.run_smoke(tiny_server.base_url, api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
+    recipe.run_smoke(online_front, api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
     assert "smoke test passed" in capsys.readouterr().out
 
 
-# --- the cold-start forwarder, in front of the real server ----------------------------------------
+@pytest.mark.engine
+def test_online_forwarder_closes_what_the_api_key_leaves_open(tiny_server: LocalServer,
+                                                              online_front: str) -> None:
+    """vLLM answers /invocations (a chat completion) with no key at all; the forwarder 404s it."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(f"{tiny_server.base_url}/v1/chat/completions", json=body).status_code == 401
+    direct = httpx.post(f"{tiny_server.base_url}/invocations", json=body, timeout=60)
+    assert direct.status_code == 200 and direct.json()["usage"]["completion_tokens"] > 0
+    assert httpx.post(f"{online_front}/invocations", json=body).status_code == 404
+    assert httpx.post(f"{online_front}/scale_elastic_ep", json={}).status_code == 404
+
+
+# --- the forwarder (online and cold-start recipes), in front of the real server ------------------
 
 
 @pytest.fixture(scope="module")
 def forwarder(tiny_server: LocalServer) -> Iterator[str]:
     recipe = load_recipe(recipe_path("vllm_cold_start"))
     port = free_port()
-    recipe.start_forwarder(upstream=tiny_server.base_url, host="127.0.0.1", port=port)
+    recipe.start_forwarder(upstream=tiny_server.base_url, routes=recipe.PUBLIC_ROUTES,
+                           host="127.0.0.1", port=port)
     yield f"http://127.0.0.1:{port}"  # a daemon thread: it ends with the test process
 
 
@@ -566,8 +595,8 @@ def test_forwarder_never_forwards_dev_endpoints(tmp_path: Path) -> None:
     threading.Thread(target=run_upstream, daemon=True).start()
     assert ready.wait(10)
     port = free_port()
-    recipe.start_forwarder(upstream=f"http://127.0.0.1:{upstream_port}", host="127.0.0.1",
-                           port=port)
+    recipe.start_forwarder(upstream=f"http://127.0.0.1:{upstream_port}",
+                           routes=recipe.PUBLIC_ROUTES, host="127.0.0.1", port=port)
     base = f"http://127.0.0.1:{port}"
     blocked = [("POST", "/sleep?level=1"), ("POST", "/wake_up"), ("GET", "/is_sleeping"),
                ("POST", "/collective_rpc"), ("POST", "/reset_prefix_cache"),
@@ -636,3 +665,78 @@ def test_live_tests_skip_without_credentials(tmp_path: Path,
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-x")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-y")
     assert modal_credentials_present()
+
+
+def sglang_route_auth_levels() -> dict[str, str]:
+    """Path -> auth level of SGLang's HTTP routes, read from the pinned wheel's source.
+
+    (Importing the server module needs GPU-side packages; its decorators are plain to read.)
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("sglang.srt.entrypoints.http_server")
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    levels: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        paths, level = [], "normal"
+        for decorator in node.decorator_list:
+            if not isinstance(decorator, ast.Call):
+                continue
+            name = ast.unparse(decorator.func)
+            if name.startswith("app.") and decorator.args:
+                first = decorator.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    paths.append(first.value)
+            elif name == "auth_level":
+                level = ast.unparse(decorator.args[0]).removeprefix("AuthLevel.").lower()
+        for path in paths:
+            levels[path] = level
+    return levels
+
+
+def test_sglang_admin_endpoints_are_locked_to_api_key_holders(
+        sglang_parser: argparse.ArgumentParser) -> None:
+    """With the recipe's keys, SGLang's own auth rule refuses the API key on admin routes."""
+    from sglang.srt.utils.auth import AuthLevel, decide_request_auth
+
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    args = parse_strictly(sglang_parser, sglang_argv(
+        recipe.sglang_command(recipe.engine_config(api_key="user-key",
+                                                   admin_api_key="nobody-knows")).argv))
+    assert (args.api_key, args.admin_api_key) == ("user-key", "nobody-knows")
+    levels = sglang_route_auth_levels()
+    for path in ("/release_memory_occupation", "/update_weights_from_disk", "/flush_cache",
+                 "/start_profile", "/load_lora_adapter"):
+        assert levels[path] in ("admin_optional", "admin_force"), (path, levels.get(path))
+    assert levels["/v1/chat/completions"] == "normal"
+
+    def allowed(path: str, key: str | None) -> bool:
+        decision = decide_request_auth(
+            method="POST", path=path, authorization_header=f"Bearer {key}" if key else None,
+            api_key=args.api_key, admin_api_key=args.admin_api_key,
+            auth_level=AuthLevel(levels.get(path, "normal")))
+        return decision.allowed
+
+    assert allowed("/v1/chat/completions", "user-key")
+    assert not allowed("/v1/chat/completions", None)
+    for path in ("/release_memory_occupation", "/update_weights_from_disk", "/flush_cache"):
+        assert not allowed(path, "user-key") and not allowed(path, None), path
+    # the recipe really makes a fresh admin key in the container
+    source = recipe_path("sglang_low_latency").read_text()
+    assert "admin_api_key=locked" in source and "locked = token_urlsafe(32)" in source
+
+
+def test_forwarder_answers_502_when_the_engine_is_down() -> None:
+    recipe = load_recipe(recipe_path("vllm_online"))
+    port = free_port()
+    recipe.start_forwarder(upstream=f"http://127.0.0.1:{free_port()}", routes=recipe.PUBLIC_ROUTES,
+                           host="127.0.0.1", port=port)
+    answer = httpx.get(f"http://127.0.0.1:{port}/health")
+    assert answer.status_code == 502 and "engine unavailable" in answer.text
+    with pytest.raises(RuntimeError, match="could not listen"):  # the port is taken now
+        recipe.start_forwarder(upstream="http://127.0.0.1:9", routes=recipe.PUBLIC_ROUTES,
+                               host="127.0.0.1", port=port)

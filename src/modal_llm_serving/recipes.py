@@ -2,9 +2,11 @@
 
 The recipes live once, in the skill (`skills/modal-llm-serving/scripts/` in a checkout); a wheel
 carries the same folder as package data (`modal_llm_serving/_skill/scripts`). Each recipe must
-import with only `modal` installed, so it carries a verbatim copy of the block between the
-`BEGIN/END engine-command` markers of `engines.py`. `engine_block` reads a block, `stale_recipes`
-names the copies that drifted, and `sync_recipes` rewrites them (`mls dev sync-recipes`).
+import with only `modal` installed, so it carries verbatim copies of the toolkit code it runs:
+the block between the `BEGIN/END engine-command` markers of `engines.py` (every recipe), and the
+`BEGIN/END forwarder` block of `forwarder.py` (the vLLM servers). `engine_block` reads a block,
+`stale_recipes` names the recipes whose copies drifted, and `sync_recipes` rewrites them
+(`mls dev sync-recipes`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from modal_llm_serving import engines
+from modal_llm_serving import engines, forwarder
 from modal_llm_serving.errors import RecipeError
 
 __all__ = [
+    "BLOCKS",
     "RECIPES",
+    "blocks_in",
     "engine_block",
     "load_recipe",
     "recipe_path",
@@ -30,10 +34,15 @@ __all__ = [
 ]
 
 RECIPES = ("vllm_online", "vllm_cold_start", "sglang_low_latency", "qwen3_throughput")
-_BEGIN = "# BEGIN engine-command"
-_END = "# END engine-command"
-# From the BEGIN marker's line to the end of the END marker's line, whatever follows the markers.
-_BLOCK = re.compile(rf"^{re.escape(_BEGIN)}.*?^{re.escape(_END)}[^\n]*\n?", re.M | re.S)
+# Copied block name -> the module that is its single source. Every recipe has "engine-command".
+BLOCKS = {"engine-command": engines, "forwarder": forwarder}
+_REQUIRED = "engine-command"
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    # From the BEGIN marker's line to the end of the END marker's line.
+    begin, end = re.escape(f"# BEGIN {name}"), re.escape(f"# END {name}")
+    return re.compile(rf"^{begin}(?: .*)?\n.*?^{end}[^\n]*\n?", re.M | re.S)
 
 
 def recipes_dir() -> Path:
@@ -74,47 +83,68 @@ def load_recipe(path: Path, *, module_name: str | None = None) -> ModuleType:
     return module
 
 
-def engine_block(source: str, *, where: str = "the source") -> str:
-    """The engine-command block in `source`, markers included; exactly one must be present."""
-    found = _BLOCK.findall(source)
+def engine_block(source: str, *, name: str = _REQUIRED, where: str = "the source") -> str:
+    """The block `name` in `source`, markers included; exactly one must be present."""
+    found = _pattern(name).findall(source)
     if len(found) != 1:
-        raise RecipeError(f"{where} has {len(found)} '{_BEGIN}' ... '{_END}' blocks; it needs "
-                          "exactly one (copy it from src/modal_llm_serving/engines.py)")
+        raise RecipeError(f"{where} has {len(found)} '# BEGIN {name}' ... '# END {name}' blocks; "
+                          f"it needs exactly one (copy it from {_source_path(name)})")
     block: str = found[0]
     return block if block.endswith("\n") else block + "\n"
 
 
-def source_block() -> str:
-    """The block as `engines.py` defines it: the single source of every copy."""
-    path = Path(engines.__file__)
-    return engine_block(path.read_text(encoding="utf-8"), where=str(path))
+def blocks_in(source: str) -> list[str]:
+    """Names of the copied blocks whose BEGIN marker appears in `source`."""
+    return [name for name in BLOCKS if re.search(rf"^# BEGIN {re.escape(name)}\b", source, re.M)]
+
+
+def source_block(name: str = _REQUIRED) -> str:
+    """The block as its module defines it: the single source of every copy."""
+    path = _source_path(name)
+    return engine_block(path.read_text(encoding="utf-8"), name=name, where=str(path))
 
 
 def stale_recipes(folder: Path | None = None) -> list[Path]:
-    """Recipes whose copy of the block differs from `engines.py`'s, in RECIPES order."""
+    """Recipes with a copied block that differs from its source, in RECIPES order."""
     folder = folder or recipes_dir()
-    want = source_block()
     return [path for path in _recipe_files(folder)
-            if engine_block(path.read_text(encoding="utf-8"), where=str(path)) != want]
+            if _synced(path.read_text(encoding="utf-8"), where=str(path)) is not None]
 
 
 def sync_recipes(folder: Path | None = None) -> list[Path]:
-    """Rewrite each stale copy with `engines.py`'s block; return the files changed.
+    """Rewrite each stale copy with its source's block; return the files changed.
 
     Every file is checked before any is written, so a malformed one leaves all untouched.
     """
     folder = folder or recipes_dir()
-    want = source_block()
     updates: list[tuple[Path, str]] = []
     for path in _recipe_files(folder):
-        text = path.read_text(encoding="utf-8")
-        if engine_block(text, where=str(path)) != want:
-            updates.append((path, _BLOCK.sub(lambda _match: want, text, count=1)))
+        text = _synced(path.read_text(encoding="utf-8"), where=str(path))
+        if text is not None:
+            updates.append((path, text))
     for path, text in updates:
         temporary = path.with_suffix(".py.tmp")
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(path)  # atomic: a reader never sees half a recipe
     return [path for path, _ in updates]
+
+
+def _source_path(name: str) -> Path:
+    return Path(str(BLOCKS[name].__file__))
+
+
+def _synced(text: str, *, where: str) -> str | None:
+    """`text` with every copied block replaced by its source, or None if nothing differs."""
+    names = blocks_in(text)
+    if _REQUIRED not in names:
+        engine_block(text, where=where)  # raises: says the block is missing
+    new = text
+    for name in names:
+        want = source_block(name)
+        current = engine_block(new, name=name, where=where)
+        if current != want:
+            new = new.replace(current, want, 1)
+    return None if new == text else new
 
 
 def _recipe_files(folder: Path) -> list[Path]:

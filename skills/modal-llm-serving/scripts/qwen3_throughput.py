@@ -324,7 +324,10 @@ def summarize(batches: list[dict], *, price_per_hour: float, n_gpu: int) -> dict
 
 # ## The batch worker
 
-app = modal.App("mls-qwen3-throughput")
+# The app's name in your workspace: deploying under another name runs a second copy.
+
+APP_NAME = "mls-qwen3-throughput"
+app = modal.App(APP_NAME)
 
 
 @app.cls(

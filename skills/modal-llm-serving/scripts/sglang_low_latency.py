@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from secrets import token_urlsafe
 
 import modal
 import modal.experimental
@@ -115,6 +116,12 @@ PORT = 8000
 # SGLang requires this key as a bearer token (`--api-key`), from a Modal Secret (see
 # `vllm_online.py` for how to create it). SGLang has no environment variable for it, so it is on
 # the engine's command line inside the container.
+#
+# http_server exposes every route of the port, and SGLang's management endpoints (weight updates,
+# /release_memory_occupation, /flush_cache, profiling, ...) accept the API key unless an admin key
+# is set. So each container also sets `--admin-api-key` to a random value made at start and never
+# stored or shared: those endpoints answer 401 to everyone, including API-key holders. /health and
+# /metrics stay open without a key (SGLang's choice, for probes and scraping).
 
 API_KEY_SECRET = "mls-api-key"
 API_KEY_ENV = "MLS_API_KEY"
@@ -239,13 +246,16 @@ def sglang_command(config: EngineConfig) -> EngineCommand:
 # END engine-command
 
 
-def engine_config(*, api_key: str | None = None) -> EngineConfig:
+def engine_config(*, api_key: str | None = None,
+                  admin_api_key: str | None = None) -> EngineConfig:
     """This recipe's SGLang settings."""
     extra: tuple[str, ...] = (
         # capture CUDA graphs only up to the batch sizes this replica will see
         "--cuda-graph-max-bs-decode", str(MAX_NUM_SEQS),
         "--enable-metrics",
     )
+    if admin_api_key:
+        extra += ("--admin-api-key", admin_api_key)
     if SPECULATIVE_DRAFT_REVISION:
         extra += ("--speculative-draft-model-revision", SPECULATIVE_DRAFT_REVISION)
     speculative = SPECULATIVE_ALGORITHM is not None
@@ -314,7 +324,10 @@ EXIT_GRACE_PERIOD = 20
 
 # ## Serve it
 
-app = modal.App("mls-sglang-low-latency")
+# The app's name in your workspace: deploying under another name runs a second copy.
+
+APP_NAME = "mls-sglang-low-latency"
+app = modal.App(APP_NAME)
 
 
 @app.cls(
@@ -337,7 +350,9 @@ class SGLangServer:
     @modal.enter()
     def start(self) -> None:
         self.api_key = os.environ[API_KEY_ENV]
-        command = sglang_command(engine_config(api_key=self.api_key))
+        # a key nobody knows: SGLang's management endpoints stay locked (see above)
+        locked = token_urlsafe(32)
+        command = sglang_command(engine_config(api_key=self.api_key, admin_api_key=locked))
         self.engine = subprocess.Popen(command.argv, env={**os.environ, **command.env})
         base_url = f"http://127.0.0.1:{PORT}"
         wait_until_healthy(base_url, self.engine, api_key=self.api_key, timeout=STARTUP_TIMEOUT)

@@ -14,8 +14,9 @@
 # 2. Before the snapshot, vLLM is put to sleep (level 1: weights moved to CPU memory, KV cache
 #    dropped), so the snapshot holds a quiet engine; after restore it is woken up.
 # 3. Sleep and wake are vLLM *development* endpoints (/sleep, /wake_up, /collective_rpc, ...) that
-#    anyone who can reach the server could call. So the engine listens on an internal port only,
-#    and a minimal forwarder exposes just /health and the /v1 routes clients need (see below).
+#    anyone who can reach the server could call (vLLM's API key guards only /v1). So the engine
+#    listens on loopback only, and a minimal forwarder exposes just /health and the /v1 routes
+#    clients need (see below), as in `vllm_online.py`.
 #
 # Snapshots are created by `modal deploy` only (never `modal run`), and the speed-up shows after a
 # few cold starts. They do not make weight loading itself faster, and multi-GPU snapshots are
@@ -24,7 +25,6 @@
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -277,43 +277,65 @@ def engine_config(*, api_key: str | None = None) -> EngineConfig:
 
 # ## The forwarder
 
-# A small aiohttp server (aiohttp ships with vLLM) that passes allowed requests through to the
-# engine and streams the answer back chunk by chunk, so server-sent events arrive as they are
-# produced. Headers pass through (the bearer key included); hop-by-hop ones do not.
+# A small aiohttp server (aiohttp ships with vLLM) that passes the PUBLIC_ROUTES through to the
+# engine and streams answers back chunk by chunk, so server-sent events arrive as they are
+# produced; everything else gets 404 without reaching the engine. The block is generated from
+# `src/modal_llm_serving/forwarder.py`, like the engine block above.
 
+# BEGIN forwarder (generated copy in recipes that need it; edit here, then `mls dev sync-recipes`)
+import asyncio
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# Headers about one connection, not the message; never passed through.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer",
                          "upgrade", "proxy-authorization", "proxy-authenticate", "host",
                          "content-length"})
 
 
-def forwarder_app(upstream: str):  # -> aiohttp.web.Application
-    """An aiohttp app that forwards PUBLIC_ROUTES to `upstream` and answers 404 to the rest."""
-    from aiohttp import ClientSession, ClientTimeout, web
+def forwarder_app(upstream: str, *, routes: Iterable[tuple[str, str]]) -> "web.Application":  # noqa: UP037, RUF100
+    """An aiohttp app passing `routes` ((method, path) pairs) to `upstream`; 404 for the rest."""
+    from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-    allowed = frozenset(PUBLIC_ROUTES)
+    allowed = frozenset(routes)
+    session_key = web.AppKey("session", ClientSession)
 
     async def open_session(app: web.Application) -> None:
         # No total timeout: a long generation streams for as long as it takes.
-        app["session"] = ClientSession(upstream, auto_decompress=False,
-                                       timeout=ClientTimeout(total=None, sock_connect=10))
+        app[session_key] = ClientSession(upstream, auto_decompress=False,
+                                         timeout=ClientTimeout(total=None, sock_connect=10))
 
     async def close_session(app: web.Application) -> None:
-        await app["session"].close()
+        await app[session_key].close()
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        # Exact match on the decoded, unnormalized path: "/v1/../sleep" or "//sleep" match nothing.
         if (request.method, request.path) not in allowed:
             return web.json_response({"error": {"message": "not found", "code": 404}}, status=404)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         target = request.path + (f"?{request.query_string}" if request.query_string else "")
-        async with request.app["session"].request(request.method, target, headers=headers,
-                                                  data=await request.read()) as answer:
-            response = web.StreamResponse(status=answer.status, headers={
-                k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP})
-            await response.prepare(request)
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        body = await request.read()
+        response: web.StreamResponse | None = None
+        try:
+            async with request.app[session_key].request(request.method, target, headers=headers,
+                                                        data=body) as answer:
+                response = web.StreamResponse(status=answer.status, headers={
+                    k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP})
+                await response.prepare(request)
+                async for chunk in answer.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except ClientError as exc:
+            if response is not None:  # mid-stream: cutting the connection is all that is left
+                raise
+            return web.json_response(  # the engine is down or restarting
+                {"error": {"message": f"engine unavailable: {type(exc).__name__}", "code": 502}},
+                status=502)
 
     app = web.Application(client_max_size=64 * 2**20)
     app.on_startup.append(open_session)
@@ -322,34 +344,37 @@ def forwarder_app(upstream: str):  # -> aiohttp.web.Application
     return app
 
 
-def start_forwarder(*, upstream: str, host: str = "0.0.0.0", port: int = PORT) -> threading.Thread:
-    """Run the forwarder on its own event loop in a daemon thread; return once it listens."""
-    import asyncio
-
+def start_forwarder(*, upstream: str, routes: Iterable[tuple[str, str]], port: int,
+                    host: str = "0.0.0.0") -> threading.Thread:
+    """Serve the forwarder from a daemon thread with its own event loop; return once it listens."""
     from aiohttp import web
 
+    app = forwarder_app(upstream, routes=routes)
     listening = threading.Event()
     failure: list[BaseException] = []
 
     def run() -> None:
         loop = asyncio.new_event_loop()
-        runner = web.AppRunner(forwarder_app(upstream), access_log=None)
+        runner = web.AppRunner(app, access_log=None)
         try:
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.TCPSite(runner, host, port).start())
-        except BaseException as exc:
+        except Exception as exc:  # reported by the caller, which is waiting for this thread
             failure.append(exc)
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
             listening.set()
-            raise
+            return
         listening.set()
         loop.run_forever()
 
     thread = threading.Thread(target=run, name="forwarder", daemon=True)
     thread.start()
-    listening.wait(30)
-    if failure:
-        raise RuntimeError(f"the forwarder could not listen on {host}:{port}") from failure[0]
+    if not listening.wait(30) or failure:
+        raise RuntimeError(f"the forwarder could not listen on {host}:{port}") from (
+            failure[0] if failure else None)
     return thread
+# END forwarder
 
 
 # ## Scale replicas with traffic
@@ -415,7 +440,7 @@ class VLLMColdStart:
 
     @modal.web_server(port=PORT, startup_timeout=5 * MINUTES)
     def serve(self) -> None:
-        start_forwarder(upstream=self.engine_url, port=PORT)
+        start_forwarder(upstream=self.engine_url, routes=PUBLIC_ROUTES, port=PORT)
 
     @modal.exit()
     def stop(self) -> None:

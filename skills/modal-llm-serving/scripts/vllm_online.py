@@ -91,14 +91,33 @@ MAX_NUM_SEQS = 64
 
 GPU_MEMORY_UTILIZATION = 0.90
 
-# The port vLLM listens on inside the container; Modal forwards the public URL to it.
+# vLLM listens here, on the loopback interface only: nothing outside the container reaches it.
+
+ENGINE_PORT = 8001
+
+# The public port: Modal's URL points here, at the forwarder described below.
 
 PORT = 8000
 
 # ## Keep the API private
 
-# vLLM requires this key as a bearer token on every /v1 route. It comes from a Modal Secret, never
-# from this file. Create it once (and keep the same value in your shell for the smoke test):
+# vLLM requires this key as a bearer token on every /v1 route, and only there: its other routes
+# answer anyone, and `@modal.web_server` makes every path public. On vLLM 0.32 that includes
+# `POST /invocations` (a SageMaker-style alias that runs a chat completion without the key) and
+# `POST /scale_elastic_ep`. So vLLM listens on loopback, and a minimal forwarder on the public port
+# passes only these (method, path) pairs and answers 404 to everything else without contacting
+# the engine. Add a route here only if clients need it. Cost: one loopback hop, about 2 ms of
+# time to first token in our measurement (docs/PERFORMANCE.md).
+
+PUBLIC_ROUTES = (
+    ("GET", "/health"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+)
+
+# The key itself comes from a Modal Secret, never from this file. Create it once (and keep the
+# same value in your shell for the smoke test):
 #
 #     export MLS_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
 #     modal secret create mls-api-key MLS_API_KEY=$MLS_API_KEY
@@ -233,17 +252,119 @@ def sglang_command(config: EngineConfig) -> EngineCommand:
 
 
 def engine_config(*, api_key: str | None = None) -> EngineConfig:
-    """This recipe's vLLM settings; the API key is read from the Secret inside the container."""
+    """This recipe's vLLM settings (loopback only); the key comes from the Secret at start."""
     return EngineConfig(
         model=MODEL_NAME,
         revision=MODEL_REVISION,
-        port=PORT,
+        host="127.0.0.1",
+        port=ENGINE_PORT,
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=MAX_NUM_SEQS,
         gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
         tensor_parallel_size=N_GPU,
         api_key=api_key,
     )
+
+
+# ## The forwarder
+
+# A small aiohttp server (aiohttp ships with vLLM) that passes PUBLIC_ROUTES through and streams
+# answers back chunk by chunk, so server-sent events arrive as they are produced. Generated from
+# `src/modal_llm_serving/forwarder.py`, like the engine block above.
+
+# BEGIN forwarder (generated copy in recipes that need it; edit here, then `mls dev sync-recipes`)
+import asyncio
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# Headers about one connection, not the message; never passed through.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                         "upgrade", "proxy-authorization", "proxy-authenticate", "host",
+                         "content-length"})
+
+
+def forwarder_app(upstream: str, *, routes: Iterable[tuple[str, str]]) -> "web.Application":  # noqa: UP037, RUF100
+    """An aiohttp app passing `routes` ((method, path) pairs) to `upstream`; 404 for the rest."""
+    from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+    allowed = frozenset(routes)
+    session_key = web.AppKey("session", ClientSession)
+
+    async def open_session(app: web.Application) -> None:
+        # No total timeout: a long generation streams for as long as it takes.
+        app[session_key] = ClientSession(upstream, auto_decompress=False,
+                                         timeout=ClientTimeout(total=None, sock_connect=10))
+
+    async def close_session(app: web.Application) -> None:
+        await app[session_key].close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        # Exact match on the decoded, unnormalized path: "/v1/../sleep" or "//sleep" match nothing.
+        if (request.method, request.path) not in allowed:
+            return web.json_response({"error": {"message": "not found", "code": 404}}, status=404)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        target = request.path + (f"?{request.query_string}" if request.query_string else "")
+        body = await request.read()
+        response: web.StreamResponse | None = None
+        try:
+            async with request.app[session_key].request(request.method, target, headers=headers,
+                                                        data=body) as answer:
+                response = web.StreamResponse(status=answer.status, headers={
+                    k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP})
+                await response.prepare(request)
+                async for chunk in answer.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except ClientError as exc:
+            if response is not None:  # mid-stream: cutting the connection is all that is left
+                raise
+            return web.json_response(  # the engine is down or restarting
+                {"error": {"message": f"engine unavailable: {type(exc).__name__}", "code": 502}},
+                status=502)
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_route("*", "/{path:.*}", forward)
+    return app
+
+
+def start_forwarder(*, upstream: str, routes: Iterable[tuple[str, str]], port: int,
+                    host: str = "0.0.0.0") -> threading.Thread:
+    """Serve the forwarder from a daemon thread with its own event loop; return once it listens."""
+    from aiohttp import web
+
+    app = forwarder_app(upstream, routes=routes)
+    listening = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(app, access_log=None)
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        except Exception as exc:  # reported by the caller, which is waiting for this thread
+            failure.append(exc)
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            listening.set()
+            return
+        listening.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="forwarder", daemon=True)
+    thread.start()
+    if not listening.wait(30) or failure:
+        raise RuntimeError(f"the forwarder could not listen on {host}:{port}") from (
+            failure[0] if failure else None)
+    return thread
+# END forwarder
 
 
 # ## Scale replicas with traffic
@@ -279,7 +400,10 @@ STARTUP_TIMEOUT = 20 * MINUTES
 
 # ## Serve it
 
-app = modal.App("mls-vllm-online")
+# The app's name in your workspace: deploying under another name runs a second copy.
+
+APP_NAME = "mls-vllm-online"
+app = modal.App(APP_NAME)
 
 
 @app.function(
@@ -301,9 +425,11 @@ def serve() -> None:
     command = vllm_command(engine_config(api_key=os.environ[API_KEY_ENV]))
     # An argv list, no shell; the key travels in the environment, not on the command line.
     process = subprocess.Popen(command.argv, env={**os.environ, **command.env})
-    # Modal's own readiness check only sees the port open, and vLLM opens it before the model is
-    # loaded; return only once /health answers, so no request meets a half-started engine.
-    wait_until_healthy(f"http://127.0.0.1:{PORT}", process, timeout=STARTUP_TIMEOUT)
+    # Modal's readiness check only sees a port open; return (and open the public port) only once
+    # vLLM's /health answers, so no request meets a half-started engine.
+    engine_url = f"http://127.0.0.1:{ENGINE_PORT}"
+    wait_until_healthy(engine_url, process, timeout=STARTUP_TIMEOUT)
+    start_forwarder(upstream=engine_url, routes=PUBLIC_ROUTES, port=PORT)
 
 
 def wait_until_healthy(base_url: str, process: subprocess.Popen, *, timeout: float) -> None:
