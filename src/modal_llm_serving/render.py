@@ -210,8 +210,11 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
 
 def _recipe_can_carry(plan: Any) -> None:
     """Refuse plans whose memory math rests on an engine setting the recipes do not have."""
+    from modal_llm_serving.workload import PRECISIONS
+
     native = plan.model.native_precision
-    if plan.quantization or plan.precision != native:
+    # fp32 checkpoints are served in 16 bits by the engines' dtype "auto": nothing to carry
+    if plan.quantization or (plan.precision != native and native in PRECISIONS):
         raise UsageError(
             f"this plan serves {plan.model.name} at {plan.precision}, but its checkpoint is "
             f"{native} and the recipes have no quantization setting: point --model at a "
