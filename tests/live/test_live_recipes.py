@@ -76,6 +76,8 @@ def test_online_recipe_live(deployed: Callable[[str], str], api_key: str,
     app_name = deployed("vllm_online")
     url = modal.Function.from_name(app_name, "serve").get_web_url()
     smoke_and_bench(url, api_key=api_key, tmp_path=tmp_path, extra=[])
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(f"{url}/invocations", json=body, timeout=60).status_code == 404
 
 
 @pytest.mark.live

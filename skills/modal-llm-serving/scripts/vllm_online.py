@@ -7,9 +7,10 @@
 
 # This is the default serving pattern: vLLM's OpenAI-compatible server, started as a subprocess
 # inside a Modal Function decorated with `@modal.web_server`, so Modal gives it a public HTTPS URL
-# and scales replicas with traffic. Choose it unless lowest latency (see `sglang_low_latency.py`),
-# cold-start time (`vllm_cold_start.py`) or offline tokens per dollar (`qwen3_throughput.py`) is
-# the explicit goal.
+# and scales replicas with traffic. vLLM listens on loopback; a minimal forwarder on the public
+# port passes only /health and the /v1 routes clients use (see "Keep the API private").
+# Choose it unless lowest latency (see `sglang_low_latency.py`), cold-start time
+# (`vllm_cold_start.py`) or offline tokens per dollar (`qwen3_throughput.py`) is the explicit goal.
 
 # Every setting below is an UPPER_CASE constant, explained where it stands. `mls new` rewrites
 # them by name; `mls check` checks them against the serving rules.
