@@ -237,3 +237,13 @@ def test_a_main_block_client_counts_as_a_smoke_path() -> None:
         '    urllib.request.urlopen("https://example.invalid/health")\n'
         '    openai.OpenAI().chat.completions.create(model=MODEL_NAME, messages=[])\n')
     assert check_source(source) == []
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01binary", b"\xff\xfe not utf-8", b""])
+def test_cli_odd_files_are_findings_not_tracebacks(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "odd.py"
+    path.write_bytes(content)
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    assert result.exit_code == 1, result.output  # empty: no app, no smoke path

@@ -720,6 +720,8 @@ def check_source(source: str, *, path: str = "<source>") -> list[Finding]:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         return [Finding(_BY_ID["MLS016"], path, exc.lineno or 1, f"{exc.msg}")]
+    except ValueError as exc:  # e.g. null bytes: not Python source at all
+        return [Finding(_BY_ID["MLS016"], path, 1, str(exc))]
     findings = _Checker(_Module(tree, source), path).run()
     return sorted(findings, key=lambda f: (f.line, f.rule.id))
 
@@ -743,7 +745,7 @@ def import_skipped_reason(path: Path) -> str | None:
     """Why the import check would be skipped for `path` (None: it runs)."""
     try:
         return _safe_to_import(ast.parse(path.read_text(encoding="utf-8")))
-    except (OSError, SyntaxError, UnicodeDecodeError):
+    except (OSError, SyntaxError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
 
 
