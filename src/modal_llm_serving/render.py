@@ -164,8 +164,12 @@ def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
     app_name = "mls-" + re.sub(r"[^a-z0-9-]+", "-", output.stem.lower()).strip("-")
     result = render_source(source, {**settings, "APP_NAME": app_name[:63]})
     temporary = output.with_name(output.name + ".tmp")
-    temporary.write_text(result.text, encoding="utf-8")
-    temporary.replace(output)  # never a half-written app
+    try:
+        temporary.write_text(result.text, encoding="utf-8")
+        temporary.replace(output)  # never a half-written app
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
     # APP_NAME is offered to every recipe; only those that name their app by a constant take it
     return dataclasses.replace(result, missing=[m for m in result.missing if m != "APP_NAME"])
 
