@@ -11,6 +11,7 @@ new file parses, and its syntax tree equals the recipe's except for those values
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import re
@@ -168,7 +169,8 @@ def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
         temporary.write_text(result.text, encoding="utf-8")
         temporary.replace(output)  # never a half-written app
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink()
         raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
     # APP_NAME is offered to every recipe; only those that name their app by a constant take it
     return dataclasses.replace(result, missing=[m for m in result.missing if m != "APP_NAME"])
