@@ -680,6 +680,9 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
     for path in paths:
         if not no_import and (reason := import_skipped_reason(path)):
             click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
+    if not no_import and len(paths) > 1:
+        click.echo(f"checking {len(paths)} files (each imported with the Modal SDK, about a "
+                   "second apiece)", err=True)
     findings = check_files(paths, import_check=not no_import, import_timeout=import_timeout,
                            python=python_)
     if json_:
