@@ -15,6 +15,7 @@ written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 
 after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint).
 
     python benchmarks/mock_server.py --port 8123 --ttft-ms 50 --itl-ms 10
+    python benchmarks/mock_server.py -- mls bench run {url} -c 1,128 -n 256   # mock, run, stop
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Settings(argparse.Namespace):
     fault: list[str]
     stall_s: float
     cold_s: float
+    command: list[str]
 
 
 class MockState:
@@ -271,6 +273,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=N")
     parser.add_argument("--stall-s", type=float, default=5.0)
     parser.add_argument("--cold-s", type=float, default=0.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="after --: a command to run against the mock ({url} is replaced), "
+                             "e.g. -- mls bench run {url} -c 1,32")
     args = parser.parse_args(argv, namespace=Settings())
     MockState(args)  # validates --fault before we say READY
     return args, args.host, args.port
@@ -278,6 +283,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
 
 def main() -> None:
     settings, host, port = parse_args()
+    command = [part for part in settings.command if part != "--"]
+    if command:
+        # one command: the mock in its own process, the given command against it, then stop
+        with MockProcess(ttft_ms=settings.ttft_ms, itl_ms=settings.itl_ms, chunk=settings.chunk,
+                         model=settings.model, faults=tuple(settings.fault),
+                         stall_s=settings.stall_s, cold_s=settings.cold_s) as mock:
+            print(f"mock at {mock.url}", file=sys.stderr, flush=True)
+            code = subprocess.call([part.replace("{url}", mock.url) for part in command])
+        raise SystemExit(code)
     try:
         import uvloop
 
