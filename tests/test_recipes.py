@@ -232,7 +232,7 @@ def test_low_latency_recipe_modal_settings(spy_load: Callable[[str], Spied]) -> 
     r = spied.recipe
     info = r.SGLangServer._get_class_service_function().info()
     deco = spied.one("App.cls")
-    check_common(spied, info, deco, cache_path=r.DEEPGEMM_CACHE_PATH)
+    check_common(spied, info, deco, cache_path=r.SGLANG_CACHE_PATH)
     assert r.REGION is not None and info.regions == [r.REGION]
     http = spied.one("http_server")
     assert http["port"] == r.PORT and http["proxy_regions"] == r.PROXY_REGIONS
@@ -247,8 +247,29 @@ def test_low_latency_recipe_modal_settings(spy_load: Callable[[str], Spied]) -> 
     (_, builder), build = spied.calls["Image.run_function"][0]
     assert builder is r.compile_deep_gemm
     assert build["gpu"] == f"{r.GPU_TYPE}:{r.N_GPU}"
-    assert build["volumes"][r.DEEPGEMM_CACHE_PATH] is r.deepgemm_cache_volume
-    assert "SGLANG_ENABLE_JIT_DEEPGEMM" in spied.image_env()
+    assert build["volumes"][r.SGLANG_CACHE_PATH] is r.sglang_cache_volume
+    assert build["volumes"][r.HF_CACHE_PATH] is r.hf_cache_volume
+    env = spied.image_env()
+    assert env["SGLANG_ENABLE_JIT_DEEPGEMM"] == "1"
+    assert env["SGLANG_CACHE_DIR"] == r.SGLANG_CACHE_PATH
+
+
+def test_sglang_looks_for_deepgemm_kernels_inside_the_volume(
+        monkeypatch: pytest.MonkeyPatch, sglang_parser: argparse.ArgumentParser) -> None:
+    """SGLang's own setting resolution puts the DeepGEMM cache under the mounted Volume."""
+    from sglang.srt.environ import envs
+
+    r = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.delenv("SGLANG_DG_CACHE_DIR", raising=False)
+    monkeypatch.setenv("SGLANG_CACHE_DIR", r.SGLANG_CACHE_PATH)
+    dg_cache = Path(envs.SGLANG_DG_CACHE_DIR.get())
+    assert Path(r.SGLANG_CACHE_PATH) in dg_cache.parents
+    # and the precompile command is valid for this SGLang, for the served model and TP size
+    argv = r.deep_gemm_compile_argv()
+    assert argv[:3] == ["python", "-m", "sglang.compile_deep_gemm"]
+    args = parse_strictly(sglang_parser, argv[3:])
+    assert (args.model_path, args.revision, args.tp_size) == (r.MODEL_NAME, r.MODEL_REVISION,
+                                                              r.N_GPU)
 
 
 def test_low_latency_smoke_sends_session_id_and_retries_503() -> None:

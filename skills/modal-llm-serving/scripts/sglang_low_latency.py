@@ -81,10 +81,16 @@ sglang_image = (
 
 # ## Cache weights and compiled kernels in Volumes
 
+# Weights in one Volume; SGLang's compiled-kernel cache in another. SGLang 0.5.23 keeps DeepGEMM's
+# JIT kernels in `$SGLANG_CACHE_DIR/deep_gemm` (default `~/.cache/sglang`; older releases and
+# examples used `~/.cache/deepgemm`), so the Volume is mounted there and the variable set
+# explicitly: a cache mounted where SGLang does not look would silently recompile on every start.
+
 HF_CACHE_PATH = "/root/.cache/huggingface"
-DEEPGEMM_CACHE_PATH = "/root/.cache/deepgemm"
+SGLANG_CACHE_PATH = "/root/.cache/sglang"
 hf_cache_volume = modal.Volume.from_name("mls-huggingface-cache", create_if_missing=True)
-deepgemm_cache_volume = modal.Volume.from_name("mls-deepgemm-cache", create_if_missing=True)
+sglang_cache_volume = modal.Volume.from_name("mls-sglang-cache", create_if_missing=True)
+sglang_image = sglang_image.env({"SGLANG_CACHE_DIR": SGLANG_CACHE_PATH})
 
 # ## Configure the engine
 
@@ -284,17 +290,23 @@ def engine_config(*, api_key: str | None = None,
 # built, and keeping them in their own Volume, moves that cost out of serving.
 
 
+def deep_gemm_compile_argv() -> list[str]:
+    """SGLang's precompile tool, for the model and tensor-parallel size this recipe serves."""
+    return ["python", "-m", "sglang.compile_deep_gemm", "--model-path", MODEL_NAME,
+            "--revision", MODEL_REVISION, "--tp-size", str(N_GPU)]
+
+
 def compile_deep_gemm() -> None:
-    argv = ["python", "-m", "sglang.compile_deep_gemm", "--model-path", MODEL_NAME,
-            "--revision", MODEL_REVISION, "--tp", str(N_GPU)]
-    subprocess.run(argv, check=True)
-    deepgemm_cache_volume.commit()
+    subprocess.run(deep_gemm_compile_argv(), check=True)
+    sglang_cache_volume.commit()
+    hf_cache_volume.commit()  # the weights it downloaded, so serving does not fetch them again
 
 
 sglang_image = sglang_image.run_function(
     compile_deep_gemm,
     gpu=f"{GPU_TYPE}:{N_GPU}",
-    volumes={HF_CACHE_PATH: hf_cache_volume, DEEPGEMM_CACHE_PATH: deepgemm_cache_volume},
+    volumes={HF_CACHE_PATH: hf_cache_volume, SGLANG_CACHE_PATH: sglang_cache_volume},
+    secrets=[modal.Secret.from_name(HF_SECRET)] if HF_SECRET else [],  # gated weights only
     timeout=60 * MINUTES,
 )
 
@@ -333,7 +345,7 @@ app = modal.App(APP_NAME)
 @app.cls(
     image=sglang_image,
     gpu=f"{GPU_TYPE}:{N_GPU}",
-    volumes={HF_CACHE_PATH: hf_cache_volume, DEEPGEMM_CACHE_PATH: deepgemm_cache_volume},
+    volumes={HF_CACHE_PATH: hf_cache_volume, SGLANG_CACHE_PATH: sglang_cache_volume},
     secrets=secrets,
     region=REGION,  # must match PROXY_REGIONS, or every request crosses regions
     timeout=STARTUP_TIMEOUT,
