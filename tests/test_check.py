@@ -247,3 +247,11 @@ def test_cli_odd_files_are_findings_not_tracebacks(content: bytes, tmp_path: Pat
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output
     assert result.exit_code == 1, result.output  # empty: no app, no smoke path
+
+
+def test_a_tunnel_is_an_extra_port() -> None:
+    source = (FIXTURES / "clean_online.py").read_text().replace(
+        "    url = serve.get_web_url()\n",
+        "    url = serve.get_web_url()\n    with modal.forward(9000) as tunnel:\n"
+        "        print(tunnel.url)\n")
+    assert [f.rule.id for f in check_source(source)] == ["MLS015"]
