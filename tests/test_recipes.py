@@ -176,6 +176,7 @@ def check_common(spied: Spied, info: Any, deco: dict[str, Any], *, cache_path: s
     assert deco["max_containers"] == r.MAX_CONTAINERS
     assert deco["buffer_containers"] == r.BUFFER_CONTAINERS
     assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
+    assert spied.image_env()["HF_HOME"] == r.HF_CACHE_PATH
 
 
 def test_online_recipe_modal_settings(spy_load: Callable[[str], Spied]) -> None:
@@ -367,6 +368,27 @@ def test_vllm_parser_accepts_recipe_argv(name: str, vllm_parser: Any) -> None:
         assert (args.host, args.port) == ("127.0.0.1", recipe.ENGINE_PORT)
     elif name == "vllm_online":
         assert (args.host, args.port) == ("127.0.0.1", recipe.ENGINE_PORT)
+
+
+@pytest.mark.parametrize("name", VLLM_RECIPES)
+def test_vllm_uses_the_mounted_caches(name: str, spy_load: Callable[[str], Spied],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's and the Hub client's own setting resolution land inside the recipe's Volumes."""
+    import vllm.envs
+
+    spied = spy_load(name)
+    r = spied.recipe
+    env = spied.image_env()
+    assert env["VLLM_CACHE_ROOT"] == r.VLLM_CACHE_PATH and env["HF_HOME"] == r.HF_CACHE_PATH
+    monkeypatch.setenv("VLLM_CACHE_ROOT", env["VLLM_CACHE_ROOT"])
+    assert vllm.envs.VLLM_CACHE_ROOT == r.VLLM_CACHE_PATH  # torch_compile_cache lives under it
+    # the Hub client reads HF_HOME once, at import: ask a fresh interpreter
+    hub_cache = subprocess.run(
+        [sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
+        capture_output=True, text=True, check=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+             "HF_HOME": env["HF_HOME"]}).stdout.strip()
+    assert Path(r.HF_CACHE_PATH) in Path(hub_cache).parents, hub_cache
 
 
 def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:

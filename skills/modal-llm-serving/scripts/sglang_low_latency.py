@@ -90,7 +90,7 @@ HF_CACHE_PATH = "/root/.cache/huggingface"
 SGLANG_CACHE_PATH = "/root/.cache/sglang"
 hf_cache_volume = modal.Volume.from_name("mls-huggingface-cache", create_if_missing=True)
 sglang_cache_volume = modal.Volume.from_name("mls-sglang-cache", create_if_missing=True)
-sglang_image = sglang_image.env({"SGLANG_CACHE_DIR": SGLANG_CACHE_PATH})
+sglang_image = sglang_image.env({"HF_HOME": HF_CACHE_PATH, "SGLANG_CACHE_DIR": SGLANG_CACHE_PATH})
 
 # ## Configure the engine
 

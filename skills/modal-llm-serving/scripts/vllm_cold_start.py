@@ -88,6 +88,8 @@ HF_CACHE_PATH = "/root/.cache/huggingface"
 VLLM_CACHE_PATH = "/root/.cache/vllm"
 hf_cache_volume = modal.Volume.from_name("mls-huggingface-cache", create_if_missing=True)
 vllm_cache_volume = modal.Volume.from_name("mls-vllm-cache", create_if_missing=True)
+# Point the Hub client and vLLM at the mounts explicitly, rather than trusting defaults.
+vllm_image = vllm_image.env({"HF_HOME": HF_CACHE_PATH, "VLLM_CACHE_ROOT": VLLM_CACHE_PATH})
 
 # ## Configure the engine
 
