@@ -21,7 +21,9 @@ __all__ = ["HealthMonitor", "judge"]
 
 # Above these the numbers describe the client more than the server (checked on 2 cores).
 CPU_LIMIT = 0.85  # of one core
-LOOP_LAG_P99_LIMIT_MS = 5.0
+# 10 ms: on a loaded 2-core box the OS alone gives a quiet loop 3-6 ms p99 lag (measured), while
+# TTFT at 128 streams stayed within 2% of truth; at 512 streams lag p99 was ~100 ms
+LOOP_LAG_P99_LIMIT_MS = 10.0
 DISPATCH_LAG_P99_LIMIT_MS = 5.0
 
 
@@ -100,7 +102,7 @@ def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     lag = harness.get("loop_lag_p99_ms") or 0.0
     if lag > LOOP_LAG_P99_LIMIT_MS:
         warnings.append(f"CLIENT BOTTLENECK: event-loop lag p99 {lag:.1f} ms (limit "
-                        f"{LOOP_LAG_P99_LIMIT_MS:g} ms): timestamps are taken late.")
+                        f"{LOOP_LAG_P99_LIMIT_MS:g} ms): timestamps may be taken that late.")
     dispatch = summary.get("p99_dispatch_lag_ms")
     if dispatch is not None and dispatch > DISPATCH_LAG_P99_LIMIT_MS:
         warnings.append(f"CLIENT BOTTLENECK: dispatch lag p99 {dispatch:.1f} ms (limit "
