@@ -43,8 +43,11 @@ def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> N
     batch = dataclasses.asdict(stats)
     summary = recipe.summarize([batch], price_per_hour=recipe.GPU_PRICE_PER_HOUR,
                                n_gpu=recipe.N_GPU)
+    report = recipe.report_lines([{**batch, "init_seconds": init_seconds, "worker": "local",
+                                   "warmup_seconds": warm_stats.seconds}],
+                                 wall_seconds=time.perf_counter() - start)
     Path(out).write_text(json.dumps({
-        "stats": batch, "per_request": per_request, "summary": summary,
+        "stats": batch, "per_request": per_request, "summary": summary, "report": report,
         "init_seconds": init_seconds, "warmup_requests": warm_stats.requests}))
 
 

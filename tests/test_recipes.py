@@ -309,6 +309,22 @@ def test_throughput_summary_arithmetic() -> None:
     assert report["usd_per_million_total_tokens"] == pytest.approx(0.005 / 2200 * 1e6)
 
 
+def test_throughput_report_counts_startup_once_per_worker() -> None:
+    r = load_recipe(recipe_path("qwen3_throughput"))
+    batch = {"requests": 10, "input_tokens": 1000, "output_tokens": 100, "seconds": 1.0,
+             "init_seconds": 30.0, "warmup_seconds": 2.0}
+    batches = [{**batch, "worker": "a"}, {**batch, "worker": "a"}, {**batch, "worker": "b"}]
+    lines = r.report_lines(batches, wall_seconds=40.0)
+    assert lines[0] == "30 requests, 3000 input + 300 output tokens, 40 s wall clock"
+    assert lines[1] == "per GPU: 1,000 input, 100 output, 1,100 total tokens/s"
+    assert lines[2].startswith("all 2 workers together: 8 output tokens/s")
+    price = r.GPU_PRICE_PER_HOUR
+    assert f"${3 / 3600 * price / 300 * 1e6:.3f} per million output tokens" in lines[3]
+    # 3 s generating + 2 x 32 s start-up, billed
+    assert lines[4] == (f"with start-up (64 s over 2 workers): "
+                        f"${67 / 3600 * price / 300 * 1e6:.3f} per million output tokens")
+
+
 # --- the engines' own argument parsers -----------------------------------------------------------
 
 
@@ -689,6 +705,8 @@ def test_throughput_code_runs_on_vllm_llm(tiny_model_path: Path, tmp_path: Path)
     rate = stats["output_tokens"] / stats["seconds"]
     assert summary["output_tokens_per_s"] == pytest.approx(rate)
     assert summary["total_tokens_per_s"] > summary["output_tokens_per_s"] > 0
+    assert result["report"][0].startswith(
+        f"{n} requests, {n * input_len} input + {n * output_len} output tokens")
 
 
 def test_live_tests_skip_without_credentials(tmp_path: Path,
