@@ -255,3 +255,13 @@ def test_a_tunnel_is_an_extra_port() -> None:
         "    url = serve.get_web_url()\n    with modal.forward(9000) as tunnel:\n"
         "        print(tunnel.url)\n")
     assert [f.rule.id for f in check_source(source)] == ["MLS015"]
+
+
+def test_static_checks_never_crash_on_real_python() -> None:
+    """Any Python file gets findings or none, never an exception (here: this repository's)."""
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("src/**/*.py"), *root.glob("tests/*.py"), *root.glob("benchmarks/*.py")]
+    assert len(files) > 20
+    for path in files:
+        check_source(path.read_text(encoding="utf-8"), path=str(path))
+    assert check_source("x = {(1, 2): 3, **{}}\nrequests = [[1]]\n") is not None

@@ -240,8 +240,12 @@ class _Module:
         if isinstance(node, ast.List | ast.Tuple):
             return [self.resolve(e) for e in node.elts]
         if isinstance(node, ast.Dict):
-            return {self.resolve(k): self.resolve(v) for k, v in zip(node.keys, node.values,
-                                                                     strict=True) if k}
+            mapping: dict[Any, Any] = {}
+            for key, value in zip(node.keys, node.values, strict=True):
+                resolved = self.resolve(key) if key is not None else UNKNOWN  # None: **spread
+                if isinstance(resolved, str | int | float | bool):  # hashable literal keys only
+                    mapping[resolved] = self.resolve(value)
+            return mapping
         return UNKNOWN
 
     def calls_named(self, *suffixes: str) -> Iterator[ast.Call]:
