@@ -801,3 +801,100 @@ def test_forwarder_answers_502_when_the_engine_is_down() -> None:
     with pytest.raises(RuntimeError, match="could not listen"):  # the port is taken now
         recipe.start_forwarder(upstream="http://127.0.0.1:9", routes=recipe.PUBLIC_ROUTES,
                                host="127.0.0.1", port=port)
+
+
+# --- the recipes' own smoke clients ---------------------------------------------------------------
+
+
+@pytest.mark.engine
+def test_cold_start_recipe_smoke_passes_through_its_forwarder(
+        forwarder: str, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = load_recipe(recipe_path("vllm_cold_start"))
+    recipe.run_smoke(forwarder, api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
+    out = capsys.readouterr().out
+    assert "dev endpoints: hidden (404)" in out and "smoke test passed" in out
+
+
+@pytest.mark.engine
+def test_low_latency_recipe_smoke_passes_against_a_real_server(
+        tiny_server: LocalServer, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    recipe.run_smoke(tiny_server.base_url, api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
+    assert "smoke test passed" in capsys.readouterr().out
+
+
+@pytest.fixture
+def scaling_up_server() -> Iterator[tuple[str, list[tuple[str, str | None]], list[int]]]:
+    """Fault injection: /health answers the statuses in `script` first, then 200; the /v1 routes
+    answer like a tiny OpenAI server. Records (path, Modal-Session-ID) of every request."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    seen: list[tuple[str, str | None]] = []
+    script: list[int] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.headers.get("Modal-Session-ID")))
+        if request.path == "/health":
+            return web.Response(status=script.pop(0) if script else 200)
+        if request.path == "/v1/models":
+            return web.json_response({"data": [{"id": "m"}]})
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response({"choices": [{"message": {"content": "Paris."}}],
+                                      "usage": {"completion_tokens": 2}})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in ("Par", "is."):
+            chunk = {"choices": [{"delta": {"content": piece}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle)
+    port = free_port()
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert ready.wait(10)
+    yield f"http://127.0.0.1:{port}", seen, script
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_low_latency_smoke_retries_503_with_one_session_id(
+        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url, seen, script = scaling_up_server
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    script += [503, 503, 503]  # a scaled-to-zero http_server while the first replica starts
+    recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
+    assert "smoke test passed" in capsys.readouterr().out
+    assert [path for path, _ in seen].count("/health") == 4
+    sessions = {session for _, session in seen}
+    assert len(sessions) == 1 and None not in sessions  # every request, one sticky session
+
+
+def test_low_latency_smoke_does_not_retry_other_errors(
+        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    url, seen, script = scaling_up_server
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    script += [500]
+    with pytest.raises(urllib.error.HTTPError, match="500"):
+        recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
+    assert [path for path, _ in seen] == ["/health"]
