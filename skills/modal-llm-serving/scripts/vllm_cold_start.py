@@ -429,11 +429,14 @@ class VLLMColdStart:
         self.engine_url = f"http://127.0.0.1:{ENGINE_PORT}"
         wait_until_healthy(self.engine_url, self.engine, timeout=STARTUP_TIMEOUT)
         self._warm_up()
-        _post(f"{self.engine_url}/sleep?level=1")  # weights to CPU memory, KV cache dropped
+        if ENABLE_MEMORY_SNAPSHOT:  # without a snapshot, sleeping would only cost time
+            _post(f"{self.engine_url}/sleep?level=1")  # weights to CPU memory, KV cache dropped
 
     @modal.enter(snap=False)
     def wake(self) -> None:
         """After a restore (or straight after the first start): wake the engine, check it."""
+        if not ENABLE_MEMORY_SNAPSHOT:
+            return
         _post(f"{self.engine_url}/wake_up")
         wait_until_healthy(self.engine_url, self.engine, timeout=5 * MINUTES)
         with urllib.request.urlopen(f"{self.engine_url}/is_sleeping", timeout=10) as response:
