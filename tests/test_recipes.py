@@ -898,3 +898,10 @@ def test_low_latency_smoke_does_not_retry_other_errors(
     with pytest.raises(urllib.error.HTTPError, match="500"):
         recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
     assert [path for path, _ in seen] == ["/health"]
+
+
+def test_recipes_pass_mls_check() -> None:
+    """The recipes are the reference apps: the serving rules of `mls check` find nothing."""
+    paths = [str(recipe_path(name)) for name in RECIPES]
+    result = CliRunner().invoke(cli, ["check", *paths])
+    assert result.exit_code == 0, result.output
