@@ -168,7 +168,8 @@ def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
         warmup_s=warmup, cooldown_s=cooldown, turns=turns, session_header=session_header,
         ignore_eos=ignore_eos, timeout_s=timeout, stall_timeout_s=stall_timeout,
         retries=retries, slo=parse_slos(slos), seed=seed, transport=transport)
-    check_config(config)
+    for level in levels:
+        check_config(level.apply(config))
     return config, levels, workload
 
 
@@ -182,6 +183,11 @@ def check_config(config: BenchConfig) -> None:
         raise UsageError("--burstiness must be > 0 (1 is Poisson; < 1 burstier)")
     if config.duration_s is not None and config.warmup_s + config.cooldown_s >= config.duration_s:
         raise UsageError("--warmup plus --cooldown leave nothing of --duration to measure")
+    unbounded_burst = (config.rate is not None and math.isinf(config.rate)
+                       and config.num_requests is None and config.max_concurrency is None)
+    if unbounded_burst:
+        raise UsageError("--rate inf with only --duration would start requests without limit; "
+                         "add --num-requests or --max-concurrency")
     if config.endpoint not in ("chat", "completions"):
         raise UsageError("--endpoint is chat or completions")
 
@@ -256,7 +262,8 @@ def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, 
         base_url = normalize_base_url(config.base_url)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    check_config(config)
+    for level in levels:
+        check_config(level.apply(config))
     headers = dict(config.headers)
     if config.api_key:
         headers["Authorization"] = f"Bearer {config.api_key}"

@@ -253,8 +253,8 @@ class _Run:
         for _ in range(limit):
             offset = next(times)
             delay = t0_loop + offset - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # sleep(0) when behind schedule: the sends already dispatched must get to run
+            await asyncio.sleep(max(0.0, delay))
             if gate is not None:
                 await gate.acquire()
             index = self.take_slot()
