@@ -67,6 +67,8 @@ RECIPES = {
 ENGINES = {"online": "vllm", "cold-start": "vllm", "low-latency": "sglang",
            "throughput": "vllm"}
 MINUTES = 60
+# Modal's routing regions; the published http_server examples use the first two as proxies.
+PROXY_REGIONS_SEEN = ("us-east", "us-west", "eu-west", "ap-south")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -716,6 +718,10 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     elif region:
         reasons.append(("region", f"pinned to {region}: GPU-hours cost "
                         f"{_region_multiplier(region):g}x there"))
+    if pattern == "low-latency" and region not in PROXY_REGIONS_SEEN:
+        warnings.append(f"PROXY_REGIONS = ['{region}']: http_server proxies are documented for "
+                        f"{', '.join(PROXY_REGIONS_SEEN)}; check that {region} has one, or pin a "
+                        "region with a proxy near your users")
     # the very first start also downloads the weights from the Hub: be generous, but bounded
     startup = min(60 * MINUTES,
                   max(20 * MINUTES, math.ceil(cold_without * 4 / MINUTES) * MINUTES))
