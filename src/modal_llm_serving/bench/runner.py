@@ -35,6 +35,7 @@ from modal_llm_serving.bench.transport import Transport, make_transport
 __all__ = ["BenchConfig", "Progress", "arrival_times", "run_load"]
 
 ARRIVALS = ("constant", "poisson", "gamma")
+UNCAPPED_POOL = 100_000  # "no limit" for an open loop without --max-concurrency
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,13 +291,17 @@ class _Run:
 
     async def run(self) -> dict[str, Any]:
         config = self.config
-        pool = config.concurrency or config.max_concurrency or 256
+        # the pool is sized to the load: one connection per request in flight. An uncapped open
+        # loop gets no cap here either (a pool limit would queue requests inside their TTFT);
+        # it pre-opens a modest number and grows on demand.
+        capped = config.concurrency or config.max_concurrency
+        pool = capped or UNCAPPED_POOL
         monitor = HealthMonitor()
-        async with make_transport(config.transport, pool=max(1, pool), timeout_s=config.timeout_s,
+        async with make_transport(config.transport, pool=pool, timeout_s=config.timeout_s,
                                   stall_timeout_s=config.stall_timeout_s) as transport:
             self.transport = transport
             if config.prewarm and hasattr(transport, "prewarm"):
-                await transport.prewarm(self.url, min(pool, 1024))
+                await transport.prewarm(self.url, min(capped or 64, 1024))
             self.t0_ns = time.perf_counter_ns()
             if config.duration_s is not None:
                 self.deadline_ns = self.t0_ns + int(config.duration_s * 1e9)
