@@ -242,6 +242,9 @@ def test_interrupted_run_keeps_finished_requests(tmp_path: Path) -> None:
     assert process.returncode == 130, err
     records = _records(tmp_path)
     assert len(records) >= 10 and all(r["ok"] or r["error"] == "cancelled" for r in records)
+    report = CliRunner().invoke(cli, ["bench", "report", str(tmp_path)])
+    assert report.exit_code == 0, report.output
+    assert "interrupted; rebuilt" in report.output and (tmp_path / "latency.png").is_file()
 
 
 def test_cold_start_retries_503_until_the_first_token() -> None:

@@ -20,7 +20,7 @@ from typing import IO, Any
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.errors import UsageError
 
-__all__ = ["JsonlSink", "read_records", "read_summary", "write_json"]
+__all__ = ["JsonlSink", "read_records", "read_summary", "rebuild_summary", "write_json"]
 
 
 class JsonlSink:
@@ -81,7 +81,10 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
+    """The saved summary; for an interrupted run (JSONL only), one rebuilt from its records."""
     path = folder / "summary.json"
+    if not path.is_file() and (folder / "requests.jsonl").is_file():
+        return rebuild_summary(folder)
     if not path.is_file():
         raise UsageError(f"{folder} has no summary.json; give a folder written by `mls bench run`")
     try:
@@ -91,6 +94,21 @@ def read_summary(folder: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path} is not a benchmark summary")
     return data
+
+
+def rebuild_summary(folder: Path) -> dict[str, Any]:
+    """Summarize an interrupted run from its JSONL (no window, no SLOs, no harness health) and
+    save it, marked as rebuilt."""
+    from modal_llm_serving.bench.metrics import FORMULAS, Accumulator
+
+    accumulator = Accumulator()
+    for data in read_records(folder / "requests.jsonl"):
+        accumulator.add(RequestRecord.from_dict(data))
+    summary = accumulator.summary()
+    summary.update(label=f"{folder.name} (interrupted; rebuilt from requests.jsonl)",
+                   rebuilt_from_jsonl=True, formulas=FORMULAS, harness={})
+    write_json(folder / "summary.json", summary)
+    return summary
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
