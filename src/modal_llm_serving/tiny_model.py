@@ -1,9 +1,9 @@
 """A tiny random-weight chat model, built on this machine in seconds, for fast structural tests.
 
 It is a real Qwen2 checkpoint (config, safetensors, tokenizer, ChatML chat template) that vLLM
-loads and serves like any other; its answers are noise, and it never ends one early (see below). Head size 32 is the smallest that vLLM's
-CPU attention supports. The BPE tokenizer is trained here on text generated below, so nothing is
-downloaded.
+loads and serves like any other; its answers are noise, but never empty (see below). Head size
+32 is the smallest that vLLM's CPU attention supports. The BPE tokenizer is trained here on text
+generated below, so nothing is downloaded.
 """
 
 from __future__ import annotations
