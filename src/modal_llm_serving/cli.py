@@ -383,7 +383,9 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
 @click.option("--session-header", default="Modal-Session-ID", show_default=True,
               help="Header carrying one id per conversation (sticky routing) when --turns > 1.")
 @click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
-              help="Ask for exactly the output length (vLLM/SGLang ignore_eos + min_tokens).")
+              help="Ask for exactly the output length (vLLM/SGLang ignore_eos).")
+@click.option("--min-tokens", is_flag=True,
+              help="Also send min_tokens = output length (servers without ignore_eos).")
 @click.option("--slo", "slos", multiple=True, metavar="METRIC:MS",
               help="SLO for goodput, e.g. --slo ttft:500 --slo tpot:50 (ttft, tpot, e2el).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
@@ -405,6 +407,7 @@ def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[s
               num_requests: int | None, duration: float | None, warmup: float, cooldown: float,
               input_len: str, output_len: str | None, dataset: Path | None,
               tokenizer: str | None, turns: int, session_header: str, ignore_eos: bool,
+              min_tokens: bool,
               slos: tuple[str, ...], timeout: float, stall_timeout: float, retries: int,
               seed: int, transport: str, out: Path | None, no_report: bool) -> None:
     """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
@@ -423,8 +426,8 @@ def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[s
         max_concurrency=max_concurrency, num_requests=num_requests, duration=duration,
         warmup=warmup, cooldown=cooldown, input_len=input_len, output_len=output_len,
         dataset=dataset, tokenizer=tokenizer, turns=turns, session_header=session_header,
-        ignore_eos=ignore_eos, slos=slos, timeout=timeout, stall_timeout=stall_timeout,
-        retries=retries, seed=seed, transport=transport)
+        ignore_eos=ignore_eos, min_tokens=min_tokens, slos=slos, timeout=timeout,
+        stall_timeout=stall_timeout, retries=retries, seed=seed, transport=transport)
     out = out or Path("results") / f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     def on_level(level: Any, summary: dict[str, Any]) -> None:
         if not json_:

@@ -143,6 +143,7 @@ def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
              input_len: str = "128", output_len: str | None = None,
              dataset: Path | None = None, tokenizer: str | None = None, turns: int = 1,
              session_header: str = "Modal-Session-ID", ignore_eos: bool = True,
+             min_tokens: bool = False,
              slos: tuple[str, ...] | list[str] = (), timeout: float = 600.0,
              stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
              transport: str = "raw") -> tuple[BenchConfig, list[Level], Workload]:
@@ -166,8 +167,9 @@ def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
         max_concurrency=max_concurrency,
         num_requests=num_requests if num_requests or duration else 100, duration_s=duration,
         warmup_s=warmup, cooldown_s=cooldown, turns=turns, session_header=session_header,
-        ignore_eos=ignore_eos, timeout_s=timeout, stall_timeout_s=stall_timeout,
-        retries=retries, slo=parse_slos(slos), seed=seed, transport=transport)
+        ignore_eos=ignore_eos, min_tokens=min_tokens, timeout_s=timeout,
+        stall_timeout_s=stall_timeout, retries=retries, slo=parse_slos(slos), seed=seed,
+        transport=transport)
     for level in levels:
         check_config(level.apply(config))
     return config, levels, workload
