@@ -328,12 +328,30 @@ def test_throughput_report_counts_startup_once_per_worker() -> None:
 # --- the engines' own argument parsers -----------------------------------------------------------
 
 
+def vllm_version_shim() -> None:
+    """For this test only: vLLM's CPU build answers its own version lookup (vllm_launcher's patch).
+
+    The patch must not outlive the test: it also makes `engine_build()` see a CUDA build, and the
+    session server would then be started without `for_local_cpu`.
+    """
+    from modal_llm_serving import vllm_launcher
+
+    importlib.metadata.version = vllm_launcher._version
+
+
+@pytest.fixture(autouse=True)
+def restore_version_lookup() -> Iterator[None]:
+    yield
+    launcher = sys.modules.get("modal_llm_serving.vllm_launcher")
+    if launcher is not None:
+        importlib.metadata.version = launcher._metadata_version
+
+
 @pytest.fixture(scope="module")
 def vllm_parser() -> Any:
+    vllm_version_shim()
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    import modal_llm_serving.vllm_launcher  # noqa: F401  (the version shim, before vLLM)
 
     root = FlexibleArgumentParser(prog="vllm")
     ServeSubcommand().subparser_init(root.add_subparsers(dest="subparser"))
@@ -355,6 +373,7 @@ VLLM_RECIPES = ("vllm_online", "vllm_cold_start", "qwen3_throughput")
 
 def parse_vllm_serve(parser: Any, argv: list[str]) -> argparse.Namespace:
     """`vllm serve ...` as vLLM reads it: parse, validate, then the positional model wins."""
+    vllm_version_shim()
     from vllm.entrypoints.cli.serve import ServeSubcommand
 
     assert argv[:2] == ["vllm", "serve"], argv[:2]
@@ -367,6 +386,7 @@ def parse_vllm_serve(parser: Any, argv: list[str]) -> argparse.Namespace:
 
 @pytest.mark.parametrize("name", VLLM_RECIPES)
 def test_vllm_parser_accepts_recipe_argv(name: str, vllm_parser: Any) -> None:
+    vllm_version_shim()
     from vllm.engine.arg_utils import EngineArgs
 
     recipe = load_recipe(recipe_path(name))
@@ -390,6 +410,7 @@ def test_vllm_parser_accepts_recipe_argv(name: str, vllm_parser: Any) -> None:
 def test_vllm_uses_the_mounted_caches(name: str, spy_load: Callable[[str], Spied],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """vLLM's and the Hub client's own setting resolution land inside the recipe's Volumes."""
+    vllm_version_shim()
     import vllm.envs
 
     spied = spy_load(name)
@@ -408,9 +429,9 @@ def test_vllm_uses_the_mounted_caches(name: str, spy_load: Callable[[str], Spied
 
 
 def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:
-    from modal_llm_serving.local import engine_build
+    from .conftest import installed_vllm_build
 
-    build = engine_build()
+    build = installed_vllm_build()
     assert build is not None, "vLLM is not installed: run `make install`"
     installed = importlib.metadata.version(build).split("+")[0]
     for name in VLLM_RECIPES:
@@ -419,6 +440,7 @@ def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:
 
 def test_throughput_llm_kwargs_equal_what_vllm_serve_would_get(vllm_parser: Any) -> None:
     """`vllm.LLM(**llm_kwargs)` gets exactly the settings the same config gives `vllm serve`."""
+    vllm_version_shim()
     from vllm.engine.arg_utils import EngineArgs
 
     recipe = load_recipe(recipe_path("qwen3_throughput"))
