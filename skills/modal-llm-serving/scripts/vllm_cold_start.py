@@ -120,7 +120,7 @@ PORT = 8000
 # /docs, /metrics and /tokenize stay private. Add a route here only if clients need it.
 #
 # Cost: one extra hop over loopback inside the container. Measured with a real vLLM on a busy
-# 2-core CPU box (benchmarks/forwarder_overhead.py, docs/PERFORMANCE.md) it adds about 2 ms to the
+# 2-core CPU box (benchmarks/forwarder_overhead.py, docs/PERFORMANCE.md) it adds 2-3 ms to the
 # median time to first token, against cold starts that snapshots cut by seconds to minutes.
 # The alternative, Modal's proxy auth (`requires_proxy_auth=True`), only checks who calls; it would
 # still let any authorized caller put the engine to sleep.

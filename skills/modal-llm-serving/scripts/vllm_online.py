@@ -109,7 +109,7 @@ PORT = 8000
 # `POST /invocations` (a SageMaker-style alias that runs a chat completion without the key) and
 # `POST /scale_elastic_ep`. So vLLM listens on loopback, and a minimal forwarder on the public port
 # passes only these (method, path) pairs and answers 404 to everything else without contacting
-# the engine. Add a route here only if clients need it. Cost: one loopback hop, about 2 ms of
+# the engine. Add a route here only if clients need it. Cost: one loopback hop, 2-3 ms of
 # time to first token in our measurement (docs/PERFORMANCE.md).
 
 PUBLIC_ROUTES = (
