@@ -71,6 +71,17 @@ def test_one_stream_measures_the_known_truth(mock: Any, tmp_path: Path) -> None:
                                      for r in records)
 
 
+def test_chunked_streams_keep_tpot_per_token(tmp_path: Path) -> None:
+    """4 tokens per event, 40 ms apart: TPOT is still 10 ms per token (not per event)."""
+    with MOCK.MockProcess(ttft_ms=20, itl_ms=10, chunk=4) as server:
+        summary = _run(server.url, tmp_path, concurrency="1", num_requests=3, input_len="8",
+                       output_len="24")
+    record = _records(tmp_path)[0]
+    assert record["token_events"] == 6 and record["n_out"] == 24
+    assert 9.7 <= summary["mean_tpot_ms"] <= 11.0  # (t_last − t_first) / (24 − 4)
+    assert 38 <= summary["median_itl_ms"] <= 45  # ITL stays a gap between events
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_every_transport_gives_the_same_fates(transport: str, tmp_path: Path) -> None:
     with MOCK.MockProcess(ttft_ms=20, itl_ms=2, faults=("reset=3", "503=4")) as server:
