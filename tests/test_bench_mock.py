@@ -132,6 +132,7 @@ def test_open_loop_reports_latency_from_the_schedule(mock: Any, tmp_path: Path) 
     for key in ("p99_sched_ttft_ms", "p99_dispatch_lag_ms", "mean_sched_e2el_ms"):
         assert summary[key] is not None
     assert summary["mean_sched_ttft_ms"] >= summary["mean_ttft_ms"]
+    assert summary["min_dispatch_lag_ms"] >= 0  # never sent before its scheduled time
     assert all(r["scheduled_ns"] is not None for r in _records(tmp_path))
 
 

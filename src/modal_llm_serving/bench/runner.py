@@ -257,9 +257,7 @@ class _Run:
         t0_loop = loop.time() - (time.perf_counter_ns() - self.t0_ns) / 1e9
         for _ in range(limit):
             offset = next(times)
-            delay = t0_loop + offset - loop.time()
-            # sleep(0) when behind schedule: the sends already dispatched must get to run
-            await asyncio.sleep(max(0.0, delay))
+            await _sleep_until(loop, t0_loop + offset)
             if gate is not None:
                 await gate.acquire()
             index = self.take_slot()
@@ -342,6 +340,21 @@ class _Run:
         summary["endpoint_type"] = "openai-chat" if self.chat else "openai"
         summary["label"] = config.label
         return summary
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Sleep until loop time `when`, never waking early.
+
+    uvloop's timers have millisecond granularity and may fire up to 1 ms early; a request sent
+    before its scheduled time would show a negative dispatch lag. The last millisecond yields
+    with sleep(0) (which also lets already-dispatched sends run when behind schedule).
+    """
+    while True:
+        remaining = when - loop.time()
+        if remaining <= 0:
+            await asyncio.sleep(0)
+            return
+        await asyncio.sleep(remaining if remaining > 0.002 else 0)
 
 
 def _lazy_arrivals(*, rate: float, arrival: str, burstiness: float,
