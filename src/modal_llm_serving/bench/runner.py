@@ -254,10 +254,9 @@ class _Run:
         gate = (asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None)
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        t0_loop = loop.time() - (time.perf_counter_ns() - self.t0_ns) / 1e9
         for _ in range(limit):
             offset = next(times)
-            await _sleep_until(loop, t0_loop + offset)
+            await _sleep_until(self.t0_ns + int(offset * 1e9))
             if gate is not None:
                 await gate.acquire()
             index = self.take_slot()
@@ -342,15 +341,16 @@ class _Run:
         return summary
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    """Sleep until loop time `when`, never waking early.
+async def _sleep_until(when_ns: int) -> None:
+    """Sleep until perf_counter_ns() reaches `when_ns`, never waking early.
 
-    uvloop's timers have millisecond granularity and may fire up to 1 ms early; a request sent
-    before its scheduled time would show a negative dispatch lag. The last millisecond yields
-    with sleep(0) (which also lets already-dispatched sends run when behind schedule).
+    The event loop's clock will not do: uvloop's `loop.time()` is cached per loop iteration at
+    millisecond resolution and its timers may fire up to 1 ms early, so requests went out before
+    their scheduled time. The last 2 ms yield with sleep(0) (which also lets already-dispatched
+    sends run when behind schedule).
     """
     while True:
-        remaining = when - loop.time()
+        remaining = (when_ns - time.perf_counter_ns()) / 1e9
         if remaining <= 0:
             await asyncio.sleep(0)
             return
