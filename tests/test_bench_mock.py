@@ -274,6 +274,17 @@ def test_cold_start_retries_503_until_the_first_token() -> None:
     assert second["seconds_to_first_token"] < first["seconds_to_first_token"]
 
 
+def test_cold_start_clock_can_start_at_a_given_moment() -> None:
+    with MOCK.MockProcess(ttft_ms=5, itl_ms=1) as server:
+        result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
+                                          "--since", str(time.time() - 30), "--json"])
+        future = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
+                                          "--since", str(time.time() + 60)])
+    assert result.exit_code == 0, result.output
+    assert 30 <= json.loads(result.stdout)["trials"][0]["seconds_to_first_token"] < 40
+    assert future.exit_code == 2 and "in the future" in future.output
+
+
 def test_cold_start_gives_up_on_a_non_retryable_answer() -> None:
     with MOCK.MockProcess() as server:
         result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "nope"])

@@ -496,10 +496,13 @@ def bench_report(folder: Path, json_: bool) -> None:
               help="Seconds between trials (let the endpoint scale back to zero).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0,
               show_default=True, help="Seconds a trial may wait for its first token.")
+@click.option("--since", type=float, metavar="UNIX_SECONDS",
+              help="Start the first trial's clock at this past moment (e.g. `date +%s.%N` "
+                   "taken when the deploy returned) [default: now].")
 @expected_errors
 def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
                      endpoint: str, json_: bool, repeat: int, wait: float,
-                     timeout: float) -> None:
+                     timeout: float, since: float | None) -> None:
     """Time from now to the first token at URL, retrying 503s and connection errors."""
     from modal_llm_serving.bench.coldstart import run_cold_start
     from modal_llm_serving.client import normalize_base_url
@@ -513,7 +516,7 @@ def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: 
                                "models before it is up")
     result = run_cold_start(base_url=base_url, model=model, api_key=api_key,
                             headers=parse_headers(headers), endpoint=endpoint, repeat=repeat,
-                            wait_s=wait, timeout_s=timeout,
+                            wait_s=wait, timeout_s=timeout, since_epoch_s=since,
                             on_event=lambda message: click.echo(message, err=True))
     if json_:
         echo_json(result)

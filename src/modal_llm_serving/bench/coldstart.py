@@ -1,5 +1,8 @@
 """Cold-start mode: from a given moment, how long until the first successful token?
 
+The moment is the start of each trial, or for the first trial a past moment you give
+(`--since`: e.g. when `modal deploy` returned, or when the endpoint last served).
+
 For scaled-to-zero endpoints (a Modal http_server answers 503 while it starts a container): each
 trial starts its clock, sends one small streaming request, retries 502/503/504 and connection
 errors (refused, reset, timeout) with a short pause, and stops at the first token-bearing event.
@@ -20,6 +23,7 @@ from modal_llm_serving.bench.metrics import stats
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, send_streaming
 from modal_llm_serving.bench.transport import make_transport
+from modal_llm_serving.errors import UsageError
 
 __all__ = ["ColdStartTrial", "run_cold_start"]
 
@@ -39,9 +43,9 @@ class ColdStartTrial:
 
 
 async def _trial(number: int, *, spec: RequestSpec, timeout_s: float, pause_s: float,
-                 transport_name: str) -> ColdStartTrial:
+                 transport_name: str, since_ns: int | None = None) -> ColdStartTrial:
     outcomes: dict[str, int] = {}
-    start_ns = time.perf_counter_ns()
+    start_ns = time.perf_counter_ns() if since_ns is None else since_ns
     deadline = start_ns + int(timeout_s * 1e9)
     attempts = 0
     last_error = ""
@@ -67,7 +71,7 @@ async def _trial(number: int, *, spec: RequestSpec, timeout_s: float, pause_s: f
 
 
 async def _run(*, spec: RequestSpec, repeat: int, wait_s: float, timeout_s: float,
-               pause_s: float, transport: str,
+               pause_s: float, transport: str, since_ns: int | None,
                on_event: Callable[[str], None]) -> list[ColdStartTrial]:
     trials = []
     for number in range(1, repeat + 1):
@@ -76,7 +80,8 @@ async def _run(*, spec: RequestSpec, repeat: int, wait_s: float, timeout_s: floa
             await asyncio.sleep(wait_s)
         on_event(f"trial {number}/{repeat}: clock started")
         trial = await _trial(number, spec=spec, timeout_s=timeout_s, pause_s=pause_s,
-                             transport_name=transport)
+                             transport_name=transport,
+                             since_ns=since_ns if number == 1 else None)
         trials.append(trial)
         shown = (f"{trial.seconds_to_first_token:.2f} s" if trial.seconds_to_first_token
                  is not None else f"failed ({trial.error})")
@@ -88,8 +93,19 @@ async def _run(*, spec: RequestSpec, repeat: int, wait_s: float, timeout_s: floa
 def run_cold_start(*, base_url: str, model: str, api_key: str | None, headers: dict[str, str],
                    endpoint: str = "chat", repeat: int = 1, wait_s: float = 0.0,
                    timeout_s: float = 600.0, pause_s: float = 0.5, transport: str = "raw",
+                   since_epoch_s: float | None = None,
                    on_event: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Run `repeat` trials; return a summary with each trial and stats of the successful ones."""
+    """Run `repeat` trials; return a summary with each trial and stats of the successful ones.
+
+    `since_epoch_s` (wall-clock seconds, e.g. when a deploy finished or the last request was
+    served) starts the first trial's clock at that past moment instead of now.
+    """
+    since_ns = None
+    if since_epoch_s is not None:
+        ago = time.time() - since_epoch_s  # wall clock only to place the moment, once
+        if ago < 0:
+            raise UsageError("--since is in the future; give a past moment")
+        since_ns = time.perf_counter_ns() - int(ago * 1e9)
     from modal_llm_serving.bench.api import run_event_loop
 
     chat = endpoint == "chat"
@@ -106,11 +122,12 @@ def run_cold_start(*, base_url: str, model: str, api_key: str | None, headers: d
     spec = RequestSpec(url=base_url + path, body=json.dumps(body).encode(), headers=all_headers,
                        chat=chat)
     trials = run_event_loop(_run(spec=spec, repeat=repeat, wait_s=wait_s, timeout_s=timeout_s,
-                                 pause_s=pause_s, transport=transport, on_event=on_event))
+                                 pause_s=pause_s, transport=transport, since_ns=since_ns,
+                                 on_event=on_event))
     seconds = [t.seconds_to_first_token for t in trials if t.seconds_to_first_token is not None]
     return {
         "base_url": base_url, "model": model, "repeat": repeat, "wait_s": wait_s,
-        "timeout_s": timeout_s, "retry_pause_s": pause_s,
+        "timeout_s": timeout_s, "retry_pause_s": pause_s, "since_epoch_s": since_epoch_s,
         "definition": "time to first token = first token-bearing event − trial start, retrying "
                       "502/503/504 and connection errors",
         "trials": [dataclasses.asdict(trial) for trial in trials],
