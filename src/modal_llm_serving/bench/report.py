@@ -98,7 +98,9 @@ def _context_section(summary: dict[str, Any]) -> list[str]:
         f"tokens, output {data.get('output_len', '?')} tokens; tokenizer: "
         f"{data.get('tokenizer_source', '?')}; exact input length for "
         f"{data.get('exact_input_fraction', 1):.0%} of prompts",
-        f"- bounds: {config.get('num_requests')} requests, {config.get('duration_s')} s; "
+        f"- bounds: {config.get('num_requests') or 'no request limit'}"
+        f"{' requests' if config.get('num_requests') else ''}, "
+        f"{str(config.get('duration_s')) + ' s' if config.get('duration_s') else 'no time limit'}; "
         f"warm-up {config.get('warmup_s')} s and cool-down {config.get('cooldown_s')} s excluded;"
         f" ignore_eos={config.get('ignore_eos')}; turns per session {config.get('turns')}",
         "",
@@ -168,6 +170,7 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     made: dict[str, Any] = {}
     for slug, summary, path in levels:
@@ -191,6 +194,7 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
                       color="#dd8452")
             twin.set_ylim(0, 1.02)
             twin.set_ylabel("CDF")
+            axis.xaxis.set_major_locator(MaxNLocator(6))
             axis.set_xlabel(f"{name} (ms)")
             axis.set_ylabel("requests")
             axis.set_title(f"{name} (n={len(values)}) {summary.get('label', '')}")
