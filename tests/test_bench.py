@@ -182,3 +182,33 @@ def test_chunked_decoder_any_split(payload: bytes, data: st.DataObject) -> None:
         out += decoder.feed(wire[start:cut])
         start = cut
     assert out == payload and decoder.done
+
+
+def test_shared_summary_keys_are_the_ones_vllm_bench_serve_writes() -> None:
+    """Where the meaning is the same, the key is vLLM's: checked against its installed source."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")  # finds the package without importing it
+    if spec is None or spec.origin is None:
+        pytest.skip("vLLM is not installed")
+    source = (Path(spec.origin).parent / "benchmarks" / "serve.py").read_text()
+    plain = ("duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
+             "request_throughput", "request_goodput", "output_throughput",
+             "total_token_throughput", "max_concurrency", "request_rate", "burstiness",
+             "num_prompts", "model_id", "endpoint_type", "date")
+    for key in plain:
+        assert f'"{key}"' in source, key
+    # per-metric keys are built as f"mean_{metric}_ms", f"p{p}_{metric}_ms", ...
+    for pattern in ('f"mean_{metric_attribute_name}_ms"', 'f"median_{metric_attribute_name}_ms"',
+                    'f"std_{metric_attribute_name}_ms"', 'f"p{p_word}_{metric_attribute_name}_ms"'):
+        assert pattern in source, pattern
+    accumulator = Accumulator()
+    accumulator.add(_record(0, sent=0, first=5, gaps=[1, 1], n_out=3))
+    summary = accumulator.summary(slo=Slo(ttft_ms=10))
+    expected = {"duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
+                "request_throughput", "request_goodput", "output_throughput",
+                "total_token_throughput"}
+    expected |= {f"{stat}_{metric}_ms" for stat in ("mean", "median", "std", "p99")
+                 for metric in ("ttft", "tpot", "itl", "e2el")}
+    assert expected <= set(summary)
