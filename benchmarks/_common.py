@@ -57,16 +57,19 @@ def load_average() -> str:
 
 def ours(url: str, out: Path, *, model: str, concurrency: int, requests: int, input_len: int,
          output_len: int, dataset: Path | None = None, transport: str = "raw",
-         api_key: str | None = None) -> dict[str, Any]:
+         api_key: str | None = None, prewarm: bool = True) -> dict[str, Any]:
     argv = [str(PYTHON), "-m", "modal_llm_serving.cli", "bench", "run", url, "--model", model,
             "-c", str(concurrency), "-n", str(requests), "--output-len", str(output_len),
             "--out", str(out), "--no-report", "--transport", transport]
     argv += ["--dataset", str(dataset)] if dataset else ["--input-len", str(input_len)]
     if api_key:
         argv += ["--api-key", api_key]
+    if not prewarm:
+        argv.append("--no-prewarm")
     code, wall, rss = run_measured(argv, log=out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text()) if code in (0, 1) else {}
-    return {**_split_by_mock_stamps(out, summary), "tool": f"mls bench ({transport})",
+    name = f"mls bench ({transport}{'' if prewarm else ', no prewarm'})"
+    return {**_split_by_mock_stamps(out, summary), "tool": name,
             "ok": code == 0, "wall_s": wall,
             "peak_rss_mb": rss, "ttft_p50": summary.get("median_ttft_ms"),
             "ttft_mean": summary.get("mean_ttft_ms"), "tpot_mean": summary.get("mean_tpot_ms"),

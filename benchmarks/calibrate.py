@@ -25,7 +25,7 @@ from typing import Any
 from _common import PYTHON, ROOT, guidellm, load_average, ours, vllm_bench
 from mock_server import MockProcess
 
-TOOLS = ("ours", "ours-aiohttp", "ours-httpx", "vllm", "guidellm")
+TOOLS = ("ours", "ours-aiohttp", "ours-httpx", "ours-noprewarm", "vllm", "guidellm")
 
 
 def _tokenizer(folder: Path) -> Path:
@@ -73,9 +73,10 @@ def main() -> None:
                           "input_len": args.input_len, "output_len": n_out}
                 load_before = load_average()
                 if tool.startswith("ours"):
-                    transport = tool.partition("-")[2] or "raw"
+                    variant = tool.partition("-")[2]
+                    transport = variant if variant in ("aiohttp", "httpx") else "raw"
                     row = ours(mock.url, folder, model=str(tokenizer), transport=transport,
-                               **common)
+                               prewarm=variant != "noprewarm", **common)
                 elif tool == "vllm":
                     row = vllm_bench(mock.url, folder, model=str(tokenizer),
                                      tokenizer=tokenizer, **common)

@@ -397,6 +397,9 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompts and arrivals.")
 @click.option("--transport", type=click.Choice(["raw", "aiohttp", "httpx"]), default="raw",
               show_default=True, help="HTTP client (raw measured lowest overhead).")
+@click.option("--prewarm/--no-prewarm", default=True, show_default=True,
+              help="Open the pool's connections before the clock starts (raw transport); "
+                   "--no-prewarm counts first-request handshakes, as vllm bench serve does.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder [default: results/bench-<UTC time>].")
 @click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
@@ -409,7 +412,8 @@ def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[s
               tokenizer: str | None, turns: int, session_header: str, ignore_eos: bool,
               min_tokens: bool,
               slos: tuple[str, ...], timeout: float, stall_timeout: float, retries: int,
-              seed: int, transport: str, out: Path | None, no_report: bool) -> None:
+              seed: int, transport: str, prewarm: bool, out: Path | None,
+              no_report: bool) -> None:
     """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
 
     Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
@@ -427,7 +431,8 @@ def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[s
         warmup=warmup, cooldown=cooldown, input_len=input_len, output_len=output_len,
         dataset=dataset, tokenizer=tokenizer, turns=turns, session_header=session_header,
         ignore_eos=ignore_eos, min_tokens=min_tokens, slos=slos, timeout=timeout,
-        stall_timeout=stall_timeout, retries=retries, seed=seed, transport=transport)
+        stall_timeout=stall_timeout, retries=retries, seed=seed, transport=transport,
+        prewarm=prewarm)
     out = out or Path("results") / f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     def on_level(level: Any, summary: dict[str, Any]) -> None:
         if not json_:

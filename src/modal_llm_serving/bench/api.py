@@ -143,7 +143,7 @@ def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
              input_len: str = "128", output_len: str | None = None,
              dataset: Path | None = None, tokenizer: str | None = None, turns: int = 1,
              session_header: str = "Modal-Session-ID", ignore_eos: bool = True,
-             min_tokens: bool = False,
+             min_tokens: bool = False, prewarm: bool = True,
              slos: tuple[str, ...] | list[str] = (), timeout: float = 600.0,
              stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
              transport: str = "raw") -> tuple[BenchConfig, list[Level], Workload]:
@@ -169,7 +169,7 @@ def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
         warmup_s=warmup, cooldown_s=cooldown, turns=turns, session_header=session_header,
         ignore_eos=ignore_eos, min_tokens=min_tokens, timeout_s=timeout,
         stall_timeout_s=stall_timeout, retries=retries, slo=parse_slos(slos), seed=seed,
-        transport=transport)
+        transport=transport, prewarm=prewarm)
     for level in levels:
         check_config(level.apply(config))
     return config, levels, workload
