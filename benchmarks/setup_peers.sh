@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python3.11 -m venv peers/.venv
-# torch pinned to the CPU build: a bare resolve pulls a multi-GB CUDA wheel guidellm never uses
+# torch pinned to the CPU build: a bare resolve pulls a CUDA torch 2.14 (venv 6 GB instead of
+# 1.5 GB; checked 2026-11-27) that guidellm never uses on this machine
 peers/.venv/bin/pip install --quiet --disable-pip-version-check guidellm==0.8.1 torch==2.13.0
 peers/.venv/bin/guidellm --version
