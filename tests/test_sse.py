@@ -27,8 +27,14 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[SSEEvent]]:
         data_lines = draw(st.lists(_value, min_size=0, max_size=3))
         event_type = draw(st.one_of(st.none(), _value.filter(lambda v: v != "")))
         event_id = draw(st.one_of(st.none(), _value.filter(lambda v: "\0" not in v)))
+        values = []
         for line in data_lines:
-            wire.append(f"data: {line}{end}" if draw(st.booleans()) else f"data:{line}{end}")
+            if draw(st.booleans()):
+                wire.append(f"data: {line}{end}")
+                values.append(line)
+            else:  # no space after the colon: the spec strips one leading space of the value
+                wire.append(f"data:{line}{end}")
+                values.append(line.removeprefix(" "))
         if event_type is not None:
             wire.append(f"event: {event_type}{end}")
         if event_id is not None:
@@ -38,7 +44,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[SSEEvent]]:
             wire.append(f"retry: 1000{end}")
         wire.append(end)  # blank line: dispatch
         if data_lines:
-            expected.append(SSEEvent(data="\n".join(data_lines),
+            expected.append(SSEEvent(data="\n".join(values),
                                      event=event_type or "message", id=last_id))
     return "".join(wire).encode("utf-8"), expected
 
