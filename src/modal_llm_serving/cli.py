@@ -172,7 +172,8 @@ def local_serve(model: str | None, revision: str | None, served_model_name: str 
         click.echo(f"engine: {build} ({kind})", err=True)
     if model is None:
         click.echo("model: embedded SmolLM2-135M-Instruct (converted once, then cached)", err=True)
-    path, pinned, default_name = resolve_model(model, revision)
+    path, pinned, default_name = resolve_model(
+        model, revision, progress=lambda message: click.echo(message, err=True))
     config = EngineConfig(
         model=path, revision=pinned, served_model_name=served_model_name or default_name,
         host=host, port=port or free_port(host), max_model_len=max_model_len,

@@ -67,7 +67,8 @@ def _has_nvidia_gpu() -> bool:
     return Path("/dev/nvidia0").exists()
 
 
-def resolve_model(model: str | None, revision: str | None) -> tuple[str, str | None, str]:
+def resolve_model(model: str | None, revision: str | None, *,
+                  progress: Callable[[str], None] = lambda _: None) -> tuple[str, str | None, str]:
     """(model path or Hub id, revision, served name) for `--model`/`--revision`.
 
     No model: the embedded default, converted on first use. An existing folder: served as is.
@@ -77,7 +78,7 @@ def resolve_model(model: str | None, revision: str | None) -> tuple[str, str | N
         if revision:
             raise UsageError("--revision applies to a Hub model id; the embedded default "
                              "model has none")
-        return str(ensure_default_model()), None, DEFAULT_MODEL_ID
+        return str(ensure_default_model(progress=progress)), None, DEFAULT_MODEL_ID
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

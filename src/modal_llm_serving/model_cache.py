@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,10 +127,12 @@ def ensure_default_model(*, progress: Callable[[str], None] = lambda _: None) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     progress(f"converting {gguf.name} to a safetensors checkpoint in {target} (once, ~1 min)")
     scratch = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_ID}-", dir=target.parent))
+    started = time.monotonic()
     try:
         _convert(gguf, scratch)
         _write_manifest(scratch)
         os.replace(scratch, target)
+        progress(f"converted in {time.monotonic() - started:.0f} s")
     except Exception as exc:
         raise ModelCacheError(f"converting {gguf} failed: {exc}") from exc
     finally:
