@@ -195,6 +195,7 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
             twin.set_ylim(0, 1.02)
             twin.set_ylabel("CDF")
             axis.xaxis.set_major_locator(MaxNLocator(6))
+            axis.ticklabel_format(axis="x", useOffset=False, style="plain")
             axis.set_xlabel(f"{name} (ms)")
             axis.set_ylabel("requests")
             axis.set_title(f"{name} (n={len(values)}) {summary.get('label', '')}")
@@ -208,12 +209,17 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
                    s.get("label", slug)) for slug, s, _p in levels]
         figure, axes = plt.subplots(1, 2, figsize=(11, 4))
         for axis, index, name in ((axes[0], 1, "TTFT p50 (ms)"), (axes[1], 2, "TPOT p50 (ms)")):
-            xs = [point[0] for point in points if point[index] is not None]
-            ys = [point[index] for point in points if point[index] is not None]
+            pairs = [(float(point[0]), float(value)) for point in points
+                     if (value := point[index]) is not None]
+            xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
             axis.plot(xs, ys, marker="o")
             for point in points:
                 if point[index] is not None:
                     axis.annotate(str(point[3]), (point[0], point[index]), fontsize=7)
+            # Both axes from zero: a curve that barely moves should look flat, not dramatic.
+            axis.set_xlim(left=0, right=max(xs, default=1) * 1.1)
+            axis.set_ylim(bottom=0, top=max(ys, default=1) * 1.15)
+            axis.ticklabel_format(useOffset=False, style="plain")
             axis.set_xlabel("output throughput (tok/s)")
             axis.set_ylabel(name)
             axis.grid(alpha=0.3)
