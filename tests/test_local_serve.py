@@ -120,6 +120,8 @@ def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    assert process.stdout is not None
+    process.stdout.close()
 
 
 @pytest.mark.engine

@@ -138,6 +138,7 @@ def test_ready_wait_retries_503_but_not_401() -> None:
                            on_wait=waits.append)
     finally:
         server.shutdown()
+        server.server_close()
     assert seen == [503, 503, 503, 401]
     assert len(waits) == 3 and all("HTTP 503" in message for message in waits)
     failed = report.failed

@@ -22,6 +22,7 @@ import httpx
 from modal_llm_serving.bench.data import (
     LengthSpec,
     Prompt,
+    Tokenizer,
     load_jsonl,
     load_sharegpt,
     make_tokenizer,
@@ -220,6 +221,14 @@ def prepare_prompts(workload: Workload, *, base_url: str, model: str,
     """The prompt pool and a description of it (tokenizer used, exactness) for the summary."""
     tokenizer = make_tokenizer(base_url=base_url, model=model, headers=headers,
                                tokenizer=workload.tokenizer)
+    try:
+        return _prompt_pool(workload, tokenizer, count=count)
+    finally:
+        tokenizer.close()  # the server tokenizer holds a connection pool
+
+
+def _prompt_pool(workload: Workload, tokenizer: Tokenizer, *,
+                 count: int) -> tuple[list[Prompt], dict[str, Any]]:
     info: dict[str, Any] = {"tokenizer_source": tokenizer.source,
                             "dataset": workload.dataset_format}
     size = max(1, min(count, workload.pool))

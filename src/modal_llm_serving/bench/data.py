@@ -111,6 +111,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def close(self) -> None: ...
+
 
 class ServerTokenizer:
     """The server's own `/tokenize` and `/detokenize` (vLLM and SGLang serve both)."""
@@ -171,6 +173,9 @@ class LocalTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._decode(ids)
 
+    def close(self) -> None:
+        """Nothing to release."""
+
 
 class WordTokenizer:
     """No tokenizer at hand: one word is one "token" (approximate for any real model)."""
@@ -182,6 +187,9 @@ class WordTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(_WORDS[i % len(_WORDS)] for i in ids)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _word_id(word: str) -> int:
