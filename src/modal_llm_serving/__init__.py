@@ -7,7 +7,7 @@ by the functions that need them, so `import modal_llm_serving` stays fast.
 from __future__ import annotations
 
 from modal_llm_serving.client import OpenAIClient
-from modal_llm_serving.engines import EngineCommand, EngineConfig, sglang_command, vllm_command
+from modal_llm_serving.engines import CPU_TRANSFORMS, for_local_cpu
 from modal_llm_serving.errors import (
     EndpointError,
     EndpointStatusError,
@@ -22,11 +22,10 @@ from modal_llm_serving.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CPU_TRANSFORMS",
     "EndpointError",
     "EndpointStatusError",
     "EndpointTimeout",
-    "EngineCommand",
-    "EngineConfig",
     "EngineNotInstalled",
     "EngineStartError",
     "MlsError",
@@ -34,6 +33,5 @@ __all__ = [
     "OpenAIClient",
     "UsageError",
     "__version__",
-    "sglang_command",
-    "vllm_command",
+    "for_local_cpu",
 ]

@@ -159,8 +159,6 @@ _PLACEHOLDER = re.compile(r"(?i)^(empty|unused|none|null|fake|test|changeme)$|yo
                           r"placeholder|dummy|not[-_ ]?(used|needed|a[-_ ]?secret)|no[-_ ]?key|"
                           r"xxxx|[<{$]")
 _ENGINE_PACKAGES = ("vllm", "sglang")
-_BLOCK_BEGIN = "# BEGIN engine-command"
-_BLOCK_END = "# END engine-command"
 _WEB_DECORATORS = ("web_server", "http_server", "fastapi_endpoint", "web_endpoint", "asgi_app",
                    "wsgi_app")
 
@@ -181,6 +179,21 @@ class _Module:
     def __init__(self, tree: ast.Module, source: str) -> None:
         self.tree = tree
         self.source = source
+        nodes = list(ast.walk(tree))
+        # Inside a function, a parameter resolves to its default, e.g. `"--host", host` in
+        # engine_command(*, host="127.0.0.1"): `scopes` maps each node in a function to those.
+        self.scopes: dict[int, dict[str, ast.expr]] = {}
+        for function in nodes:
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = function.args
+                positional = args.posonlyargs + args.args
+                pairs = [*zip(positional[len(positional) - len(args.defaults):], args.defaults,
+                              strict=True),
+                         *((a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+                           if d is not None)]
+                scope = {arg.arg: default for arg, default in pairs}
+                for inner in ast.walk(function):  # walked outer first: the innermost wins
+                    self.scopes[id(inner)] = scope
         self.constants: dict[str, Any] = {}
         self.constant_lines: dict[str, int] = {}
         for stmt in tree.body:
@@ -194,17 +207,10 @@ class _Module:
                 if isinstance(target, ast.Name) and value is not None:
                     self.constants[target.id] = self.resolve(value)
                     self.constant_lines[target.id] = stmt.lineno
-        # The engine-command block (a verbatim copy of the toolkit's command builder) defines
-        # flags for every engine; only what the file *uses* counts, so skip its lines.
-        lines = source.splitlines()
-        begin = next((i + 1 for i, t in enumerate(lines) if t.startswith(_BLOCK_BEGIN)), 0)
-        end = next((i + 1 for i, t in enumerate(lines) if t.startswith(_BLOCK_END)), 0)
-        self.block = range(begin, end + 1) if begin and end > begin else range(0)
-        outside = [n for n in ast.walk(tree) if _line(n) not in self.block]
-        self.calls = [n for n in outside if isinstance(n, ast.Call)]
-        self.strings = [n for n in outside
+        self.calls = [n for n in nodes if isinstance(n, ast.Call)]
+        self.strings = [n for n in nodes
                         if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-        self.sequences = [n for n in outside if isinstance(n, ast.List | ast.Tuple)]
+        self.sequences = [n for n in nodes if isinstance(n, ast.List | ast.Tuple)]
         self.decorated = [n for n in ast.walk(tree)
                           if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
 
@@ -215,7 +221,15 @@ class _Module:
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):
+            default = self.scopes.get(id(node), {}).get(node.id)
+            if default is not None and not (isinstance(default, ast.Name)
+                                            and default.id == node.id):
+                return self.resolve(default)
             return self.constants.get(node.id, UNKNOWN)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "str" and len(node.args) == 1):
+            value = self.resolve(node.args[0])
+            return UNKNOWN if value is UNKNOWN else str(value)
         if isinstance(node, ast.JoinedStr):
             parts = []
             for value in node.values:
@@ -298,7 +312,7 @@ class _Checker:
         if isinstance(name, str) and "/" in name and not name.startswith(("/", ".")):
             return name, self.m.constant_lines["MODEL_NAME"]
         for call in self.m.calls_named("snapshot_download", "hf_hub_download", "LLM",
-                                       "EngineConfig", "from_pretrained"):
+                                       "from_pretrained"):
             value = self.m.resolve(_kwarg(call, "model") or _kwarg(call, "repo_id")
                                    or (call.args[0] if call.args else None))
             if isinstance(value, str) and "/" in value and not value.startswith(("/", ".")):
@@ -329,10 +343,8 @@ class _Checker:
             found |= {e for e in _ENGINE_PACKAGES if isinstance(tag, str) and e in tag.lower()}
         for call in self.m.calls:
             name = _dotted(call.func).split(".")[-1]
-            if name == "vllm_command" or name == "LLM":
+            if name == "LLM":
                 found.add("vllm")
-            elif name == "sglang_command":
-                found.add("sglang")
         return found
 
     def package_specs(self) -> Iterator[tuple[str, int]]:
@@ -505,15 +517,14 @@ class _Checker:
         dev = any(self.m.resolve(_kwarg(c, "enable_sleep_mode")) is True for c in self.m.calls)
         dev = dev or any(s.value == "--enable-sleep-mode" for s in self.m.strings)
         for node in ast.walk(self.m.tree):
-            if isinstance(node, ast.Dict) and _line(node) not in self.m.block:
+            if isinstance(node, ast.Dict):
                 mapping = self.m.resolve(node)
                 if str(mapping.get("VLLM_SERVER_DEV_MODE")) in ("1", "True", "true"):
                     dev = True
         if not dev:
             return
-        engine_calls = list(self.m.calls_named("EngineConfig"))
-        hosts = {self.m.resolve(_kwarg(c, "host")) for c in engine_calls}
-        ports = {self.m.resolve(_kwarg(c, "port")) for c in engine_calls}
+        hosts: set[Any] = set()
+        ports: set[Any] = set()
         for flag, value, _ in self._argv_pairs():
             if flag == "--host":
                 hosts.add(value)

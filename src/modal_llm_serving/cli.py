@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -97,12 +98,9 @@ def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, 
     """
     from modal_llm_serving.smoke import run_smoke
 
-    try:
-        report = run_smoke(url, api_key=api_key, model=model, headers=parse_headers(headers),
-                           ready_timeout=ready_timeout,
-                           on_wait=lambda message: click.echo(message, err=True))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    report = run_smoke(url, api_key=api_key, model=model, headers=parse_headers(headers),
+                       ready_timeout=ready_timeout,
+                       on_wait=lambda message: click.echo(message, err=True))
     if json_:
         echo_json(report.to_dict())
     else:
@@ -130,17 +128,30 @@ def local() -> None:
     """Run the engine on this machine, with the same command line a recipe runs on Modal."""
 
 
+def recipe_option(command: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "--recipe", default="vllm_online", show_default=True, metavar="FILE_OR_NAME",
+        help="The app whose engine command to run: a file (e.g. one `mls new` wrote) or a recipe "
+             "name (vllm_online, vllm_cold_start, ...).")(command)
+
+
+def model_options(command: Callable[P, R]) -> Callable[P, R]:
+    for option in reversed([
+        click.option("--model", help="Checkpoint folder or Hub id served in place of the "
+                                     "recipe's [default: embedded SmolLM2-135M-Instruct]."),
+        click.option("--revision", help="Commit hash; required with a Hub id."),
+        click.option("--served-model-name", help="Id clients send [default: the model's name]."),
+        click.option("--host", default="127.0.0.1", show_default=True,
+                     help="Interface to listen on."),
+        click.option("--port", type=click.IntRange(1, 65535), help="Port [default: a free one]."),
+    ]):
+        command = option(command)
+    return command
+
+
 @local.command("serve")
-@click.option("--model",
-              help="Checkpoint folder or Hub id [default: embedded SmolLM2-135M-Instruct].")
-@click.option("--revision", help="Commit hash; required with a Hub id.")
-@click.option("--served-model-name", help="Id clients send [default: the model's name].")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), help="Port [default: a free one].")
-@click.option("--max-model-len", type=click.IntRange(min=16), default=2048, show_default=True,
-              help="Context length (prompt + output tokens).")
-@click.option("--max-num-seqs", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Sequences decoded together.")
+@recipe_option
+@model_options
 @click.option("--kv-cache-gib", type=click.IntRange(min=1), default=1, show_default=True,
               help="KV cache space for the CPU build (VLLM_CPU_KVCACHE_SPACE).")
 @click.option("--api-key", envvar="MLS_API_KEY",
@@ -152,35 +163,24 @@ def local() -> None:
 @click.option("--exit-after-smoke", is_flag=True,
               help="Stop the engine once the smoke test has run; exit with its result.")
 @expected_errors
-def local_serve(model: str | None, revision: str | None, served_model_name: str | None,
-                host: str, port: int | None, max_model_len: int, max_num_seqs: int,
-                kv_cache_gib: int, api_key: str | None, log_file: str | None,
-                ready_timeout: float, exit_after_smoke: bool) -> None:
-    """Serve a model with real vLLM here, wait until it lists the model, smoke-test it.
+def local_serve(recipe: str, model: str | None, revision: str | None,
+                served_model_name: str | None, host: str, port: int | None, kv_cache_gib: int,
+                api_key: str | None, log_file: str | None, ready_timeout: float,
+                exit_after_smoke: bool) -> None:
+    """Serve a recipe's own engine command with real vLLM here, then smoke-test it.
 
-    Then it keeps serving until Ctrl-C (or SIGTERM), which stops the engine and its children.
+    The command comes from the recipe (its engine_command()), with the model, host and port
+    passed as its keyword overrides and, on the CPU build, the documented CPU transforms applied;
+    every difference is printed. Then it waits until the model is listed, runs the smoke test and
+    keeps serving until Ctrl-C (or SIGTERM), which stops the engine and its children.
     """
-    from pathlib import Path
-
-    from modal_llm_serving.engines import EngineConfig, for_local_cpu
-    from modal_llm_serving.local import engine_build, free_port, resolve_model, start_server
+    from modal_llm_serving.local import engine_build, start_server
     from modal_llm_serving.smoke import run_smoke
 
     build = engine_build()
-    if build is not None:
-        kind = "CPU build" if build == "vllm-cpu" else "CUDA build"
-        click.echo(f"engine: {build} ({kind})", err=True)
-    if model is None:
-        click.echo("model: embedded SmolLM2-135M-Instruct (converted once, then cached)", err=True)
-    path, pinned, default_name = resolve_model(
-        model, revision, progress=lambda message: click.echo(message, err=True))
-    config = EngineConfig(
-        model=path, revision=pinned, served_model_name=served_model_name or default_name,
-        host=host, port=port or free_port(host), max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs, api_key=api_key)
-    if build == "vllm-cpu":
-        config = for_local_cpu(config)
-    server = start_server(config, kv_cache_gib=kv_cache_gib,
+    command = _local_command(recipe, model, revision, served_model_name, host, port, build,
+                             show=lambda message: click.echo(message, err=True))
+    server = start_server(command, api_key=api_key, kv_cache_gib=kv_cache_gib,
                           log_path=Path(log_file) if log_file else None)
     _stop_on_sigterm()
     try:
@@ -200,6 +200,69 @@ def local_serve(model: str | None, revision: str | None, served_model_name: str 
         click.echo("\nstopping the engine", err=True)
     finally:
         server.stop()
+
+
+@local.command("command")
+@recipe_option
+@model_options
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Parse the recipe's command with the engine's own parser (installed vLLM or "
+                   "SGLang).")
+@click.option("--json", "json_", is_flag=True, help="Print the commands as JSON.")
+@expected_errors
+def local_command_(recipe: str, model: str | None, revision: str | None,
+                   served_model_name: str | None, host: str, port: int | None, check: bool,
+                   json_: bool) -> None:
+    """Print a recipe's engine command, the one `mls local serve` runs here, and each change.
+
+    With --check (the default) the recipe's command is parsed by the engine's own argument
+    parser, so a flag the pinned engine version does not know fails here, not on a GPU.
+    """
+    from modal_llm_serving.engine_args import parse_command
+    from modal_llm_serving.engines import engine_of
+    from modal_llm_serving.local import engine_build, launcher_argv
+    from modal_llm_serving.recipes import load_recipe, recipe_command, resolve_recipe
+
+    path = resolve_recipe(recipe)
+    recipe_argv = recipe_command(load_recipe(path))
+    if check:
+        parse_command(recipe_argv)
+    if engine_of(recipe_argv) == "sglang":  # nothing runs it here; the parser check is all
+        if json_:
+            echo_json({"recipe": str(path), "recipe_argv": recipe_argv, "checked": check})
+        else:
+            click.echo(f"recipe's command ({path.name}):\n  {shlex.join(recipe_argv)}")
+            click.echo("SGLang has no CPU build: `mls local serve` cannot run it here"
+                       + ("; SGLang's own parser accepts it" if check else ""))
+        return
+    command = _local_command(recipe, model, revision, served_model_name, host, port,
+                             engine_build(), show=None if json_ else click.echo)
+    if json_:
+        echo_json({"recipe": str(path), "recipe_argv": command.recipe_argv,
+                   "argv": launcher_argv(command.argv), "checked": check,
+                   "changes": [dataclasses_asdict(change) for change in command.changes]})
+    elif check:
+        click.echo("vLLM's own parser accepts the recipe's command")
+
+
+def _local_command(recipe: str, model: str | None, revision: str | None,
+                   served_model_name: str | None, host: str, port: int | None,
+                   build: str | None, *, show: Callable[[str], None] | None) -> Any:
+    """Build the command `mls local serve` runs; `show` each step and the result, if given."""
+    from modal_llm_serving.local import launcher_argv, local_command
+    from modal_llm_serving.recipes import resolve_recipe
+
+    say = show or (lambda _message: None)
+    path = resolve_recipe(recipe)
+    command = local_command(path, model=model, revision=revision,
+                            served_model_name=served_model_name, host=host, port=port,
+                            build=build, progress=say)
+    say(f"recipe's command ({path.name}):\n  {shlex.join(command.recipe_argv)}")
+    say(f"runs here:\n  {shlex.join(launcher_argv(command.argv))}")
+    say("differences:" if command.changes else "differences: none")
+    for change in command.changes:
+        say(f"  {change.describe()}")
+    return command
 
 
 def _stop_on_sigterm() -> None:
@@ -280,43 +343,6 @@ def render_doctor(report: Any) -> None:
     failed = sum(check.status == "fail" for check in report.checks)
     warned = sum(check.status == "warn" for check in report.checks)
     click.echo(f"{failed} failed, {warned} warnings" if failed or warned else "all checks ok")
-
-
-# --- mls dev -----------------------------------------------------------------------------------
-
-
-@cli.group()
-def dev() -> None:
-    """Commands for developing this toolkit itself."""
-
-
-@dev.command("sync-recipes")
-@click.option("--check", is_flag=True,
-              help="Change nothing; exit 1 if any recipe's copy differs from engines.py.")
-@click.option("--dir", "folder", type=click.Path(exists=True, file_okay=False),
-              help="Recipes folder [default: the skill's scripts/ in this checkout].")
-@expected_errors
-def dev_sync_recipes(check: bool, folder: str | None) -> None:
-    """Copy the engine-command block of engines.py into every recipe that differs.
-
-    Each recipe carries a verbatim copy (between `# BEGIN engine-command` and
-    `# END engine-command`) so it imports with only `modal` installed.
-    """
-    from pathlib import Path
-
-    from modal_llm_serving.recipes import stale_recipes, sync_recipes
-
-    where = Path(folder) if folder else None
-    if check:
-        if stale := stale_recipes(where):
-            names = ", ".join(path.name for path in stale)
-            raise click.ClickException(f"out of date: {names}; run `mls dev sync-recipes`")
-        click.echo("every recipe's engine block matches engines.py")
-        return
-    changed = sync_recipes(where)
-    for path in changed:
-        click.echo(f"updated {path}")
-    click.echo(f"{len(changed)} recipe(s) updated" if changed else "already in sync")
 
 
 # --- mls bench ---------------------------------------------------------------------------------
@@ -405,16 +431,8 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
               help="Results folder [default: results/bench-<UTC time>].")
 @click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
 @expected_errors
-def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
-              endpoint: str, json_: bool, concurrency: str | None, rate: str | None,
-              arrival: str, burstiness: float, max_concurrency: int | None,
-              num_requests: int | None, duration: float | None, warmup: float, cooldown: float,
-              input_len: str, output_len: str | None, dataset: Path | None,
-              tokenizer: str | None, turns: int, session_header: str, ignore_eos: bool,
-              min_tokens: bool,
-              slos: tuple[str, ...], timeout: float, stall_timeout: float, retries: int,
-              seed: int, transport: str, prewarm: bool, out: Path | None,
-              no_report: bool) -> None:
+def bench_run(url: str, headers: tuple[str, ...], json_: bool, out: Path | None,
+              no_report: bool, **options: Any) -> None:
     """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
 
     Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
@@ -422,26 +440,19 @@ def bench_run(url: str, model: str | None, api_key: str | None, headers: tuple[s
     """
     import datetime as dt
 
-    from modal_llm_serving.bench.api import plan_run, run_benchmark
+    from modal_llm_serving.bench.api import BenchOptions, run_bench
     from modal_llm_serving.bench.report import render_report, summary_lines
 
-    config, levels, workload = plan_run(
-        url=url, model=model, api_key=api_key, headers=parse_headers(headers), endpoint=endpoint,
-        concurrency=concurrency, rate=rate, arrival=arrival, burstiness=burstiness,
-        max_concurrency=max_concurrency, num_requests=num_requests, duration=duration,
-        warmup=warmup, cooldown=cooldown, input_len=input_len, output_len=output_len,
-        dataset=dataset, tokenizer=tokenizer, turns=turns, session_header=session_header,
-        ignore_eos=ignore_eos, min_tokens=min_tokens, slos=slos, timeout=timeout,
-        stall_timeout=stall_timeout, retries=retries, seed=seed, transport=transport,
-        prewarm=prewarm)
+    bench_options = BenchOptions(url=url, headers=parse_headers(headers), **options)
     out = out or Path("results") / f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+
     def on_level(level: Any, summary: dict[str, Any]) -> None:
         if not json_:
             click.echo("\n" + "\n".join(summary_lines(summary)))
 
     try:
-        summaries = run_benchmark(
-            config, levels, workload, out_dir=out, progress=_bench_progress(),
+        summaries = run_bench(
+            bench_options, out_dir=out, progress=_bench_progress(),
             on_info=lambda message: click.echo(message, err=True), on_level=on_level)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished requests are in {out}", err=True)
@@ -513,10 +524,7 @@ def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: 
     from modal_llm_serving.bench.coldstart import run_cold_start
     from modal_llm_serving.client import normalize_base_url
 
-    try:
-        base_url = normalize_base_url(url)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    base_url = normalize_base_url(url)
     if model is None:
         raise click.UsageError("--model is required: a scaled-to-zero endpoint cannot list its "
                                "models before it is up")

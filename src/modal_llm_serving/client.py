@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from modal_llm_serving.errors import EndpointError, EndpointStatusError
+from modal_llm_serving.errors import EndpointError, EndpointStatusError, UsageError
 from modal_llm_serving.sse import SSEParser
 
 __all__ = ["ChatResult", "OpenAIClient", "StreamResult", "normalize_base_url"]
@@ -29,7 +29,7 @@ def normalize_base_url(url: str) -> str:
     """`http://host:8000`, `http://host:8000/` and `.../v1` all mean the server root."""
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{url!r} is not an http(s) URL; write it like http://127.0.0.1:8000")
+        raise UsageError(f"{url!r} is not an http(s) URL; write it like http://127.0.0.1:8000")
     return url.removesuffix("/v1")
 
 

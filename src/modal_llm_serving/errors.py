@@ -7,7 +7,8 @@
     ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
     ├── EngineStartError        the engine exited or never became ready (carries its last log lines)
     ├── ModelCacheError         the embedded model could not be extracted or converted
-    ├── RecipeError             a recipe file is missing, or its engine-command block is malformed
+    ├── RecipeError             a recipe file is missing, or does not build an engine command
+    ├── EngineArgsError         an engine's own parser rejects a command line
     ├── BenchDataError          benchmark prompts could not be read or built
     └── EndpointError           an HTTP endpoint misbehaved
         ├── EndpointTimeout     not ready before the deadline
@@ -21,6 +22,7 @@ __all__ = [
     "EndpointError",
     "EndpointStatusError",
     "EndpointTimeout",
+    "EngineArgsError",
     "EngineNotInstalled",
     "EngineStartError",
     "MlsError",
@@ -70,7 +72,11 @@ class ModelCacheError(MlsError):
 
 
 class RecipeError(MlsError):
-    """Raised when a recipe cannot be found or loaded, or its engine-command copy is malformed."""
+    """Raised when a recipe cannot be found or loaded, or does not build an engine command."""
+
+
+class EngineArgsError(MlsError):
+    """Raised when vLLM's or SGLang's own argument parser rejects a command line."""
 
 
 class BenchDataError(MlsError):

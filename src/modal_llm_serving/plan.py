@@ -33,7 +33,6 @@ from modal_llm_serving.catalog import (
     load_gpu_catalog,
     model_facts,
 )
-from modal_llm_serving.engines import EngineConfig
 from modal_llm_serving.errors import PlanRefused, WorkloadError
 from modal_llm_serving.workload import NARROW_REGIONS, OUT_OF_SCOPE_TASKS, PRECISIONS, Workload
 
@@ -154,41 +153,29 @@ class Plan:
     def prediction(self, name: str) -> Prediction:
         return next(p for p in self.predictions if p.name == name)
 
-    def engine_config(self) -> EngineConfig:
-        """The plan's engine settings in the engine builder's vocabulary."""
-        extra: tuple[str, ...] = ()
-        if self.quantization:
-            extra = ("--quantization", self.quantization)
-        fp8_kv = self.kv_cache_dtype == "fp8"
-        if fp8_kv and self.engine == "sglang":  # SGLang names the fp8 format itself
-            extra += ("--kv-cache-dtype", "fp8_e4m3")
-        return EngineConfig(
-            model=self.workload.model, revision=self.workload.revision,
-            served_model_name=self.workload.served_model_name,
-            max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            tensor_parallel_size=self.n_gpu,
-            kv_cache_dtype="fp8" if fp8_kv and self.engine == "vllm" else None,
-            enable_sleep_mode=self.pattern == "cold-start",
-            extra_args=extra)
+    def kv_cache_flag_value(self) -> str:
+        """The KV cache format in the engine's own word ("fp8" in vLLM, "fp8_e4m3" in SGLang)."""
+        if self.kv_cache_dtype != "fp8":
+            return "auto"
+        return "fp8_e4m3" if self.engine == "sglang" else "fp8"
 
     def recipe_settings(self) -> dict[str, Any]:
-        """Values for the recipe's UPPER_CASE constants (a recipe uses those it defines)."""
-        gpu_string = self.gpu.name
+        """Values for the recipe's UPPER_CASE constants: every one is a setting the recipe
+        defines, in the recipe's (and the engine's) own words."""
         settings: dict[str, Any] = {
             "MODEL_NAME": self.workload.model,
             "MODEL_REVISION": self.workload.revision,
-            "GPU_TYPE": gpu_string,
+            "SERVED_MODEL_NAME": self.workload.served_model_name or self.workload.model,
+            "GPU_TYPE": self.gpu.name,
             "N_GPU": self.n_gpu,
             "REGION": self.region,
             "MAX_MODEL_LEN": self.max_model_len,
             "MAX_NUM_SEQS": self.max_num_seqs,
             "GPU_MEMORY_UTILIZATION": self.gpu_memory_utilization,
+            "KV_CACHE_DTYPE": self.kv_cache_flag_value(),
             "STARTUP_TIMEOUT": self.startup_timeout_s,
-            "GPU_PRICE_PER_HOUR": self.gpu.price_per_hour,
+            "HF_SECRET": "huggingface" if self.workload.model.startswith(GATED_ORGS) else None,
         }
-        if self.workload.model.startswith(GATED_ORGS):
-            settings["HF_SECRET"] = "huggingface"
         if self.pattern != "throughput":  # HTTP autoscaling knobs; a batch job has none
             settings |= {"TARGET_INPUTS": self.target_inputs,
                          "MIN_CONTAINERS": self.min_containers,
@@ -196,18 +183,16 @@ class Plan:
                          "BUFFER_CONTAINERS": self.buffer_containers}
         if self.max_inputs is not None and self.pattern != "throughput":
             settings["MAX_INPUTS"] = self.max_inputs
-        if self.workload.served_model_name:
-            settings["SERVED_MODEL_NAME"] = self.workload.served_model_name
-        if self.kv_cache_dtype == "fp8":
-            settings["KV_CACHE_DTYPE"] = "fp8"
         if self.pattern == "low-latency" and self.region:
             settings["PROXY_REGIONS"] = [self.region]
         if self.pattern == "cold-start":
             settings["KV_CACHE_GIB"] = self.kv_cache_gib
         if self.pattern == "throughput":
-            settings["N_CONTAINERS"] = self.max_containers
-            settings["INPUT_LEN"] = self.workload.input_tokens
-            settings["OUTPUT_LEN"] = self.workload.output_tokens
+            del settings["SERVED_MODEL_NAME"]  # no server, no served name
+            settings |= {"GPU_PRICE_PER_HOUR": self.gpu.price_per_hour,  # for tokens per $
+                         "N_CONTAINERS": self.max_containers,
+                         "INPUT_LEN": self.workload.input_tokens,
+                         "OUTPUT_LEN": self.workload.output_tokens}
         return settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,7 +208,6 @@ class Plan:
             "n_gpu": self.n_gpu,
             "containers_at_peak": self.chosen.containers,
             "cost_per_hour_at_peak": round(self.chosen.cost_per_hour, 4),
-            "engine_config": dataclasses.asdict(self.engine_config()),
             "recipe_settings": self.recipe_settings(),
             "predictions": [p.to_dict() for p in self.predictions],
             "reasons": [{"topic": t, "text": x} for t, x in self.reasons],
@@ -606,9 +590,9 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
             reasons.append(("precision", "fp8 from a 16-bit checkpoint: vLLM quantizes the "
                             "weights at load (--quantization fp8), halving weight memory and "
                             "the bytes read per decode step"))
-            warnings.append("the recipes have no quantization constant: add "
-                            "('--quantization', 'fp8') to extra_args in the app's "
-                            "engine_config(), or serve an fp8 checkpoint (e.g. a -FP8 repo)")
+            warnings.append("the recipes have no quantization setting: serve an fp8 "
+                            "checkpoint (e.g. a -FP8 repo), or add '--quantization', 'fp8' to "
+                            "engine_command() by hand")
         else:
             warnings.append(f"precision {w.precision} differs from the checkpoint's "
                             f"{f.native_precision}: serve a checkpoint stored in "
@@ -644,10 +628,6 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
     if gpu.name == "T4":
         warnings.append("T4 (Turing) has no bf16 and no FlashAttention: vLLM runs it in fp16 "
                         "with slower attention kernels; check your engine version supports it")
-    if s.kv_bytes_per_elem == 1.0:
-        warnings.append("the recipes have no KV cache dtype constant: add kv_cache_dtype='fp8' "
-                        "to the app's engine_config(), or the KV cache holds half the tokens "
-                        "planned here")
     if s.kv_bytes_per_elem == 1.0 and not gpu.fp8:
         warnings.append(f"{gpu.name} has no fp8 tensor cores; fp8 KV cache still halves "
                         "memory but costs conversion time")
@@ -829,8 +809,6 @@ def explain(plan: Plan) -> str:
     out += [f"  - {topic}: {text}" for topic, text in plan.reasons]
     out += ["", "settings (recipe constants):"]
     out += [f"  {name} = {value!r}" for name, value in plan.recipe_settings().items()]
-    if plan.quantization:
-        out.append(f"  engine extra args: --quantization {plan.quantization}")
     batch = c.batch
     out += ["", f"predictions (roofline ceilings/floors on {c.label()}, batch {batch}; real "
             "engines land below ceilings and above floors: benchmark with `mls bench`):"]

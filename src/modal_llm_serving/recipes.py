@@ -1,48 +1,38 @@
-"""The four serving recipes: where they live, how to load one, and their copy of the engine block.
+"""The four serving recipes: where they live, how to load one, and how to ask it for its command.
 
 The recipes live once, in the skill (`skills/modal-llm-serving/scripts/` in a checkout); a wheel
-carries the same folder as package data (`modal_llm_serving/_skill/scripts`). Each recipe must
-import with only `modal` installed, so it carries verbatim copies of the toolkit code it runs:
-the block between the `BEGIN/END engine-command` markers of `engines.py` (every recipe), and the
-`BEGIN/END forwarder` block of `forwarder.py` (the vLLM servers). `engine_block` reads a block,
-`stale_recipes` names the recipes whose copies drifted, and `sync_recipes` rewrites them
-(`mls dev sync-recipes`).
+carries the same folder as package data (`modal_llm_serving/_skill/scripts`). Each recipe builds
+its own engine command in plain Python: the servers define `engine_command(*, model, revision,
+served_model_name, host, port) -> list[str]`, the batch worker `llm_kwargs(*, model, revision) ->
+dict`. The toolkit never writes a command of its own: it loads the recipe with the real Modal SDK
+(module-level code only defines things) and calls those functions.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import re
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from modal_llm_serving import engines, forwarder
 from modal_llm_serving.errors import RecipeError
 
 __all__ = [
-    "BLOCKS",
     "RECIPES",
-    "blocks_in",
-    "engine_block",
+    "SERVER_OVERRIDES",
     "load_recipe",
+    "recipe_command",
+    "recipe_llm_kwargs",
     "recipe_path",
     "recipes_dir",
-    "source_block",
-    "stale_recipes",
-    "sync_recipes",
+    "resolve_recipe",
 ]
 
 RECIPES = ("vllm_online", "vllm_cold_start", "sglang_low_latency", "qwen3_throughput")
-# Copied block name -> the module that is its single source. Every recipe has "engine-command".
-BLOCKS = {"engine-command": engines, "forwarder": forwarder}
-_REQUIRED = "engine-command"
-
-
-def _pattern(name: str) -> re.Pattern[str]:
-    # From the BEGIN marker's line to the end of the END marker's line.
-    begin, end = re.escape(f"# BEGIN {name}"), re.escape(f"# END {name}")
-    return re.compile(rf"^{begin}(?: .*)?\n.*?^{end}[^\n]*\n?", re.M | re.S)
+# What may differ off Modal: the keyword arguments every server recipe's engine_command() takes.
+SERVER_OVERRIDES = ("model", "revision", "served_model_name", "host", "port")
 
 
 def recipes_dir() -> Path:
@@ -64,6 +54,19 @@ def recipe_path(name: str) -> Path:
     return recipes_dir() / f"{stem}.py"
 
 
+def resolve_recipe(value: str) -> Path:
+    """A `--recipe` value: an existing file (any app, e.g. one `mls new` wrote) or a recipe name."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise RecipeError(f"{value} is not a file; give a recipe file or one of "
+                          f"{', '.join(RECIPES)}")
+    if value.removesuffix(".py") in RECIPES:
+        return recipe_path(value)
+    raise RecipeError(f"no recipe file at {value}; give a path or one of {', '.join(RECIPES)}")
+
+
 def load_recipe(path: Path, *, module_name: str | None = None) -> ModuleType:
     """Import the recipe at `path` as a fresh module (its Modal app is defined, nothing runs)."""
     if not path.is_file():
@@ -73,82 +76,50 @@ def load_recipe(path: Path, *, module_name: str | None = None) -> ModuleType:
     if spec is None or spec.loader is None:
         raise RecipeError(f"{path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class body runs
+    # dataclasses and pickling look a module up in sys.modules while it runs
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except Exception as exc:
         sys.modules.pop(name, None)
-        raise
+        raise RecipeError(f"importing {path} failed: {type(exc).__name__}: {exc} "
+                          f"(try `mls check {path}`)") from exc
     return module
 
 
-def engine_block(source: str, *, name: str = _REQUIRED, where: str = "the source") -> str:
-    """The block `name` in `source`, markers included; exactly one must be present."""
-    found = _pattern(name).findall(source)
-    if len(found) != 1:
-        raise RecipeError(f"{where} has {len(found)} '# BEGIN {name}' ... '# END {name}' blocks; "
-                          f"it needs exactly one (copy it from {_source_path(name)})")
-    block: str = found[0]
-    return block if block.endswith("\n") else block + "\n"
+def _function(module: ModuleType, name: str, *, keywords: tuple[str, ...]) -> Any:
+    where = getattr(module, "__file__", module.__name__)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise RecipeError(f"{where} defines no {name}(); a recipe builds its engine command in "
+                          f"{name}({', '.join(keywords)}) (see the skill's scripts/)")
+    accepted = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    if missing := [key for key in keywords if key not in accepted and not takes_any]:
+        raise RecipeError(f"{name}() in {where} takes no {', '.join(missing)} keyword(s); it "
+                          f"needs {', '.join(keywords)} so the command can run off Modal")
+    return function
 
 
-def blocks_in(source: str) -> list[str]:
-    """Names of the copied blocks whose BEGIN marker appears in `source`."""
-    return [name for name in BLOCKS if re.search(rf"^# BEGIN {re.escape(name)}\b", source, re.M)]
+def recipe_command(module: ModuleType, **overrides: Any) -> list[str]:
+    """The recipe's own engine argv, with `overrides` (a subset of SERVER_OVERRIDES) applied."""
+    if unknown := set(overrides) - set(SERVER_OVERRIDES):
+        raise RecipeError(f"unknown engine_command() override(s): {', '.join(sorted(unknown))}")
+    if not hasattr(module, "engine_command") and hasattr(module, "llm_kwargs"):
+        raise RecipeError(f"{module.__file__} is a batch recipe (vLLM's LLM in a worker, no "
+                          "HTTP server): there is no engine command to serve")
+    function = _function(module, "engine_command", keywords=tuple(overrides))
+    argv = function(**overrides)
+    if not (isinstance(argv, list) and argv and all(isinstance(arg, str) for arg in argv)):
+        raise RecipeError(f"engine_command() in {module.__file__} returned {argv!r}, not a "
+                          "non-empty list of strings")
+    return argv
 
 
-def source_block(name: str = _REQUIRED) -> str:
-    """The block as its module defines it: the single source of every copy."""
-    path = _source_path(name)
-    return engine_block(path.read_text(encoding="utf-8"), name=name, where=str(path))
-
-
-def stale_recipes(folder: Path | None = None) -> list[Path]:
-    """Recipes with a copied block that differs from its source, in RECIPES order."""
-    folder = folder or recipes_dir()
-    return [path for path in _recipe_files(folder)
-            if _synced(path.read_text(encoding="utf-8"), where=str(path)) is not None]
-
-
-def sync_recipes(folder: Path | None = None) -> list[Path]:
-    """Rewrite each stale copy with its source's block; return the files changed.
-
-    Every file is checked before any is written, so a malformed one leaves all untouched.
-    """
-    folder = folder or recipes_dir()
-    updates: list[tuple[Path, str]] = []
-    for path in _recipe_files(folder):
-        text = _synced(path.read_text(encoding="utf-8"), where=str(path))
-        if text is not None:
-            updates.append((path, text))
-    for path, text in updates:
-        temporary = path.with_suffix(".py.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(path)  # atomic: a reader never sees half a recipe
-    return [path for path, _ in updates]
-
-
-def _source_path(name: str) -> Path:
-    return Path(str(BLOCKS[name].__file__))
-
-
-def _synced(text: str, *, where: str) -> str | None:
-    """`text` with every copied block replaced by its source, or None if nothing differs."""
-    names = blocks_in(text)
-    if _REQUIRED not in names:
-        engine_block(text, where=where)  # raises: says the block is missing
-    new = text
-    for name in names:
-        want = source_block(name)
-        current = engine_block(new, name=name, where=where)
-        if current != want:
-            new = new.replace(current, want, 1)
-    return None if new == text else new
-
-
-def _recipe_files(folder: Path) -> list[Path]:
-    paths = [folder / f"{name}.py" for name in RECIPES]
-    if missing := [path.name for path in paths if not path.is_file()]:
-        raise RecipeError(f"{folder} lacks {', '.join(missing)}")
-    return paths
+def recipe_llm_kwargs(module: ModuleType, **overrides: Any) -> dict[str, Any]:
+    """The batch recipe's own `vllm.LLM(...)` keyword arguments, with model/revision overrides."""
+    function = _function(module, "llm_kwargs", keywords=tuple(overrides))
+    kwargs = function(**overrides)
+    if not isinstance(kwargs, dict):
+        raise RecipeError(f"llm_kwargs() in {module.__file__} returned {kwargs!r}, not a dict")
+    return kwargs

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.errors import RecipeError, UsageError
 
 __all__ = ["RenderResult", "render_source", "write_app"]
 
@@ -132,7 +132,7 @@ def _verify(old_tree: ast.Module, text: str, settings: dict[str, Any], names: se
     """The edit changed exactly the named constants' values, to the planned values."""
     new_tree = ast.parse(text)
     if len(new_tree.body) != len(old_tree.body):
-        raise AssertionError("the edit changed the recipe's structure")
+        raise RecipeError("the edit changed the recipe's structure (a bug: please report it)")
     env = {"MINUTES": _MINUTES}
     for old, new in zip(old_tree.body, new_tree.body, strict=True):
         name = None
@@ -146,10 +146,12 @@ def _verify(old_tree: ast.Module, text: str, settings: dict[str, Any], names: se
             want = settings[name]
             if (list(got) if isinstance(got, tuple) else got) != (
                     list(want) if isinstance(want, tuple) else want):
-                raise AssertionError(f"{name} rendered as {got!r}, planned {want!r}")
+                raise RecipeError(f"{name} rendered as {got!r}, planned {want!r} (a bug: "
+                                  "please report it)")
             continue
         if ast.dump(old) != ast.dump(new):
-            raise AssertionError(f"the edit changed more than constants at line {new.lineno}")
+            raise RecipeError(f"the edit changed more than constants at line {new.lineno} (a bug: "
+                              "please report it)")
 
 
 def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
@@ -226,7 +228,3 @@ def _recipe_can_carry(plan: Any) -> None:
             f"{native} and the recipes have no quantization setting: point --model at a "
             f"checkpoint stored in {plan.precision} (e.g. a -FP8 or AWQ repo), or drop "
             "--precision")
-    if plan.kv_cache_dtype == "fp8":
-        raise UsageError("this plan sizes an fp8 KV cache, which the recipes do not set: drop "
-                         "kv_cache_dtype for `mls new` (or add it to engine_config() by hand "
-                         "after writing the app)")

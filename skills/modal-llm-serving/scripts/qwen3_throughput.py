@@ -14,6 +14,7 @@
 # timed separately. Input, output and total tokens per second, and the cost per million tokens
 # from the GPU's hourly price.
 
+import dataclasses
 import os
 import random
 import time
@@ -83,6 +84,7 @@ MAX_MODEL_LEN = 4096
 MAX_NUM_SEQS = 512
 MAX_NUM_BATCHED_TOKENS = 16384
 GPU_MEMORY_UTILIZATION = 0.92
+KV_CACHE_DTYPE = "auto"  # "fp8" halves the KV cache: more sequences per step
 
 # ## The workload
 
@@ -103,153 +105,21 @@ WARMUP_PROMPTS = 16  # run once per worker after start-up, excluded from the num
 STARTUP_TIMEOUT = 20 * MINUTES
 TIMEOUT = 30 * MINUTES
 
-# ## Build the engine settings
-
-# The block below is generated from `src/modal_llm_serving/engines.py` (the toolkit's single source
-# of engine settings) so that this file imports with only `modal` installed; a test fails if it
-# drifts. The same `EngineConfig` that builds `vllm serve` flags for the server recipes becomes the
-# keyword arguments of `vllm.LLM` here (`llm_kwargs`).
-
-# BEGIN engine-command (generated copy in each recipe; edit here, then `mls dev sync-recipes`)
-import dataclasses
+# The engine's settings, as `vllm.LLM(...)` keyword arguments (the same names as `vllm serve`'s
+# flags, with underscores). The keywords let it run elsewhere (the test suite runs it on a CPU).
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    """What to serve and how; `None` leaves the engine's own default in place."""
-
-    model: str  # a Hub id (pin `revision`) or a local checkpoint folder
-    revision: str | None = None  # a commit hash for Hub ids
-    served_model_name: str | None = None  # the id clients send; default: `model`
-    host: str = "0.0.0.0"
-    port: int = 8000
-    max_model_len: int | None = None  # context length: prompt + output tokens
-    max_num_seqs: int | None = None  # sequences decoded together (SGLang: max running requests)
-    max_num_batched_tokens: int | None = None  # tokens per scheduler step (vLLM only)
-    gpu_memory_utilization: float | None = None  # share of GPU memory (SGLang: static fraction)
-    tensor_parallel_size: int = 1
-    dtype: str | None = None  # "auto", "bfloat16", "float16", ...
-    kv_cache_dtype: str | None = None  # e.g. "fp8" on Hopper
-    enforce_eager: bool = False  # skip CUDA graphs / torch.compile (fast start, slower decode)
-    enable_prefix_caching: bool | None = None
-    enable_sleep_mode: bool = False  # vLLM only: /sleep and /wake_up (needs VLLM_SERVER_DEV_MODE=1)
-    api_key: str | None = None  # required on /v1; vLLM gets it via env, never on the command line
-    speculative_algorithm: str | None = None  # SGLang only: "EAGLE3", "NEXTN", ...
-    speculative_draft_model: str | None = None
-    speculative_num_steps: int | None = None
-    speculative_eagle_topk: int | None = None
-    speculative_num_draft_tokens: int | None = None
-    extra_args: tuple[str, ...] = ()  # appended verbatim, last, so they win
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineCommand:
-    """An engine's argv plus the environment variables it needs."""
-
-    argv: list[str]
-    env: dict[str, str]
-
-
-def _flag(argv: list[str], name: str, value: object) -> None:
-    if value is not None:
-        argv += [name, str(value)]
-
-
-def vllm_command(config: EngineConfig) -> EngineCommand:
-    """The `vllm serve` command for `config`; the API key travels in `VLLM_API_KEY`."""
-    if config.speculative_algorithm or config.speculative_draft_model:
-        raise ValueError("speculative_* settings are built for SGLang only; pass vLLM's "
-                         "--speculative-config through extra_args")
-    argv = ["vllm", "serve", config.model]
-    _flag(argv, "--revision", config.revision)
-    _flag(argv, "--served-model-name", config.served_model_name)
-    _flag(argv, "--host", config.host)
-    _flag(argv, "--port", config.port)
-    _flag(argv, "--max-model-len", config.max_model_len)
-    _flag(argv, "--max-num-seqs", config.max_num_seqs)
-    _flag(argv, "--max-num-batched-tokens", config.max_num_batched_tokens)
-    _flag(argv, "--gpu-memory-utilization", config.gpu_memory_utilization)
-    if config.tensor_parallel_size != 1:
-        _flag(argv, "--tensor-parallel-size", config.tensor_parallel_size)
-    _flag(argv, "--dtype", config.dtype)
-    _flag(argv, "--kv-cache-dtype", config.kv_cache_dtype)
-    if config.enforce_eager:
-        argv.append("--enforce-eager")
-    if config.enable_prefix_caching is not None:
-        argv.append("--enable-prefix-caching" if config.enable_prefix_caching
-                    else "--no-enable-prefix-caching")
-    env: dict[str, str] = {}
-    if config.enable_sleep_mode:
-        argv.append("--enable-sleep-mode")
-        env["VLLM_SERVER_DEV_MODE"] = "1"  # sleep/wake endpoints exist only in dev mode
-    if config.api_key:
-        env["VLLM_API_KEY"] = config.api_key  # argv is visible to every process; env is not
-    argv += config.extra_args
-    return EngineCommand(argv=argv, env=env)
-
-
-def sglang_command(config: EngineConfig) -> EngineCommand:
-    """The `python -m sglang.launch_server` command for `config`."""
-    if config.enable_sleep_mode or config.max_num_batched_tokens or config.kv_cache_dtype:
-        raise ValueError("enable_sleep_mode, max_num_batched_tokens and kv_cache_dtype are "
-                         "vLLM settings; pass SGLang's own flags through extra_args")
-    argv = ["python", "-m", "sglang.launch_server", "--model-path", config.model]
-    _flag(argv, "--revision", config.revision)
-    _flag(argv, "--served-model-name", config.served_model_name)
-    _flag(argv, "--host", config.host)
-    _flag(argv, "--port", config.port)
-    _flag(argv, "--context-length", config.max_model_len)
-    _flag(argv, "--max-running-requests", config.max_num_seqs)
-    _flag(argv, "--mem-fraction-static", config.gpu_memory_utilization)
-    if config.tensor_parallel_size != 1:
-        _flag(argv, "--tp-size", config.tensor_parallel_size)
-    _flag(argv, "--dtype", config.dtype)
-    if config.enforce_eager:
-        argv.append("--disable-cuda-graph")
-    if config.enable_prefix_caching is False:
-        argv.append("--disable-radix-cache")
-    _flag(argv, "--speculative-algorithm", config.speculative_algorithm)
-    _flag(argv, "--speculative-draft-model-path", config.speculative_draft_model)
-    _flag(argv, "--speculative-num-steps", config.speculative_num_steps)
-    _flag(argv, "--speculative-eagle-topk", config.speculative_eagle_topk)
-    _flag(argv, "--speculative-num-draft-tokens", config.speculative_num_draft_tokens)
-    _flag(argv, "--api-key", config.api_key)  # SGLang reads no env var for it
-    argv += config.extra_args
-    return EngineCommand(argv=argv, env={})
-# END engine-command
-
-
-def engine_config() -> EngineConfig:
-    """This recipe's vLLM settings."""
-    return EngineConfig(
-        model=MODEL_NAME,
-        revision=MODEL_REVISION,
-        max_model_len=MAX_MODEL_LEN,
-        max_num_seqs=MAX_NUM_SEQS,
-        max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
-        gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
-        tensor_parallel_size=N_GPU,
-    )
-
-
-def llm_kwargs(config: EngineConfig) -> dict:
-    """`vllm.LLM(**llm_kwargs(config))`: the same settings `vllm serve` would get as flags."""
-    if config.api_key or config.enable_sleep_mode or config.speculative_algorithm:
-        raise ValueError("api_key, enable_sleep_mode and speculative_* have no meaning offline")
-    kwargs = {
-        "model": config.model,
-        "revision": config.revision,
-        "max_model_len": config.max_model_len,
-        "max_num_seqs": config.max_num_seqs,
-        "max_num_batched_tokens": config.max_num_batched_tokens,
-        "gpu_memory_utilization": config.gpu_memory_utilization,
-        "tensor_parallel_size": config.tensor_parallel_size,
-        "dtype": config.dtype,
-        "kv_cache_dtype": config.kv_cache_dtype,
-        "enforce_eager": config.enforce_eager or None,
-        "enable_prefix_caching": config.enable_prefix_caching,
+def llm_kwargs(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVISION) -> dict:
+    return {
+        "model": model,
+        "revision": revision,
+        "max_model_len": MAX_MODEL_LEN,
+        "max_num_seqs": MAX_NUM_SEQS,
+        "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
+        "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
+        "kv_cache_dtype": KV_CACHE_DTYPE,
+        "tensor_parallel_size": N_GPU,
     }
-    return {key: value for key, value in kwargs.items() if value is not None}
 
 
 # ## Generate and count
@@ -350,7 +220,7 @@ class Worker:
         from vllm import LLM
 
         start = time.perf_counter()
-        self.llm = LLM(**llm_kwargs(engine_config()))
+        self.llm = LLM(**llm_kwargs())
         self.init_seconds = time.perf_counter() - start  # reported, never mixed into the rates
         vocab_size = self.llm.get_tokenizer().vocab_size
         warmup = make_prompts(WARMUP_PROMPTS, input_len=INPUT_LEN, vocab_size=vocab_size, seed=-1)

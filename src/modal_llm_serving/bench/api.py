@@ -34,9 +34,9 @@ from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_
 from modal_llm_serving.client import normalize_base_url
 from modal_llm_serving.errors import UsageError
 
-__all__ = ["Level", "Workload", "check_config", "parse_levels", "parse_slos", "plan_run",
-           "prepare_prompts", "resolve_model",
-           "run_benchmark", "run_event_loop"]
+__all__ = ["BenchOptions", "Level", "Workload", "check_config", "parse_levels", "parse_slos",
+           "plan_run", "prepare_prompts", "resolve_model", "run_bench", "run_benchmark",
+           "run_event_loop"]
 
 MAX_LEVELS = 64
 # Distinct prompts per run; longer runs cycle through them. 1000 apart, a repeat is far outside
@@ -135,42 +135,66 @@ def parse_slos(values: tuple[str, ...] | list[str]) -> Slo | None:
     return Slo(ttft_ms=limits.get("ttft"), tpot_ms=limits.get("tpot"), e2el_ms=limits.get("e2el"))
 
 
-def plan_run(*, url: str, model: str | None = None, api_key: str | None = None,
-             headers: dict[str, str] | None = None, endpoint: str = "chat",
-             concurrency: str | None = None, rate: str | None = None,
-             arrival: str = "poisson", burstiness: float = 1.0,
-             max_concurrency: int | None = None, num_requests: int | None = None,
-             duration: float | None = None, warmup: float = 0.0, cooldown: float = 0.0,
-             input_len: str = "128", output_len: str | None = None,
-             dataset: Path | None = None, tokenizer: str | None = None, turns: int = 1,
-             session_header: str = "Modal-Session-ID", ignore_eos: bool = True,
-             min_tokens: bool = False, prewarm: bool = True,
-             slos: tuple[str, ...] | list[str] = (), timeout: float = 600.0,
-             stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
-             transport: str = "raw") -> tuple[BenchConfig, list[Level], Workload]:
-    """The CLI's options (plain values, as `mls bench run` and the in-region app take them)
-    checked and turned into a config, the load levels and the workload."""
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """Everything `mls bench run` takes, as plain values (the CLI's options, the in-region
+    app's arguments); `plan_run` checks them and turns them into what the runner needs."""
+
+    url: str
+    model: str | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    endpoint: str = "chat"
+    concurrency: str | None = None  # "1,8,32": closed loop, a sweep
+    rate: str | None = None  # "2,4,inf": open loop, a sweep
+    arrival: str = "poisson"
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    num_requests: int | None = None
+    duration: float | None = None
+    warmup: float = 0.0
+    cooldown: float = 0.0
+    input_len: str = "128"
+    output_len: str | None = None
+    dataset: Path | None = None
+    tokenizer: str | None = None
+    turns: int = 1
+    session_header: str = "Modal-Session-ID"
+    ignore_eos: bool = True
+    min_tokens: bool = False
+    prewarm: bool = True
+    slos: tuple[str, ...] = ()
+    timeout: float = 600.0
+    stall_timeout: float = 120.0
+    retries: int = 0
+    seed: int = 0
+    transport: str = "raw"
+
+
+def plan_run(options: BenchOptions) -> tuple[BenchConfig, list[Level], Workload]:
+    """The options checked and turned into a config, the load levels and the workload."""
     from modal_llm_serving.bench.data import parse_length
 
-    levels = parse_levels(concurrency=concurrency, rate=rate)
-    if dataset is not None and not dataset.is_file():
-        raise UsageError(f"--dataset {dataset} does not exist")
+    o = options
+    levels = parse_levels(concurrency=o.concurrency, rate=o.rate)
+    if o.dataset is not None and not o.dataset.is_file():
+        raise UsageError(f"--dataset {o.dataset} does not exist")
     workload = Workload(
-        input_len=parse_length(input_len, option="--input-len"),
-        output_len=parse_length(output_len, option="--output-len") if output_len else None,
-        dataset=dataset,
-        dataset_format=("synthetic" if dataset is None else
-                        "jsonl" if dataset.suffix == ".jsonl" else "sharegpt"),
-        tokenizer=tokenizer, pool=min(num_requests or PROMPT_POOL, PROMPT_POOL), seed=seed)
+        input_len=parse_length(o.input_len, option="--input-len"),
+        output_len=parse_length(o.output_len, option="--output-len") if o.output_len else None,
+        dataset=o.dataset,
+        dataset_format=("synthetic" if o.dataset is None else
+                        "jsonl" if o.dataset.suffix == ".jsonl" else "sharegpt"),
+        tokenizer=o.tokenizer, pool=min(o.num_requests or PROMPT_POOL, PROMPT_POOL), seed=o.seed)
     config = BenchConfig(
-        base_url=url, model=model or "", endpoint=endpoint, api_key=api_key,
-        headers=tuple((headers or {}).items()), arrival=arrival, burstiness=burstiness,
-        max_concurrency=max_concurrency,
-        num_requests=num_requests if num_requests or duration else 100, duration_s=duration,
-        warmup_s=warmup, cooldown_s=cooldown, turns=turns, session_header=session_header,
-        ignore_eos=ignore_eos, min_tokens=min_tokens, timeout_s=timeout,
-        stall_timeout_s=stall_timeout, retries=retries, slo=parse_slos(slos), seed=seed,
-        transport=transport, prewarm=prewarm)
+        base_url=o.url, model=o.model or "", endpoint=o.endpoint, api_key=o.api_key,
+        headers=tuple(o.headers.items()), arrival=o.arrival, burstiness=o.burstiness,
+        max_concurrency=o.max_concurrency,
+        num_requests=o.num_requests if o.num_requests or o.duration else 100,
+        duration_s=o.duration, warmup_s=o.warmup, cooldown_s=o.cooldown, turns=o.turns,
+        session_header=o.session_header, ignore_eos=o.ignore_eos, min_tokens=o.min_tokens,
+        timeout_s=o.timeout, stall_timeout_s=o.stall_timeout, retries=o.retries,
+        slo=parse_slos(o.slos), seed=o.seed, transport=o.transport, prewarm=o.prewarm)
     for level in levels:
         check_config(level.apply(config))
     return config, levels, workload
@@ -255,6 +279,16 @@ def _prompt_pool(workload: Workload, tokenizer: Tokenizer, *,
     return prompts, info
 
 
+def run_bench(options: BenchOptions, *, out_dir: Path,
+              progress: Callable[[Level, Progress], None] | None = None,
+              on_level: Callable[[Level, dict[str, Any]], None] | None = None,
+              on_info: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """`mls bench run` as one call: check the options, then run every level and save it."""
+    config, levels, workload = plan_run(options)
+    return run_benchmark(config, levels, workload, out_dir=out_dir, progress=progress,
+                         on_level=on_level, on_info=on_info)
+
+
 def run_event_loop(coroutine: Any) -> Any:
     """asyncio.run on uvloop when it is installed (it ships with vLLM): less client overhead."""
     try:
@@ -269,10 +303,7 @@ def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, 
                   on_level: Callable[[Level, dict[str, Any]], None] | None = None,
                   on_info: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run every level (each to its bounds) and save results; return the level summaries."""
-    try:
-        base_url = normalize_base_url(config.base_url)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    base_url = normalize_base_url(config.base_url)
     for level in levels:
         check_config(level.apply(config))
     headers = dict(config.headers)

@@ -60,11 +60,10 @@ def run_in_region(options: dict[str, Any]) -> dict[str, Any]:
 
 def run_here(options: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
     """The function's body, runnable anywhere (tests call it locally against the mock)."""
-    from modal_llm_serving.bench.api import plan_run, run_benchmark
+    from modal_llm_serving.bench.api import BenchOptions, run_bench
     from modal_llm_serving.bench.report import render_report
 
-    config, levels, workload = plan_run(**options)
-    summaries = run_benchmark(config, levels, workload, out_dir=out_dir)
+    summaries = run_bench(BenchOptions(**options), out_dir=out_dir)
     render_report(out_dir)
     files = {str(path.relative_to(out_dir)): path.read_bytes()
              for path in sorted(out_dir.rglob("*")) if path.is_file()}

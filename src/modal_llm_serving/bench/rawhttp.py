@@ -21,7 +21,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator
 
-from modal_llm_serving.bench.transport import TransportError
+from modal_llm_serving.bench.http_types import TransportError
 
 __all__ = ["RawTransport"]
 

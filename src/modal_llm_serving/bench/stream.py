@@ -14,8 +14,8 @@ import json
 import time
 from typing import Any
 
+from modal_llm_serving.bench.http_types import Transport, TransportError
 from modal_llm_serving.bench.records import RequestRecord
-from modal_llm_serving.bench.transport import Transport, TransportError
 from modal_llm_serving.sse import SSEParser
 
 __all__ = ["RequestSpec", "RetryPolicy", "is_token_event", "send_streaming"]

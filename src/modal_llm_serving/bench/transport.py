@@ -14,36 +14,13 @@ import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Protocol
+
+from modal_llm_serving.bench.http_types import Response, Transport, TransportError
+from modal_llm_serving.bench.rawhttp import RawTransport
+from modal_llm_serving.errors import UsageError
 
 __all__ = ["TRANSPORTS", "AiohttpTransport", "HttpxTransport", "Response", "Transport",
            "TransportError", "make_transport"]
-
-
-class TransportError(Exception):
-    """A request failed below HTTP; `kind` is the record's error kind."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
-
-class Response(Protocol):
-    status: int
-
-    def chunks(self) -> AsyncIterator[tuple[int, bytes]]: ...
-
-    async def read_body(self, limit: int) -> bytes: ...
-
-
-class Transport(Protocol):
-    async def __aenter__(self) -> Transport: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
-
-    def post(self, url: str, body: bytes,
-             headers: dict[str, str]) -> contextlib.AbstractAsyncContextManager[Response]: ...
 
 
 class _AiohttpResponse:
@@ -183,11 +160,9 @@ TRANSPORTS = ("raw", "aiohttp", "httpx")
 def make_transport(name: str, *, pool: int, timeout_s: float,
                    stall_timeout_s: float) -> Transport:
     if name == "raw":
-        from modal_llm_serving.bench.rawhttp import RawTransport
-
         return RawTransport(pool=pool, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
     if name == "aiohttp":
         return AiohttpTransport(pool=pool, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
     if name == "httpx":
         return HttpxTransport(pool=pool, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s)
-    raise ValueError(f"unknown transport {name!r}; choose one of {', '.join(TRANSPORTS)}")
+    raise UsageError(f"unknown transport {name!r}; choose one of {', '.join(TRANSPORTS)}")

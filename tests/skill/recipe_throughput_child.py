@@ -5,8 +5,8 @@
 A file of its own, run in a subprocess, because vLLM's engine core is a spawned child that
 re-imports the main module: it must be an importable file with a `__main__` guard, and the
 version shim must be imported first so the child gets it too. The recipe's own functions do the
-work (`llm_kwargs`, `make_prompts`, `run_batch`, `summarize`); only the model, the CPU swap and
-the workload size differ from what runs on Modal.
+work (`llm_kwargs`, `make_prompts`, `run_batch`, `summarize`); only the model, the CPU
+transforms and the workload size differ from what runs on Modal.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import modal_llm_serving.vllm_launcher  # noqa: F401  (must come before vLLM)
 def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> None:
     from vllm import LLM
 
-    from modal_llm_serving.engines import for_local_cpu
-    from modal_llm_serving.recipes import load_recipe, recipe_path
+    from modal_llm_serving.engines import llm_kwargs_for_local_cpu
+    from modal_llm_serving.recipes import load_recipe, recipe_llm_kwargs, recipe_path
 
     recipe = load_recipe(recipe_path("qwen3_throughput"))
-    config = for_local_cpu(dataclasses.replace(recipe.engine_config(), model=model_dir,
-                                               revision=None))
+    kwargs = llm_kwargs_for_local_cpu(recipe_llm_kwargs(recipe, model=model_dir, revision=None))
     start = time.perf_counter()
-    llm = LLM(**recipe.llm_kwargs(config))
+    llm = LLM(**kwargs)
     init_seconds = time.perf_counter() - start
     vocab = llm.get_tokenizer().vocab_size
     warmup = recipe.make_prompts(4, input_len=input_len, vocab_size=vocab, seed=-1)

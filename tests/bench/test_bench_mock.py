@@ -22,10 +22,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from modal_llm_serving.bench.api import plan_run, run_benchmark
+from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
 from modal_llm_serving.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mock_module() -> ModuleType:
@@ -47,7 +47,7 @@ def mock() -> Iterator[Any]:
 
 
 def _run(url: str, out: Path, **options: Any) -> dict[str, Any]:
-    config, levels, workload = plan_run(url=url, **options)
+    config, levels, workload = plan_run(BenchOptions(url=url, **options))
     summaries = run_benchmark(config, levels, workload, out_dir=out)
     return summaries[0]
 

@@ -1,8 +1,10 @@
-"""`mls new`: from each README workload to an app that passes `mls check` and the recipe tests.
+"""`mls new`: from a workload to an app that passes `mls check` and every recipe verifier.
 
-The four workloads are read from the README itself, so the documented flow is the tested one.
-The written files then go through the recipe verification of `test_recipes.py` (imported with the
-real Modal SDK under spies, engine argv through vLLM's and SGLang's own parsers).
+The four README workloads (read from the README itself, so the documented flow is the tested one)
+and more workloads of our own go plan -> new -> check through the CLI; each written file then
+passes the verifiers the skill's recipes pass (`tests/verify.py`: the Modal SDK given its settings,
+its own engine command through the engine's own parser, and `mls local serve --recipe` running
+exactly the CPU transform of it).
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ from modal_llm_serving.errors import UsageError
 from modal_llm_serving.recipes import load_recipe, recipe_path
 from modal_llm_serving.render import render_source, write_app
 
-from . import test_recipes as recipe_tests
-from .test_recipes import Spied, sglang_parser, spy_load, vllm_parser  # noqa: F401 (fixtures)
+from .verify import (
+    Spied,
+    spy_modal,
+    verify_engine_command,
+    verify_local_command,
+    verify_modal_settings,
+)
+
+__all__ = ["spy_modal"]  # a fixture, used by name
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GOALS = {"online": "vllm_online", "cold-start": "vllm_cold_start",
@@ -38,6 +47,29 @@ def readme_workloads() -> dict[str, str]:
     return dict(blocks)
 
 
+# Workloads of our own, beyond the README's: gated model, several GPUs, fp8 KV cache, a pinned
+# region, an alias, a small context, an offline job on another model.
+REV = "0123456789abcdef0123456789abcdef01234567"  # any commit hash: nothing is downloaded
+OURS = {
+    "gated-llama-online": {"model": "meta-llama/Llama-3.1-8B-Instruct", "concurrency": 48,
+                           "served_model_name": "llama"},
+    "big-tp-online": {"model": "Qwen/Qwen3-32B", "concurrency": 16, "kv_cache_dtype": "fp8"},
+    "cold-start-region": {"model": "Qwen/Qwen3-0.6B", "goal": "cold-start", "region": "eu-west",
+                          "context_length": 2048},
+    "low-latency-fp8-kv": {"model": "Qwen/Qwen3-8B", "goal": "low-latency", "region": "us-west",
+                           "kv_cache_dtype": "fp8", "concurrency": 4},
+    "offline-mistral": {"model": "mistralai/Mistral-7B-Instruct-v0.3", "offline": True,
+                        "input_tokens": 512, "output_tokens": 256},
+}
+
+
+def toml(fields: dict[str, Any]) -> str:
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in
+                   {"revision": REV, **fields}.items())
+
+
+
+
 def test_the_readme_has_one_workload_per_goal() -> None:
     assert set(readme_workloads()) == set(GOALS)
 
@@ -48,12 +80,14 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("apps")
     runner = CliRunner()
     apps = {}
-    for goal, body in readme_workloads().items():
+    ours = {goal: toml(fields) for goal, fields in OURS.items()}
+    for goal, body in {**readme_workloads(), **ours}.items():
         workload = folder / f"{goal}.toml"
         workload.write_text(body)
         plan = runner.invoke(cli, ["plan", str(workload), "--json"])
         assert plan.exit_code == 0, plan.output
-        assert json.loads(plan.output)["pattern"] == goal
+        if goal in GOALS:
+            assert json.loads(plan.output)["pattern"] == goal
         output = folder / f"my_{goal.replace('-', '_')}.py"
         new = runner.invoke(cli, ["new", str(workload), "-o", str(output)])
         assert new.exit_code == 0, new.output
@@ -64,9 +98,21 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return apps
 
 
-@pytest.mark.parametrize("goal", sorted(GOALS))
+ALL = sorted([*GOALS, *OURS])
+
+
+def recipe_of(written: Path) -> Path:
+    """The skill recipe a written app came from (`mls new` keeps the recipe's structure)."""
+    text = written.read_text()
+    for name in GOALS.values():
+        if recipe_path(name).read_text().splitlines()[:2] == text.splitlines()[:2]:
+            return recipe_path(name)
+    raise AssertionError(f"{written} matches no recipe")
+
+
+@pytest.mark.parametrize("goal", ALL)
 def test_only_settings_constants_change(goal: str, written: dict[str, Path]) -> None:
-    recipe = recipe_path(GOALS[goal]).read_text()
+    recipe = recipe_of(written[goal]).read_text()
     app = written[goal].read_text()
     old, new = ast.parse(recipe), ast.parse(app)
     changed = []
@@ -83,58 +129,42 @@ def test_only_settings_constants_change(goal: str, written: dict[str, Path]) -> 
     assert all(re.match(r"^[A-Z][A-Z0-9_]* = ", new_lines[n]) for n in differing)
 
 
-@pytest.mark.parametrize("goal", sorted(GOALS))
-def test_written_app_carries_the_plan(goal: str, written: dict[str, Path]) -> None:
+@pytest.mark.parametrize("goal", ALL)
+def test_written_app_carries_every_planned_setting(goal: str, written: dict[str, Path]) -> None:
+    """One vocabulary: every setting the plan emits is a constant of the recipe, and lands."""
     result = CliRunner().invoke(cli, ["plan", str(written[goal].with_name(f"{goal}.toml")),
                                       "--json"])
     settings = json.loads(result.output)["recipe_settings"]
     module = load_recipe(written[goal], module_name=f"mls_new_{goal.replace('-', '_')}")
+    missing = [name for name in settings if not hasattr(module, name)]
+    assert missing == [], f"the plan emits settings the recipe does not define: {missing}"
     for name, value in settings.items():
-        if hasattr(module, name):
-            assert getattr(module, name) == value, name
+        assert getattr(module, name) == value, name
 
 
-@pytest.fixture
-def as_recipe(monkeypatch: pytest.MonkeyPatch, written: dict[str, Path]) -> Callable[[str], None]:
-    """Point the recipe tests' `recipe_path` at the written app for `goal`."""
-
-    def point(goal: str) -> None:
-        monkeypatch.setattr(recipe_tests, "recipe_path", lambda _name: written[goal])
-
-    return point
-
-
-def test_online_app_passes_the_recipe_verification(
-        as_recipe: Callable[[str], None], spy_load: Callable[[str], Spied],  # noqa: F811
-        vllm_parser: Any) -> None:  # noqa: F811
-    as_recipe("online")
-    recipe_tests.test_online_recipe_modal_settings(spy_load)
-    recipe_tests.test_vllm_parser_accepts_recipe_argv("vllm_online", vllm_parser)
+@pytest.mark.parametrize("goal", ALL)
+def test_written_app_passes_the_recipe_verifiers(goal: str, written: dict[str, Path],
+                                                 spy_modal: Callable[[Path], Spied],
+                                                 tiny_model_path: Path) -> None:
+    pattern = verify_modal_settings(spy_modal(written[goal]))
+    if goal in GOALS:
+        assert pattern == goal
+    module = load_recipe(written[goal], module_name=f"verify_{goal.replace('-', '_')}")
+    verify_engine_command(module)
+    if pattern in ("online", "cold-start"):
+        verify_local_command(written[goal], tiny_model_path)
 
 
-def test_cold_start_app_passes_the_recipe_verification(
-        as_recipe: Callable[[str], None], spy_load: Callable[[str], Spied],  # noqa: F811
-        vllm_parser: Any) -> None:  # noqa: F811
-    as_recipe("cold-start")
-    recipe_tests.test_cold_start_recipe_modal_settings(spy_load)
-    recipe_tests.test_vllm_parser_accepts_recipe_argv("vllm_cold_start", vllm_parser)
-
-
-def test_low_latency_app_passes_the_recipe_verification(
-        as_recipe: Callable[[str], None], spy_load: Callable[[str], Spied],  # noqa: F811
-        sglang_parser: Any) -> None:  # noqa: F811
-    as_recipe("low-latency")
-    recipe_tests.test_low_latency_recipe_modal_settings(spy_load)
-    recipe_tests.test_sglang_parser_accepts_recipe_argv(sglang_parser)
-
-
-def test_throughput_app_passes_the_recipe_verification(
-        as_recipe: Callable[[str], None], spy_load: Callable[[str], Spied],  # noqa: F811
-        vllm_parser: Any) -> None:  # noqa: F811
-    as_recipe("throughput")
-    recipe_tests.test_throughput_recipe_modal_settings(spy_load)
-    recipe_tests.test_vllm_parser_accepts_recipe_argv("qwen3_throughput", vllm_parser)
-    recipe_tests.test_throughput_llm_kwargs_equal_what_vllm_serve_would_get(vllm_parser)
+def test_a_written_app_serves_locally_through_the_cli(written: dict[str, Path],
+                                                      tiny_model_path: Path) -> None:
+    """`mls local command --recipe` on an `mls new` output: parsed, transformed, shown."""
+    result = CliRunner().invoke(cli, ["local", "command", "--recipe",
+                                      str(written["gated-llama-online"]),
+                                      "--model", str(tiny_model_path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["recipe_argv"][2] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert data["recipe_argv"][data["recipe_argv"].index("--served-model-name") + 1] == "llama"
 
 
 # --- the syntax-tree edit itself ------------------------------------------------------------
@@ -193,49 +223,8 @@ def test_cli_new_refuses_a_local_folder(tiny_model_path: Path, tmp_path: Path) -
     assert not (tmp_path / "app.py").exists()
 
 
-@pytest.mark.parametrize("extra", [
-    {}, {"precision": "fp8", "kv_cache_dtype": "fp8"}, {"goal": "cold-start"},
-    {"concurrency": 200, "tpot_ms": 30}])
-def test_plan_engine_config_parses_with_vllms_own_parser(
-        extra: dict[str, Any], vllm_parser: Any) -> None:  # noqa: F811
-    from modal_llm_serving.engines import vllm_command
-    from modal_llm_serving.plan import make_plan
-    from modal_llm_serving.workload import workload_from_mapping
-
-    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
-                                            **extra}))
-    config = plan.engine_config()
-    args = recipe_tests.parse_vllm_serve(vllm_parser, vllm_command(config).argv)
-    assert args.max_model_len == plan.max_model_len
-    assert args.max_num_seqs == plan.max_num_seqs
-    assert args.tensor_parallel_size == plan.n_gpu
-    assert args.gpu_memory_utilization == plan.gpu_memory_utilization
-    if extra.get("precision") == "fp8":
-        assert args.quantization == "fp8" and args.kv_cache_dtype == "fp8"
-    assert args.enable_sleep_mode == (plan.pattern == "cold-start")
-
-
-@pytest.mark.parametrize("extra", [{}, {"precision": "fp8", "kv_cache_dtype": "fp8"}])
-def test_low_latency_engine_config_parses_with_sglangs_own_parser(
-        extra: dict[str, Any], sglang_parser: Any) -> None:  # noqa: F811
-    from modal_llm_serving.engines import sglang_command
-    from modal_llm_serving.plan import make_plan
-    from modal_llm_serving.workload import workload_from_mapping
-
-    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
-                                            "goal": "low-latency", **extra}))
-    argv = recipe_tests.sglang_argv(sglang_command(plan.engine_config()).argv)
-    args = recipe_tests.parse_strictly(sglang_parser, argv)
-    assert args.tp_size == plan.n_gpu and args.context_length == plan.max_model_len
-    assert args.max_running_requests == plan.max_num_seqs
-    assert args.mem_fraction_static == plan.gpu_memory_utilization
-    if extra:
-        assert args.kv_cache_dtype == "fp8_e4m3" and args.quantization == "fp8"
-
-
 @pytest.mark.parametrize(("extra", "words"), [
     (["--precision", "fp8"], "no quantization setting"),
-    (["--set", "kv_cache_dtype=fp8"], "fp8 KV cache"),
 ])
 def test_cli_new_refuses_plans_the_recipes_cannot_carry(
         extra: list[str], words: str, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modal_llm_serving.bench.api import parse_levels, parse_slos, plan_run
+from modal_llm_serving.bench.api import BenchOptions, parse_levels, parse_slos, plan_run
 from modal_llm_serving.bench.data import WordTokenizer, parse_length, synthetic_prompts
 from modal_llm_serving.bench.metrics import Accumulator, Slo, percentile, stats
 from modal_llm_serving.bench.rawhttp import _ChunkedDecoder
@@ -138,7 +138,7 @@ def test_bad_slos_and_cross_option_checks() -> None:
     with pytest.raises(UsageError, match="METRIC:MS"):
         parse_slos(["latency:5"])
     with pytest.raises(UsageError, match="nothing of --duration"):
-        plan_run(url="http://x", duration=10, warmup=6, cooldown=5)
+        plan_run(BenchOptions(url="http://x", duration=10, warmup=6, cooldown=5))
     assert parse_slos(["ttft:500", "tpot:50"]) == Slo(ttft_ms=500, tpot_ms=50)
 
 

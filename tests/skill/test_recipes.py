@@ -1,0 +1,621 @@
+"""The skill's four recipes, verified without a Modal account.
+
+Each recipe compiles, imports with only `modal` installed, gives the Modal SDK exactly its settings
+(`verify.verify_modal_settings`), and builds an engine command the engine's own parser accepts with
+every setting in place (`verify.verify_engine_command`). `mls local serve --recipe` runs exactly
+the documented CPU transform of that command (`verify.verify_local_command`); the online recipe's
+command is the session server (`conftest.tiny_server`), the cold-start one is served in
+`tests/test_local.py`. The forwarders pass /v1 (streaming too) to that real server and block the
+rest; the smoke clients pass against it; the throughput code runs on vLLM's `LLM`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import os
+import py_compile
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from modal_llm_serving.cli import cli
+from modal_llm_serving.engine_args import parse_sglang
+from modal_llm_serving.local import LocalServer, engine_build, free_port, launcher_argv
+from modal_llm_serving.recipes import RECIPES, load_recipe, recipe_path
+from modal_llm_serving.smoke import run_smoke
+
+from ..conftest import TINY_API_KEY, tiny_local_command
+from ..verify import (
+    Spied,
+    spy_modal,
+    verify_engine_command,
+    verify_local_command,
+    verify_modal_settings,
+)
+
+__all__ = ["spy_modal"]  # a fixture, used by name
+
+HERE = Path(__file__).resolve().parent
+VLLM_RECIPES = ("vllm_online", "vllm_cold_start", "qwen3_throughput")
+SERVERS = ("vllm_online", "vllm_cold_start")
+FORWARDING = ("vllm_online", "vllm_cold_start")
+PATTERNS = {"vllm_online": "online", "vllm_cold_start": "cold-start",
+            "sglang_low_latency": "low-latency", "qwen3_throughput": "throughput"}
+
+
+# --- every recipe: compiles, imports alone, gives Modal its settings, sizes ----------------------
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_compiles(name: str, tmp_path: Path) -> None:
+    py_compile.compile(str(recipe_path(name)), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+def test_every_recipe_imports_with_only_modal_installed() -> None:
+    """A fresh interpreter where the toolkit, the engines and the ML libraries cannot import."""
+    blocked = ["modal_llm_serving", "vllm", "sglang", "torch", "transformers", "openai",
+               "huggingface_hub", "numpy", "requests", "httpx"]
+    script = textwrap.dedent(f"""
+        import importlib.abc, importlib.util, sys
+        BLOCKED = {blocked!r}
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"{{name}} is not installed in the skill-only environment")
+        sys.meta_path.insert(0, Block())
+        for index, path in enumerate(sys.argv[1:]):
+            spec = importlib.util.spec_from_file_location(f"recipe{{index}}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            print("imported", path, module.app.name)
+    """)
+    paths = [str(recipe_path(name)) for name in RECIPES]
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True,
+                          timeout=120, cwd="/", env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("imported ") == len(RECIPES)
+
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_gives_modal_its_settings(name: str, spy_modal: Callable[[Path], Spied]) -> None:
+    assert verify_modal_settings(spy_modal(recipe_path(name))) == PATTERNS[name]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_is_plain_and_within_its_size(name: str) -> None:
+    """Nothing generated or copied from the toolkit; ≤ 300 lines, the online one ≤ 250."""
+    source = recipe_path(name).read_text()
+    assert "# BEGIN" not in source and "modal_llm_serving" not in source
+    assert len(source.splitlines()) <= (250 if name == "vllm_online" else 300)
+
+
+# --- the engine command, through the engine's own parser ---------------------------------------
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_engine_parser_accepts_the_recipe_command(name: str) -> None:
+    verify_engine_command(load_recipe(recipe_path(name)))
+
+
+def test_vllm_recipes_pin_the_version_the_parser_checked() -> None:
+    build = engine_build()
+    assert build is not None, "vLLM is not installed: run `make install`"
+    installed = importlib.metadata.version(build).split("+")[0]
+    for name in VLLM_RECIPES:
+        assert installed == load_recipe(recipe_path(name)).VLLM_VERSION, name
+
+
+def test_sglang_recipe_pins_the_version_the_parser_checked() -> None:
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    assert importlib.metadata.version("sglang") == recipe.SGLANG_VERSION
+
+
+def test_sglang_speculative_decoding_command_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.setattr(recipe, "SPECULATIVE_ALGORITHM", "EAGLE3")
+    monkeypatch.setattr(recipe, "SPECULATIVE_DRAFT_MODEL", "Tengyunw/qwen3_8b_eagle3")
+    monkeypatch.setattr(recipe, "SPECULATIVE_DRAFT_REVISION", "0" * 40)
+    args = parse_sglang(recipe.engine_command(api_key="k", admin_api_key="a"))
+    assert args.speculative_algorithm == "EAGLE3"
+    assert args.speculative_draft_model_revision == "0" * 40
+    assert (args.speculative_num_steps, args.speculative_num_draft_tokens) == (
+        recipe.SPECULATIVE_NUM_STEPS, recipe.SPECULATIVE_NUM_DRAFT_TOKENS)
+
+
+def test_sglang_looks_for_deepgemm_kernels_inside_the_volume(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SGLang's own setting resolution puts the DeepGEMM cache under the mounted Volume."""
+    from sglang.srt.environ import envs
+
+    r = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.delenv("SGLANG_DG_CACHE_DIR", raising=False)
+    monkeypatch.setenv("SGLANG_CACHE_DIR", r.SGLANG_CACHE_PATH)
+    assert Path(r.SGLANG_CACHE_PATH) in Path(envs.SGLANG_DG_CACHE_DIR.get()).parents
+    # the precompile command is valid for this SGLang, for the served model and TP size
+    argv = r.deep_gemm_compile_argv()
+    assert argv[:3] == ["python", "-m", "sglang.compile_deep_gemm"]
+    args = parse_sglang(["python", "-m", "sglang.launch_server", *argv[3:]])
+    assert (args.model_path, args.revision, args.tp_size) == (r.MODEL_NAME, r.MODEL_REVISION,
+                                                              r.N_GPU)
+
+
+@pytest.mark.parametrize("name", VLLM_RECIPES)
+def test_vllm_uses_the_mounted_caches(name: str, spy_modal: Callable[[Path], Spied],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's and the Hub client's own setting resolution land inside the recipe's Volumes."""
+    import vllm.envs
+
+    spied = spy_modal(recipe_path(name))
+    r = spied.recipe
+    env = spied.image_env()
+    assert env["VLLM_CACHE_ROOT"] == r.VLLM_CACHE_PATH and env["HF_HOME"] == r.HF_CACHE_PATH
+    monkeypatch.setenv("VLLM_CACHE_ROOT", env["VLLM_CACHE_ROOT"])
+    assert vllm.envs.VLLM_CACHE_ROOT == r.VLLM_CACHE_PATH  # torch_compile_cache lives under it
+    # the Hub client reads HF_HOME once, at import: ask a fresh interpreter
+    hub_cache = subprocess.run(
+        [sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
+        capture_output=True, text=True, check=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+             "HF_HOME": env["HF_HOME"]}).stdout.strip()
+    assert Path(r.HF_CACHE_PATH) in Path(hub_cache).parents, hub_cache
+
+
+
+# --- the command `mls local serve --recipe` runs -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_local_command_is_the_documented_cpu_transform(name: str, tiny_model_path: Path) -> None:
+    verify_local_command(recipe_path(name), tiny_model_path)
+
+
+@pytest.mark.engine
+def test_the_session_server_runs_the_online_recipe_command(tiny_server: LocalServer,
+                                                           tiny_model_path: Path) -> None:
+    command = tiny_local_command(tiny_model_path)
+    port = tiny_server.base_url.rsplit(":", 1)[1]
+    ran = tiny_server.process.args
+    assert isinstance(ran, list)
+    expected = launcher_argv(command.argv)
+    expected[expected.index("--port") + 1] = port  # each command gets its own free port
+    assert ran == expected
+
+
+# --- the online recipe as deployed: forwarder in front of real vLLM -----------------------------
+
+
+@pytest.fixture(scope="module")
+def fronts(tiny_server: LocalServer) -> dict[str, str]:
+    """Each forwarding recipe's own forwarder on a public port, the real engine behind it."""
+    urls = {}
+    for name in FORWARDING:
+        port = free_port()
+        load_recipe(recipe_path(name)).start_forwarder(tiny_server.base_url, host="127.0.0.1",
+                                                       port=port)
+        urls[name] = f"http://127.0.0.1:{port}"  # a daemon thread: it ends with the tests
+    return urls
+
+
+@pytest.mark.engine
+def test_online_recipe_server_passes_the_smoke_test(tiny_server: LocalServer,
+                                                    fronts: dict[str, str]) -> None:
+    front = fronts["vllm_online"]
+    for url in (tiny_server.base_url, front):  # the engine alone, and as deployed
+        report = run_smoke(url, api_key=TINY_API_KEY, model="tiny")
+        assert report.ok, [(s.name, s.status, s.detail) for s in report.steps]
+    result = CliRunner().invoke(cli, ["smoke", front, "--api-key", TINY_API_KEY, "--json"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", FORWARDING)
+def test_recipe_own_smoke_client_passes_through_its_forwarder(
+        name: str, fronts: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = load_recipe(recipe_path(name))
+    recipe.run_smoke(fronts[name], api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
+    out = capsys.readouterr().out
+    assert "smoke test passed" in out
+    if name == "vllm_cold_start":
+        assert "dev endpoints: hidden (404)" in out
+
+
+@pytest.mark.engine
+def test_forwarder_closes_what_the_api_key_leaves_open(tiny_server: LocalServer,
+                                                       fronts: dict[str, str]) -> None:
+    """vLLM answers /invocations (a chat completion) with no key at all; the forwarder 404s it."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(f"{tiny_server.base_url}/v1/chat/completions", json=body).status_code == 401
+    direct = httpx.post(f"{tiny_server.base_url}/invocations", json=body, timeout=60)
+    assert direct.status_code == 200 and direct.json()["usage"]["completion_tokens"] > 0
+    for front in fronts.values():
+        assert httpx.post(f"{front}/invocations", json=body).status_code == 404
+        assert httpx.post(f"{front}/scale_elastic_ep", json={}).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def forwarder(fronts: dict[str, str]) -> str:
+    return fronts["vllm_cold_start"]
+
+
+@pytest.mark.engine
+def test_forwarder_passes_v1_and_streams(forwarder: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{forwarder}/v1", api_key=TINY_API_KEY, max_retries=0)
+    assert [model.id for model in client.models.list()] == ["tiny"]
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=24,
+        stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True})  # random weights may pick EOS early
+    arrivals, usage = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+        usage = chunk.usage or usage
+    assert usage is not None and usage.completion_tokens == 24
+    assert len(arrivals) > 1  # chunks arrived one by one, not as one buffered body
+    completion = client.completions.create(model="tiny", prompt="a b c", max_tokens=4,
+                                           extra_body={"ignore_eos": True})
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+    assert httpx.get(f"{forwarder}/health").status_code == 200
+
+
+@pytest.mark.engine
+def test_forwarder_keeps_the_api_key_requirement(forwarder: str) -> None:
+    answer = httpx.post(f"{forwarder}/v1/chat/completions",
+                        json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]})
+    assert answer.status_code == 401
+
+
+@pytest.mark.engine
+def test_forwarder_hides_what_the_engine_would_answer(forwarder: str,
+                                                      tiny_server: LocalServer) -> None:
+    """Paths the real engine serves (200 there) are 404 through the forwarder."""
+    auth = {"Authorization": f"Bearer {TINY_API_KEY}"}
+    for method, path, body in (("GET", "/metrics", None), ("GET", "/version", None),
+                               ("POST", "/tokenize", {"model": "tiny", "prompt": "a"}),
+                               ("GET", "/openapi.json", None)):
+        direct = httpx.request(method, f"{tiny_server.base_url}{path}", json=body, headers=auth)
+        assert direct.status_code == 200, (path, direct.status_code)
+        through = httpx.request(method, f"{forwarder}{path}", json=body, headers=auth)
+        assert through.status_code == 404, (path, through.status_code)
+
+
+@pytest.mark.parametrize("name", FORWARDING)
+def test_forwarder_never_forwards_dev_endpoints(name: str) -> None:
+    """A recording upstream proves the blocked requests never reach the engine at all."""
+    recipe = load_recipe(recipe_path(name))
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.raw_path}")
+        return web.json_response({"ok": True})
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{path:.*}", record)
+
+    upstream_port = free_port()
+    ready = threading.Event()
+
+    def run_upstream() -> None:
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(upstream)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", upstream_port).start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run_upstream, daemon=True).start()
+    assert ready.wait(10)
+    port = free_port()
+    recipe.start_forwarder(f"http://127.0.0.1:{upstream_port}", host="127.0.0.1", port=port)
+    base = f"http://127.0.0.1:{port}"
+    blocked = [("POST", "/sleep?level=1"), ("POST", "/wake_up"), ("GET", "/is_sleeping"),
+               ("POST", "/collective_rpc"), ("POST", "/reset_prefix_cache"),
+               ("GET", "/server_info"), ("POST", "/pause"), ("GET", "/docs"),
+               ("POST", "/v1/load_lora_adapter"), ("GET", "/v1/chat/completions"),
+               ("POST", "/v1/../sleep"), ("POST", "/v1/models/../../wake_up"),
+               ("POST", "/%73leep"), ("POST", "//sleep"), ("POST", "/v1/chat/completions/")]
+    with httpx.Client() as client:
+        for method, path in blocked:
+            request = client.build_request(method, base)
+            request.url = httpx.URL(base + path) if ".." not in path else request.url.copy_with(
+                raw_path=path.encode())
+            answer = client.send(request)
+            assert answer.status_code == 404, (method, path, answer.status_code)
+        assert seen == [], f"blocked requests reached the engine: {seen}"
+        allowed = client.post(f"{base}/v1/chat/completions?x=1", json={"a": 1},
+                              headers={"Authorization": "Bearer k"})
+    assert allowed.status_code == 200
+    assert seen == ["POST /v1/chat/completions?x=1"]
+
+
+
+
+@pytest.mark.parametrize("name", FORWARDING)
+def test_forwarder_answers_502_when_the_engine_is_down_and_refuses_a_taken_port(
+        name: str) -> None:
+    recipe = load_recipe(recipe_path(name))
+    port = free_port()
+    recipe.start_forwarder(f"http://127.0.0.1:{free_port()}", host="127.0.0.1", port=port)
+    answer = httpx.get(f"http://127.0.0.1:{port}/health")
+    assert answer.status_code == 502 and "engine down" in answer.text
+    with pytest.raises(OSError):  # the port is taken now: it fails where it starts
+        recipe.start_forwarder("http://127.0.0.1:9", host="127.0.0.1", port=port)
+
+
+# --- the low-latency recipe: its smoke client, its locked admin endpoints ----------------------
+
+
+@pytest.mark.engine
+def test_low_latency_recipe_smoke_passes_against_a_real_server(
+        tiny_server: LocalServer, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    recipe.run_smoke(tiny_server.base_url, api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
+    assert "smoke test passed" in capsys.readouterr().out
+
+
+@pytest.fixture
+def scaling_up_server() -> Iterator[tuple[str, list[tuple[str, str | None]], list[int]]]:
+    """Fault injection: /health answers the statuses in `script` first, then 200; the /v1 routes
+    answer like a tiny OpenAI server. Records (path, Modal-Session-ID) of every request."""
+
+    from aiohttp import web
+
+    seen: list[tuple[str, str | None]] = []
+    script: list[int] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.headers.get("Modal-Session-ID")))
+        if request.path == "/health":
+            return web.Response(status=script.pop(0) if script else 200)
+        if request.path == "/v1/models":
+            return web.json_response({"data": [{"id": "m"}]})
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response({"choices": [{"message": {"content": "Paris."}}],
+                                      "usage": {"completion_tokens": 2}})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in ("Par", "is."):
+            chunk = {"choices": [{"delta": {"content": piece}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = {"choices": [], "usage": {"completion_tokens": 2}}
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle)
+    port = free_port()
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert ready.wait(10)
+    yield f"http://127.0.0.1:{port}", seen, script
+    loop.call_soon_threadsafe(loop.stop)
+
+
+
+def test_low_latency_smoke_retries_503_with_one_session_id(
+        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url, seen, script = scaling_up_server
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    script += [503, 503, 503]  # a scaled-to-zero http_server while the first replica starts
+    recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
+    assert "smoke test passed" in capsys.readouterr().out
+    assert [path for path, _ in seen].count("/health") == 4
+    sessions = {session for _, session in seen}
+    assert len(sessions) == 1 and None not in sessions  # every request, one sticky session
+
+
+def test_low_latency_smoke_does_not_retry_other_errors(
+        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    url, seen, script = scaling_up_server
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    script += [500]
+    with pytest.raises(urllib.error.HTTPError, match="500"):
+        recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
+    assert [path for path, _ in seen] == ["/health"]
+
+
+def sglang_route_auth_levels() -> dict[str, str]:
+    """Path -> auth level of SGLang's HTTP routes, read from the pinned wheel's source.
+
+    (Importing the server module needs GPU-side packages; its decorators are plain to read.)
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("sglang.srt.entrypoints.http_server")
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    levels: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        paths, level = [], "normal"
+        for decorator in node.decorator_list:
+            if not isinstance(decorator, ast.Call):
+                continue
+            name = ast.unparse(decorator.func)
+            if name.startswith("app.") and decorator.args:
+                first = decorator.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    paths.append(first.value)
+            elif name == "auth_level":
+                level = ast.unparse(decorator.args[0]).removeprefix("AuthLevel.").lower()
+        for path in paths:
+            levels[path] = level
+    return levels
+
+
+
+def test_sglang_admin_endpoints_are_locked_to_api_key_holders() -> None:
+    """With the recipe's keys, SGLang's own auth rule refuses the API key on admin routes."""
+    from sglang.srt.utils.auth import AuthLevel, decide_request_auth
+
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    args = parse_sglang(recipe.engine_command(api_key="user-key", admin_api_key="nobody-knows"))
+    assert (args.api_key, args.admin_api_key) == ("user-key", "nobody-knows")
+    levels = sglang_route_auth_levels()
+    for path in ("/release_memory_occupation", "/update_weights_from_disk", "/flush_cache",
+                 "/start_profile", "/load_lora_adapter"):
+        assert levels[path] in ("admin_optional", "admin_force"), (path, levels.get(path))
+    assert levels["/v1/chat/completions"] == "normal"
+
+    def allowed(path: str, key: str | None) -> bool:
+        decision = decide_request_auth(
+            method="POST", path=path, authorization_header=f"Bearer {key}" if key else None,
+            api_key=args.api_key, admin_api_key=args.admin_api_key,
+            auth_level=AuthLevel(levels.get(path, "normal")))
+        return decision.allowed
+
+    assert allowed("/v1/chat/completions", "user-key")
+    assert not allowed("/v1/chat/completions", None)
+    for path in ("/release_memory_occupation", "/update_weights_from_disk", "/flush_cache"):
+        assert not allowed(path, "user-key") and not allowed(path, None), path
+
+
+def test_sglang_container_start_passes_a_fresh_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The @enter method itself, run with Popen recorded: two containers, two unknown keys."""
+    recipe = load_recipe(recipe_path("sglang_low_latency"))
+    launched: list[list[str]] = []
+
+    class Engine:
+        def __init__(self, argv: list[str]) -> None:
+            launched.append(argv)
+
+        def poll(self) -> None:
+            return None
+
+    monkeypatch.setenv(recipe.API_KEY_ENV, "user-key")
+    monkeypatch.setattr(recipe.subprocess, "Popen", Engine)
+    monkeypatch.setattr(recipe, "wait_until_ready", lambda *a, **k: None)
+    monkeypatch.setattr(recipe, "stream_chat", lambda *a, **k: ("", None, None))
+    user_cls = recipe.SGLangServer._get_user_cls()
+    start = user_cls.start._get_raw_f()  # the @modal.enter method, as the container calls it
+    for _ in range(2):
+        start(object.__new__(user_cls))
+    keys = [parse_sglang(argv).admin_api_key for argv in launched]
+    assert len(set(keys)) == 2 and all(key and len(key) >= 32 for key in keys)
+    assert all(parse_sglang(argv).api_key == "user-key" for argv in launched)
+
+
+# --- the throughput recipe: its code on real vLLM LLM, its arithmetic --------------------------
+
+
+def test_throughput_summary_arithmetic() -> None:
+    r = load_recipe(recipe_path("qwen3_throughput"))
+    batches = [{"requests": 10, "input_tokens": 1000, "output_tokens": 100, "seconds": 2.0},
+               {"requests": 10, "input_tokens": 1000, "output_tokens": 100, "seconds": 3.0}]
+    report = r.summarize(batches, price_per_hour=3.6, n_gpu=1)
+    assert report["total_tokens_per_s"] == pytest.approx(2200 / 5)
+    assert report["output_tokens_per_s"] == pytest.approx(200 / 5)
+    # 5 GPU-seconds at $3.60/h = $0.005 for 200 output tokens -> $25 per million
+    assert report["usd_per_million_output_tokens"] == pytest.approx(25.0)
+    assert report["usd_per_million_total_tokens"] == pytest.approx(0.005 / 2200 * 1e6)
+
+
+def test_throughput_report_counts_startup_once_per_worker() -> None:
+    r = load_recipe(recipe_path("qwen3_throughput"))
+    batch = {"requests": 10, "input_tokens": 1000, "output_tokens": 100, "seconds": 1.0,
+             "init_seconds": 30.0, "warmup_seconds": 2.0}
+    batches = [{**batch, "worker": "a"}, {**batch, "worker": "a"}, {**batch, "worker": "b"}]
+    lines = r.report_lines(batches, wall_seconds=40.0)
+    assert lines[0] == "30 requests, 3000 input + 300 output tokens, 40 s wall clock"
+    assert lines[1] == "per GPU: 1,000 input, 100 output, 1,100 total tokens/s"
+    assert lines[2].startswith("all 2 workers together: 8 output tokens/s")
+    price = r.GPU_PRICE_PER_HOUR
+    assert f"${3 / 3600 * price / 300 * 1e6:.3f} per million output tokens" in lines[3]
+    # 3 s generating + 2 x 32 s start-up, billed
+    assert lines[4] == (f"with start-up (64 s over 2 workers): "
+                        f"${67 / 3600 * price / 300 * 1e6:.3f} per million output tokens")
+
+
+@pytest.mark.engine
+def test_throughput_code_runs_on_vllm_llm(tiny_model_path: Path, tmp_path: Path) -> None:
+    n, input_len, output_len = 24, 48, 16
+    out = tmp_path / "result.json"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(HERE / "recipe_throughput_child.py"), str(tiny_model_path),
+         str(out), str(n), str(input_len), str(output_len)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    stats = result["stats"]
+    # counted from the outputs, and equal to what was asked (fixed lengths, ignore_eos)
+    assert stats["requests"] == n == len(result["per_request"])
+    assert stats["input_tokens"] == sum(r["prompt_ids"] for r in result["per_request"])
+    assert stats["output_tokens"] == sum(r["output_ids"] for r in result["per_request"])
+    assert stats["input_tokens"] == n * input_len
+    assert stats["output_tokens"] == n * output_len
+    assert result["warmup_requests"] > 0 and result["init_seconds"] > 0
+    assert 0 < stats["seconds"] < result["init_seconds"] + 600
+    summary = result["summary"]
+    rate = stats["output_tokens"] / stats["seconds"]
+    assert summary["output_tokens_per_s"] == pytest.approx(rate)
+    assert summary["total_tokens_per_s"] > summary["output_tokens_per_s"] > 0
+    assert result["report"][0].startswith(
+        f"{n} requests, {n * input_len} input + {n * output_len} output tokens")
+
+
+
+def test_recipes_pass_mls_check() -> None:
+    """The recipes are the reference apps: the serving rules of `mls check` find nothing."""
+    paths = [str(recipe_path(name)) for name in RECIPES]
+    result = CliRunner().invoke(cli, ["check", *paths])
+    assert result.exit_code == 0, result.output
+
+
+def test_live_tests_skip_without_credentials(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from ..live.conftest import modal_credentials_present
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    config = tmp_path / "modal.toml"
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(config))
+    assert not modal_credentials_present()  # no file
+    config.write_text('[default]\nserver_url = "https://example.invalid"\n')
+    assert not modal_credentials_present()  # a profile without a token
+    config.write_text('[work]\ntoken_id = "ak-x"\ntoken_secret = "as-y"\n')
+    assert modal_credentials_present()
+    config.unlink()
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-x")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-y")
+    assert modal_credentials_present()
+
+

