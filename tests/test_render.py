@@ -233,3 +233,25 @@ def test_cli_new_refuses_plans_the_recipes_cannot_carry(
                                       "abcdef1", *extra, "-o", str(output)])
     assert result.exit_code == 2 and words in result.output, result.output
     assert not output.exists()
+
+
+@pytest.mark.engine
+def test_a_written_app_is_served_by_local_serve_and_passes_the_smoke_test(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    """plan -> new -> `mls local serve --recipe` on real vLLM: the written file's own command."""
+    import subprocess
+    import sys
+
+    app = tmp_path / "smol_app.py"
+    new = CliRunner().invoke(cli, ["new", "--model", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                   "--revision", REV, "--concurrency", "4", "--set",
+                                   "context_length=2048", "-o", str(app)])
+    assert new.exit_code == 0, new.output
+    done = subprocess.run(
+        [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--recipe", str(app),
+         "--model", str(tiny_model_path), "--exit-after-smoke",
+         "--log-file", str(tmp_path / "engine.log")],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "all steps passed" in done.stdout
+    assert "--max-model-len 2048" in done.stderr  # the written setting is what runs

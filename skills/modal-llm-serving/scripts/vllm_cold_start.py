@@ -104,7 +104,7 @@ def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVI
 # ## Expose only what clients need
 
 # The forwarder passes exactly PUBLIC_ROUTES and 404s the rest without contacting the engine, so
-# the dev endpoints, /docs and /metrics stay private, for one loopback hop (≈3 ms, measured).
+# the dev endpoints, /docs and /metrics stay private, for one loopback hop (1–3 ms, measured).
 
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
                  ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}

@@ -102,7 +102,7 @@ def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVI
 # vLLM requires the API key (`VLLM_API_KEY`) on /v1 routes only, and `@modal.web_server` makes
 # every path public, including vLLM 0.32's `POST /invocations`: a chat completion with no key. So
 # a small forwarder on the public port passes only PUBLIC_ROUTES and answers 404 to the rest
-# without contacting the engine, for one loopback hop (≈3 ms of time to first token, measured).
+# without contacting the engine, for one loopback hop (1–3 ms of time to first token, measured).
 
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
                  ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
