@@ -345,6 +345,55 @@ def render_doctor(report: Any) -> None:
     click.echo(f"{failed} failed, {warned} warnings" if failed or warned else "all checks ok")
 
 
+# --- mls revision -------------------------------------------------------------------------------
+
+
+@cli.command("revision")
+@click.argument("model")
+@click.option("--ref", default="main", show_default=True, help="Branch or tag to resolve.")
+@expected_errors
+def revision_command(model: str, ref: str) -> None:
+    """Print the commit hash MODEL's REF points at on the Hub, to pin it (never guessed).
+
+    Asks the Hub's API (HF_ENDPOINT if set; HF_TOKEN for gated models). Offline, or on any
+    failure, it exits 1 with the reason and prints no hash.
+    """
+    from modal_llm_serving.revision import resolve_revision
+
+    click.echo(resolve_revision(model, ref=ref))
+
+
+# --- mls skill -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def skill() -> None:
+    """The agent skill this toolkit carries (the same release: no skew between the two)."""
+
+
+@skill.command("path")
+def skill_path() -> None:
+    """Print the folder of the skill this installation carries."""
+    from modal_llm_serving.skill import skill_dir
+
+    click.echo(str(skill_dir()))
+
+
+@skill.command("install")
+@click.option("--agent", type=click.Choice(["claude", "codex", "agents"]), default="claude",
+              show_default=True, help="Whose user-level skills folder to install into.")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Skills folder to install into instead (e.g. a project's .claude/skills).")
+@click.option("--force", is_flag=True, help="Replace an installed copy.")
+@expected_errors
+def skill_install(agent: str, folder: Path | None, force: bool) -> None:
+    """Install exactly the skill this toolkit carries into an agent's skills folder."""
+    from modal_llm_serving.skill import default_skills_dir, install_skill
+
+    installed = install_skill(folder or default_skills_dir(agent), force=force)
+    click.echo(f"installed the modal-llm-serving skill ({__version__}) at {installed}")
+
+
 # --- mls bench ---------------------------------------------------------------------------------
 
 

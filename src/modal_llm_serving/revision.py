@@ -1,0 +1,53 @@
+"""Pin a Hub model: ask the Hub for the commit a branch or tag points at, or refuse to guess.
+
+A commit hash cannot be known offline, and an invented one deploys nothing (the download fails
+minutes into the first start). `resolve_revision` asks the Hub's API (`HF_ENDPOINT` if set,
+`HF_TOKEN` for gated models) and returns the 40-character hash it answers; any failure is one
+clear error saying what happened, never a plausible-looking hash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+
+from modal_llm_serving.errors import EndpointError, UsageError
+
+__all__ = ["HUB", "resolve_revision"]
+
+HUB = "https://huggingface.co"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve_revision(model: str, *, ref: str = "main", timeout: float = 10.0) -> str:
+    """The commit hash `ref` (a branch, tag or hash) of Hub model `model` points at now."""
+    if not _HUB_ID.match(model):
+        raise UsageError(f"{model!r} is not a Hub model id like Qwen/Qwen3-8B")
+    endpoint = os.environ.get("HF_ENDPOINT", HUB).rstrip("/")
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{endpoint}/api/models/{model}/revision/{ref}"
+    try:
+        response = httpx.get(url, headers=headers, timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise EndpointError(f"cannot reach {endpoint} ({type(exc).__name__}); a commit hash "
+                            "cannot be known offline: do not guess one, resolve it where the "
+                            "Hub is reachable (or copy it from the model page's history)") from exc
+    if response.status_code in (401, 403):
+        raise EndpointError(f"{model} is gated or private ({response.status_code}): accept its "
+                            "license on the model page and set HF_TOKEN, then run again")
+    if response.status_code == 404:
+        raise EndpointError(f"{endpoint} has no model {model} with revision {ref!r}; check the id "
+                            "and the branch or tag")
+    if response.status_code != 200:
+        raise EndpointError(f"{url} answered {response.status_code}; try again later")
+    try:
+        sha = response.json().get("sha")
+    except (ValueError, AttributeError):
+        sha = None
+    if not isinstance(sha, str) or not _COMMIT.match(sha):
+        raise EndpointError(f"{url} answered without a commit hash ({response.text[:80]!r})")
+    return sha

@@ -1,0 +1,69 @@
+"""The agent skill this toolkit carries: where it is, and installing exactly that copy.
+
+The package ships the skill folder (`skills/modal-llm-serving/` in a checkout, package data
+`modal_llm_serving/_skill` in a wheel), so the skill an agent reads and the toolkit it runs come
+from one release: `install_skill` copies that folder into an agent's skills directory, whole and
+atomically (a half-copied skill is never left behind).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from modal_llm_serving.errors import UsageError
+
+__all__ = ["SKILL_NAME", "default_skills_dir", "install_skill", "skill_dir"]
+
+SKILL_NAME = "modal-llm-serving"
+# Where agents look for user-level skills, first match wins for the default.
+_AGENT_DIRS = {"claude": Path("~/.claude/skills"), "codex": Path("~/.codex/skills"),
+               "agents": Path("~/.agents/skills")}
+
+
+def skill_dir() -> Path:
+    """The skill folder this installation carries (a checkout's, else the wheel's copy)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parents[1] / "skills" / SKILL_NAME, package / "_skill"):
+        if (candidate / "SKILL.md").is_file():
+            return candidate
+    raise UsageError(f"this installation carries no skill folder (looked in {package / '_skill'});"
+                     " reinstall the toolkit from its repository")
+
+
+def default_skills_dir(agent: str) -> Path:
+    """The user-level skills folder of `agent` (claude, codex or agents)."""
+    if agent not in _AGENT_DIRS:
+        raise UsageError(f"unknown agent {agent!r}; choose one of {', '.join(_AGENT_DIRS)} or "
+                         "give --dir")
+    return _AGENT_DIRS[agent].expanduser()
+
+
+def install_skill(target_dir: Path, *, force: bool = False) -> Path:
+    """Copy the carried skill to `target_dir/modal-llm-serving`; return the installed folder.
+
+    An existing copy is replaced only with `force`. The new copy is assembled beside the target
+    and renamed into place, so a reader never sees half a skill.
+    """
+    source = skill_dir()
+    target_dir = target_dir.expanduser()
+    destination = target_dir / SKILL_NAME
+    if destination.exists() and not force:
+        raise UsageError(f"{destination} exists; pass --force to replace it with this version")
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{SKILL_NAME}-", dir=target_dir))
+    except OSError as exc:
+        raise UsageError(f"cannot write to {target_dir}: {exc.strerror}") from exc
+    try:
+        copy = staging / SKILL_NAME
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if destination.exists():
+            old = staging / "old"
+            os.replace(destination, old)
+        os.replace(copy, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination

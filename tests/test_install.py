@@ -1,0 +1,52 @@
+"""The README's and SKILL.md's one-line toolkit install, run as a new user would.
+
+A fresh, empty virtualenv, the one `pip install` line pointed at this checkout, and nothing else:
+then `mls --version`, `mls skill path` (the skill the wheel carries) and `mls check` on a recipe
+from that installed skill, which imports it with the freshly installed Modal SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_line_install() -> str:
+    """The install line SKILL.md gives for a checkout (the same as the README's)."""
+    skill = (ROOT / "skills" / "modal-llm-serving" / "SKILL.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = re.findall(r"^(pip install \./modal-llm-serving)\b", skill, re.M)
+    assert lines, "SKILL.md names no `pip install ./modal-llm-serving` line"
+    assert lines[0] in readme
+    return lines[0]
+
+
+def test_one_line_install_into_an_empty_venv_gives_a_working_mls(tmp_path: Path) -> None:
+    line = one_line_install()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(venv),
+           "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    # the line as written, run where "./modal-llm-serving" is this checkout
+    (tmp_path / "modal-llm-serving").symlink_to(ROOT)
+    done = subprocess.run(["bash", "-c", f"{line} --quiet"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    mls = str(venv / "bin" / "mls")
+    version = subprocess.run([mls, "--version"], capture_output=True, text=True, env=env,
+                             timeout=60)
+    assert version.returncode == 0 and re.match(r"mls, version \d+\.\d+\.\d+", version.stdout)
+    path = subprocess.run([mls, "skill", "path"], capture_output=True, text=True, env=env,
+                          timeout=60).stdout.strip()
+    assert Path(path).is_relative_to(venv), path  # the wheel's own copy, not the checkout
+    recipe = Path(path) / "scripts" / "vllm_online.py"
+    check = subprocess.run([mls, "check", str(recipe)], capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no findings in 1 file" in check.stdout

@@ -1,0 +1,43 @@
+"""`mls skill path|install`: the skill this toolkit carries, installed whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from modal_llm_serving.cli import cli
+from modal_llm_serving.skill import skill_dir
+
+
+def test_path_is_the_carried_skill() -> None:
+    result = CliRunner().invoke(cli, ["skill", "path"])
+    assert result.exit_code == 0
+    assert Path(result.output.strip()) == skill_dir()
+    assert (skill_dir() / "SKILL.md").is_file()
+
+
+def test_install_copies_it_whole_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["skill", "install", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    installed = tmp_path / "modal-llm-serving"
+    carried = sorted(p.relative_to(skill_dir()) for p in skill_dir().rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts)
+    assert sorted(p.relative_to(installed) for p in installed.rglob("*") if p.is_file()) == carried
+    (installed / "SKILL.md").write_text("edited")
+    again = runner.invoke(cli, ["skill", "install", "--dir", str(tmp_path)])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert (installed / "SKILL.md").read_text() == "edited"  # nothing touched
+    forced = runner.invoke(cli, ["skill", "install", "--dir", str(tmp_path), "--force"])
+    assert forced.exit_code == 0
+    assert (installed / "SKILL.md").read_text() == (skill_dir() / "SKILL.md").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["modal-llm-serving"]  # no staging left
+
+
+def test_install_into_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["skill", "install", "--dir", str(blocker / "sub")])
+    assert result.exit_code == 2 and "cannot write to" in result.output
+    assert "Traceback" not in result.output
