@@ -452,3 +452,70 @@ def test_the_skill_folder_copied_alone_installs_and_validates(tmp_path: Path) ->
     assert broken_links(copy) == []
     count, output = list_skills(tmp_path / "agent")
     assert count == 1 and "modal-llm-serving" in output
+
+
+# Paths an installed skill would not have: the repository's own files and folders.
+OUTSIDE_THE_SKILL = re.compile(
+    r"docs/|benchmarks/|FACTS\.md|\bsrc/|\btests/|\.venv/|README\.md|Makefile|\.\./|"
+    r"\.ci/|PERFORMANCE\.md|pyproject\.toml")
+
+
+def test_the_skill_names_no_path_outside_its_folder() -> None:
+    """Copied alone into an agent's skills folder, every file and path it names is there."""
+    offending = []
+    for path in [*markdown_files(), *(SKILL / "agents").glob("*"), *(SKILL / "evals").glob("*")]:
+        if path.is_dir():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if OUTSIDE_THE_SKILL.search(re.sub(r"https?://\S+", "", line)):  # URLs are fine
+                offending.append(f"{path.relative_to(SKILL)}:{number}: {line.strip()[:100]}")
+    assert offending == []
+
+
+def recipe_facts(recipe: Path) -> dict[str, set[str]]:
+    """What a recipe really uses: Volume names, mount paths, environment variables, flags."""
+    from modal_llm_serving.recipes import load_recipe, recipe_command, recipe_llm_kwargs
+
+    source = recipe.read_text(encoding="utf-8")
+    module = load_recipe(recipe, module_name=f"facts_{recipe.stem}")
+    if hasattr(module, "engine_command"):
+        import inspect
+
+        keys = {"api_key", "admin_api_key"} & set(inspect.signature(
+            module.engine_command).parameters)  # SGLang's keys travel on its command line
+        argv = recipe_command(module) + module.engine_command(**{key: "k" for key in keys})
+        flags = {word for word in argv if word.startswith("--")}
+    else:
+        flags = {"--" + key.replace("_", "-") for key in recipe_llm_kwargs(module)}
+    if hasattr(module, "deep_gemm_compile_argv"):
+        flags |= {word for word in module.deep_gemm_compile_argv() if word.startswith("--")}
+    paths = {str(value) for name, value in vars(module).items()
+             if name.endswith("_PATH") and isinstance(value, str)}
+    return {"volumes": set(re.findall(r'Volume\.from_name\("([^"]+)"', source)),
+            "paths": paths,
+            "env": set(re.findall(r'"([A-Z][A-Z0-9_]+)": ', source)),
+            "flags": flags}
+
+
+def test_volumes_paths_env_and_flags_in_references_match_the_recipes() -> None:
+    """Where a reference walks its recipe, every Volume, mount path, environment variable and
+    engine flag it names is the recipe's own (the SGLang cache once drifted: a Volume name and
+    path the recipe did not use)."""
+    checked = 0
+    for recipe, reference in workflow_rows():
+        facts = recipe_facts(SKILL / "scripts" / recipe)
+        text = (SKILL / "references" / reference).read_text(encoding="utf-8")
+        walk = text.split("## Walk the recipe", 1)[-1].split("\n## ", 1)[0]
+        for volume in re.findall(r"`(mls-[a-z-]+-cache)`", walk):
+            assert volume in facts["volumes"], f"{reference}: Volume {volume} not in {recipe}"
+            checked += 1
+        for path in re.findall(r"`(/root/[^`\s]+)`", walk):
+            assert path in facts["paths"], f"{reference}: mount path {path} not in {recipe}"
+            checked += 1
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)=[^`]*`", walk):
+            assert name in facts["env"], f"{reference}: {name} is not set by {recipe}"
+            checked += 1
+        for flag in re.findall(r"`(--[a-z][a-z0-9-]+)", walk):
+            assert flag in facts["flags"], f"{reference}: {flag} is not in {recipe}'s command"
+            checked += 1
+    assert checked >= 15
