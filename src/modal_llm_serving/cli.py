@@ -394,6 +394,42 @@ def skill_install(agent: str, folder: Path | None, force: bool) -> None:
     click.echo(f"installed the modal-llm-serving skill ({__version__}) at {installed}")
 
 
+@skill.command("eval")
+@click.option("--agent", type=click.Choice(["claude", "codex"]),
+              help="Agent CLI to run [default: the first on PATH with credentials].")
+@click.option("--suite", type=click.Choice(["trigger", "tasks", "all"]), default="all",
+              show_default=True, help="trigger-evals.json, evals.json, or both.")
+@click.option("--limit", type=click.IntRange(min=1), help="Run only the first N of each suite.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True,
+              help="Seconds one agent run may take.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder [default: results/evals-<UTC time>].")
+@expected_errors
+def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
+               out: Path | None) -> None:
+    """Run the skill's evals through an agent CLI and score them (needs the agent's credentials).
+
+    Trigger precision/recall from whether each query made the agent load this skill; each task
+    case passes when the agent, as judge, finds every expectation met. Without an agent CLI with
+    credentials it says so in one line and exits 0 (nothing to run).
+    """
+    import datetime as dt
+
+    from modal_llm_serving.evals import find_agent, run_evals
+
+    found = find_agent(agent)
+    if found is None:
+        click.echo(f"evals skipped: no agent CLI with credentials on PATH "
+                   f"({agent or 'claude, codex'}); install one and log in to run them", err=True)
+        return
+    out = out or Path("results") / f"evals-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    suites = ("trigger", "tasks") if suite == "all" else (suite,)
+    summary = run_evals(agent=found, out_dir=out, suites=suites, limit=limit, timeout=timeout,
+                        on_case=lambda row: click.echo(json.dumps(row)[:160], err=True))
+    echo_json(summary)
+    click.echo(f"results: {out}", err=True)
+
+
 # --- mls bench ---------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ OUT_OF_SCOPE = {
     "diffusion": r"diffusion",
     "transformers-pipeline": r"transformers pipelines",
     "hosted-api": r"hosted[- ]API",
+    "out-of-scope": r"llama\.cpp, Ollama",  # engines other than vLLM and SGLang
 }
 PATTERN_CATEGORIES = {
     "vllm_online.py": "online",
