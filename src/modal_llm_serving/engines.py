@@ -22,8 +22,8 @@ from modal_llm_serving.errors import RecipeError
 __all__ = [
     "CPU_TRANSFORMS",
     "Change",
+    "CpuCommand",
     "CpuTransform",
-    "LocalCommand",
     "engine_of",
     "flag_name",
     "for_local_cpu",
@@ -94,7 +94,7 @@ class Change:
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalCommand:
+class CpuCommand:
     """A vLLM argv as this machine runs it, and each change from the recipe's argv."""
 
     argv: list[str]
@@ -116,7 +116,7 @@ def _split_flag(token: str) -> tuple[str, str | None]:
     return name, (value if equals else None)
 
 
-def for_local_cpu(argv: list[str]) -> LocalCommand:
+def for_local_cpu(argv: list[str]) -> CpuCommand:
     """`argv` (a `vllm serve` command) with every CPU transform applied; the rest untouched.
 
     A dropped flag goes with its value (`--flag V` or `--flag=V`); `--no-` forms of a dropped
@@ -147,7 +147,7 @@ def for_local_cpu(argv: list[str]) -> LocalCommand:
         if transform.action == "set" and transform.flag not in out:
             out.append(transform.flag)
             changes.append(Change(transform.setting, None, "", transform.reason))
-    return LocalCommand(argv=out, changes=changes)
+    return CpuCommand(argv=out, changes=changes)
 
 
 def llm_kwargs_for_local_cpu(kwargs: dict[str, Any]) -> dict[str, Any]:
