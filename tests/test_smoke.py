@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -144,3 +145,33 @@ def test_ready_wait_retries_503_but_not_401() -> None:
     failed = report.failed
     assert failed is not None and failed.name == "ready" and "401" in failed.detail
     assert "--api-key" in failed.hint
+
+
+@pytest.mark.engine
+def test_proxy_auth_headers_are_sent_and_never_shown_or_stored(
+        tiny_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modal proxy auth (Servers, requires_proxy_auth) from env: used, never echoed or saved."""
+    secret = "ws-proxy-secret-value-for-test"
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_ID", "wk-proxy-id-for-test")
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", secret)
+    runner = CliRunner()
+    smoke = runner.invoke(cli, ["smoke", tiny_server.base_url, "--api-key", TINY_API_KEY,
+                                "--json"])
+    assert smoke.exit_code == 0, smoke.output
+    out = tmp_path / "bench"
+    bench = runner.invoke(cli, ["bench", "run", tiny_server.base_url, "--api-key", TINY_API_KEY,
+                                "-n", "2", "--input-len", "8", "--output-len", "4",
+                                "--out", str(out)])
+    assert bench.exit_code == 0, bench.output
+    assert secret not in smoke.output + bench.output
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".md"):
+            assert secret not in path.read_text(), path
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["headers"] == {"Modal-Key": "***", "Modal-Secret": "***"}
+
+
+def test_proxy_auth_needs_both_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODAL_PROXY_TOKEN_SECRET", raising=False)
+    result = CliRunner().invoke(cli, ["smoke", "http://127.0.0.1:9", "--proxy-token-id", "wk-x"])
+    assert result.exit_code == 2 and "give both --proxy-token-id" in result.output

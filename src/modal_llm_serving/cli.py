@@ -60,6 +60,32 @@ def parse_headers(values: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
+def proxy_auth_options(command: Callable[P, R]) -> Callable[P, R]:
+    """Modal proxy auth (a Server, or a web endpoint with requires_proxy_auth=True)."""
+    for option in reversed([
+        click.option("--proxy-token-id", envvar="MODAL_PROXY_TOKEN_ID", metavar="WK-...",
+                     help="Modal proxy auth token id, sent as Modal-Key "
+                          "[env MODAL_PROXY_TOKEN_ID]."),
+        click.option("--proxy-token-secret", envvar="MODAL_PROXY_TOKEN_SECRET", metavar="WS-...",
+                     help="Its secret, sent as Modal-Secret [env MODAL_PROXY_TOKEN_SECRET]; "
+                          "never printed or stored."),
+    ]):
+        command = option(command)
+    return command
+
+
+def request_headers(headers: tuple[str, ...], proxy_token_id: str | None,
+                    proxy_token_secret: str | None) -> dict[str, str]:
+    """--header values plus the Modal proxy auth pair, which must come together."""
+    parsed = parse_headers(headers)
+    if bool(proxy_token_id) != bool(proxy_token_secret):
+        raise click.UsageError("give both --proxy-token-id and --proxy-token-secret (or "
+                               "MODAL_PROXY_TOKEN_ID and MODAL_PROXY_TOKEN_SECRET), or neither")
+    if proxy_token_id and proxy_token_secret:
+        parsed |= {"Modal-Key": proxy_token_id, "Modal-Secret": proxy_token_secret}
+    return parsed
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mls")
 def cli() -> None:
@@ -87,10 +113,12 @@ def cli() -> None:
               help="Extra header on every request (repeatable), e.g. 'Modal-Session-ID: s1'.")
 @click.option("--ready-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Seconds to wait for readiness (scale-from-zero can take minutes).")
+@proxy_auth_options
 @click.option("--json", "json_", is_flag=True, help="Print the report as JSON.")
 @expected_errors
 def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, ...],
-          ready_timeout: float, json_: bool) -> None:
+          ready_timeout: float, proxy_token_id: str | None, proxy_token_secret: str | None,
+          json_: bool) -> None:
     """Smoke-test the OpenAI-compatible endpoint at URL (its root, e.g. http://127.0.0.1:8000).
 
     Waits for readiness (retrying refused connections and 502/503/504), then checks /health,
@@ -98,7 +126,8 @@ def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, 
     """
     from modal_llm_serving.smoke import run_smoke
 
-    report = run_smoke(url, api_key=api_key, model=model, headers=parse_headers(headers),
+    report = run_smoke(url, api_key=api_key, model=model,
+                       headers=request_headers(headers, proxy_token_id, proxy_token_secret),
                        ready_timeout=ready_timeout,
                        on_wait=lambda message: click.echo(message, err=True))
     if json_:
@@ -447,16 +476,18 @@ def bench() -> None:
 
 def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
     """Options every bench command shares: who to talk to and how."""
-    for option in reversed([
+    options: list[Callable[[Any], Any]] = [
         click.option("--model", help="Model id [default: the only served model]."),
         click.option("--api-key", envvar="MLS_API_KEY",
                      help="Bearer key for /v1 routes [env MLS_API_KEY]."),
         click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
                      help="Extra header on every request (repeatable)."),
+        proxy_auth_options,
         click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat",
                      show_default=True, help="/v1/chat/completions or /v1/completions."),
         click.option("--json", "json_", is_flag=True, help="Print the summary as JSON."),
-    ]):
+    ]
+    for option in reversed(options):
         command = option(command)
     return command
 
@@ -516,7 +547,8 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
               help="Results folder [default: results/bench-<UTC time>].")
 @click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
 @expected_errors
-def bench_run(url: str, headers: tuple[str, ...], json_: bool, out: Path | None,
+def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
+              proxy_token_secret: str | None, json_: bool, out: Path | None,
               no_report: bool, **options: Any) -> None:
     """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
 
@@ -528,7 +560,8 @@ def bench_run(url: str, headers: tuple[str, ...], json_: bool, out: Path | None,
     from modal_llm_serving.bench.api import BenchOptions, run_bench
     from modal_llm_serving.bench.report import render_report, summary_lines
 
-    bench_options = BenchOptions(url=url, headers=parse_headers(headers), **options)
+    bench_options = BenchOptions(
+        url=url, headers=request_headers(headers, proxy_token_id, proxy_token_secret), **options)
     out = out or Path("results") / f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
     def on_level(level: Any, summary: dict[str, Any]) -> None:
@@ -603,6 +636,7 @@ def bench_report(folder: Path, json_: bool) -> None:
                    "taken when the deploy returned) [default: now].")
 @expected_errors
 def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
+                     proxy_token_id: str | None, proxy_token_secret: str | None,
                      endpoint: str, json_: bool, repeat: int, wait: float,
                      timeout: float, since: float | None) -> None:
     """Time from now to the first token at URL, retrying 503s and connection errors."""
@@ -614,7 +648,9 @@ def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: 
         raise click.UsageError("--model is required: a scaled-to-zero endpoint cannot list its "
                                "models before it is up")
     result = run_cold_start(base_url=base_url, model=model, api_key=api_key,
-                            headers=parse_headers(headers), endpoint=endpoint, repeat=repeat,
+                            headers=request_headers(headers, proxy_token_id,
+                                                    proxy_token_secret),
+                            endpoint=endpoint, repeat=repeat,
                             wait_s=wait, timeout_s=timeout, since_epoch_s=since,
                             on_event=lambda message: click.echo(message, err=True))
     if json_:
