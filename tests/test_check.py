@@ -13,7 +13,7 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.recipes import RECIPES, recipe_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
-CLEAN = ("clean_online.py", "clean_low_latency.py")
+CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py")
 # fixture -> the exact rule ids it must produce (static + import with the real Modal SDK)
 BAD = {
     "mls001_unpinned_revision.py": {"MLS001"},
@@ -37,6 +37,12 @@ BAD = {
     "mls016_syntax_error.py": {"MLS016"},
     "mls017_import_failed.py": {"MLS017"},
     "mls018_import_timeout.py": {"MLS018"},
+    # Modal Servers (`@app.server`): the same rules, and the mistakes this primitive brings
+    "mls009_dev_mode_server_unauthenticated.py": {"MLS009"},
+    "mls019_server_routing_far.py": {"MLS019"},
+    "mls020_unauthenticated_no_key.py": {"MLS020"},
+    # the SDK refuses @modal.concurrent on a Server at import: static rule + import failure
+    "mls021_concurrent_on_server.py": {"MLS021", "MLS017"},
 }
 
 

@@ -74,10 +74,11 @@ RULES: tuple[Rule, ...] = (
          "TypeError at import",
          "use @modal.concurrent(target_inputs=N) only with http_server"),
     Rule("MLS009", "dev-mode-public",
-         "vLLM dev mode (sleep mode) is on behind a public @modal.web_server: anyone with the "
-         "URL can call /sleep, /wake_up or /collective_rpc",
-         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder, or set "
-         "requires_proxy_auth=True"),
+         "vLLM dev mode (sleep mode) is on behind a public endpoint (@modal.web_server, or "
+         "@app.server with unauthenticated=True): anyone with the URL can call /sleep, "
+         "/wake_up or /collective_rpc",
+         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder, or keep proxy "
+         "auth (requires_proxy_auth=True; a Server's default)"),
     Rule("MLS010", "low-latency-no-region",
          "a low-latency server without a pinned region: the GPU may run far from the proxy "
          "and clients, adding a round trip to every token",
@@ -112,7 +113,25 @@ RULES: tuple[Rule, ...] = (
     Rule("MLS018", "import-timeout",
          "importing the file did not finish in time: it does work (or waits) at import",
          "move work at import time into functions (@modal.enter, the local_entrypoint)"),
+    Rule("MLS019", "server-routing-far-from-compute",
+         "a Server's routing_region is in another part of the world than its compute_region: "
+         "every request crosses regions (tens of ms each way) before it reaches a GPU",
+         "set routing_region to the region nearest compute_region (us-east, us-west, eu-west "
+         "or ap-south), or move compute_region"),
+    Rule("MLS020", "unauthenticated-api-without-key",
+         "a Server with unauthenticated=True serves an OpenAI-compatible API that requires no "
+         "key: anyone with the URL can generate on your GPUs",
+         "keep proxy auth (drop unauthenticated=True), or have the engine require an API key "
+         "from a modal.Secret (VLLM_API_KEY / SGLang --api-key)"),
+    Rule("MLS021", "concurrent-on-server",
+         "@modal.concurrent (or @modal.method) on an @app.server class: Servers take "
+         "target_concurrency/max_concurrency in @app.server and expose only HTTP",
+         "remove @modal.concurrent / @modal.method; set target_concurrency= and "
+         "max_concurrency= on @app.server"),
 )
+# Where a Server's routing regions are; a compute region belongs to the area it starts with.
+_ROUTING_AREAS = {"us-east": "us", "us-west": "us", "eu-west": "eu", "ap-south": "ap"}
+_AREAS = ("us", "eu", "ap", "uk", "ca", "me", "sa", "af", "mx", "jp", "au")
 _BY_ID = {rule.id: rule for rule in RULES}
 
 
@@ -396,6 +415,7 @@ class _Checker:
                     self.add("MLS008", _line(decorator), "@modal.concurrent(max_inputs=...) on "
                              "an http_server class")
         self.dev_mode()
+        self.modal_servers()
         if low_latency:
             self.region(entrypoints)
         self.secrets()
@@ -541,6 +561,62 @@ class _Checker:
                 continue  # the engine is private; the public port is something in front of it
             self.add("MLS009", _line(decorator), "sleep mode / VLLM_SERVER_DEV_MODE with the "
                      "engine reachable on the public web_server port")
+        for _, call in self._server_calls():  # a Server is public only if unauthenticated
+            if self.m.resolve(_kwarg(call, "unauthenticated")) is not True:
+                continue
+            port_node = _kwarg(call, "port")
+            port = self.m.resolve(port_node) if port_node is not None else 8000
+            if loopback and port is not UNKNOWN and port not in ports:
+                continue
+            self.add("MLS009", _line(call), "sleep mode / VLLM_SERVER_DEV_MODE on a Server "
+                     "with unauthenticated=True, the engine on its public port")
+
+    def _server_calls(self) -> list[tuple[ast.AST, ast.Call]]:
+        """(class, its `@app.server(...)` call) for every Modal Server in the file."""
+        found = []
+        for definition, decorator in self.m.decorators("server"):
+            if isinstance(decorator, ast.Call) and not _dotted(decorator.func).endswith(
+                    ("web_server", "http_server")):
+                found.append((definition, decorator))
+        return found
+
+    def _requires_api_key(self) -> bool:
+        """The engine is started with an API key (vLLM's env var or flag, SGLang's flag)."""
+        if self.m.has_string("VLLM_API_KEY") or self.m.has_string("--api-key"):
+            return True
+        return any(_kwarg(call, "api_key") is not None for call in self.m.calls)
+
+    def modal_servers(self) -> None:
+        """Rules of `@app.server`: proxy auth, routing vs compute region, its decorators."""
+        for definition, call in self._server_calls():
+            unauthenticated = self.m.resolve(_kwarg(call, "unauthenticated")) is True
+            if unauthenticated and not self._requires_api_key():
+                self.add("MLS020", _line(call), "unauthenticated=True and no API key for the "
+                         "engine")
+            routing = self.m.resolve(_kwarg(call, "routing_region")) if _kwarg(
+                call, "routing_region") is not None else "us-east"  # the SDK's default
+            compute = self.m.resolve(_kwarg(call, "compute_region"))
+            computes = compute if isinstance(compute, list) else [compute]
+            area = _ROUTING_AREAS.get(routing) if isinstance(routing, str) else None
+            for region in computes:
+                if not (isinstance(region, str) and area):
+                    continue
+                region_area = next((a for a in _AREAS if region == a or
+                                    region.startswith(a + "-")), None)
+                if region_area is not None and region_area != area:
+                    self.add("MLS019", _line(call), f"routing_region {routing!r} with "
+                             f"compute_region {region!r}")
+            assert isinstance(definition, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            forbidden = [d for d in definition.decorator_list
+                         if _dotted(d).split(".")[-1] == "concurrent"]
+            if isinstance(definition, ast.ClassDef):
+                forbidden += [d for item in definition.body
+                              if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                              for d in item.decorator_list
+                              if _dotted(d).split(".")[-1] == "method"]
+            for decorator in forbidden:
+                name = _dotted(decorator).split(".")[-1]
+                self.add("MLS021", _line(decorator), f"@modal.{name} on a Server")
 
     def servers(self, *kinds: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
         """Definitions carrying one of the `kinds` decorators (e.g. http_server)."""
