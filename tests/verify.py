@@ -64,7 +64,7 @@ def spy_modal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Spie
 
         monkeypatch.setattr(owner, attr, spy)
 
-    for attr in ("function", "cls", "local_entrypoint"):
+    for attr in ("function", "cls", "server", "local_entrypoint"):
         wrap(modal.App, attr, f"App.{attr}")
     for attr in ("env", "uv_pip_install", "pip_install", "from_registry", "run_function"):
         wrap(modal.Image, attr, f"Image.{attr}")
@@ -98,6 +98,8 @@ def pattern_of(module: ModuleType) -> str:
         return "throughput"
     if hasattr(module, "SGLangServer"):
         return "low-latency"
+    if hasattr(module, "VLLMServer"):
+        return "server"
     return "cold-start" if getattr(module, "ENABLE_MEMORY_SNAPSHOT", None) is not None else "online"
 
 
@@ -119,6 +121,8 @@ def _verify_common(spied: Spied, info: Any, deco: dict[str, Any], *, cache_path:
     assert 10 * MINUTES <= r.STARTUP_TIMEOUT <= 60 * MINUTES  # generous, but bounded
     for knob in ("scaledown_window", "min_containers", "max_containers", "buffer_containers"):
         assert deco[knob] == getattr(r, knob.upper()), knob
+    if "startup_timeout" in deco:
+        assert deco["startup_timeout"] == r.STARTUP_TIMEOUT
     assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
     assert spied.image_env()["HF_HOME"] == r.HF_CACHE_PATH
 
@@ -168,6 +172,24 @@ def verify_modal_settings(spied: Spied) -> str:
         assert builder is r.compile_deep_gemm and build["gpu"] == f"{r.GPU_TYPE}:{r.N_GPU}"
         assert build["volumes"][r.SGLANG_CACHE_PATH] is r.sglang_cache_volume
         assert spied.image_env()["SGLANG_CACHE_DIR"] == r.SGLANG_CACHE_PATH
+    elif pattern == "server":
+        info = r.VLLMServer._get_service_function().info()
+        deco = spied.one("App.server")
+        _verify_common(spied, info, deco, cache_path=r.VLLM_CACHE_PATH)
+        assert deco.get("unauthenticated", False) is False, "proxy auth stays on"
+        assert deco["port"] == r.PORT
+        assert deco["routing_region"] == r.ROUTING_REGION and deco["compute_region"] == r.REGION
+        assert r.ROUTING_REGION.split("-")[0] == r.REGION.split("-")[0], "same part of the world"
+        assert deco["target_concurrency"] == r.TARGET_CONCURRENCY
+        assert deco["max_concurrency"] == info.concurrency_info.max_inputs == r.MAX_CONCURRENCY
+        assert r.TARGET_CONCURRENCY <= r.MAX_CONCURRENCY <= r.MAX_NUM_SEQS
+        assert deco["exit_grace_period"] == r.EXIT_GRACE_PERIOD
+        assert deco["enable_memory_snapshot"] is r.ENABLE_MEMORY_SNAPSHOT
+        assert deco["experimental_options"] == {"enable_gpu_snapshot": r.ENABLE_GPU_SNAPSHOT}
+        assert r.N_GPU == 1 or not r.ENABLE_GPU_SNAPSHOT
+        enters = {args[0]: kwargs.get("snap") for args, kwargs in spied.calls["enter"]}
+        assert enters == {"start_and_sleep": True, "wake": False}
+        assert spied.image_env()["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
     else:
         info = r.Worker._get_class_service_function().info()
         deco = spied.one("App.cls")
@@ -215,14 +237,17 @@ def verify_engine_command(module: ModuleType) -> Any:
         args = parse_vllm_serve(argv)
         engine = vllm_engine_args(args)
         assert args.served_model_name == [r.SERVED_MODEL_NAME]
-        assert (args.host, args.port) == ("127.0.0.1", r.ENGINE_PORT) and r.ENGINE_PORT != r.PORT
+        if hasattr(r, "ENGINE_PORT"):  # behind a forwarder: the engine on loopback
+            assert (args.host, args.port) == ("127.0.0.1", r.ENGINE_PORT) != ("127.0.0.1", r.PORT)
+        else:  # a Server: proxy auth in front, the engine on the Server's port
+            assert (args.host, args.port) == ("0.0.0.0", r.PORT)
         assert engine.max_num_seqs == r.MAX_NUM_SEQS
     assert engine.model == r.MODEL_NAME and engine.revision == r.MODEL_REVISION
     assert engine.max_model_len == r.MAX_MODEL_LEN
     assert engine.gpu_memory_utilization == r.GPU_MEMORY_UTILIZATION
     assert engine.tensor_parallel_size == r.N_GPU
     assert engine.kv_cache_dtype == r.KV_CACHE_DTYPE
-    if pattern_of(r) == "cold-start":
+    if pattern_of(r) in ("cold-start", "server"):
         assert engine.enable_sleep_mode
         assert engine.kv_cache_memory_bytes == r.KV_CACHE_GIB * 2**30
     return engine

@@ -1,4 +1,4 @@
-"""The four serving recipes: where they live, how to load one, and how to ask it for its command.
+"""The serving recipes: where they live, how to load one, and how to ask it for its command.
 
 The recipes live once, in the skill (`skills/modal-llm-serving/scripts/` in a checkout); a wheel
 carries the same folder as package data (`modal_llm_serving/_skill/scripts`). Each recipe builds
@@ -30,7 +30,8 @@ __all__ = [
     "resolve_recipe",
 ]
 
-RECIPES = ("vllm_online", "vllm_cold_start", "sglang_low_latency", "qwen3_throughput")
+RECIPES = ("vllm_online", "vllm_cold_start", "sglang_low_latency", "qwen3_throughput",
+           "vllm_server")
 # What may differ off Modal: the keyword arguments every server recipe's engine_command() takes.
 SERVER_OVERRIDES = ("model", "revision", "served_model_name", "host", "port")
 

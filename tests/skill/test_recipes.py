@@ -46,11 +46,12 @@ from ..verify import (
 __all__ = ["spy_modal"]  # a fixture, used by name
 
 HERE = Path(__file__).resolve().parent
-VLLM_RECIPES = ("vllm_online", "vllm_cold_start", "qwen3_throughput")
-SERVERS = ("vllm_online", "vllm_cold_start")
+VLLM_RECIPES = ("vllm_online", "vllm_cold_start", "qwen3_throughput", "vllm_server")
+SERVERS = ("vllm_online", "vllm_cold_start", "vllm_server")
 FORWARDING = ("vllm_online", "vllm_cold_start")
 PATTERNS = {"vllm_online": "online", "vllm_cold_start": "cold-start",
-            "sglang_low_latency": "low-latency", "qwen3_throughput": "throughput"}
+            "sglang_low_latency": "low-latency", "qwen3_throughput": "throughput",
+            "vllm_server": "server"}
 
 
 # --- every recipe: compiles, imports alone, gives Modal its settings, sizes ----------------------
@@ -383,7 +384,8 @@ def scaling_up_server() -> Iterator[tuple[str, list[tuple[str, str | None]], lis
     script: list[int] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        seen.append((request.path, request.headers.get("Modal-Session-ID")))
+        seen.append((request.path, request.headers.get("Modal-Session-ID")
+                     or request.headers.get("Modal-Key")))
         if request.path == "/health":
             return web.Response(status=script.pop(0) if script else 200)
         if request.path == "/v1/models":
@@ -619,3 +621,46 @@ def test_live_tests_skip_without_credentials(tmp_path: Path,
     assert modal_credentials_present()
 
 
+
+
+# --- the Server form (vllm_server.py): its smoke client, proxy auth, 503 ------------------------
+
+
+@pytest.mark.engine
+def test_server_recipe_smoke_passes_against_a_real_server(
+        tiny_server: LocalServer, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = load_recipe(recipe_path("vllm_server"))
+    recipe.run_smoke(tiny_server.base_url, api_key=TINY_API_KEY, model="tiny",
+                     proxy_auth=False, ready_timeout=30)
+    assert "smoke test passed" in capsys.readouterr().out
+
+
+def test_server_smoke_sends_proxy_auth_and_retries_503(
+        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url, seen, script = scaling_up_server
+    recipe = load_recipe(recipe_path("vllm_server"))
+    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_ID", "wk-test")
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", "ws-test")
+    script += [503, 503]  # a Server's container still starting
+    recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
+    assert "smoke test passed" in capsys.readouterr().out
+    assert [path for path, _ in seen].count("/health") == 3
+    assert {key for _, key in seen} == {"wk-test"}  # every request carried the proxy token
+    script += [401]  # proxy auth refused: not retried
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
+
+
+def test_server_recipe_with_proxy_auth_off_is_flagged(tmp_path: Path) -> None:
+    """The dev endpoints are on the Server's own port: turning proxy auth off exposes them."""
+    from modal_llm_serving.check import check_file
+
+    source = recipe_path("vllm_server").read_text().replace(
+        "    port=PORT,\n", "    port=PORT,\n    unauthenticated=True,\n", 1)
+    app = tmp_path / "open_server.py"
+    app.write_text(source)
+    assert {f.rule.id for f in check_file(app)} == {"MLS009"}

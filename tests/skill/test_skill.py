@@ -40,6 +40,7 @@ PATTERN_CATEGORIES = {
     "vllm_cold_start.py": "cold-start",
     "sglang_low_latency.py": "low-latency",
     "qwen3_throughput.py": "throughput",
+    "vllm_server.py": "server",
 }
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
