@@ -122,3 +122,19 @@ def test_throughput_recipe_live() -> None:
     assert input_tokens == requests * recipe.INPUT_LEN
     assert output_tokens == requests * recipe.OUTPUT_LEN
     assert re.search(r"\$[0-9.]+ per million output tokens", done.stdout)
+
+
+@pytest.mark.live
+def test_server_recipe_live(deployed: Callable[[str], str], api_key: str,
+                            tmp_path: Path) -> None:
+    import modal
+
+    if not (os.environ.get("MODAL_PROXY_TOKEN_ID") and os.environ.get("MODAL_PROXY_TOKEN_SECRET")):
+        pytest.skip("set MODAL_PROXY_TOKEN_ID and MODAL_PROXY_TOKEN_SECRET (a Modal proxy token)")
+    app_name = deployed("vllm_server")
+    url = modal.Server.from_name(app_name, "VLLMServer").get_url()
+    assert url, "the deployed Server has no URL"
+    # mls reads the proxy token from the environment; without it the proxy refuses
+    smoke_and_bench(url, api_key=api_key, tmp_path=tmp_path, extra=[])
+    bare = httpx.get(f"{url}/health", timeout=60)
+    assert bare.status_code in (401, 403), "proxy auth must be on"

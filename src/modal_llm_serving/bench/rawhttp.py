@@ -70,7 +70,10 @@ class _Connection(asyncio.Protocol):
                 return None
             self.waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.waiter, stall_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation (Ctrl-C) that lands as the awaited future completes
+                async with asyncio.timeout(stall_s):
+                    await self.waiter
             except TimeoutError:
                 raise TransportError("timeout", f"no bytes for {stall_s:g} s "
                                                 "(the stall timeout)") from None
@@ -231,10 +234,10 @@ class RawTransport:
         if scheme == "https":
             context = self._ssl = self._ssl or ssl.create_default_context()
         try:
-            _transport, connection = await asyncio.wait_for(
-                loop.create_connection(_Connection, host, port, ssl=context,
-                                       server_hostname=host if context else None),
-                self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):  # not wait_for: see read()
+                _transport, connection = await loop.create_connection(
+                    _Connection, host, port, ssl=context,
+                    server_hostname=host if context else None)
         except TimeoutError:
             raise TransportError("connect", f"no connection to {host}:{port} within "
                                             f"{self._connect_timeout:g} s") from None
