@@ -428,3 +428,20 @@ def test_inferred_cold_start_for_a_multi_gpu_model_keeps_a_warm_online_container
                                             "gpu": "H100"}))
     assert plan.pattern == "online" and plan.n_gpu > 1 and plan.min_containers == 1
     assert "single GPU" in plan.reasons[0][1]
+
+
+def test_bf16_is_never_planned_onto_a_gpu_without_it_unless_allowed() -> None:
+    """A bf16 checkpoint on Turing would run in fp16: excluded, named, and allowed on request."""
+    small = {"model": "Qwen/Qwen3-0.6B", "revision": "abcdef1", "concurrency": 2}
+    plan = make_plan(workload_from_mapping(small))
+    assert plan.gpu.name != "T4" and plan.precision == "bf16"
+    excluded = dict(plan.reasons)["excluded"]
+    assert "T4 has no native bf16" in excluded and "allow_precision_fallback" in excluded
+    fallback = make_plan(workload_from_mapping({**small, "allow_precision_fallback": True}))
+    assert fallback.gpu.name == "T4"  # the cheapest, once allowed
+    assert any("fp16" in warning for warning in fallback.warnings)
+    with pytest.raises(WorkloadError, match="allow_precision_fallback"):
+        workload_from_mapping({**small, "allow_precision_fallback": "yes"})
+    # forcing the card without the fallback says why nothing fits
+    with pytest.raises(PlanRefused, match="no native bf16"):
+        make_plan(workload_from_mapping({**small, "gpu": "T4"}))

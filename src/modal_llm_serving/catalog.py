@@ -46,6 +46,7 @@ class GPU:
     price_per_hour: float
     price_verified: bool
     nvlink: bool = False  # GPUs of one container linked by NVLink (else PCIe)
+    bf16: bool = True  # native bf16 tensor cores (Turing has none: it would run fp16 instead)
 
     def tflops(self, *, fp8: bool) -> float:
         return self.fp8_tflops if fp8 and self.fp8 and self.fp8_tflops > 0 else self.bf16_tflops
@@ -101,7 +102,7 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
     catalog: dict[str, GPU] = {}
     for name, entry in gpus.items():
         unknown = set(entry) - set(_GPU_FIELDS)
-        missing = set(_GPU_FIELDS) - set(entry) - {"nvlink"}
+        missing = set(_GPU_FIELDS) - set(entry) - {"nvlink", "bf16"}
         if unknown or missing:
             raise UsageError(f"{source}: GPU '{name}' has unknown fields {sorted(unknown)} or "
                              f"lacks {sorted(missing)}; every GPU needs {sorted(_GPU_FIELDS)}")

@@ -346,7 +346,7 @@ def _max_batch_for_tpot(s: _Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap
 class _Rejection:
     gpu: str
     n_gpu: int
-    kind: str  # snapshot | fp8 | heads | memory | ttft | tpot
+    kind: str  # snapshot | fp8 | precision | heads | memory | ttft | tpot
     why: str
     floor_ms: float = 0.0  # for ttft/tpot: the floor that missed the SLO
 
@@ -369,6 +369,11 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
             if s.precision == "fp8" and not gpu.fp8:
                 rejected.append(_Rejection(gpu.name, n, "fp8", "has no FP8 tensor cores for fp8 "
                                            "weights"))
+                break
+            if s.precision == "bf16" and not gpu.bf16 and not w.allow_precision_fallback:
+                rejected.append(_Rejection(gpu.name, n, "precision", "has no native bf16 (it "
+                                           "would run fp16); set allow_precision_fallback = "
+                                           "true to allow it"))
                 break
             if s.precision == "mxfp4" and gpu.name == "T4":
                 rejected.append(_Rejection(gpu.name, n, "fp8", "(Turing) has no MXFP4 kernels"))
@@ -517,7 +522,8 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
                 f"{cheapest.label()} ({_containers(cheapest.containers)}), costs "
                 f"${cheapest.cost_per_hour:.2f}/h at peak; {hint}")
         chosen = affordable[0]
-    return _build(w, s, platform, pattern, pattern_why, chosen, ranked, util)
+    return _build(w, s, platform, pattern, pattern_why, chosen, ranked, util,
+                  excluded=_excluded(rejected))
 
 
 def _why_nothing_fits(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
@@ -572,10 +578,22 @@ def _why_nothing_fits(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: P
     return text
 
 
+def _excluded(rejected: list[_Rejection]) -> str | None:
+    """GPUs ruled out by what they cannot do (not by size or SLO), once each, with the reason."""
+    seen: dict[str, str] = {}
+    for rejection in rejected:
+        if rejection.kind in ("precision", "fp8", "snapshot") and rejection.gpu not in seen:
+            seen[rejection.gpu] = rejection.why
+    return "; ".join(f"{gpu} {why}" for gpu, why in seen.items()) or None
+
+
 def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_why: str,
-           chosen: Candidate, ranked: list[Candidate], util: float) -> Plan:
+           chosen: Candidate, ranked: list[Candidate], util: float, *,
+           excluded: str | None = None) -> Plan:
     gpu, n = chosen.gpu, chosen.n_gpu
     reasons: list[tuple[str, str]] = [("pattern", pattern_why)]
+    if excluded:
+        reasons.append(("excluded", excluded))
     warnings: list[str] = []
     f = s.facts
     reasons.append(("model", f"{f.name}: {f.total_params / 1e9:.1f}B parameters"

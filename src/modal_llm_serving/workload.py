@@ -85,6 +85,7 @@ class Workload:
     gpu: str | None = None  # force one GPU type from the catalog
     max_gpus: int = 8  # per container (tensor parallelism)
     served_model_name: str | None = None
+    allow_precision_fallback: bool = False  # plan bf16 onto GPUs without it (they run fp16)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,10 +166,11 @@ def workload_from_mapping(data: Mapping[str, Any]) -> Workload:
     if "cold_start_s" in values:
         out["cold_start_s"] = float(_number("cold_start_s", values["cold_start_s"],
                                             integer=False, minimum=0))
-    if "offline" in values:
-        if not isinstance(values["offline"], bool):
-            raise _fail("offline", f"must be true or false, got {values['offline']!r}")
-        out["offline"] = values["offline"]
+    for name in ("offline", "allow_precision_fallback"):
+        if name in values:
+            if not isinstance(values[name], bool):
+                raise _fail(name, f"must be true or false, got {values[name]!r}")
+            out[name] = values[name]
     workload = Workload(**out)
     _cross_check(workload)
     return workload
