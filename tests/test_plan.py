@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import struct
@@ -21,7 +22,7 @@ from modal_llm_serving.catalog import (
 )
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import PlanRefused, UsageError, WorkloadError
-from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, make_plan
+from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, explain, make_plan
 from modal_llm_serving.workload import load_workload, workload_from_mapping
 
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
@@ -445,3 +446,35 @@ def test_bf16_is_never_planned_onto_a_gpu_without_it_unless_allowed() -> None:
     # forcing the card without the fallback says why nothing fits
     with pytest.raises(PlanRefused, match="no native bf16"):
         make_plan(workload_from_mapping({**small, "gpu": "T4"}))
+
+
+def test_low_latency_weighs_cost_and_shows_the_frontier() -> None:
+    """Four users of Qwen3-8B with lowest latency as the goal: not 2x B200 at ~$22/h."""
+    base = {"model": "Qwen/Qwen3-8B", "revision": "abcdef1", "goal": "low-latency",
+            "concurrency": 4}
+    plan = make_plan(workload_from_mapping(base))
+    frontier = plan.frontier
+    assert frontier and plan.chosen in frontier
+    # a frontier: each entry dearer and strictly faster than the one before
+    for cheaper, dearer in itertools.pairwise(frontier):
+        assert dearer.cost_per_hour >= cheaper.cost_per_hour and dearer.step_s < cheaper.step_s
+    # no SLO: the cheapest within 2x of the fastest one-GPU setup, one GPU here
+    single = min(c.step_s for c in frontier if c.n_gpu == 1)
+    assert plan.n_gpu == 1 and plan.chosen.step_s <= 2 * single
+    cheaper = [c for c in frontier if c.cost_per_hour < plan.chosen.cost_per_hour]
+    assert all(c.step_s > 2 * single for c in cheaper)
+    assert plan.chosen.cost_per_hour < 10
+    # with an SLO: the cheapest setup that meets it
+    slo = make_plan(workload_from_mapping({**base, "tpot_ms": 30}))
+    assert slo.chosen is slo.frontier[0] and slo.chosen.step_s * 1e3 <= 30
+    assert slo.chosen.cost_per_hour < plan.chosen.cost_per_hour
+    data = slo.to_dict()
+    assert [entry["chosen"] for entry in data["frontier"]].count(True) == 1
+    assert {"tpot_floor_ms", "ttft_floor_ms", "cost_per_hour"} <= set(data["frontier"][0])
+    text = explain(slo)
+    assert "latency frontier" in text and "(fastest)" in text and "cheapest that meets" in text
+
+
+def test_other_patterns_have_no_frontier() -> None:
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1"}))
+    assert plan.frontier == [] and plan.to_dict()["frontier"] == []

@@ -52,6 +52,9 @@ ALLREDUCE = {True: (10e-6, 300e9), False: (25e-6, 25e9)}  # nvlink -> (latency s
 # low-latency: among setups whose decode floor is within 2x of the fastest, the cheapest
 # (each doubling of GPUs buys less as all-reduce latency dominates; 8 B200s for an 8B model
 # would be "fastest" and absurd)
+# Without latency SLOs, a low-latency plan takes the cheapest setup whose decode floor is within
+# this factor of the fastest single-GPU setup: near the best one card can do, without paying
+# 2-8x the price for tensor parallelism's last milliseconds (give SLOs to ask for those).
 LATENCY_TIE = 2.0
 # Rooflines are floors; engines reach ~70-80% of peak HBM bandwidth in decode and add
 # scheduling, sampling and network time. A latency SLO counts as met only when the floor
@@ -149,6 +152,7 @@ class Plan:
     warnings: list[str]
     alternatives: list[Candidate]
     chosen: Candidate
+    frontier: list[Candidate] = dataclasses.field(default_factory=list)  # low latency only
 
     def prediction(self, name: str) -> Prediction:
         return next(p for p in self.predictions if p.name == name)
@@ -212,6 +216,7 @@ class Plan:
             "predictions": [p.to_dict() for p in self.predictions],
             "reasons": [{"topic": t, "text": x} for t, x in self.reasons],
             "warnings": self.warnings,
+            "frontier": [_frontier_entry(c, chosen=c is self.chosen) for c in self.frontier],
             "alternatives": [
                 {"gpu": c.gpu.name, "n_gpu": c.n_gpu, "containers": c.containers,
                  "cost_per_hour": round(c.cost_per_hour, 4),
@@ -219,6 +224,13 @@ class Plan:
                  "cost_per_mtok": round(c.cost_per_mtok, 4)}
                 for c in self.alternatives],
         }
+
+
+def _frontier_entry(c: Candidate, *, chosen: bool) -> dict[str, Any]:
+    return {"gpu": c.gpu.name, "n_gpu": c.n_gpu, "containers": c.containers,
+            "cost_per_hour": round(c.cost_per_hour, 4),
+            "tpot_floor_ms": round(c.step_s * 1e3, 3),
+            "ttft_floor_ms": round(c.prefill_s * 1e3, 3), "chosen": chosen}
 
 
 # --- the arithmetic ---------------------------------------------------------------------------
@@ -423,11 +435,32 @@ def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platfor
     return fits, rejected
 
 
-def _rank(pattern: str, candidates: list[Candidate]) -> list[Candidate]:
+def latency_frontier(candidates: list[Candidate]) -> list[Candidate]:
+    """The setups no other beats on both price and decode floor, cheapest (slowest) first."""
+    frontier: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: (round(c.cost_per_hour, 4), c.step_s)):
+        if not frontier or candidate.step_s < frontier[-1].step_s:
+            frontier.append(candidate)
+    return frontier
+
+
+def _latency_pick(frontier: list[Candidate], *, has_slo: bool) -> Candidate:
+    """With SLOs: the cheapest that meets them (every candidate does). Without: the cheapest
+    whose decode floor is within LATENCY_TIE of the fastest single-GPU setup."""
+    if has_slo:
+        return frontier[0]
+    single = [c for c in frontier if c.n_gpu == 1] or frontier
+    best = min(c.step_s for c in single)
+    return next(c for c in frontier if c.step_s <= best * LATENCY_TIE)
+
+
+def _rank(pattern: str, candidates: list[Candidate], *, has_slo: bool = False
+          ) -> list[Candidate]:
     if pattern == "low-latency":
-        best = min(c.step_s for c in candidates)
-        return sorted(candidates, key=lambda c: (c.step_s > best * LATENCY_TIE,
-                                                 round(c.cost_per_hour, 4), c.step_s))
+        pick = _latency_pick(latency_frontier(candidates), has_slo=has_slo)
+        rest = sorted((c for c in candidates if c is not pick),
+                      key=lambda c: (round(c.cost_per_hour, 4), c.step_s))
+        return [pick, *rest]
     if pattern == "throughput":
         return sorted(candidates, key=lambda c: (c.cost_per_mtok, c.cost_per_hour))
     return sorted(candidates, key=lambda c: (round(c.cost_per_hour, 4), c.n_gpu * c.containers,
@@ -507,7 +540,7 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
     if not fits:
         raise PlanRefused(_why_nothing_fits(w, s, gpus, platform, rejected, util, pattern))
-    ranked = _rank(pattern, fits)
+    ranked = _rank(pattern, fits, has_slo=w.ttft_ms is not None or w.tpot_ms is not None)
     chosen = ranked[0]
     if w.budget_per_hour is not None:
         affordable = [c for c in ranked if c.cost_per_hour <= w.budget_per_hour]
@@ -624,8 +657,14 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                     f"{util:.0%} of each GPU and {platform.gpu_overhead_gb:g} GB per GPU go to "
                     "CUDA context, activations and graphs"))
     runner_up = [c for c in ranked if c is not chosen][:3]
-    basis = {"low-latency": f"is the cheapest whose decode floor is within {LATENCY_TIE:g}x of "
-             "the fastest", "throughput": "has the lowest cost per million output tokens"}.get(
+    latency_basis = (
+        "is the cheapest that meets your latency SLOs (faster setups cost more and buy nothing "
+        "the SLOs ask for)" if w.ttft_ms is not None or w.tpot_ms is not None else
+        f"is the cheapest whose decode floor is within {LATENCY_TIE:g}x of the fastest "
+        "single-GPU setup; tensor parallelism would cut the last milliseconds at several "
+        "times the price (give ttft_ms/tpot_ms to pick by your SLOs; the frontier is below)")
+    basis = {"low-latency": latency_basis,
+             "throughput": "has the lowest cost per million output tokens"}.get(
         pattern, "has the lowest cost at peak")
     reasons.append(("gpu", f"{chosen.label()} per container {basis}, of the setups that fit "
                     f"with headroom and meet your SLOs: ${chosen.cost_per_hour:.2f}/h for "
@@ -734,7 +773,8 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
         kv_cache_gib=math.ceil(max(max_num_seqs * s.seq_tokens, max_len)
                                * s.kv_bytes_per_token / 2**30),
         predictions=predictions,
-        reasons=reasons, warnings=warnings, alternatives=runner_up, chosen=chosen)
+        reasons=reasons, warnings=warnings, alternatives=runner_up, chosen=chosen,
+        frontier=latency_frontier(ranked) if pattern == "low-latency" else [])
 
 
 def _containers(n: int) -> str:
@@ -825,6 +865,14 @@ def explain(plan: Plan) -> str:
            + (f", region {plan.region}" if plan.region else ""),
            "", "why:"]
     out += [f"  - {topic}: {text}" for topic, text in plan.reasons]
+    if plan.frontier:
+        out += ["", "latency frontier (no setup is both cheaper and faster than these; "
+                "floors are rooflines at the planned batch):"]
+        out += [f"  {'>' if f is c else ' '} {f.label():<14} {_containers(f.containers):<14} "
+                f"${f.cost_per_hour:8.2f}/h   TPOT floor {f.step_s * 1e3:6.2f} ms   "
+                f"TTFT floor {f.prefill_s * 1e3:7.1f} ms"
+                + ("   (fastest)" if f is plan.frontier[-1] else "")
+                for f in plan.frontier]
     out += ["", "settings (recipe constants):"]
     out += [f"  {name} = {value!r}" for name, value in plan.recipe_settings().items()]
     batch = c.batch
