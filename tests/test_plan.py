@@ -478,3 +478,41 @@ def test_low_latency_weighs_cost_and_shows_the_frontier() -> None:
 def test_other_patterns_have_no_frontier() -> None:
     plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1"}))
     assert plan.frontier == [] and plan.to_dict()["frontier"] == []
+
+
+def test_proxy_auth_picks_the_server_form_and_says_why() -> None:
+    base = {"model": "Qwen/Qwen3-8B-FP8", "revision": "abcdef1", "goal": "low-latency",
+            "concurrency": 4}
+    http = make_plan(workload_from_mapping(base))
+    assert (http.primitive, http.engine, http.recipe) == ("http_server", "sglang",
+                                                          "sglang_low_latency.py")
+    assert "proxy_auth = true" in dict(http.reasons)["primitive"]
+    server = make_plan(workload_from_mapping({**base, "proxy_auth": True, "region": "eu-west"}))
+    assert (server.primitive, server.engine, server.recipe) == ("app.server", "vllm",
+                                                                "vllm_server.py")
+    assert server.n_gpu == 1 and "@app.server" in dict(server.reasons)["primitive"]
+    settings = server.recipe_settings()
+    assert settings["REGION"] == "eu-west" and settings["ROUTING_REGION"] == "eu-west"
+    assert settings["TARGET_CONCURRENCY"] <= settings["MAX_CONCURRENCY"]
+    assert "TARGET_INPUTS" not in settings and "PROXY_REGIONS" not in settings
+    assert server.to_dict()["primitive"] == "app.server"
+    online = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
+                                              "proxy_auth": True}))
+    assert online.primitive == "web_server"  # proxy auth alone does not change the pattern
+
+
+def test_server_form_falls_back_when_the_model_needs_several_gpus() -> None:
+    plan = make_plan(workload_from_mapping({
+        "model": "meta-llama/Llama-3.3-70B-Instruct", "revision": "abcdef1",
+        "goal": "low-latency", "proxy_auth": True, "gpu": "H100"}))
+    assert plan.primitive == "http_server" and plan.n_gpu > 1
+    assert "the Server form (proxy_auth) snapshots one GPU" in dict(plan.reasons)["pattern"]
+
+
+@pytest.mark.parametrize(("region", "routing"), [
+    (None, "us-east"), ("us", "us-east"), ("us-east", "us-east"), ("us-west", "us-west"),
+    ("eu-north", "eu-west"), ("uk", "eu-west"), ("ap-northeast", "ap-south"), ("jp", "ap-south")])
+def test_routing_region_follows_the_compute_region(region: str | None, routing: str) -> None:
+    from modal_llm_serving.plan import routing_region
+
+    assert routing_region(region) == routing

@@ -60,6 +60,11 @@ OURS = {
                            "kv_cache_dtype": "fp8", "concurrency": 4},
     "offline-mistral": {"model": "mistralai/Mistral-7B-Instruct-v0.3", "offline": True,
                         "input_tokens": 512, "output_tokens": 256},
+    # the Server form (@app.server), chosen when clients can send Modal proxy auth
+    "server-low-latency-eu": {"model": "Qwen/Qwen3-8B-FP8", "goal": "low-latency",
+                              "proxy_auth": True, "region": "eu-west", "concurrency": 4},
+    "server-cold-start": {"model": "Qwen/Qwen3-0.6B", "goal": "cold-start", "proxy_auth": True,
+                          "served_model_name": "qwen-small"},
 }
 
 
@@ -104,7 +109,7 @@ ALL = sorted([*GOALS, *OURS])
 def recipe_of(written: Path) -> Path:
     """The skill recipe a written app came from (`mls new` keeps the recipe's structure)."""
     text = written.read_text()
-    for name in GOALS.values():
+    for name in [*GOALS.values(), "vllm_server"]:
         if recipe_path(name).read_text().splitlines()[:2] == text.splitlines()[:2]:
             return recipe_path(name)
     raise AssertionError(f"{written} matches no recipe")

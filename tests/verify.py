@@ -179,7 +179,9 @@ def verify_modal_settings(spied: Spied) -> str:
         assert deco.get("unauthenticated", False) is False, "proxy auth stays on"
         assert deco["port"] == r.PORT
         assert deco["routing_region"] == r.ROUTING_REGION and deco["compute_region"] == r.REGION
-        assert r.ROUTING_REGION.split("-")[0] == r.REGION.split("-")[0], "same part of the world"
+        from modal_llm_serving.plan import routing_region
+
+        assert routing_region(r.REGION) == r.ROUTING_REGION, "the proxy nearest the GPUs"
         assert deco["target_concurrency"] == r.TARGET_CONCURRENCY
         assert deco["max_concurrency"] == info.concurrency_info.max_inputs == r.MAX_CONCURRENCY
         assert r.TARGET_CONCURRENCY <= r.MAX_CONCURRENCY <= r.MAX_NUM_SEQS

@@ -131,7 +131,9 @@ RULES: tuple[Rule, ...] = (
 )
 # Where a Server's routing regions are; a compute region belongs to the area it starts with.
 _ROUTING_AREAS = {"us-east": "us", "us-west": "us", "eu-west": "eu", "ap-south": "ap"}
-_AREAS = ("us", "eu", "ap", "uk", "ca", "me", "sa", "af", "mx", "jp", "au")
+# Region prefix -> the part of the world whose routing region serves it (None: none nearby).
+_AREAS = {"us": "us", "ca": "us", "mx": "us", "eu": "eu", "uk": "eu", "ap": "ap", "jp": "ap",
+          "au": "ap", "me": None, "sa": None, "af": None}
 _BY_ID = {rule.id: rule for rule in RULES}
 
 
@@ -601,8 +603,8 @@ class _Checker:
             for region in computes:
                 if not (isinstance(region, str) and area):
                     continue
-                region_area = next((a for a in _AREAS if region == a or
-                                    region.startswith(a + "-")), None)
+                region_area = next((_AREAS[prefix] for prefix in _AREAS if region == prefix
+                                    or region.startswith(prefix + "-")), None)
                 if region_area is not None and region_area != area:
                     self.add("MLS019", _line(call), f"routing_region {routing!r} with "
                              f"compute_region {region!r}")

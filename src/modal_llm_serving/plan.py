@@ -68,6 +68,12 @@ RECIPES = {
 }
 ENGINES = {"online": "vllm", "cold-start": "vllm", "low-latency": "sglang",
            "throughput": "vllm"}
+PRIMITIVES = {"online": "web_server", "cold-start": "web_server", "low-latency": "http_server",
+              "throughput": None}
+SERVER_RECIPE = "vllm_server.py"  # the Server form of the low-latency and cold-start patterns
+# A Server's proxy routes in one of these; pick the one in the compute region's part of the world.
+ROUTING_REGIONS = {"us-west": "us-west", "eu": "eu-west", "uk": "eu-west", "ap": "ap-south",
+                   "jp": "ap-south", "au": "ap-south"}
 MINUTES = 60
 # Modal's routing regions; the published http_server examples use the first two as proxies.
 PROXY_REGIONS_SEEN = ("us-east", "us-west", "eu-west", "ap-south")
@@ -131,6 +137,7 @@ class Plan:
     pattern: str
     engine: str
     recipe: str
+    primitive: str | None  # web_server | http_server | app.server; None for a batch job
     precision: str
     kv_cache_dtype: str
     gpu: GPU
@@ -180,6 +187,12 @@ class Plan:
             "STARTUP_TIMEOUT": self.startup_timeout_s,
             "HF_SECRET": "huggingface" if self.workload.model.startswith(GATED_ORGS) else None,
         }
+        if self.primitive == "app.server":  # the Server form's own knob names
+            return settings | {"REGION": self.region, "ROUTING_REGION": routing_region(
+                self.region), "TARGET_CONCURRENCY": self.target_inputs,
+                "MAX_CONCURRENCY": self.max_inputs or self.target_inputs,
+                "MIN_CONTAINERS": self.min_containers, "MAX_CONTAINERS": self.max_containers,
+                "BUFFER_CONTAINERS": self.buffer_containers, "KV_CACHE_GIB": self.kv_cache_gib}
         if self.pattern != "throughput":  # HTTP autoscaling knobs; a batch job has none
             settings |= {"TARGET_INPUTS": self.target_inputs,
                          "MIN_CONTAINERS": self.min_containers,
@@ -206,6 +219,7 @@ class Plan:
             "pattern": self.pattern,
             "engine": self.engine,
             "recipe": self.recipe,
+            "primitive": self.primitive,
             "precision": self.precision,
             "kv_cache_dtype": self.kv_cache_dtype,
             "gpu": dataclasses.asdict(self.gpu),
@@ -326,9 +340,18 @@ def _sizing(w: Workload, facts: ModelFacts, pattern: str = "online") -> _Sizing:
                    seq_tokens=w.input_tokens + w.output_tokens, max_model_len=max_len)
 
 
-def _region(w: Workload, pattern: str) -> str | None:
-    """The region to pin: the workload's, else us-east for low latency (next to its proxy)."""
-    return w.region or ("us-east" if pattern == "low-latency" else None)
+def _region(w: Workload, pattern: str, *, server: bool = False) -> str | None:
+    """The region to pin: the workload's, else us-east for low latency or a Server (next to
+    its proxy)."""
+    return w.region or ("us-east" if pattern == "low-latency" or server else None)
+
+
+def routing_region(region: str | None) -> str:
+    """The Server routing region nearest a compute region (us-east unless it is elsewhere)."""
+    if not region:
+        return "us-east"
+    return next((routing for prefix, routing in ROUTING_REGIONS.items()
+                 if region == prefix or region.startswith(prefix + "-")), "us-east")
 
 
 def _region_multiplier(region: str | None) -> float:
@@ -364,17 +387,18 @@ class _Rejection:
 
 
 def _candidates(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
-                pattern: str, util: float) -> tuple[list[Candidate], list[_Rejection]]:
+                pattern: str, util: float, *, server: bool = False
+                ) -> tuple[list[Candidate], list[_Rejection]]:
     fits: list[Candidate] = []
     rejected: list[_Rejection] = []
-    multiplier = _region_multiplier(_region(w, pattern))
+    multiplier = _region_multiplier(_region(w, pattern, server=server))
     for gpu in gpus.values():
         if w.gpu and gpu.name != w.gpu:
             continue
         for n in TP_SIZES:
             if n > w.max_gpus:
                 continue
-            if pattern == "cold-start" and n > 1:
+            if (pattern == "cold-start" or server) and n > 1:
                 rejected.append(_Rejection(gpu.name, n, "snapshot", "GPU snapshots do not support "
                                            "several GPUs"))
                 continue
@@ -527,9 +551,24 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
     if w.goal is None and not w.offline and w.cold_start_s is not None:
         online_cold = _cold_start(s, platform, 1)[1]
     pattern, pattern_why = _pattern(w, online_cold)
-    util = 0.85 if pattern == "low-latency" else 0.90
-    s = _sizing(w, facts, pattern)
-    fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
+    server = w.proxy_auth and pattern in ("low-latency", "cold-start")
+    if server and pattern == "low-latency":
+        pattern_why = ("you made lowest latency the explicit goal and your clients can send "
+                       "Modal proxy-auth headers: vLLM on a Modal Server with a pinned region "
+                       "(the Server form; without proxy_auth it would be SGLang behind "
+                       "modal.experimental.http_server)")
+    util = 0.85 if pattern == "low-latency" and not server else 0.90
+    s = _sizing(w, facts, "cold-start" if server else pattern)
+    fits, rejected = _candidates(w, s, gpus, platform, pattern, util, server=server)
+    if server and not fits:
+        # The Server form snapshots its engine, so one GPU; a bigger model keeps the pattern's
+        # own recipe.
+        server = False
+        pattern_why += ("; the Server form (proxy_auth) snapshots one GPU and this model needs "
+                        "more, so the pattern's own recipe")
+        util = 0.85 if pattern == "low-latency" else 0.90
+        s = _sizing(w, facts, pattern)
+        fits, rejected = _candidates(w, s, gpus, platform, pattern, util)
     if (not fits and pattern == "cold-start" and w.goal is None
             and any(r.kind == "memory" for r in rejected)):
         # Snapshots need one GPU; a model that needs several keeps a warm container instead.
@@ -556,7 +595,7 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
                 f"${cheapest.cost_per_hour:.2f}/h at peak; {hint}")
         chosen = affordable[0]
     return _build(w, s, platform, pattern, pattern_why, chosen, ranked, util,
-                  excluded=_excluded(rejected))
+                  excluded=_excluded(rejected), server=server)
 
 
 def _why_nothing_fits(w: Workload, s: _Sizing, gpus: dict[str, GPU], platform: Platform,
@@ -615,16 +654,29 @@ def _excluded(rejected: list[_Rejection]) -> str | None:
     """GPUs ruled out by what they cannot do (not by size or SLO), once each, with the reason."""
     seen: dict[str, str] = {}
     for rejection in rejected:
-        if rejection.kind in ("precision", "fp8", "snapshot") and rejection.gpu not in seen:
+        if rejection.kind in ("precision", "fp8") and rejection.gpu not in seen:
             seen[rejection.gpu] = rejection.why
     return "; ".join(f"{gpu} {why}" for gpu, why in seen.items()) or None
 
 
 def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_why: str,
            chosen: Candidate, ranked: list[Candidate], util: float, *,
-           excluded: str | None = None) -> Plan:
+           excluded: str | None = None, server: bool = False) -> Plan:
     gpu, n = chosen.gpu, chosen.n_gpu
     reasons: list[tuple[str, str]] = [("pattern", pattern_why)]
+    if server:
+        reasons.append(("primitive", "@app.server (the Server form, scripts/vllm_server.py): "
+                        "your clients can send Modal proxy-auth headers, so Modal's Server "
+                        "primitive fits: proxy auth on by default, routing and compute region "
+                        "together, vLLM with CPU+GPU snapshots and sleep/wake on one GPU"))
+    elif PRIMITIVES[pattern]:
+        reasons.append(("primitive", {
+            "web_server": "@modal.web_server: a standard HTTPS endpoint any client can call "
+                          "with the engine's API key (set proxy_auth = true if your clients "
+                          "can send Modal proxy-auth headers and latency matters)",
+            "http_server": "modal.experimental.http_server, as the SGLang recipe uses it (set "
+                           "proxy_auth = true for the @app.server form with vLLM instead)",
+        }[str(PRIMITIVES[pattern])]))
     if excluded:
         reasons.append(("excluded", excluded))
     warnings: list[str] = []
@@ -698,7 +750,7 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
         max_num_seqs = max(1, min(max_num_seqs, chosen.batch * 2))
     target = max(1, chosen.batch)
     max_inputs: int | None = max(target, min(max_num_seqs, math.ceil(target * 1.25)))
-    if pattern == "low-latency":
+    if pattern == "low-latency" and not server:
         max_inputs = None
     reasons.append(("context", f"max model len {max_len} tokens"
                     + (" (you asked for it)" if w.context_length else
@@ -747,15 +799,15 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                         f"container = {_containers(containers)} at peak"
                         + (f"; throughput target {w.throughput_tok_s:g} tok/s counted"
                            if w.throughput_tok_s else "")))
-    region = _region(w, pattern)
-    if pattern == "low-latency" and w.region is None:
+    region = _region(w, pattern, server=server)
+    if (pattern == "low-latency" or server) and w.region is None:
         reasons.append(("region", "low latency pins the GPU near its proxy and clients: "
                         "us-east by default (set region to where your users are); pinning costs "
                         "1.75x per GPU-hour for a narrow region, counted in every cost here"))
     elif region:
         reasons.append(("region", f"pinned to {region}: GPU-hours cost "
                         f"{_region_multiplier(region):g}x there"))
-    if pattern == "low-latency" and region not in PROXY_REGIONS_SEEN:
+    if pattern == "low-latency" and not server and region not in PROXY_REGIONS_SEEN:
         warnings.append(f"PROXY_REGIONS = ['{region}']: http_server proxies are documented for "
                         f"{', '.join(PROXY_REGIONS_SEEN)}; check that {region} has one, or pin a "
                         "region with a proxy near your users")
@@ -764,7 +816,9 @@ def _build(w: Workload, s: _Sizing, platform: Platform, pattern: str, pattern_wh
                   max(20 * MINUTES, math.ceil(cold_without * 4 / MINUTES) * MINUTES))
     predictions = _predictions(w, s, chosen, platform, load_s, cold_without, cold_with)
     return Plan(
-        workload=w, model=f, pattern=pattern, engine=ENGINES[pattern], recipe=RECIPES[pattern],
+        workload=w, model=f, pattern=pattern, engine="vllm" if server else ENGINES[pattern],
+        recipe=SERVER_RECIPE if server else RECIPES[pattern],
+        primitive="app.server" if server else PRIMITIVES[pattern],
         precision=s.precision, kv_cache_dtype=w.kv_cache_dtype, gpu=gpu, n_gpu=n,
         max_model_len=max_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=util,
         target_inputs=target, max_inputs=max_inputs, min_containers=min_containers,

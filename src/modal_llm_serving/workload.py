@@ -86,6 +86,7 @@ class Workload:
     max_gpus: int = 8  # per container (tensor parallelism)
     served_model_name: str | None = None
     allow_precision_fallback: bool = False  # plan bf16 onto GPUs without it (they run fp16)
+    proxy_auth: bool = False  # clients can send Modal proxy-auth headers (a backend, no browser)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -166,7 +167,7 @@ def workload_from_mapping(data: Mapping[str, Any]) -> Workload:
     if "cold_start_s" in values:
         out["cold_start_s"] = float(_number("cold_start_s", values["cold_start_s"],
                                             integer=False, minimum=0))
-    for name in ("offline", "allow_precision_fallback"):
+    for name in ("offline", "allow_precision_fallback", "proxy_auth"):
         if name in values:
             if not isinstance(values[name], bool):
                 raise _fail(name, f"must be true or false, got {values[name]!r}")
