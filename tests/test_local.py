@@ -217,12 +217,14 @@ def test_local_command_reports_a_flag_the_engine_does_not_know(tmp_path: Path) -
 
 
 @pytest.mark.engine
-def test_cold_start_recipe_command_serves_and_passes_the_smoke_test(
-        tiny_model_path: Path, tmp_path: Path) -> None:
-    """`mls local serve --recipe vllm_cold_start`: the CLI process, real vLLM, the smoke test."""
+@pytest.mark.parametrize("recipe", ["vllm_cold_start", "vllm_server"])
+def test_snapshot_recipe_commands_serve_and_pass_the_smoke_test(
+        recipe: str, tiny_model_path: Path, tmp_path: Path) -> None:
+    """`mls local serve --recipe R` for the cold-start recipe and its Server form: the CLI
+    process, real vLLM, the smoke test."""
     done = subprocess.run(
         [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--recipe",
-         "vllm_cold_start", "--model", str(tiny_model_path), "--served-model-name", "tiny",
+         recipe, "--model", str(tiny_model_path), "--served-model-name", "tiny",
          "--api-key", TINY_API_KEY, "--exit-after-smoke", "--log-file",
          str(tmp_path / "cold.log")],
         capture_output=True, text=True, timeout=600)
