@@ -240,7 +240,8 @@ def verify_engine_command(module: ModuleType) -> Any:
         engine = vllm_engine_args(args)
         assert args.served_model_name == [r.SERVED_MODEL_NAME]
         if hasattr(r, "ENGINE_PORT"):  # behind a forwarder: the engine on loopback
-            assert (args.host, args.port) == ("127.0.0.1", r.ENGINE_PORT) != ("127.0.0.1", r.PORT)
+            assert (args.host, args.port) == ("127.0.0.1", r.ENGINE_PORT)
+            assert r.ENGINE_PORT != r.PORT  # the public port is the forwarder's
         else:  # a Server: proxy auth in front, the engine on the Server's port
             assert (args.host, args.port) == ("0.0.0.0", r.PORT)
         assert engine.max_num_seqs == r.MAX_NUM_SEQS

