@@ -132,6 +132,19 @@ def test_skill_md_is_under_500_lines() -> None:
     assert len(skill_text().splitlines()) < 500
 
 
+CONTEXT_BUDGET = 24_000  # bytes: SKILL.md + the playbook + one primary reference (was 39.8 KB)
+
+
+def test_each_task_loads_little_context() -> None:
+    """An agent reads SKILL.md, the playbook and one primary reference on every task: the
+    budget keeps them from growing back (the long material lives in references read on demand)."""
+    always = len(SKILL_MD.read_bytes()) + len(
+        (SKILL / "references" / "performance-playbook.md").read_bytes())
+    for recipe, reference in workflow_rows():
+        loaded = always + len((SKILL / "references" / reference).read_bytes())
+        assert loaded <= CONTEXT_BUDGET, f"{recipe}: {loaded} bytes of context per task"
+
+
 def test_skills_ref_library_finds_no_problem() -> None:
     assert validate(SKILL) == []
 
