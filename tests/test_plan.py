@@ -45,7 +45,7 @@ def plan_of(**fields: Any) -> Any:
     ({"revision": None, "model": "Qwen/Qwen3-8B"}, "revision", "required"),
     ({"goal": "fastest"}, "goal", "online, cold-start, low-latency, throughput"),
     ({"ttft_ms": 0}, "ttft_ms", "greater than 0"),
-    ({"tpot_ms": "fast"}, "tpot_ms", "must be a number"),
+    ({"tpot_ms": "fast"}, "tpot_ms", "must be a finite number"),
     ({"context_length": 512, "input_tokens": 1000}, "context_length", "shorter than"),
     ({"max_gpus": 3}, "max_gpus", "power of two"),
     ({"max_gpus": 16}, "max_gpus", "multi-node"),

@@ -72,9 +72,23 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from exc
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as "
+                         "UTF-8") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc or 'nested too deeply'}") \
+            from None
+
+
+# Catalog figures are finite and positive; the cap keeps arithmetic on them finite too.
+_LARGEST = 1e6
+
+
+def _positive(value: object, *, zero_ok: bool = False) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+            and value <= _LARGEST)
 
 
 def _builtin(name: str) -> dict[str, Any]:
@@ -95,7 +109,14 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
             if key not in ("gpus", "platform"):
                 raise UsageError(f"GPU catalog {override}: unknown table [{key}] (use [gpus.NAME] "
                                  "and [platform])")
+        if not isinstance(user.get("gpus", {}), dict) or not isinstance(
+                user.get("platform", {}), dict):
+            raise UsageError(f"GPU catalog {override}: [gpus.NAME] and [platform] must be "
+                             "tables")
         for name, entry in user.get("gpus", {}).items():
+            if not isinstance(entry, dict):
+                raise UsageError(f"GPU catalog {override}: gpus.{name} must be a table of "
+                                 "fields, e.g. [gpus.{name}] with price_per_hour = 3.95")
             gpus[name] = {**gpus.get(name, {}), **entry}
         platform.update(user.get("platform", {}))
     source = override or "the built-in GPU catalog"
@@ -106,14 +127,21 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
         if unknown or missing:
             raise UsageError(f"{source}: GPU '{name}' has unknown fields {sorted(unknown)} or "
                              f"lacks {sorted(missing)}; every GPU needs {sorted(_GPU_FIELDS)}")
-        for field in ("memory_gb", "hbm_tb_s", "bf16_tflops", "price_per_hour"):
-            value = entry[field]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise UsageError(f"{source}: GPU '{name}' field '{field}' must be a positive "
-                                 f"number, got {value!r}")
+        for field in ("memory_gb", "hbm_tb_s", "bf16_tflops", "fp8_tflops", "price_per_hour"):
+            if not _positive(entry[field], zero_ok=field == "fp8_tflops"):
+                raise UsageError(f"{source}: GPU '{name}' field '{field}' must be a finite "
+                                 f"positive number (at most {_LARGEST:g}), got {entry[field]!r}")
+        for field in ("nvlink", "bf16"):
+            if field in entry and not isinstance(entry[field], bool):
+                raise UsageError(f"{source}: GPU '{name}' field '{field}' must be true or false, "
+                                 f"got {entry[field]!r}")
         catalog[name] = GPU(name=name, **entry)
     if set(platform) != _PLATFORM_FIELDS:
         raise UsageError(f"{source}: [platform] needs exactly {sorted(_PLATFORM_FIELDS)}")
+    for field, value in platform.items():
+        if not _positive(value, zero_ok=True):
+            raise UsageError(f"{source}: [platform] {field} must be a finite number >= 0 (at "
+                             f"most {_LARGEST:g}), got {value!r}")
     return catalog, Platform(**{k: float(v) for k, v in platform.items()})
 
 
@@ -184,7 +212,30 @@ def _dtype_name(config: dict[str, Any]) -> str:
 
 def model_facts_from_config(config: dict[str, Any], *, name: str, source: str,
                             checkpoint_bytes: float | None = None) -> ModelFacts:
-    """Architecture and parameter counts from a Hugging Face `config.json` mapping."""
+    """Architecture and parameter counts from a Hugging Face `config.json` mapping.
+
+    A config is input (a local folder's file, or the Hub's): a field of the wrong type or an
+    absurd size is a UsageError naming the file, never a traceback or a plan built on it.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("text_config", {}), dict):
+        raise UsageError(f"{source} is not a model config (a JSON object of fields)")
+    try:
+        facts = _facts_from_config(config, name=name, source=source,
+                                   checkpoint_bytes=checkpoint_bytes)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+        raise UsageError(f"{source} has a field of the wrong type or value ({exc}); is it a "
+                         "Hugging Face decoder LLM config?") from None
+    sizes = (facts.hidden, facts.layers, facts.heads, facts.vocab, facts.kv_heads,
+             facts.head_dim, facts.max_position)
+    if min(sizes) < 1 or facts.total_params > 1e14 or facts.max_position > 1 << 30:
+        raise UsageError(f"{source} gives sizes no real model has (hidden {facts.hidden}, "
+                         f"layers {facts.layers}, heads {facts.heads}, vocab {facts.vocab}, "
+                         f"context {facts.max_position}); check the file")
+    return facts
+
+
+def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
+                       checkpoint_bytes: float | None) -> ModelFacts:
     if "text_config" in config:  # multimodal wrappers keep the language model's config inside
         config = {**config["text_config"], "quantization_config":
                   config.get("quantization_config")}

@@ -1,48 +1,117 @@
 """The `mls` command line: each command parses, calls the library once, and renders.
 
-Exit codes: 0 success; 1 a check, smoke test or run found a problem (or an expected error, shown
-as one line); 2 bad usage (unknown flag, invalid value).
+Exit codes (the README's contract): 0 success; 1 a check, smoke test or run found a problem, or
+an expected failure (shown as one line); 2 bad input (an option, a file, a URL; one line naming
+it); 3 an internal error (a bug: one line, details in a log file); 130 interrupted (Ctrl-C).
+Every error reaches the user through `MlsGroup.invoke`, the one place they become messages.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shlex
 import signal
 import sys
+import traceback
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
 from modal_llm_serving import __version__
+from modal_llm_serving.cli_params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.errors import EngineStartError, MlsError, UsageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+EXIT_PROBLEM, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
 
-def expected_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn the library's expected errors into one-line messages (no traceback), exit 1."""
 
-    @wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+class InternalError(click.ClickException):
+    """An unexpected exception, shown as one line; its traceback went to a log file."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class MlsGroup(click.Group):
+    """The root command: turns every exception a command raises into the contract above."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise  # click's own: already a message and an exit code
         except UsageError as exc:
-            raise click.UsageError(str(exc)) from exc
+            raise click.UsageError(_message(exc)) from None
         except EngineStartError as exc:
             if exc.log_tail:
-                click.echo(f"--- last lines of {exc.log_path} ---\n{exc.log_tail.rstrip()}\n---",
-                           err=True)
-            raise click.ClickException(str(exc)) from exc
+                click.echo(f"--- last lines of {exc.log_path} ---\n{_redacted(exc.log_tail)}"
+                           "\n---", err=True)
+            raise click.ClickException(_message(exc)) from None
         except MlsError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(_message(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # `mls ... | head`: the reader left; nothing more to say
+            sys.stderr.close()
+            raise click.exceptions.Exit(EXIT_PROBLEM) from None
+        except Exception as exc:  # a bug: one line here, the traceback in a file
+            raise InternalError(_internal_error(exc)) from None
 
-    return wrapper
+
+def _message(exc: BaseException) -> str:
+    """An error's text as one redacted line (messages may quote URLs and server bodies)."""
+    from modal_llm_serving.wire import one_line
+
+    return one_line(_redacted(str(exc)), 600)
+
+
+def _argv_secrets(argv: list[str]) -> list[str]:
+    """Values given on the command line for options that carry credentials."""
+    from modal_llm_serving.redact import is_secret_header
+
+    found = []
+    for index, word in enumerate(argv):
+        name, eq, inline = word.partition("=")
+        value = inline if eq else (argv[index + 1] if index + 1 < len(argv) else "")
+        if name.startswith("--") and any(part in name for part in ("key", "secret", "token")):
+            found.append(value)
+        if name == "--header":
+            header, _, content = value.partition(":")
+            if is_secret_header(header):
+                found.append(content.strip())
+    return [value for value in found if value]
+
+
+def _redacted(text: str) -> str:
+    from modal_llm_serving.redact import redact_text
+
+    return redact_text(text, _argv_secrets(sys.argv))
+
+
+def _internal_error(exc: Exception) -> str:
+    """Write the traceback (redacted) to a log file; return the one line to show."""
+    from modal_llm_serving.model_cache import cache_dir
+
+    summary = _message(exc)[:200]
+    try:
+        folder = cache_dir() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"mls-error-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{os.getpid()}.log"
+        details = "".join(traceback.format_exception(exc))
+        path.write_text(f"mls {__version__}, python {sys.version.split()[0]}\n"
+                        f"command: {_redacted(shlex.join(sys.argv))}\n\n{_redacted(details)}",
+                        encoding="utf-8")
+        where = f"details in {path}"
+    except OSError as log_error:
+        where = f"(no log file: {log_error.strerror or log_error})"
+    return (f"internal error: {type(exc).__name__}: {summary} — a bug in mls, not your input; "
+            f"{where}; please report it with that file")
 
 
 def echo_json(data: Any) -> None:
@@ -77,16 +146,18 @@ def proxy_auth_options(command: Callable[P, R]) -> Callable[P, R]:
 def request_headers(headers: tuple[str, ...], proxy_token_id: str | None,
                     proxy_token_secret: str | None) -> dict[str, str]:
     """--header values plus the Modal proxy auth pair, which must come together."""
+    from modal_llm_serving.client import check_headers
+
     parsed = parse_headers(headers)
     if bool(proxy_token_id) != bool(proxy_token_secret):
         raise click.UsageError("give both --proxy-token-id and --proxy-token-secret (or "
                                "MODAL_PROXY_TOKEN_ID and MODAL_PROXY_TOKEN_SECRET), or neither")
     if proxy_token_id and proxy_token_secret:
         parsed |= {"Modal-Key": proxy_token_id, "Modal-Secret": proxy_token_secret}
-    return parsed
+    return check_headers(parsed)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MlsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mls")
 def cli() -> None:
     """Serve open-weight LLMs on Modal with vLLM and SGLang.
@@ -111,11 +182,10 @@ def cli() -> None:
 @click.option("--model", help="Model id to test [default: the only served model].")
 @click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
               help="Extra header on every request (repeatable), e.g. 'Modal-Session-ID: s1'.")
-@click.option("--ready-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+@click.option("--ready-timeout", type=Finite(0, LONGEST_WAIT_S), default=300.0, show_default=True,
               help="Seconds to wait for readiness (scale-from-zero can take minutes).")
 @proxy_auth_options
 @click.option("--json", "json_", is_flag=True, help="Print the report as JSON.")
-@expected_errors
 def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, ...],
           ready_timeout: float, proxy_token_id: str | None, proxy_token_secret: str | None,
           json_: bool) -> None:
@@ -181,17 +251,16 @@ def model_options(command: Callable[P, R]) -> Callable[P, R]:
 @local.command("serve")
 @recipe_option
 @model_options
-@click.option("--kv-cache-gib", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--kv-cache-gib", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="KV cache space for the CPU build (VLLM_CPU_KVCACHE_SPACE).")
 @click.option("--api-key", envvar="MLS_API_KEY",
               help="Require this bearer key on /v1 [env MLS_API_KEY; default: none locally].")
 @click.option("--log-file", type=click.Path(dir_okay=False, writable=True),
               help="Engine log [default: <cache>/logs/vllm-PORT.log].")
-@click.option("--ready-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--ready-timeout", type=Finite(1, LONGEST_WAIT_S), default=300.0, show_default=True,
               help="Seconds to wait for the engine.")
 @click.option("--exit-after-smoke", is_flag=True,
               help="Stop the engine once the smoke test has run; exit with its result.")
-@expected_errors
 def local_serve(recipe: str, model: str | None, revision: str | None,
                 served_model_name: str | None, host: str, port: int | None, kv_cache_gib: int,
                 api_key: str | None, log_file: str | None, ready_timeout: float,
@@ -238,7 +307,6 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
               help="Parse the recipe's command with the engine's own parser (installed vLLM or "
                    "SGLang).")
 @click.option("--json", "json_", is_flag=True, help="Print the commands as JSON.")
-@expected_errors
 def local_command_(recipe: str, model: str | None, revision: str | None,
                    served_model_name: str | None, host: str, port: int | None, check: bool,
                    json_: bool) -> None:
@@ -342,7 +410,6 @@ base URL: {base_url}/v1
 @click.option("--python", "python_", type=click.Path(exists=True, dir_okay=False),
               help="Interpreter whose modal and engines to check [default: the one running mls].")
 @click.option("--json", "json_", is_flag=True, help="Print the report as JSON.")
-@expected_errors
 def doctor(python_: str | None, json_: bool) -> None:
     """Is this machine's Modal CLI, SDK, Python and profile what you think it is?
 
@@ -380,7 +447,6 @@ def render_doctor(report: Any) -> None:
 @cli.command("revision")
 @click.argument("model")
 @click.option("--ref", default="main", show_default=True, help="Branch or tag to resolve.")
-@expected_errors
 def revision_command(model: str, ref: str) -> None:
     """Print the commit hash MODEL's REF points at on the Hub, to pin it (never guessed).
 
@@ -414,7 +480,6 @@ def skill_path() -> None:
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
               help="Skills folder to install into instead (e.g. a project's .claude/skills).")
 @click.option("--force", is_flag=True, help="Replace an installed copy.")
-@expected_errors
 def skill_install(agent: str, folder: Path | None, force: bool) -> None:
     """Install exactly the skill this toolkit carries into an agent's skills folder."""
     from modal_llm_serving.skill import default_skills_dir, install_skill
@@ -428,12 +493,12 @@ def skill_install(agent: str, folder: Path | None, force: bool) -> None:
               help="Agent CLI to run [default: the first on PATH with credentials].")
 @click.option("--suite", type=click.Choice(["trigger", "tasks", "all"]), default="all",
               show_default=True, help="trigger-evals.json, evals.json, or both.")
-@click.option("--limit", type=click.IntRange(min=1), help="Run only the first N of each suite.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True,
+@click.option("--limit", type=click.IntRange(1, 100_000),
+              help="Run only the first N of each suite.")
+@click.option("--timeout", type=Finite(1, LONGEST_WAIT_S), default=900.0, show_default=True,
               help="Seconds one agent run may take.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder [default: results/evals-<UTC time>].")
-@expected_errors
 def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
                out: Path | None) -> None:
     """Run the skill's evals through an agent CLI and score them (needs the agent's credentials).
@@ -501,17 +566,17 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
               help="Open loop: requests/s (inf = all at once); a comma list sweeps.")
 @click.option("--arrival", type=click.Choice(["poisson", "constant", "gamma"]),
               default="poisson", show_default=True, help="Open-loop arrival process.")
-@click.option("--burstiness", type=float, default=1.0, show_default=True,
+@click.option("--burstiness", type=Finite(0, 1e6, min_open=True), default=1.0, show_default=True,
               help="Gamma shape (1 = Poisson, < 1 burstier).")
-@click.option("--max-concurrency", type=click.IntRange(min=1),
+@click.option("--max-concurrency", type=click.IntRange(1, 100_000),
               help="Open loop: cap on requests in flight.")
-@click.option("--num-requests", "-n", type=click.IntRange(min=1),
+@click.option("--num-requests", "-n", type=click.IntRange(1, 1_000_000_000),
               help="Requests per level [default: 100 unless --duration].")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+@click.option("--duration", type=Finite(0, LONGEST_WAIT_S, min_open=True),
               help="Seconds per level; no new request starts after it.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--warmup", type=Finite(0, LONGEST_WAIT_S), default=0.0, show_default=True,
               help="Seconds at the start excluded from the measurement window.")
-@click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--cooldown", type=Finite(0, LONGEST_WAIT_S), default=0.0, show_default=True,
               help="Seconds at the end excluded from the measurement window.")
 @click.option("--input-len", default="128", show_default=True, metavar="SPEC",
               help="Prompt tokens: N, uniform:MIN:MAX or normal:MEAN:STD.")
@@ -521,7 +586,7 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
               help="Prompts: JSONL ({prompt, output_tokens} or {messages}) or ShareGPT JSON.")
 @click.option("--tokenizer", help="Local tokenizer folder or Hub id [default: the server's "
                                   "/tokenize].")
-@click.option("--turns", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--turns", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Turns per conversation (multi-turn sessions reuse their prefix).")
 @click.option("--session-header", default="Modal-Session-ID", show_default=True,
               help="Header carrying one id per conversation (sticky routing) when --turns > 1.")
@@ -531,13 +596,15 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
               help="Also send min_tokens = output length (servers without ignore_eos).")
 @click.option("--slo", "slos", multiple=True, metavar="METRIC:MS",
               help="SLO for goodput, e.g. --slo ttft:500 --slo tpot:50 (ttft, tpot, e2el).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=600.0,
               show_default=True, help="Seconds a request may take in all.")
-@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+@click.option("--stall-timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True),
+              default=120.0,
               show_default=True, help="Seconds a stream may go without a byte.")
-@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--retries", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Retries of a 429/503 answer (each attempt counted in the record).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompts and arrivals.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Prompts and arrivals.")
 @click.option("--transport", type=click.Choice(["raw", "aiohttp", "httpx"]), default="raw",
               show_default=True, help="HTTP client (raw measured lowest overhead).")
 @click.option("--prewarm/--no-prewarm", default=True, show_default=True,
@@ -545,24 +612,23 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
                    "--no-prewarm counts first-request handshakes, as vllm bench serve does.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder [default: results/bench-<UTC time>].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the results already in --out (without it, a used folder is refused).")
 @click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
-@expected_errors
 def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
-              proxy_token_secret: str | None, json_: bool, out: Path | None,
+              proxy_token_secret: str | None, json_: bool, out: Path | None, overwrite: bool,
               no_report: bool, **options: Any) -> None:
     """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
 
     Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
     on stderr; results are written as requests finish, so Ctrl-C keeps what finished.
     """
-    import datetime as dt
-
     from modal_llm_serving.bench.api import BenchOptions, run_bench
     from modal_llm_serving.bench.report import render_report, summary_lines
 
     bench_options = BenchOptions(
         url=url, headers=request_headers(headers, proxy_token_id, proxy_token_secret), **options)
-    out = out or Path("results") / f"bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    chosen: list[Path] = []
 
     def on_level(level: Any, summary: dict[str, Any]) -> None:
         if not json_:
@@ -570,11 +636,17 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
 
     try:
         summaries = run_bench(
-            bench_options, out_dir=out, progress=_bench_progress(),
-            on_info=lambda message: click.echo(message, err=True), on_level=on_level)
+            bench_options, out_dir=out, overwrite=overwrite, on_out_dir=chosen.append,
+            progress=_bench_progress(), on_info=lambda message: click.echo(message, err=True),
+            on_level=on_level)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished requests are in {out}", err=True)
-        sys.exit(130)
+        if chosen and chosen[0].is_dir():
+            click.echo(f"\ninterrupted: finished requests are in {chosen[0]} "
+                       f"(`mls bench report {chosen[0]}` summarizes them)", err=True)
+        else:
+            click.echo("\ninterrupted before any request finished", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    out = chosen[0]
     if not no_report:
         click.echo(f"report: {render_report(out)}", err=True)
     click.echo(f"results: {out}", err=True)
@@ -606,7 +678,6 @@ def _bench_progress() -> Callable[[Any, Any], None]:
 @bench.command("report")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "json_", is_flag=True, help="Print the saved summary as JSON.")
-@expected_errors
 def bench_report(folder: Path, json_: bool) -> None:
     """Re-render report.md and plots of a saved run (or sweep) FOLDER."""
     from modal_llm_serving.bench.report import render_report, summary_lines
@@ -625,16 +696,15 @@ def bench_report(folder: Path, json_: bool) -> None:
 @bench.command("cold-start")
 @click.argument("url")
 @_bench_common
-@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--repeat", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Trials.")
-@click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--wait", type=Finite(0, LONGEST_WAIT_S), default=0.0, show_default=True,
               help="Seconds between trials (let the endpoint scale back to zero).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0,
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=900.0,
               show_default=True, help="Seconds a trial may wait for its first token.")
-@click.option("--since", type=float, metavar="UNIX_SECONDS",
+@click.option("--since", type=Finite(0, 1e11), metavar="UNIX_SECONDS",
               help="Start the first trial's clock at this past moment (e.g. `date +%s.%N` "
                    "taken when the deploy returned) [default: now].")
-@expected_errors
 def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
                      proxy_token_id: str | None, proxy_token_secret: str | None,
                      endpoint: str, json_: bool, repeat: int, wait: float,
@@ -677,16 +747,20 @@ def workload_options(command: Callable[P, R]) -> Callable[P, R]:
         click.option("--revision", help="Commit hash of a Hub model (required for Hub ids)."),
         click.option("--goal", metavar="GOAL",
                      help="online | cold-start | low-latency | throughput [default: inferred]."),
-        click.option("--concurrency", type=int, help="Requests in flight at peak [default: 8]."),
+        click.option("--concurrency", type=click.IntRange(1),
+                     help="Requests in flight at peak [default: 8]."),
         click.option("--context-length", type=int, help="Max tokens per sequence."),
         click.option("--precision", help="bf16 | fp16 | fp8 | int8 | int4 | mxfp4."),
-        click.option("--ttft-ms", type=float, help="Time-to-first-token SLO, ms."),
-        click.option("--tpot-ms", type=float, help="Time-per-output-token SLO, ms."),
-        click.option("--throughput", "throughput_tok_s", type=float,
+        click.option("--ttft-ms", type=Finite(0, min_open=True),
+                     help="Time-to-first-token SLO, ms."),
+        click.option("--tpot-ms", type=Finite(0, min_open=True),
+                     help="Time-per-output-token SLO, ms."),
+        click.option("--throughput", "throughput_tok_s", type=Finite(0, min_open=True),
                      help="Output tokens/s wanted across replicas."),
         click.option("--region", help="Modal region to pin, e.g. us-east [default: any]."),
-        click.option("--cold-start-s", type=float, help="Longest acceptable cold start, s."),
-        click.option("--budget", "budget_per_hour", type=float, help="USD per hour at peak."),
+        click.option("--cold-start-s", type=Finite(0), help="Longest acceptable cold start, s."),
+        click.option("--budget", "budget_per_hour", type=Finite(0, min_open=True),
+                     help="USD per hour at peak."),
         click.option("--offline", is_flag=True, help="Batch work with no per-request HTTP."),
         click.option("--gpu", help="Only this GPU type from the catalog, e.g. H100."),
         click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
@@ -710,7 +784,6 @@ def _workload(workload_file: Path | None, assignments: tuple[str, ...],
 @cli.command("plan")
 @workload_options
 @click.option("--json", "json_", is_flag=True, help="Print the plan as JSON.")
-@expected_errors
 def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
                  gpu_catalog: Path | None, json_: bool, **flags: Any) -> None:
     """Plan a deployment: pattern, GPU type and count, engine and Modal settings, predictions.
@@ -744,7 +817,6 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
               type=click.Path(dir_okay=False, path_type=Path), help="The app file to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "json_", is_flag=True, help="Print what was done as JSON.")
-@expected_errors
 def new_command(workload_file: Path | None, assignments: tuple[str, ...],
                 gpu_catalog: Path | None, output: Path, force: bool, json_: bool,
                 **flags: Any) -> None:
@@ -784,13 +856,12 @@ def new_command(workload_file: Path | None, assignments: tuple[str, ...],
 @click.option("--json", "json_", is_flag=True, help="Print the findings as JSON.")
 @click.option("--no-import", is_flag=True,
               help="Static checks only; do not import the files with the Modal SDK.")
-@click.option("--import-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--import-timeout", type=Finite(1, 3600), default=60.0, show_default=True,
               help="Seconds an import may take before it counts as hanging.")
 @click.option("--python", "python_", type=click.Path(exists=True, dir_okay=False),
               help="Interpreter for the import check: the one behind your `modal` CLI "
                    "[default: this one].")
 @click.option("--list", "list_", is_flag=True, help="List the rules and exit.")
-@expected_errors
 def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
                   import_timeout: float, python_: str | None, list_: bool) -> None:
     """Check Modal LLM app files against the serving rules.

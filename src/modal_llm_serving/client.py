@@ -12,7 +12,9 @@ its own asynchronous client tuned for measurement.
 from __future__ import annotations
 
 import dataclasses
-import json
+import re
+import ssl
+import urllib.parse
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -20,17 +22,95 @@ from typing import Any
 import httpx
 
 from modal_llm_serving.errors import EndpointError, EndpointStatusError, UsageError
+from modal_llm_serving.redact import redact_url
 from modal_llm_serving.sse import SSEParser
+from modal_llm_serving.wire import (
+    one_line,
+    parse_object,
+    read_chat_completion,
+    read_chunk,
+    read_models,
+)
 
-__all__ = ["ChatResult", "OpenAIClient", "StreamResult", "normalize_base_url"]
+__all__ = ["ChatResult", "OpenAIClient", "StreamResult", "check_headers", "normalize_base_url",
+           "raise_if_client_side", "tls_failure"]
 
 
 def normalize_base_url(url: str) -> str:
-    """`http://host:8000`, `http://host:8000/` and `.../v1` all mean the server root."""
+    """`http://host:8000`, `http://host:8000/` and `.../v1` all mean the server root.
+
+    A URL is input: anything that cannot be a server's address (another scheme, no host, a port
+    outside 1-65535, spaces or control characters) is a UsageError naming what is wrong.
+    """
     url = url.strip().rstrip("/")
+    shown = redact_url(url)
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"{url!r} is not an http(s) URL; write it like http://127.0.0.1:8000")
+        raise UsageError(f"{shown!r} is not an http(s) URL; write it like http://127.0.0.1:8000")
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
+        raise UsageError(f"{shown!r} holds spaces or control characters; check the URL")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast", ...
+        raise UsageError(f"{shown!r} has a bad port ({exc}); ports are 1-65535") from None
+    if not parts.hostname:
+        raise UsageError(f"{shown!r} names no host; write it like http://127.0.0.1:8000")
+    if port == 0:
+        raise UsageError(f"{shown!r} has port 0; ports are 1-65535")
+    if parts.query or parts.fragment:
+        raise UsageError(f"{shown!r} has a query or fragment; give the server's root URL")
     return url.removesuffix("/v1")
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a header name (RFC 9110 token)
+
+
+def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers that can go on the wire as given, or a UsageError naming the bad one.
+
+    A newline in a value would end the header early (or inject another), and HTTP/1.1 values
+    are ASCII: both are the user's mistake, reported now instead of as a server that never
+    answers. Values are never shown (they may be keys).
+    """
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise UsageError(f"header name {name!r} is not a valid HTTP header name (letters, "
+                             "digits and -)")
+        if not isinstance(value, str) or any(
+                ord(char) > 126 or (ord(char) < 32 and char != "\t") for char in value):
+            raise UsageError(f"the value of header {name!r} holds a line break, a control "
+                             "character or a non-ASCII character; HTTP header values are one "
+                             "line of ASCII (check --header, --api-key and the proxy tokens)")
+    return dict(headers)
+
+
+def raise_if_client_side(exc: BaseException, base_url: str) -> None:
+    """Raise a UsageError if `exc` is our mistake rather than the server's state: retrying it
+    would only wait out a timeout and then blame a server that was never asked."""
+    shown = redact_url(base_url)
+    if isinstance(exc, httpx.LocalProtocolError):
+        raise UsageError(f"the request to {shown} could not be sent ({exc}); check --header "
+                         "and --api-key") from None
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        raise UsageError(f"{shown}: {exc}; write the URL like http://127.0.0.1:8000") from None
+    if (tls := tls_failure(exc)) is not None:
+        raise UsageError(f"{shown}: {tls}") from None
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """What went wrong if `exc` (or what caused it) is a TLS failure, with what to do."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return (f"the server's TLS certificate was refused ({current.verify_message}); "
+                    "check the host name, or the machine's CA certificates")
+        if isinstance(current, ssl.SSLError):
+            return (f"TLS handshake failed ({current.reason or current}); if the server speaks "
+                    "plain HTTP, use an http:// URL")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +145,7 @@ class OpenAIClient:
         all_headers = dict(headers or {})
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
+        check_headers(all_headers)
         self._http = httpx.Client(base_url=self.base_url, headers=all_headers, timeout=timeout)
 
     def __enter__(self) -> OpenAIClient:
@@ -77,32 +158,27 @@ class OpenAIClient:
     def close(self) -> None:
         self._http.close()
 
-    def get(self, path: str) -> httpx.Response:
+    def get(self, path: str, *, timeout: float | None = None) -> httpx.Response:
         """A plain GET, for /health and friends; raises `httpx` transport errors as they come."""
-        return self._http.get(path)
+        if timeout is None:
+            return self._http.get(path)
+        return self._http.get(path, timeout=timeout)
 
     def models(self) -> list[str]:
         """The served model ids from GET /v1/models."""
-        body = self._json(self._http.get("/v1/models"))
-        try:
-            return [str(entry["id"]) for entry in body["data"]]
-        except (KeyError, TypeError) as exc:
-            raise EndpointError(f"/v1/models answered without data[].id: {body!r:.200}") from exc
+        return read_models(self._json(self._http.get("/v1/models")))
 
     def chat(self, model: str, prompt: str, *, max_tokens: int = 32,
              temperature: float = 0.0) -> ChatResult:
         """One non-streamed chat completion with a single user message."""
         payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
                    "max_tokens": max_tokens, "temperature": temperature}
-        body = self._json(self._http.post("/v1/chat/completions", json=payload))
-        try:
-            choice = body["choices"][0]
-            return ChatResult(id=str(body["id"]), text=choice["message"]["content"] or "",
-                              finish_reason=choice.get("finish_reason"),
-                              prompt_tokens=int(body["usage"]["prompt_tokens"]),
-                              completion_tokens=int(body["usage"]["completion_tokens"]))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EndpointError(f"chat completion is missing {exc}: {body!r:.300}") from exc
+        completion = read_chat_completion(
+            self._json(self._http.post("/v1/chat/completions", json=payload)))
+        return ChatResult(id=completion.id, text=completion.text,
+                          finish_reason=completion.finish_reason,
+                          prompt_tokens=completion.prompt_tokens,
+                          completion_tokens=completion.completion_tokens)
 
     def chat_stream(self, model: str, prompt: str, *, max_tokens: int = 32,
                     temperature: float = 0.0) -> StreamResult:
@@ -113,45 +189,37 @@ class OpenAIClient:
         parser = SSEParser()
         ids: set[str] = set()
         text: list[str] = []
-        chunks, usage, saw_done = 0, None, False
+        chunks, saw_done = 0, False
+        prompt_tokens = completion_tokens = None
         with self._http.stream("POST", "/v1/chat/completions", json=payload) as response:
             if response.status_code != 200:
                 response.read()
                 self._json(response)  # raises with the status and body
-            for raw in response.iter_bytes():
-                for event in parser.feed(raw):
-                    if event.data == "[DONE]":
-                        saw_done = True
-                        continue
-                    chunk = _parse_json(event.data)
-                    chunks += 1
-                    ids.add(str(chunk.get("id")))
-                    for choice in chunk.get("choices") or []:
-                        text.append((choice.get("delta") or {}).get("content") or "")
-                    usage = chunk.get("usage") or usage
-            for event in parser.close():
-                saw_done = saw_done or event.data == "[DONE]"
+            events = [event for raw in response.iter_bytes() for event in parser.feed(raw)]
+            for event in [*events, *parser.close()]:
+                if event.data == "[DONE]":
+                    saw_done = True
+                    continue
+                chunk = read_chunk(parse_object(event.data, what="a stream chunk"), chat=True)
+                if chunk.error is not None:
+                    raise EndpointError(f"the stream carried an error: {chunk.error}")
+                chunks += 1
+                ids.add(chunk.id or "")
+                text.append(chunk.text)
+                prompt_tokens = chunk.prompt_tokens if chunk.prompt_tokens is not None \
+                    else prompt_tokens
+                completion_tokens = chunk.completion_tokens \
+                    if chunk.completion_tokens is not None else completion_tokens
         if len(ids) > 1:
             raise EndpointError(f"stream chunks carry different ids: {sorted(ids)}")
-        return StreamResult(
-            id=ids.pop() if ids else "", text="".join(text), chunks=chunks, saw_done=saw_done,
-            prompt_tokens=usage.get("prompt_tokens") if usage else None,
-            completion_tokens=usage.get("completion_tokens") if usage else None)
+        return StreamResult(id=ids.pop() if ids else "", text="".join(text), chunks=chunks,
+                            saw_done=saw_done, prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens)
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code != 200:
             raise EndpointStatusError(
                 f"{response.request.method} {response.request.url.path} answered "
-                f"{response.status_code}: {response.text[:300]}",
+                f"{response.status_code}: {one_line(response.text)}",
                 status=response.status_code, url=str(response.request.url))
-        return _parse_json(response.text)
-
-
-def _parse_json(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise EndpointError(f"expected JSON, got {text[:200]!r}") from exc
-    if not isinstance(value, dict):
-        raise EndpointError(f"expected a JSON object, got {text[:200]!r}")
-    return value
+        return parse_object(response.text, what=f"the answer to {response.request.url.path}")

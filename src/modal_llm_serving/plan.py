@@ -38,6 +38,9 @@ from modal_llm_serving.workload import NARROW_REGIONS, OUT_OF_SCOPE_TASKS, PRECI
 
 __all__ = ["Candidate", "Plan", "Prediction", "make_plan"]
 
+# Past this many GPUs at peak a plan is a capacity negotiation with Modal, not a recipe setting.
+MAX_PLANNED_GPUS = 2000
+
 TP_SIZES = (1, 2, 4, 8)
 MAX_NUM_SEQS_CAP = 256  # vLLM's default max_num_seqs: a sane ceiling before benchmarking
 OFFLINE_NUM_SEQS_CAP = 512  # offline batches gain from larger batches while KV allows
@@ -547,6 +550,10 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
     if w.context_length and w.context_length > facts.max_position:
         raise PlanRefused(f"context_length {w.context_length} exceeds what {facts.name} supports "
                           f"({facts.max_position} tokens): use at most {facts.max_position}")
+    if (request := w.input_tokens + w.output_tokens) > facts.max_position:
+        raise PlanRefused(f"a request of input_tokens {w.input_tokens} + output_tokens "
+                          f"{w.output_tokens} = {request} tokens exceeds {facts.name}'s maximum "
+                          f"context of {facts.max_position} tokens; shorten the requests")
     online_cold: float | None = None
     if w.goal is None and not w.offline and w.cold_start_s is not None:
         online_cold = _cold_start(s, platform, 1)[1]
@@ -581,6 +588,12 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         raise PlanRefused(_why_nothing_fits(w, s, gpus, platform, rejected, util, pattern))
     ranked = _rank(pattern, fits, has_slo=w.ttft_ms is not None or w.tpot_ms is not None)
     chosen = ranked[0]
+    if (gpus_needed := chosen.n_gpu * chosen.containers) > MAX_PLANNED_GPUS:
+        raise PlanRefused(
+            f"serving concurrency {w.concurrency} needs {gpus_needed} GPUs at peak even on the "
+            f"best fit ({chosen.label()}, {chosen.batch} sequences per container); this planner "
+            f"stops at {MAX_PLANNED_GPUS} GPUs, beyond the capacity a Modal workspace gets "
+            "without arranging it with Modal: check the number, or split the workload")
     if w.budget_per_hour is not None:
         affordable = [c for c in ranked if c.cost_per_hour <= w.budget_per_hour]
         if not affordable:

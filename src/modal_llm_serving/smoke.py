@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 
-from modal_llm_serving.client import OpenAIClient, normalize_base_url
+from modal_llm_serving.client import OpenAIClient, normalize_base_url, raise_if_client_side
 from modal_llm_serving.errors import EndpointError, EndpointStatusError, EndpointTimeout
+from modal_llm_serving.redact import redact_url
+from modal_llm_serving.wire import one_line
 
 __all__ = ["SmokeReport", "SmokeStep", "run_smoke", "wait_until_ready"]
 
@@ -66,31 +68,36 @@ class SmokeReport:
 
 def wait_until_ready(client: OpenAIClient, *, timeout: float,
                      on_wait: Callable[[str], None] = lambda _: None) -> float:
-    """Poll GET /health with backoff until 200; return the seconds waited.
+    """Poll GET /health with backoff until 200 or `timeout` seconds; return the seconds waited.
 
-    Raises `EndpointTimeout` at the deadline and `EndpointStatusError` at once for a status that
-    waiting cannot change.
+    Raises `EndpointTimeout` at the deadline (not before: the last pause is cut to fit it),
+    `EndpointStatusError` at once for a status that waiting cannot change, and `UsageError` at
+    once for a mistake on our side (a bad header, TLS to a plain-HTTP server), which no amount
+    of waiting fixes.
     """
     start = time.monotonic()
     delay, last = 0.5, "no answer yet"
     while True:
+        remaining = timeout - (time.monotonic() - start)
         try:
-            response = client.get("/health")
+            response = client.get("/health", timeout=max(1.0, min(30.0, remaining)))
             if response.status_code == 200:
                 return time.monotonic() - start
             if response.status_code not in RETRYABLE_STATUS:
                 raise EndpointStatusError(
-                    f"GET /health answered {response.status_code}: {response.text[:200]}",
+                    f"GET /health answered {response.status_code}: {one_line(response.text)}",
                     status=response.status_code, url=f"{client.base_url}/health")
             last = f"HTTP {response.status_code}"
         except httpx.TransportError as exc:
+            raise_if_client_side(exc, client.base_url)
             last = type(exc).__name__
         waited = time.monotonic() - start
-        if waited + delay > timeout:
-            raise EndpointTimeout(f"{client.base_url} not ready after {waited:.0f} s "
+        if waited >= timeout:
+            raise EndpointTimeout(f"{redact_url(client.base_url)} not ready after {waited:.0f} s "
                                   f"(last: {last})")
-        on_wait(f"not ready after {waited:.0f} s ({last}); retrying in {delay:.1f} s")
-        time.sleep(delay)
+        pause = min(delay, timeout - waited)
+        on_wait(f"not ready after {waited:.0f} s ({last}); retrying in {pause:.1f} s")
+        time.sleep(pause)
         delay = min(delay * 2, 5.0)
 
 
@@ -99,7 +106,7 @@ def run_smoke(base_url: str, *, api_key: str | None = None, model: str | None = 
               request_timeout: float = 120.0,
               on_wait: Callable[[str], None] = lambda _: None) -> SmokeReport:
     """Run every step against `base_url` and return the report (it never raises for a failure)."""
-    report = SmokeReport(base_url=normalize_base_url(base_url), model=model, steps=[])
+    report = SmokeReport(base_url=redact_url(normalize_base_url(base_url)), model=model, steps=[])
     with OpenAIClient(base_url, api_key=api_key, headers=headers,
                       timeout=request_timeout) as client:
         steps: list[tuple[str, Callable[[], str]]] = [
@@ -119,8 +126,9 @@ def run_smoke(base_url: str, *, api_key: str | None = None, model: str | None = 
             except (EndpointError, httpx.HTTPError) as exc:
                 status = getattr(exc, "status", None)
                 hint = _HINTS.get(status, "") if isinstance(status, int) else ""
-                report.steps.append(SmokeStep(name, "fail", f"{type(exc).__name__}: {exc}",
-                                              time.monotonic() - start, hint or _hint_for(name)))
+                report.steps.append(SmokeStep(
+                    name, "fail", one_line(redact_url(f"{type(exc).__name__}: {exc}"), 300),
+                    time.monotonic() - start, hint or _hint_for(name)))
             else:
                 report.steps.append(SmokeStep(name, "pass", detail, time.monotonic() - start))
     return report

@@ -34,42 +34,57 @@ class SSEParser:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        self._pending: list[str] = []  # an incomplete line, in the pieces it arrived in
         self._data: list[str] = []
         self._event = ""
         self._last_id: str | None = None
         self._first_chunk = True
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Parse `chunk` and return the events it completed (often none or one)."""
+        """Parse `chunk` and return the events it completed (often none or one).
+
+        Linear in the bytes fed, however they are split: a piece without a line end is only
+        appended (never re-scanned), and a buffer is joined once, when a line end arrives.
+        """
         text = self._decoder.decode(chunk)
         if self._first_chunk and text:
             text = text.removeprefix("\ufeff")  # a byte-order mark may open the stream
             self._first_chunk = False
-        self._buffer += text
+        if not text:
+            return []
+        ends_in_cr = bool(self._pending) and self._pending[-1].endswith("\r")
+        if not ends_in_cr and "\n" not in text and "\r" not in text:
+            self._pending.append(text)
+            return []
+        self._pending.append(text)
         return self._drain(final=False)
 
     def close(self) -> list[SSEEvent]:
         """End of stream: return a last event left without its terminating blank line."""
-        self._buffer += self._decoder.decode(b"", final=True)
+        self._pending.append(self._decoder.decode(b"", final=True))
         events = self._drain(final=True)
-        if self._buffer:
-            self._process_line(self._buffer)
-            self._buffer = ""
+        if rest := "".join(self._pending):
+            self._process_line(rest)
+        self._pending = []
         event = self._dispatch()
         return events + ([event] if event else [])
 
     def _drain(self, *, final: bool) -> list[SSEEvent]:
+        buffer = "".join(self._pending)
         events: list[SSEEvent] = []
+        position = 0
         while True:
-            end, width = _find_line_end(self._buffer, final=final)
+            end, width = _find_line_end(buffer, position, final=final)
             if end < 0:
-                return events
-            line, self._buffer = self._buffer[:end], self._buffer[end + width:]
+                break
+            line = buffer[position:end]
+            position = end + width
             if line:
                 self._process_line(line)
             elif event := self._dispatch():
                 events.append(event)
+        self._pending = [buffer[position:]] if position < len(buffer) else []
+        return events
 
     def _process_line(self, line: str) -> None:
         if line.startswith(":"):
@@ -94,12 +109,12 @@ class SSEParser:
         return event
 
 
-def _find_line_end(buffer: str, *, final: bool) -> tuple[int, int]:
-    """Index and width of the first line terminator, or (-1, 0) if none is complete yet."""
+def _find_line_end(buffer: str, start: int, *, final: bool) -> tuple[int, int]:
+    """Index and width of the first line terminator at or after `start`, or (-1, 0)."""
     # str.find runs in C: a per-character Python loop costs ~10 µs per event, which adds up to
     # real client overhead at thousands of events per second.
-    newline = buffer.find("\n")
-    carriage = buffer.find("\r", 0, newline if newline >= 0 else len(buffer))
+    newline = buffer.find("\n", start)
+    carriage = buffer.find("\r", start, newline if newline >= 0 else len(buffer))
     if carriage < 0:
         return (newline, 1) if newline >= 0 else (-1, 0)
     if carriage + 1 < len(buffer):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -102,6 +103,14 @@ def looks_like_path(model: str) -> bool:
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Workload)}
 
+# Upper bounds past which a number is a typo, not a workload: beyond the longest context any
+# model has, and beyond what Modal's largest accounts run at once (thousands of GPUs).
+LIMITS: dict[str, float] = {
+    "context_length": 10_485_760, "input_tokens": 10_485_760, "output_tokens": 10_485_760,
+    "concurrency": 1_000_000, "ttft_ms": 3_600_000, "tpot_ms": 3_600_000,
+    "throughput_tok_s": 1e9, "cold_start_s": 86_400, "budget_per_hour": 1e7,
+}
+
 
 def _fail(field: str, why: str) -> WorkloadError:
     return WorkloadError(f"workload field '{field}': {why}", field=field)
@@ -109,9 +118,13 @@ def _fail(field: str, why: str) -> WorkloadError:
 
 def _number(field: str, value: object, *, integer: bool, minimum: float,
             strictly_above: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        kind = "a whole number" if integer else "a finite number"
         raise _fail(field, f"must be {kind}, got {value!r}")
+    if value > LIMITS.get(field, math.inf):
+        raise _fail(field, f"{value:g} is beyond what any Modal deployment could serve (at most "
+                    f"{LIMITS[field]:g}); check the number")
     if integer and isinstance(value, float) and not value.is_integer():
         raise _fail(field, f"must be a whole number, got {value!r}")
     if value < minimum or (strictly_above and value == minimum):
@@ -213,12 +226,16 @@ def load_workload(path: Path, *, overrides: Mapping[str, Any] | None = None) -> 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise WorkloadError(f"cannot read workload file {path}: {exc.strerror}",
-                            field="file") from exc
+        raise WorkloadError(f"cannot read workload file {path}: {exc.strerror or exc}",
+                            field="file") from None
+    except UnicodeDecodeError as exc:
+        raise WorkloadError(f"workload file {path} is not UTF-8 text (byte {exc.start}); save "
+                            "it as UTF-8", field="file") from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise WorkloadError(f"{path} is not valid TOML: {exc}", field="file") from exc
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise WorkloadError(f"{path} is not valid TOML: {exc or 'nested too deeply'}",
+                            field="file") from None
     merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return workload_from_mapping(merged)
 
@@ -234,7 +251,7 @@ def parse_assignments(assignments: tuple[str, ...] | list[str]) -> dict[str, Any
                                 field=name or "set")
         try:
             out[name] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             out[name] = raw.strip()
     return out
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -29,10 +30,18 @@ from modal_llm_serving.bench.data import (
     synthetic_prompts,
 )
 from modal_llm_serving.bench.metrics import FORMULAS, Slo
-from modal_llm_serving.bench.results import JsonlSink, write_json
+from modal_llm_serving.bench.results import (
+    JsonlSink,
+    new_out_dir,
+    prepare_out_dir,
+    write_json,
+    write_sweep,
+)
 from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_load
-from modal_llm_serving.client import normalize_base_url
+from modal_llm_serving.client import check_headers, normalize_base_url, raise_if_client_side
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.redact import redact_url
+from modal_llm_serving.wire import MalformedResponse, parse_object, read_models
 
 __all__ = ["BenchOptions", "Level", "Workload", "check_config", "parse_levels", "parse_slos",
            "plan_run", "prepare_prompts", "resolve_model", "run_bench", "run_benchmark",
@@ -176,6 +185,18 @@ def plan_run(options: BenchOptions) -> tuple[BenchConfig, list[Level], Workload]
     from modal_llm_serving.bench.data import parse_length
 
     o = options
+    normalize_base_url(o.url)  # a bad URL fails here, before any folder or request
+    check_headers({**o.headers, **({"Authorization": f"Bearer {o.api_key}"} if o.api_key
+                                   else {})})
+    for name, value, minimum, strict in (
+            ("--burstiness", o.burstiness, 0.0, True), ("--duration", o.duration, 0.0, True),
+            ("--warmup", o.warmup, 0.0, False), ("--cooldown", o.cooldown, 0.0, False),
+            ("--timeout", o.timeout, 0.0, True), ("--stall-timeout", o.stall_timeout, 0.0, True)):
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise UsageError(f"{name} {value!r} must be a finite number "
+                             f"{'>' if strict else '>='} {minimum:g}")
     levels = parse_levels(concurrency=o.concurrency, rate=o.rate)
     if o.dataset is not None and not o.dataset.is_file():
         raise UsageError(f"--dataset {o.dataset} does not exist")
@@ -226,17 +247,20 @@ def resolve_model(base_url: str, model: str | None, *, headers: dict[str, str]) 
     try:
         response = httpx.get(f"{base_url}/v1/models", headers=headers, timeout=10.0)
         if response.status_code == 200:
-            served = [str(entry.get("id")) for entry in response.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, AttributeError):
+            served = read_models(parse_object(response.text, what="/v1/models"))
+    except MalformedResponse:
+        served = None
+    except httpx.HTTPError as exc:
+        raise_if_client_side(exc, base_url)
         served = None
     if model:
         return model, served
     if served is None:
-        raise UsageError(f"could not list models at {base_url}/v1/models (is the URL right and "
-                         "the server up?); pass --model to run anyway")
+        raise UsageError(f"could not list models at {redact_url(base_url)}/v1/models (is the URL "
+                         "right and the server up?); pass --model to run anyway")
     if len(served) != 1:
-        raise UsageError(f"{base_url} serves {len(served)} models ({', '.join(served) or 'none'});"
-                         " pick one with --model")
+        raise UsageError(f"{redact_url(base_url)} serves {len(served)} models "
+                         f"({', '.join(served) or 'none'}); pick one with --model")
     return served[0], served
 
 
@@ -279,14 +303,30 @@ def _prompt_pool(workload: Workload, tokenizer: Tokenizer, *,
     return prompts, info
 
 
-def run_bench(options: BenchOptions, *, out_dir: Path,
+def run_bench(options: BenchOptions, *, out_dir: Path | None = None, overwrite: bool = False,
+              on_out_dir: Callable[[Path], None] | None = None,
               progress: Callable[[Level, Progress], None] | None = None,
               on_level: Callable[[Level, dict[str, Any]], None] | None = None,
               on_info: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """`mls bench run` as one call: check the options, then run every level and save it."""
+    """`mls bench run` as one call: check the options, then the output folder (`out_dir`, or a
+    new `results/bench-<time>`; told to `on_out_dir`), before any work; then run every level
+    and save it. A run that fails before writing anything leaves no folder behind."""
     config, levels, workload = plan_run(options)
-    return run_benchmark(config, levels, workload, out_dir=out_dir, progress=progress,
-                         on_level=on_level, on_info=on_info)
+    created = out_dir is None or not out_dir.is_dir()
+    if out_dir is None:
+        out_dir = new_out_dir(Path("results"), "bench")
+    else:
+        prepare_out_dir(out_dir, overwrite=overwrite)
+    if on_out_dir:
+        on_out_dir(out_dir)
+    try:
+        return run_benchmark(config, levels, workload, out_dir=out_dir, progress=progress,
+                             on_level=on_level, on_info=on_info)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if still empty: whatever finished stays
+        raise
 
 
 def run_event_loop(coroutine: Any) -> Any:
@@ -320,7 +360,10 @@ def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, 
                                          headers=headers, count=budget)
     say(f"prompts: {len(prompts)} ({data_info['tokenizer_source']})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = []
+    summaries: list[dict[str, Any]] = []
+    slugs = [level.slug for level in levels]
+    if len(levels) > 1:  # from the start: an interrupted sweep still names its levels
+        write_sweep(out_dir, slugs, summaries)
     for level in levels:
         level_config = level.apply(config)
         folder = out_dir / level.slug if len(levels) > 1 else out_dir
@@ -333,11 +376,10 @@ def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, 
         summary.update(_context(level_config, level, data_info))
         write_json(folder / "summary.json", summary)
         summaries.append(summary)
+        if len(levels) > 1:
+            write_sweep(out_dir, slugs, summaries)
         if on_level:
             on_level(level, summary)
-    if len(levels) > 1:
-        write_json(out_dir / "sweep.json", {"levels": [level.slug for level in levels],
-                                            "summaries": summaries})
     return summaries
 
 
@@ -345,7 +387,7 @@ def _context(config: BenchConfig, level: Level, data_info: dict[str, Any]) -> di
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"),
         "backend": "openai-chat" if config.endpoint == "chat" else "openai",
-        "base_url": config.base_url,
+        "base_url": redact_url(config.base_url),
         "level": {"kind": level.kind, "value": level.value, "slug": level.slug},
         "config": config.public_dict(),
         "data": data_info,

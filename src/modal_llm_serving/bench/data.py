@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -78,6 +79,11 @@ class LengthSpec:
         return f"{self.kind}:{self.a:g}:{self.b:g}"
 
 
+# The longest prompt or output a benchmark asks for: beyond any model's context today, and the
+# most a client can build prompts for in reasonable time and memory.
+MAX_TOKENS = 1_048_576
+
+
 def parse_length(spec: str, *, option: str) -> LengthSpec:
     """`128`, `uniform:64:256` or `normal:128:32`; a UsageError names the option otherwise."""
     hint = f"{option} takes N, uniform:MIN:MAX or normal:MEAN:STD (e.g. 128 or uniform:64:256)"
@@ -85,20 +91,24 @@ def parse_length(spec: str, *, option: str) -> LengthSpec:
     try:
         if len(parts) == 1:
             value = int(parts[0])
-            if value < 1:
-                raise UsageError(f"{option} {spec!r} must be at least 1 token; {hint}")
+            if not 1 <= value <= MAX_TOKENS:
+                raise UsageError(f"{option} {spec!r} must be 1 to {MAX_TOKENS} tokens; {hint}")
             return LengthSpec("fixed", value)
         kind, *numbers = parts
         if kind not in ("uniform", "normal") or len(numbers) != 2:
             raise UsageError(f"{option} {spec!r} is not a length spec; {hint}")
         if kind == "uniform":
             low, high = int(numbers[0]), int(numbers[1])
-            if not 1 <= low <= high:
-                raise UsageError(f"{option} {spec!r}: need 1 <= MIN <= MAX; {hint}")
+            if not 1 <= low <= high <= MAX_TOKENS:
+                raise UsageError(f"{option} {spec!r}: need 1 <= MIN <= MAX <= {MAX_TOKENS}; "
+                                 f"{hint}")
             return LengthSpec("uniform", low, high)
         mean, std = float(numbers[0]), float(numbers[1])
-        if mean < 1 or std < 0:
-            raise UsageError(f"{option} {spec!r}: need MEAN >= 1 and STD >= 0; {hint}")
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise UsageError(f"{option} {spec!r}: MEAN and STD must be finite numbers; {hint}")
+        if not 1 <= mean <= MAX_TOKENS or not 0 <= std <= MAX_TOKENS:
+            raise UsageError(f"{option} {spec!r}: need 1 <= MEAN <= {MAX_TOKENS} and "
+                             f"0 <= STD <= {MAX_TOKENS}; {hint}")
         return LengthSpec("normal", mean, std)
     except ValueError:
         raise UsageError(f"{option} {spec!r} has a part that is not a number; {hint}") from None
@@ -256,7 +266,7 @@ def load_jsonl(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | Non
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BenchDataError(f"{path}:{number} is not JSON; each line must be an object "
                                  'like {"prompt": "...", "output_tokens": 128}') from None
         prompts.append(_jsonl_prompt(row, path, number, tokenizer, output_len, rng))
@@ -273,7 +283,7 @@ def _jsonl_prompt(row: Any, path: Path, number: int, tokenizer: Tokenizer,
     out = row.get("output_tokens", row.get("output_len"))
     if output_len is not None:
         out = output_len.sample(rng)
-    if not isinstance(out, int) or out < 1:
+    if isinstance(out, bool) or not isinstance(out, int) or not 1 <= out <= MAX_TOKENS:
         raise BenchDataError(f'{where} has no usable "output_tokens"; add it per line or pass '
                              "--output-len")
     if "messages" in row:
@@ -295,9 +305,10 @@ def load_sharegpt(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | 
                   seed: int, limit: int) -> list[Prompt]:
     """ShareGPT JSON: each conversation's first human turn, output = its reply's token count."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchDataError(f"{path} is not a readable ShareGPT JSON file ({exc})") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BenchDataError(f"{path} is not a readable ShareGPT JSON file "
+                             f"({type(exc).__name__})") from None
     if not isinstance(data, list):
         raise BenchDataError(f"{path}: ShareGPT files are a JSON list of "
                              '{"conversations": [{"from", "value"}, ...]}')
@@ -331,3 +342,6 @@ def _read_lines(path: Path) -> Iterator[str]:
             yield from handle
     except OSError as exc:
         raise BenchDataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise BenchDataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                             "JSONL") from None

@@ -91,9 +91,16 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # macOS reports bytes
 
 
+MIN_JUDGED_WALL_S = 2.0  # shorter runs are too small to judge the client by
+
+
 def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """Loud warnings when the client itself limits or distorts the measurement."""
-    warnings = []
+    warnings: list[str] = []
+    if (harness.get("wall_seconds") or 0.0) < MIN_JUDGED_WALL_S or not summary.get("completed"):
+        # A run of a few requests, or one where nothing succeeded, is mostly start-up and error
+        # handling: its CPU share says nothing about whether the client kept up with a load.
+        return warnings
     cpu = harness.get("client_cpu_fraction_of_one_core") or 0.0
     if cpu > CPU_LIMIT:
         warnings.append(f"CLIENT BOTTLENECK: the harness used {cpu:.0%} of a CPU core (limit "

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from modal_llm_serving.bench.http_types import TransportError
+from modal_llm_serving.client import tls_failure
 
 __all__ = ["RawTransport"]
 
@@ -241,6 +242,8 @@ class RawTransport:
         except TimeoutError:
             raise TransportError("connect", f"no connection to {host}:{port} within "
                                             f"{self._connect_timeout:g} s") from None
+        except ssl.SSLError as exc:  # our mistake (https to a plain server), never retried
+            raise TransportError("tls", f"{host}:{port}: {tls_failure(exc)}") from None
         except OSError as exc:
             raise TransportError("connect", f"{host}:{port}: {exc.strerror or exc}") from None
         return connection

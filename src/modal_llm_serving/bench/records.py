@@ -123,5 +123,39 @@ class RequestRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        """A record from a saved JSONL line; ValueError if a field has the wrong type (a file
+        is input too: edited, truncated or written by something else)."""
+        values = {}
+        for name, kinds in _SAVED_TYPES.items():
+            if name not in data:
+                continue
+            value = data[name]
+            if value is None and type(None) in kinds:
+                values[name] = value
+            elif isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+                raise ValueError(f"field {name!r} is {value!r:.40}, not {kinds}")
+            elif name == "itl_ns" and not all(_is_int(gap) for gap in value):
+                raise ValueError("field 'itl_ns' holds a value that is not an integer")
+            elif name == "server_timing" and not all(
+                    isinstance(key, str) and _is_int(stamp) for key, stamp in value.items()):
+                raise ValueError("field 'server_timing' is not names to integer stamps")
+            else:
+                values[name] = value
+        if "index" not in values or "input_len" not in values or "max_tokens" not in values:
+            raise ValueError("a record needs index, input_len and max_tokens")
+        return cls(**values)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_INT, _OPT_INT, _OPT_STR = (int,), (int, type(None)), (str, type(None))
+_SAVED_TYPES: dict[str, tuple[type, ...]] = {
+    "index": _INT, "input_len": _INT, "max_tokens": _INT, "scheduled_ns": _OPT_INT,
+    "sent_ns": _INT, "first_token_ns": _OPT_INT, "last_token_ns": _OPT_INT, "end_ns": _INT,
+    "itl_ns": (list,), "token_events": _INT, "prompt_tokens": _OPT_INT,
+    "completion_tokens": _OPT_INT, "status": _OPT_INT, "error": _OPT_STR,
+    "error_detail": _OPT_STR, "attempts": _INT, "saw_done": (bool,), "session_id": _OPT_STR,
+    "turn": _INT, "text_chars": _INT, "server_timing": (dict, type(None)),
+}

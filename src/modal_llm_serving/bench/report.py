@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.metrics import FORMULAS
-from modal_llm_serving.bench.results import read_records, read_summary
+from modal_llm_serving.bench.results import read_records, read_summary, sweep_levels
+from modal_llm_serving.errors import UsageError
+from modal_llm_serving.wire import one_line
 
 __all__ = ["render_report", "summary_lines"]
 
@@ -51,22 +53,22 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  errors: {errors}")
         for kind, example in summary.get("error_examples", {}).items():
             if example:
-                lines.append(f"    {kind}: {example[:150]}")
+                lines.append(f"    {kind}: {one_line(example, 150)}")
     harness = summary.get("harness", {})
-    lines.append(f"  client: CPU {harness.get('client_cpu_fraction_of_one_core', 0):.0%} of a "
+    lines.append(f"  client: CPU {harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of a "
                  f"core, loop lag p99 {_ms(harness.get('loop_lag_p99_ms'))} ms, peak RSS "
-                 f"{harness.get('peak_rss_mb', 0):.0f} MB")
+                 f"{harness.get('peak_rss_mb') or 0:.0f} MB")
     lines.extend(f"  !! {warning}" for warning in harness.get("warnings", []))
     return lines
 
 
 def render_report(folder: Path) -> Path:
     """Write folder/report.md (+ PNGs) for a run or a sweep folder; return the report's path."""
-    sweep = folder / "sweep.json"
-    if sweep.is_file():
-        import json
-
-        slugs = json.loads(sweep.read_text())["levels"]
+    slugs = sweep_levels(folder)
+    if slugs == []:
+        raise UsageError(f"{folder} is a sweep whose levels hold no results yet (interrupted "
+                         "before the first request finished); nothing to report")
+    if slugs:
         levels = [(slug, read_summary(folder / slug), folder / slug) for slug in slugs]
     else:
         levels = [("", read_summary(folder), folder)]
@@ -97,7 +99,7 @@ def _context_section(summary: dict[str, Any]) -> list[str]:
         f"- prompts: {data.get('dataset', '?')}, input {data.get('input_len', 'from data')} "
         f"tokens, output {data.get('output_len', '?')} tokens; tokenizer: "
         f"{data.get('tokenizer_source', '?')}; exact input length for "
-        f"{data.get('exact_input_fraction', 1):.0%} of prompts",
+        f"{data.get('exact_input_fraction') or 1:.0%} of prompts",
         f"- bounds: {config.get('num_requests') or 'no request limit'}"
         f"{' requests' if config.get('num_requests') else ''}, "
         f"{str(config.get('duration_s')) + ' s' if config.get('duration_s') else 'no time limit'}; "
@@ -119,7 +121,7 @@ def _sweep_table(levels: list[tuple[str, dict[str, Any], Path]]) -> list[str]:
             f"{_ms(s.get('p50_ttft_ms'))} | {_ms(s.get('p99_ttft_ms'))} | "
             f"{_ms(s.get('p50_tpot_ms'))} | {_ms(s.get('p99_tpot_ms'))} | "
             f"{_ms(s.get('p50_e2el_ms'))} | "
-            f"{s.get('harness', {}).get('client_cpu_fraction_of_one_core', 0):.0%} |")
+            f"{s.get('harness', {}).get('client_cpu_fraction_of_one_core') or 0:.0%} |")
     return [*rows, "", "Latencies in ms. " + FORMULAS["ttft"] + "; " + FORMULAS["tpot"] + ".", ""]
 
 
@@ -153,14 +155,14 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
     if summary.get("error_counts"):
         rows += ["", "| error | count | example |", "|---|---|---|"]
         for kind, count in summary["error_counts"].items():
-            example = summary.get("error_examples", {}).get(kind, "").replace("|", "\\|")
+            example = one_line(summary.get("error_examples", {}).get(kind, "")).replace("|", "\\|")
             rows.append(f"| {kind} | {count} | {example[:120]} |")
     harness = summary.get("harness", {})
     rows += ["", f"Harness health: client CPU "
-                 f"{harness.get('client_cpu_fraction_of_one_core', 0):.0%} of one core, "
+                 f"{harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of one core, "
                  f"event-loop lag p50/p99/max {_ms(harness.get('loop_lag_p50_ms'))}/"
                  f"{_ms(harness.get('loop_lag_p99_ms'))}/{_ms(harness.get('loop_lag_max_ms'))} ms,"
-                 f" peak RSS {harness.get('peak_rss_mb', 0):.0f} MB.", ""]
+                 f" peak RSS {harness.get('peak_rss_mb') or 0:.0f} MB.", ""]
     rows += [f"![{name}]({name})" for name in plots]
     return [*rows, ""]
 

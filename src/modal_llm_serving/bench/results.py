@@ -20,7 +20,8 @@ from typing import IO, Any
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.errors import UsageError
 
-__all__ = ["JsonlSink", "read_records", "read_summary", "rebuild_summary", "write_json"]
+__all__ = ["JsonlSink", "new_out_dir", "prepare_out_dir", "read_records", "read_summary",
+           "rebuild_summary", "summary_problem", "sweep_levels", "write_json", "write_sweep"]
 
 
 class JsonlSink:
@@ -80,44 +81,218 @@ def write_json(path: Path, data: Any) -> None:
     temp.replace(path)
 
 
-def read_summary(folder: Path) -> dict[str, Any]:
-    """The saved summary; for an interrupted run (JSONL only), one rebuilt from its records."""
-    path = folder / "summary.json"
-    if not path.is_file() and (folder / "requests.jsonl").is_file():
-        return rebuild_summary(folder)
-    if not path.is_file():
-        raise UsageError(f"{folder} has no summary.json; give a folder written by `mls bench run`")
+RESULT_FILES = ("requests.jsonl", "summary.json", "sweep.json", "report.md")
+
+
+def _is_result_file(path: Path) -> bool:
+    return path.is_file() and (path.name in RESULT_FILES or path.suffix in (".png", ".tmp"))
+
+
+def _result_files(folder: Path) -> list[Path] | None:
+    """Every file of a results folder (levels included), or None if it holds anything else."""
+    found = []
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            inner = _result_files(path)
+            if inner is None:
+                return None
+            found += [*inner, path]
+        elif _is_result_file(path) and not path.is_symlink():
+            found.append(path)
+        else:
+            return None
+    return found
+
+
+def prepare_out_dir(folder: Path, *, overwrite: bool = False) -> Path:
+    """Make `folder` ready before any work: created, writable, and empty, so results of two runs
+    never mix. A folder with results is refused unless `overwrite` (then only its result files
+    go); a folder with anything else is always refused."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; give a folder for the results")
+    if folder.is_dir() and any(folder.iterdir()):
+        files = _result_files(folder)
+        if files is None:
+            raise UsageError(f"--out {folder} holds files that are not benchmark results; give "
+                             "an empty or new folder")
+        if not overwrite:
+            raise UsageError(f"--out {folder} already holds results; pass --overwrite to replace "
+                             "them, or give a new folder")
+        for path in files:  # files before their folders (the order _result_files lists them)
+            path.rmdir() if path.is_dir() else path.unlink()
     try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc}); re-run the benchmark") from exc
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {folder}: cannot write there ({exc.strerror or exc}); give a "
+                         "folder you can write to") from None
+    return folder
+
+
+def new_out_dir(parent: Path, prefix: str) -> Path:
+    """A results folder `parent/prefix-<UTC time>` that no other run has (claimed atomically:
+    two runs in the same second get -2, -3, ...)."""
+    import datetime as dt
+
+    stamp = f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            return folder
+    except OSError as exc:
+        raise UsageError(f"cannot create a results folder in {parent} ({exc.strerror or exc}); "
+                         "pass --out with a folder you can write to") from None
+    raise UsageError(f"{parent} already has 999 results folders named {stamp}*; pass --out")
+
+
+# What a summary must hold for the report and the terminal view (a file is input: check it).
+SUMMARY_NUMBERS = ("duration", "request_throughput", "output_throughput",
+                   "total_token_throughput", "achieved_concurrency")
+SUMMARY_COUNTS = ("completed", "failed")
+
+
+def summary_problem(data: object) -> str | None:
+    """Why `data` is not a usable summary, or None if it is."""
     if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a benchmark summary")
+        return "it is not a JSON object"
+    for key in SUMMARY_COUNTS:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key!r} is missing or not a count"
+    for key in SUMMARY_NUMBERS:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            return f"{key!r} is missing or not a number"
+    return None
+
+
+_STATS = ("mean", "median", "std", "min", "max", "p50", "p90", "p95", "p99")
+
+
+def _number_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _sanitized(data: dict[str, Any]) -> dict[str, Any]:
+    """A checked summary with every optional part that has the wrong shape dropped, so the
+    report shows what is sound and leaves out (never trips over) what is not."""
+    data = dict(data)
+    for key in [key for key in data if key.startswith("n_")]:
+        metric = key[2:]
+        stats_ok = all(_number_or_none(data.get(f"{stat}_{metric}_ms")) for stat in _STATS)
+        if isinstance(data[key], bool) or not isinstance(data[key], int) or not stats_ok:
+            del data[key]
+    counts = data.get("error_counts")
+    if not (isinstance(counts, dict) and all(isinstance(k, str) and isinstance(v, int)
+                                             for k, v in counts.items())):
+        data.pop("error_counts", None)
+    examples = data.get("error_examples")
+    if not (isinstance(examples, dict) and all(isinstance(v, str) for v in examples.values())):
+        data.pop("error_examples", None)
+    if not (_number_or_none(data.get("request_goodput")) and _number_or_none(
+            data.get("slo_attainment"))) or data.get("slo_attainment") is None:
+        data.pop("request_goodput", None)
+    for key in ("harness", "config", "data", "client"):
+        if not isinstance(data.get(key, {}), dict):
+            data[key] = {}
+    data["harness"] = {key: value for key, value in data.get("harness", {}).items()
+                       if (key == "warnings" and isinstance(value, list)
+                           and all(isinstance(item, str) for item in value))
+                       or (key != "warnings" and _number_or_none(value))}
+    if not _number_or_none(data["data"].get("exact_input_fraction")):
+        data["data"] = {**data["data"], "exact_input_fraction": None}
+    if not isinstance(data.get("label", ""), str):
+        data.pop("label")
     return data
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """The saved summary, checked; one rebuilt from requests.jsonl when it is missing or broken
+    (an interrupted run, a truncated or edited file)."""
+    path = folder / "summary.json"
+    problem = "it is missing"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"it is not valid JSON ({type(exc).__name__})"
+        else:
+            if (problem := summary_problem(data)) is None:
+                return _sanitized(data)
+    if (folder / "requests.jsonl").is_file():
+        return rebuild_summary(folder)
+    raise UsageError(f"{path}: {problem}, and there is no requests.jsonl to rebuild it from; "
+                     "give a folder written by `mls bench run`")
 
 
 def rebuild_summary(folder: Path) -> dict[str, Any]:
     """Summarize an interrupted run from its JSONL (no window, no SLOs, no harness health) and
-    save it, marked as rebuilt."""
+    save it, marked as rebuilt. Lines that are not records are skipped and counted."""
     from modal_llm_serving.bench.metrics import FORMULAS, Accumulator
 
     accumulator = Accumulator()
+    skipped = 0
     for data in read_records(folder / "requests.jsonl"):
-        accumulator.add(RequestRecord.from_dict(data))
+        try:
+            record = RequestRecord.from_dict(data)
+        except ValueError:
+            skipped += 1
+            continue
+        accumulator.add(record)
     summary = accumulator.summary()
-    summary.update(label=f"{folder.name} (interrupted; rebuilt from requests.jsonl)",
-                   rebuilt_from_jsonl=True, formulas=FORMULAS, harness={})
+    summary.update(label=f"{folder.name} (rebuilt from requests.jsonl)",
+                   rebuilt_from_jsonl=True, skipped_lines=skipped, formulas=FORMULAS,
+                   harness={})
     write_json(folder / "summary.json", summary)
     return summary
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSONL's records, one at a time (a half-written last line is skipped)."""
+    """The JSONL's records, one at a time: a line that is not a JSON object (a half-written
+    last line, stray text, bytes that are not UTF-8) is skipped."""
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                yield json.loads(line)
+                data = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(data, dict):
+                yield data
+
+
+def write_sweep(folder: Path, slugs: list[str], summaries: list[dict[str, Any]]) -> None:
+    """The sweep's index: every planned level, and whether all of them finished (written at
+    the start and after each level, so an interrupted sweep still names its levels)."""
+    write_json(folder / "sweep.json", {"levels": slugs, "complete": len(summaries) == len(slugs),
+                                       "summaries": summaries})
+
+
+def sweep_levels(folder: Path) -> list[str] | None:
+    """A sweep folder's level folders that hold results, in sweep order; None if not a sweep.
+
+    From sweep.json when it is readable; otherwise (truncated, edited, missing after a crash)
+    from the subfolders that hold a requests.jsonl or a summary.json.
+    """
+    present = [path.name for path in sorted(folder.iterdir()) if path.is_dir() and (
+        (path / "requests.jsonl").is_file() or (path / "summary.json").is_file())]
+    try:
+        data = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+        listed = data["levels"] if isinstance(data, dict) else None
+    except (OSError, ValueError, KeyError):
+        listed = None
+    if isinstance(listed, list) and all(isinstance(slug, str) for slug in listed):
+        ordered = [slug for slug in listed if slug in present]
+        return ordered + [slug for slug in present if slug not in ordered]
+    if (folder / "sweep.json").exists() or (present and not (folder / "requests.jsonl").exists()):
+        return present
+    return None

@@ -31,6 +31,7 @@ from modal_llm_serving.bench.metrics import Accumulator, Slo
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, RetryPolicy, send_streaming
 from modal_llm_serving.bench.transport import Transport, make_transport
+from modal_llm_serving.redact import redact_headers, redact_url
 
 __all__ = ["BenchConfig", "Progress", "arrival_times", "run_load"]
 
@@ -88,16 +89,11 @@ class BenchConfig:
         data = dataclasses.asdict(self)
         data.pop("api_key")
         data["api_key_set"] = bool(self.api_key)
-        data["headers"] = {name: ("***" if _secret_header(name) else value)
-                           for name, value in self.headers}
+        data["base_url"] = redact_url(self.base_url)
+        data["headers"] = redact_headers(dict(self.headers))
         data["slo"] = self.slo.as_dict() if self.slo else None
         data["extra_body"] = dict(self.extra_body)
         return data
-
-
-def _secret_header(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in ("auth", "key", "token", "secret", "cookie"))
 
 
 @dataclasses.dataclass

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from typing import Any
 
 from modal_llm_serving.bench.http_types import Transport, TransportError
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.sse import SSEParser
+from modal_llm_serving.wire import MalformedResponse, error_message, parse_object, read_chunk
 
 __all__ = ["RequestSpec", "RetryPolicy", "is_token_event", "send_streaming"]
 
@@ -45,15 +45,10 @@ class RetryPolicy:
 
 def is_token_event(payload: dict[str, Any], *, chat: bool) -> bool:
     """Token-bearing: non-empty `choices`, except the role-only chunk that opens a chat stream."""
-    choices = payload.get("choices")
-    if not choices:
+    try:
+        return read_chunk(payload, chat=chat).token_bearing
+    except MalformedResponse:
         return False
-    if not chat:
-        return True
-    delta = choices[0].get("delta") or {}
-    if "role" in delta and not delta.get("content") and not choices[0].get("finish_reason"):
-        return any(value for key, value in delta.items() if key not in ("role", "content"))
-    return True
 
 
 async def send_streaming(transport: Transport, spec: RequestSpec,
@@ -93,7 +88,7 @@ async def _attempt(transport: Transport, spec: RequestSpec,
             if response.status != 200:
                 body = await response.read_body(_ERROR_BODY_LIMIT)
                 record.error = f"http_{response.status}"
-                record.error_detail = _error_message(body)
+                record.error_detail = error_message(body)
             else:
                 await _consume(response.chunks(), spec, record, parts, t0_ns=t0_ns)
     except TransportError as exc:
@@ -129,30 +124,25 @@ def _handle(data: str, now: int, chat: bool, record: RequestRecord, parts: list[
     if data == "[DONE]":
         record.saw_done = True
         return last
-    try:
-        payload = json.loads(data)
-        if not isinstance(payload, dict):
-            raise ValueError("not a JSON object")
-    except ValueError:
-        record.error = "malformed_chunk"
-        record.error_detail = f"not JSON: {data[:120]!r}"
+    try:  # the server is untrusted input: an odd chunk fails this request, never the run
+        chunk = read_chunk(parse_object(data, what="the chunk"), chat=chat)
+    except MalformedResponse as exc:
+        record.error, record.error_detail = "malformed_chunk", str(exc)
         return last
-    if "error" in payload and not payload.get("choices"):
-        record.error = "stream_error"
-        record.error_detail = _error_message(data.encode())
+    if chunk.error is not None:
+        record.error, record.error_detail = "stream_error", chunk.error
         return last
-    if usage := payload.get("usage"):
-        record.completion_tokens = usage.get("completion_tokens", record.completion_tokens)
-        record.prompt_tokens = usage.get("prompt_tokens", record.prompt_tokens)
-        if isinstance(timing := payload.get("server_timing"), dict):
-            record.server_timing = timing
-    if not is_token_event(payload, chat=chat):
+    if chunk.completion_tokens is not None:
+        record.completion_tokens = chunk.completion_tokens
+    if chunk.prompt_tokens is not None:
+        record.prompt_tokens = chunk.prompt_tokens
+    if chunk.server_timing is not None:
+        record.server_timing = chunk.server_timing
+    if not chunk.token_bearing:
         return last
-    choice = payload["choices"][0]
-    piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-    if piece:
-        parts.append(piece)
-        record.text_chars += len(piece)
+    if chunk.text:
+        parts.append(chunk.text)
+        record.text_chars += len(chunk.text)
     record.token_events += 1
     if last is None:
         record.first_token_ns = now
@@ -160,21 +150,3 @@ def _handle(data: str, now: int, chat: bool, record: RequestRecord, parts: list[
         record.itl_ns.append(now - last)
     record.last_token_ns = now
     return now
-
-
-def _error_message(body: bytes) -> str:
-    """The server's error message (OpenAI/vLLM JSON shape) or the start of its body."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return text[:200] or "(empty body)"
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:200]
-        if isinstance(error, str):
-            return error[:200]
-        if payload.get("message"):
-            return str(payload["message"])[:200]
-    return text[:200]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from modal_llm_serving.bench.http_types import Response, Transport, TransportError
 from modal_llm_serving.bench.rawhttp import RawTransport
+from modal_llm_serving.client import tls_failure
 from modal_llm_serving.errors import UsageError
 
 __all__ = ["TRANSPORTS", "AiohttpTransport", "HttpxTransport", "Response", "Transport",
@@ -75,6 +76,8 @@ class AiohttpTransport:
         except TimeoutError as exc:
             raise TransportError("timeout", _timeout_detail(exc, self._timeouts)) from exc
         except aiohttp.ClientConnectorError as exc:
+            if (tls := tls_failure(exc)) is not None:
+                raise TransportError("tls", tls) from exc
             raise TransportError("connect", str(exc)) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                 aiohttp.ClientOSError, ConnectionError) as exc:
@@ -145,6 +148,8 @@ class HttpxTransport:
         except httpx.TimeoutException as exc:
             raise TransportError("timeout", _timeout_detail(exc, self._timeouts)) from exc
         except httpx.ConnectError as exc:
+            if (tls := tls_failure(exc)) is not None:
+                raise TransportError("tls", tls) from exc
             raise TransportError("connect", str(exc)) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise TransportError("reset", f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,59 @@
+"""Keep credentials out of every file and message: URL userinfo, secret headers, known values.
+
+Everything the toolkit writes (summaries, reports, records, logs) or prints about a request goes
+through these, so a key given as `--api-key`, `--header 'Authorization: ...'`, a proxy token or
+`http://user:password@host` never lands on disk or a terminal.
+
+>>> redact_url("https://user:hunter2@example.modal.run/v1")
+'https://***@example.modal.run/v1'
+>>> redact_headers({"Authorization": "Bearer sk-1", "Modal-Session-ID": "s1"})
+{'Authorization': '***', 'Modal-Session-ID': 's1'}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+__all__ = ["MASK", "is_secret_header", "known_secrets", "redact_headers", "redact_text",
+           "redact_url"]
+
+MASK = "***"
+# Header names that carry credentials: the standard ones, Modal's proxy auth, and any name that
+# says key, secret, token, password, auth or cookie (X-Api-Key, X-Auth-Token, ...).
+_SECRET_HEADER = re.compile(r"auth|key|secret|token|passw|cookie|credential|signature", re.I)
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]*)@", re.I)
+# Environment variables whose values are credentials, masked wherever they appear in text.
+SECRET_ENV = ("MLS_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "HF_TOKEN",
+              "HUGGING_FACE_HUB_TOKEN", "MODAL_TOKEN_SECRET", "MODAL_PROXY_TOKEN_SECRET",
+              "MODAL_PROXY_TOKEN_ID", "MODAL_TOKEN_ID")
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:pass@host/...` -> `scheme://***@host/...` (wherever it appears in text)."""
+    return _USERINFO.sub(lambda match: f"{match['scheme']}{MASK}@", url)
+
+
+def is_secret_header(name: str) -> bool:
+    return bool(_SECRET_HEADER.search(name))
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers with every credential-carrying value masked."""
+    return {name: MASK if is_secret_header(name) else value for name, value in headers.items()}
+
+
+def known_secrets(extra: Iterable[str | None] = ()) -> list[str]:
+    """Credential values this process knows: the secret environment variables and `extra`."""
+    values = [os.environ.get(name) for name in SECRET_ENV] + list(extra)
+    return sorted({value for value in values if value and len(value) >= 4}, key=len,
+                  reverse=True)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with URL userinfo and each of `secrets` (and known secret env values) masked."""
+    text = redact_url(text)
+    for secret in known_secrets(secrets):
+        text = text.replace(secret, MASK)
+    return text
