@@ -783,6 +783,9 @@ def _import_findings(path: Path, tree: ast.Module, *, timeout: float,
                                 cwd=path.parent, check=False)
     except subprocess.TimeoutExpired:
         return [Finding(_BY_ID["MLS018"], str(path), 1, f"no result after {timeout:g} s")]
+    except OSError as exc:  # not a program, not executable, gone: the option is wrong
+        raise UsageError(f"--python {python} cannot be run ({exc.strerror or exc}); give the "
+                         "interpreter behind your `modal` CLI (see `mls doctor`)") from None
     if result.returncode != 0:
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         if lines and lines[-1].endswith("No module named 'modal'"):
@@ -811,11 +814,13 @@ def check_source(source: str, *, path: str = "<source>") -> list[Finding]:
     """Static checks of `source` (no import)."""
     try:
         tree = ast.parse(source, filename=path)
+        findings = _Checker(_Module(tree, source), path).run()
     except SyntaxError as exc:
         return [Finding(_BY_ID["MLS016"], path, exc.lineno or 1, f"{exc.msg}")]
     except ValueError as exc:  # e.g. null bytes: not Python source at all
         return [Finding(_BY_ID["MLS016"], path, 1, str(exc))]
-    findings = _Checker(_Module(tree, source), path).run()
+    except (RecursionError, MemoryError):  # Python's own parser gives up on such nesting too
+        return [Finding(_BY_ID["MLS016"], path, 1, "nested too deeply to parse or analyze")]
     return sorted(findings, key=lambda f: (f.line, f.rule.id))
 
 
@@ -838,8 +843,8 @@ def import_skipped_reason(path: Path) -> str | None:
     """Why the import check would be skipped for `path` (None: it runs)."""
     try:
         return _safe_to_import(ast.parse(path.read_text(encoding="utf-8")))
-    except (OSError, SyntaxError, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None  # (UnicodeDecodeError is a ValueError) the static checks report it
 
 
 def check_files(paths: list[Path], *, import_check: bool = True, import_timeout: float = 60.0,

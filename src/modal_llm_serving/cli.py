@@ -747,7 +747,7 @@ def workload_options(command: Callable[P, R]) -> Callable[P, R]:
         click.option("--revision", help="Commit hash of a Hub model (required for Hub ids)."),
         click.option("--goal", metavar="GOAL",
                      help="online | cold-start | low-latency | throughput [default: inferred]."),
-        click.option("--concurrency", type=click.IntRange(1),
+        click.option("--concurrency", type=int,
                      help="Requests in flight at peak [default: 8]."),
         click.option("--context-length", type=int, help="Max tokens per sequence."),
         click.option("--precision", help="bf16 | fp16 | fp8 | int8 | int4 | mxfp4."),
@@ -881,6 +881,9 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
         return
     if not files:
         raise UsageError("name at least one app file or folder (or --list for the rules)")
+    if python_ and not no_import and not os.access(python_, os.X_OK):
+        raise UsageError(f"--python {python_} is not an executable program; give the "
+                         "interpreter behind your `modal` CLI (see `mls doctor`)")
     paths: list[Path] = []
     for path in files:
         if path.is_dir():  # a folder: every Python file in it

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import httpx
 
 from modal_llm_serving.errors import BenchDataError, UsageError
+from modal_llm_serving.wire import MalformedResponse, parse_object
 
 __all__ = ["LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt", "make_tokenizer",
            "parse_length", "synthetic_prompts"]
@@ -133,21 +134,46 @@ class ServerTokenizer:
         self.source = f"server /tokenize ({base_url})"
 
     def probe(self) -> bool:
+        """Both /tokenize and /detokenize answer sensibly (prompt building needs the two)."""
         try:
-            return bool(self.encode("hello world"))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return bool(ids := self.encode("hello world")) and bool(self.decode(ids).strip())
+        except BenchDataError:
             return False
 
     def encode(self, text: str) -> list[int]:
-        response = self._http.post("/tokenize", json={"model": self._model, "prompt": text,
-                                                      "add_special_tokens": False})
-        response.raise_for_status()
-        return [int(token) for token in response.json()["tokens"]]
+        tokens = self._call("/tokenize", {"model": self._model, "prompt": text,
+                                          "add_special_tokens": False}, "tokens")
+        if not isinstance(tokens, list) or not all(
+                isinstance(token, int) and not isinstance(token, bool) for token in tokens):
+            raise BenchDataError("the server's /tokenize answered tokens that are not a list of "
+                                 "integers; pass --tokenizer")
+        return tokens
 
     def decode(self, ids: Sequence[int]) -> str:
-        response = self._http.post("/detokenize", json={"model": self._model, "tokens": list(ids)})
-        response.raise_for_status()
-        return str(response.json()["prompt"])
+        text = self._call("/detokenize", {"model": self._model, "tokens": list(ids)}, "prompt")
+        if not isinstance(text, str):
+            raise BenchDataError("the server's /detokenize answered a prompt that is not text; "
+                                 "pass --tokenizer")
+        return text
+
+    def _call(self, path: str, payload: dict[str, Any], key: str) -> object:
+        """POST `payload` to `path`; the answer's `key`, or BenchDataError in one line (the
+        server is untrusted input, and a partial one may lack either route)."""
+        try:
+            response = self._http.post(path, json=payload)
+        except httpx.HTTPError as exc:
+            raise BenchDataError(f"the server's {path} failed ({type(exc).__name__}); pass "
+                                 "--tokenizer") from None
+        if response.status_code != 200:
+            raise BenchDataError(f"the server's {path} answered {response.status_code}; pass "
+                                 "--tokenizer (a folder with tokenizer.json or a Hub id)")
+        try:
+            body = parse_object(response.text, what=f"the answer of {path}")
+        except MalformedResponse as exc:
+            raise BenchDataError(f"{exc}; pass --tokenizer") from None
+        if key not in body:
+            raise BenchDataError(f"the server's {path} answered without {key!r}; pass --tokenizer")
+        return body[key]
 
     def close(self) -> None:
         self._http.close()
@@ -162,7 +188,11 @@ class LocalTokenizer:
         if (path / "tokenizer.json").is_file():
             from tokenizers import Tokenizer as HFTokenizer
 
-            fast = HFTokenizer.from_file(str(path / "tokenizer.json"))
+            try:
+                fast = HFTokenizer.from_file(str(path / "tokenizer.json"))
+            except Exception as exc:  # tokenizers raises its own kinds for a broken file
+                raise UsageError(f"--tokenizer {name!r}: its tokenizer.json could not be loaded "
+                                 f"({type(exc).__name__}); give a working tokenizer") from None
             self._encode: Callable[[str], list[int]] = lambda text: list(
                 fast.encode(text, add_special_tokens=False).ids)
             self._decode: Callable[[Sequence[int]], str] = lambda ids: str(fast.decode(list(ids)))

@@ -201,7 +201,7 @@ def _sanitized(data: dict[str, Any]) -> dict[str, Any]:
             data.get("slo_attainment"))) or data.get("slo_attainment") is None:
         data.pop("request_goodput", None)
     for key in ("harness", "config", "data", "client"):
-        if not isinstance(data.get(key, {}), dict):
+        if not isinstance(data.get(key), dict):
             data[key] = {}
     data["harness"] = {key: value for key, value in data.get("harness", {}).items()
                        if (key == "warnings" and isinstance(value, list)
@@ -228,12 +228,13 @@ def read_summary(folder: Path) -> dict[str, Any]:
             if (problem := summary_problem(data)) is None:
                 return _sanitized(data)
     if (folder / "requests.jsonl").is_file():
-        return rebuild_summary(folder)
+        return rebuild_summary(folder, why="interrupted" if problem == "it is missing" else
+                               f"summary.json unusable: {problem}")
     raise UsageError(f"{path}: {problem}, and there is no requests.jsonl to rebuild it from; "
                      "give a folder written by `mls bench run`")
 
 
-def rebuild_summary(folder: Path) -> dict[str, Any]:
+def rebuild_summary(folder: Path, *, why: str = "interrupted") -> dict[str, Any]:
     """Summarize an interrupted run from its JSONL (no window, no SLOs, no harness health) and
     save it, marked as rebuilt. Lines that are not records are skipped and counted."""
     from modal_llm_serving.bench.metrics import FORMULAS, Accumulator
@@ -248,11 +249,11 @@ def rebuild_summary(folder: Path) -> dict[str, Any]:
             continue
         accumulator.add(record)
     summary = accumulator.summary()
-    summary.update(label=f"{folder.name} (rebuilt from requests.jsonl)",
+    summary.update(label=f"{folder.name} ({why}; rebuilt from requests.jsonl)",
                    rebuilt_from_jsonl=True, skipped_lines=skipped, formulas=FORMULAS,
                    harness={})
     write_json(folder / "summary.json", summary)
-    return summary
+    return _sanitized(summary)
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
