@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,36 @@ def test_cr_at_the_end_of_a_read_waits_for_a_possible_lf() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: x\r") == []
     assert parser.feed(b"\n\r\n") == [SSEEvent("x")]
+
+
+def _scanned_chars(feeds: list[bytes], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Characters the parser reads to find line ends, over all `feeds` (the joins of pending
+    pieces copy no more than that)."""
+    import modal_llm_serving.sse as sse_module
+
+    real = sse_module._find_line_end
+    total = [0]
+
+    def counting(buffer: str, start: int, *, final: bool) -> tuple[int, int]:
+        end, width = real(buffer, start, final=final)
+        total[0] += (end + width if end >= 0 else len(buffer)) - start + 1  # what find() read
+        return end, width
+
+    monkeypatch.setattr(sse_module, "_find_line_end", counting)
+    parser = SSEParser()
+    for feed in feeds:
+        parser.feed(feed)
+    parser.close()
+    return total[0]
+
+
+@pytest.mark.parametrize("size", [4_096, 65_536])
+def test_work_is_linear_in_the_input_however_it_is_split(size: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long line in 1-byte reads, and many events in one read, cost O(bytes), not O(bytes²):
+    counted, not timed (an earlier parser re-scanned its whole buffer on every read)."""
+    line = b"data: " + b"x" * size + b"\n\n"
+    byte_by_byte = _scanned_chars([line[i:i + 1] for i in range(len(line))], monkeypatch)
+    many_events = _scanned_chars([b"data: 1\n\n" * (size // 9)], monkeypatch)
+    assert byte_by_byte <= 4 * len(line)
+    assert many_events <= 4 * size

@@ -7,6 +7,7 @@ matplotlib is imported lazily and drawn with the Agg backend (no display needed)
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,8 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
     if summary.get("error_counts"):
         rows += ["", "| error | count | example |", "|---|---|---|"]
         for kind, count in summary["error_counts"].items():
-            example = one_line(summary.get("error_examples", {}).get(kind, "")).replace("|", "\\|")
+            example = html.escape(one_line(summary.get("error_examples", {}).get(kind, ""),
+                                           120)).replace("|", "\\|")  # text, never markup
             rows.append(f"| {kind} | {count} | {example[:120]} |")
     harness = summary.get("harness", {})
     rows += ["", f"Harness health: client CPU "

@@ -174,7 +174,7 @@ def summary_problem(data: object) -> str | None:
     return None
 
 
-_STATS = ("mean", "median", "std", "min", "max", "p50", "p90", "p95", "p99")
+_STATS = ("mean", "max", "p50", "p90", "p95", "p99")  # what the report shows of each metric
 
 
 def _number_or_none(value: object) -> bool:
@@ -187,7 +187,8 @@ def _sanitized(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     for key in [key for key in data if key.startswith("n_")]:
         metric = key[2:]
-        stats_ok = all(_number_or_none(data.get(f"{stat}_{metric}_ms")) for stat in _STATS)
+        stats_ok = all(f"{stat}_{metric}_ms" in data and _number_or_none(
+            data[f"{stat}_{metric}_ms"]) for stat in _STATS)
         if isinstance(data[key], bool) or not isinstance(data[key], int) or not stats_ok:
             del data[key]
     counts = data.get("error_counts")
