@@ -507,7 +507,6 @@ def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
     case passes when the agent, as judge, finds every expectation met. Without an agent CLI with
     credentials it says so in one line and exits 0 (nothing to run).
     """
-    import datetime as dt
 
     from modal_llm_serving.evals import find_agent, run_evals
 
@@ -516,7 +515,10 @@ def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
         click.echo(f"evals skipped: no agent CLI with credentials on PATH "
                    f"({agent or 'claude, codex'}); install one and log in to run them", err=True)
         return
-    out = out or Path("results") / f"evals-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    if out is None:
+        from modal_llm_serving.bench.results import new_out_dir
+
+        out = new_out_dir(Path("results"), "evals")  # never a folder another run has
     suites = ("trigger", "tasks") if suite == "all" else (suite,)
     summary = run_evals(agent=found, out_dir=out, suites=suites, limit=limit, timeout=timeout,
                         on_case=lambda row: click.echo(json.dumps(row)[:160], err=True))

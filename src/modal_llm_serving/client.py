@@ -48,6 +48,9 @@ def normalize_base_url(url: str) -> str:
         raise UsageError(f"{shown!r} is not an http(s) URL; write it like http://127.0.0.1:8000")
     if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
         raise UsageError(f"{shown!r} holds spaces or control characters; check the URL")
+    if not url.isascii():
+        raise UsageError(f"{shown!r} is not ASCII; write host names in punycode and escape "
+                         "paths with %XX")
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port

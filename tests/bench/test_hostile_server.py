@@ -29,7 +29,7 @@ from modal_llm_serving.smoke import run_smoke
 from tests.fuzz_server import FuzzServer, Script, split, sse
 
 KNOWN_KINDS = re.compile(r"^(http_\d{3}|malformed_chunk|stream_error|no_tokens|reset|timeout|"
-                         r"http_protocol|connect|cancelled|tls)$")
+                         r"http_protocol|connect|cancelled|tls|bad_request)$")
 # Generated cases per suite: 30 in CI (each is a short run on a local socket); more with
 # MLS_FUZZ_EXAMPLES=1000 for a longer hunt.
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "30"))
@@ -175,3 +175,24 @@ def test_cli_smoke_on_a_broken_server_is_one_table_and_exit_1(server: FuzzServer
         server.models_answer = json.dumps({"data": [{"id": "fuzz"}]}).encode()
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "FAIL  models" in result.output
+
+
+def test_raw_transport_never_sends_a_header_with_a_line_break(server: FuzzServer) -> None:
+    """Even past the CLI's and the library's checks, the transport itself refuses to send it."""
+    import asyncio
+
+    from modal_llm_serving.bench.http_types import TransportError
+    from modal_llm_serving.bench.transport import make_transport
+
+    async def send(headers: dict[str, str]) -> str:
+        async with make_transport("raw", pool=1, timeout_s=5, stall_timeout_s=5) as transport:
+            try:
+                async with transport.post(f"{server.url}/v1/chat/completions", b"{}", headers):
+                    return "sent"
+            except TransportError as exc:
+                return exc.kind
+
+    served = server.served
+    for bad in ({"X-A": "1\r\nX-Injected: 1"}, {"X-B": "é"}, {"X\nC": "1"}):
+        assert asyncio.run(send(bad)) == "bad_request"
+    assert server.served == served  # nothing reached the server

@@ -24,6 +24,7 @@ from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, send_streaming
 from modal_llm_serving.bench.transport import make_transport
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.redact import redact_url
 
 __all__ = ["ColdStartTrial", "run_cold_start"]
 
@@ -126,7 +127,7 @@ def run_cold_start(*, base_url: str, model: str, api_key: str | None, headers: d
                                  on_event=on_event))
     seconds = [t.seconds_to_first_token for t in trials if t.seconds_to_first_token is not None]
     return {
-        "base_url": base_url, "model": model, "repeat": repeat, "wait_s": wait_s,
+        "base_url": redact_url(base_url), "model": model, "repeat": repeat, "wait_s": wait_s,
         "timeout_s": timeout_s, "retry_pause_s": pause_s, "since_epoch_s": since_epoch_s,
         "definition": "time to first token = first token-bearing event − trial start, retrying "
                       "502/503/504 and connection errors",
