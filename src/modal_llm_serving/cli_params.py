@@ -18,7 +18,7 @@ __all__ = ["LONGEST_WAIT_S", "Finite"]
 LONGEST_WAIT_S = 1e6
 
 
-class Finite(click.ParamType):
+class Finite(click.ParamType):  # type: ignore[type-arg]
     """A finite number within [min, max] (either end open if asked)."""
 
     name = "number"

@@ -180,7 +180,7 @@ def _count(usage: dict[str, Any], key: str) -> int | None:
     value = usage.get(key)
     if value is None:
         return None
-    if not _is_int(value) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedResponse(f"usage.{key} is {value!r:.40}, not a token count")
     return value
 

@@ -15,7 +15,7 @@ whose bytes are an incomplete UTF-8 sequence, held back by the detokenizer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["RequestRecord"]
 
@@ -125,19 +125,20 @@ class RequestRecord:
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
         """A record from a saved JSONL line; ValueError if a field has the wrong type (a file
         is input too: edited, truncated or written by something else)."""
-        values = {}
+        values: dict[str, Any] = {}
         for name, kinds in _SAVED_TYPES.items():
             if name not in data:
                 continue
-            value = data[name]
+            value: Any = data[name]
             if value is None and type(None) in kinds:
                 values[name] = value
             elif isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
                 raise ValueError(f"field {name!r} is {value!r:.40}, not {kinds}")
-            elif name == "itl_ns" and not all(_is_int(gap) for gap in value):
+            elif name == "itl_ns" and not all(_is_int(gap) for gap in cast(list[Any], value)):
                 raise ValueError("field 'itl_ns' holds a value that is not an integer")
             elif name == "server_timing" and not all(
-                    isinstance(key, str) and _is_int(stamp) for key, stamp in value.items()):
+                    isinstance(key, str) and _is_int(stamp)
+                    for key, stamp in cast(dict[Any, Any], value).items()):
                 raise ValueError("field 'server_timing' is not names to integer stamps")
             else:
                 values[name] = value

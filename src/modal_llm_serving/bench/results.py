@@ -219,7 +219,7 @@ def read_summary(folder: Path) -> dict[str, Any]:
     """The saved summary, checked; one rebuilt from requests.jsonl when it is missing or broken
     (an interrupted run, a truncated or edited file)."""
     path = folder / "summary.json"
-    problem = "it is missing"
+    problem: str | None = "it is missing"
     if path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
