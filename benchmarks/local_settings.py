@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -53,14 +54,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=16, help="per stream count")
-    parser.add_argument("--variant", action="append", metavar='NAME="--flag value ..."',
-                        default=[], help="a variant of the recipe's command (repeatable)")
+    parser.add_argument("--variant", action="append", metavar='NAME="[ENV=V ...] --flag v ..."',
+                        default=[], help="a variant of the recipe's command: environment "
+                                         "variables for the engine, then flags (repeatable)")
+    parser.add_argument("--streams", default="1,8", help="stream counts to measure, e.g. 1,4,8")
     parser.add_argument("--out", type=Path, default=Path("results/local_settings.json"))
     args = parser.parse_args()
-    variants = {"recipe": []}
+    variants: dict[str, list[str]] = {"recipe": []}
     for spec in args.variant or ['small="--max-model-len 2048 --max-num-seqs 16"']:
         name, _, flags = spec.partition("=")
         variants[name] = shlex.split(flags.strip('"'))
+    streams_list = [int(s) for s in args.streams.split(",")]
     model = str(ensure_default_model())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, object] = {
@@ -76,16 +80,19 @@ def main() -> None:
             command = local_command(recipe_path("vllm_online"), model=model,
                                     served_model_name=DEFAULT_MODEL_ID, port=port,
                                     build=engine_build())
-            argv = launcher_argv(replace_flags(command.argv, changes))
+            settings = [c for c in changes if re.match(r"^[A-Z_][A-Z0-9_]*=", c)]
+            flags = [c for c in changes if c not in settings]
+            argv = launcher_argv(replace_flags(command.argv, flags))
+            variant_env = {**env, **dict(s.split("=", 1) for s in settings)}
             log = args.out.parent / f"local_settings-{name}.log"
             with log.open("wb") as handle:
                 process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                           start_new_session=True, env=env)
+                                           start_new_session=True, env=variant_env)
             base = f"http://127.0.0.1:{port}"
             try:
                 run: dict[str, object] = {"round": round_index, "variant": name,
                                           "ready_s": round(wait_models(base, process), 1)}
-                for streams in (1, 8):
+                for streams in streams_list:
                     rate = asyncio.run(throughput(base, streams, args.requests * streams // 2))
                     run[f"tok_s_{streams}"] = round(rate, 1)
                 run["pss_mib"] = round(tree_pss_mib(process.pid), 0)
@@ -97,8 +104,9 @@ def main() -> None:
     for name in variants:
         mine = [r for r in runs if r["variant"] == name]
         means = {s: sum(float(r[f"tok_s_{s}"]) for r in mine) / len(mine)  # type: ignore[arg-type]
-                 for s in (1, 8)}
-        print(f"{name}: {means[1]:.1f} tok/s at 1 stream, {means[8]:.1f} at 8")
+                 for s in streams_list}
+        print(f"{name}: " + ", ".join(f"{means[s]:.1f} tok/s at {s} streams"
+                                      for s in streams_list))
         record[f"mean_{name}"] = means
     args.out.write_text(json.dumps(record, indent=2))
 

@@ -640,3 +640,44 @@ def test_python_option_that_does_not_exist_is_a_usage_error(cli_machine: Machine
     result = CliRunner().invoke(cli, ["doctor", "--python", "/no/such/python"])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+# --- the local CPU --------------------------------------------------------------------------------
+
+CPUINFO = """processor\t: 0
+model name\t: {model}
+flags\t\t: fpu sse2 {flags}
+
+processor\t: 1
+model name\t: {model}
+flags\t\t: fpu sse2 {flags}
+"""
+
+
+@pytest.mark.parametrize(("flags", "kind", "status", "words"), [
+    ("avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile", "avx512-amx", "ok", "AMX"),
+    ("avx2 avx512f avx512_vnni", "avx512", "ok", "oneDNN"),
+    ("avx2 fma", "avx2", "warn", "plain torch linear layers"),
+    ("", "other", "warn", "needs at least AVX2"),
+])
+def test_cpu_check_says_what_the_instruction_sets_mean(flags: str, kind: str, status: str,
+                                                       words: str) -> None:
+    from modal_llm_serving.cpu_info import parse_cpuinfo
+    from modal_llm_serving.doctor import _cpu_check
+
+    info = parse_cpuinfo(CPUINFO.format(model="Some CPU 9000", flags=flags), arch="x86_64",
+                         cores=2)
+    assert info.kind == kind and info.model == "Some CPU 9000"
+    check = _cpu_check(info)
+    assert check.status == status and words in check.summary
+    assert check.data["kind"] == kind and check.data["cores"] == 2
+    assert "2 usable cores" in check.summary
+
+
+def test_cpu_check_is_in_the_report_of_this_machine() -> None:
+    from modal_llm_serving.cpu_info import read_cpu_info
+
+    info = read_cpu_info()
+    assert info.cores >= 1 and info.arch
+    ids = [check.id for check in run_doctor(timeout=20).checks]
+    assert ids[-1] == "local-cpu"

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from modal_llm_serving.cpu_info import FLAGS, CpuInfo, read_cpu_info
+
 __all__ = [
     "SUPPORTED_MODAL",
     "Check",
@@ -275,6 +277,7 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
         _vllm_check(current, gpu_present=gpu.status == "ok"),
         _sglang_check(current, gpu_present=gpu.status == "ok"),
         gpu,
+        _cpu_check(),
     ]
     return DoctorReport(tuple(_scrub(check, secrets) for check in checks))
 
@@ -579,6 +582,19 @@ def _gpu_check(env: Mapping[str, str], *, timeout: float) -> Check:
                      fix="check the NVIDIA driver (nvidia-smi); " + no_gpu_fix, data={"gpus": []})
     return Check("gpu", title, "ok", f"{len(gpus)} × " + "; ".join(sorted(set(gpus))),
                  data={"gpus": gpus})
+
+
+def _cpu_check(info: CpuInfo | None = None) -> Check:
+    """The CPU's instruction sets and what they mean for local vLLM speed (a GPU is not needed
+    to deploy, but `mls local serve` runs here)."""
+    info = info or read_cpu_info()
+    status: Status = "ok" if info.kind in ("avx512-amx", "avx512") else "warn"
+    fix = ("" if status == "ok" else "none needed to deploy; for faster local runs use a "
+           "machine with AVX-512 (and AMX), or a GPU with `make local` (it installs vLLM's CUDA "
+           "build there)")
+    return Check("local-cpu", "local CPU", status, f"{info.describe()}: {info.meaning()}",
+                 fix=fix, data={"model": info.model, "arch": info.arch, "cores": info.cores,
+                                "kind": info.kind, "flags": sorted(info.flags & set(FLAGS))})
 
 
 # --- helpers ----------------------------------------------------------------------------------
