@@ -597,7 +597,7 @@ def test_command_exits_0_with_only_warnings_and_never_prints_a_token(
     assert statuses["gpu"] == "warn"
     assert [check["id"] for check in data["checks"]] == [
         "modal-cli", "modal-sdk", "cli-interpreter", "modal-profile", "hf-token", "local-vllm",
-        "local-sglang", "gpu"]
+        "local-sglang", "gpu", "local-cpu"]
 
 
 def test_command_text_shows_fixes_and_exits_1_on_a_failure(cli_machine: Machine) -> None:
