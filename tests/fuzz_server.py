@@ -37,6 +37,7 @@ class FuzzServer:
         self.scripts: list[Script] = [Script(pieces=(b"data: [DONE]\n\n",))]
         self.served = 0
         self.models_answer: bytes = json.dumps({"data": [{"id": "fuzz"}]}).encode()
+        self.missing: set[str] = set()  # routes answered 404 (a partial server)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -81,6 +82,10 @@ class FuzzServer:
 
     async def _answer(self, method: str, path: str, body: bytes,
                       writer: asyncio.StreamWriter) -> bool:
+        if path in self.missing:
+            await _write(writer, Script(status=404, framing="length", pieces=(b"not found",),
+                                        content_type="text/plain"))
+            return True
         if path in ("/health", "/v1/models", "/tokenize", "/detokenize"):
             payload = (b"" if path == "/health" else self.models_answer if path == "/v1/models"
                        else _tokenize(body) if path == "/tokenize" else _detokenize(body))

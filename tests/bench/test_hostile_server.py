@@ -196,3 +196,17 @@ def test_raw_transport_never_sends_a_header_with_a_line_break(server: FuzzServer
     for bad in ({"X-A": "1\r\nX-Injected: 1"}, {"X-B": "é"}, {"X\nC": "1"}):
         assert asyncio.run(send(bad)) == "bad_request"
     assert server.served == served  # nothing reached the server
+
+
+@pytest.mark.parametrize("missing", [{"/detokenize"}, {"/tokenize", "/detokenize"}])
+def test_a_server_without_detokenize_gets_approximate_prompts_not_a_traceback(
+        server: FuzzServer, tmp_path: Path, missing: set[str]) -> None:
+    good = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    server.scripts = [Script(pieces=(sse(good, "[DONE]"),))]
+    server.missing = missing
+    try:
+        summary = _bench(server.url, tmp_path, 2)
+    finally:
+        server.missing = set()
+    assert summary["completed"] == 2
+    assert summary["data"]["tokenizer_source"].startswith("none: word counts (approximate")
