@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.workload import read_toml
 
 __all__ = [
     "GPU",
@@ -68,19 +69,6 @@ _GPU_FIELDS = {f.name: f for f in dataclasses.fields(GPU) if f.name != "name"}
 _PLATFORM_FIELDS = {f.name for f in dataclasses.fields(Platform)}
 
 
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as "
-                         "UTF-8") from None
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise UsageError(f"{what} {path} is not valid TOML: {exc or 'nested too deeply'}") \
-            from None
-
-
 # Catalog figures are finite and positive; the cap keeps arithmetic on them finite too.
 _LARGEST = 1e6
 
@@ -104,7 +92,7 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
     gpus: dict[str, dict[str, Any]] = {k: dict(v) for k, v in data["gpus"].items()}
     platform: dict[str, Any] = dict(data["platform"])
     if override is not None:
-        user = _read_toml(override, "GPU catalog")
+        user = read_toml(override, "GPU catalog")
         for key in user:
             if key not in ("gpus", "platform"):
                 raise UsageError(f"GPU catalog {override}: unknown table [{key}] (use [gpus.NAME] "

@@ -28,7 +28,7 @@ from modal_llm_serving.errors import EngineStartError, MlsError, UsageError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-EXIT_PROBLEM, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_PROBLEM, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 3, 130  # 2 (bad input) is click's own
 
 
 class InternalError(click.ClickException):

@@ -25,6 +25,7 @@ from modal_llm_serving.errors import EndpointError, EndpointStatusError, UsageEr
 from modal_llm_serving.redact import redact_url
 from modal_llm_serving.sse import SSEParser
 from modal_llm_serving.wire import (
+    ChatCompletion,
     one_line,
     parse_object,
     read_chat_completion,
@@ -116,15 +117,8 @@ def tls_failure(exc: BaseException) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class ChatResult:
-    """A non-streamed chat completion: its id, text and usage counts."""
-
-    id: str
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
+# A non-streamed chat completion (id, text, finish reason, usage), checked as wire.py reads it.
+ChatResult = ChatCompletion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +170,8 @@ class OpenAIClient:
         """One non-streamed chat completion with a single user message."""
         payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
                    "max_tokens": max_tokens, "temperature": temperature}
-        completion = read_chat_completion(
+        return read_chat_completion(
             self._json(self._http.post("/v1/chat/completions", json=payload)))
-        return ChatResult(id=completion.id, text=completion.text,
-                          finish_reason=completion.finish_reason,
-                          prompt_tokens=completion.prompt_tokens,
-                          completion_tokens=completion.completion_tokens)
 
     def chat_stream(self, model: str, prompt: str, *, max_tokens: int = 32,
                     temperature: float = 0.0) -> StreamResult:
@@ -209,10 +199,10 @@ class OpenAIClient:
                 chunks += 1
                 ids.add(chunk.id or "")
                 text.append(chunk.text)
-                prompt_tokens = chunk.prompt_tokens if chunk.prompt_tokens is not None \
-                    else prompt_tokens
-                completion_tokens = chunk.completion_tokens \
-                    if chunk.completion_tokens is not None else completion_tokens
+                if chunk.prompt_tokens is not None:  # the usage chunk (usually the last)
+                    prompt_tokens = chunk.prompt_tokens
+                if chunk.completion_tokens is not None:
+                    completion_tokens = chunk.completion_tokens
         if len(ids) > 1:
             raise EndpointError(f"stream chunks carry different ids: {sorted(ids)}")
         return StreamResult(id=ids.pop() if ids else "", text="".join(text), chunks=chunks,

@@ -20,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from modal_llm_serving.errors import EndpointError
 
-__all__ = ["ChatCompletion", "Chunk", "MalformedResponse", "error_message", "one_line",
+__all__ = ["ChatCompletion", "Chunk", "MalformedResponse", "error_message", "is_int", "one_line",
            "parse_object", "read_chat_completion", "read_chunk", "read_models"]
 
 
@@ -87,7 +87,7 @@ def read_chunk(payload: object, *, chat: bool) -> Chunk:
         completion_tokens = _count(usage, "completion_tokens")
     timing = payload.get("server_timing")
     server_timing = ({key: value for key, value in timing.items()
-                      if isinstance(key, str) and _is_int(value)}
+                      if isinstance(key, str) and is_int(value)}
                      if isinstance(timing, dict) else None)  # optional extra: never fatal
     base = Chunk(id=_optional(payload, "id", str), prompt_tokens=prompt_tokens,
                  completion_tokens=completion_tokens, server_timing=server_timing)
@@ -180,12 +180,13 @@ def _count(usage: dict[str, Any], key: str) -> int | None:
     value = usage.get(key)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not is_int(value) or value < 0:
         raise MalformedResponse(f"usage.{key} is {value!r:.40}, not a token count")
     return value
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
+    """An integer, and not a bool (JSON's true is not a count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

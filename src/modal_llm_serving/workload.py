@@ -18,11 +18,11 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.errors import WorkloadError
+from modal_llm_serving.errors import UsageError, WorkloadError
 
 __all__ = [
     "BROAD_REGIONS",
@@ -221,21 +221,25 @@ def _cross_check(w: Workload) -> None:
                     "use goal = 'throughput' or drop offline")
 
 
+def read_toml(path: Path, what: str, *,
+              error: Callable[[str], UsageError] = UsageError) -> dict[str, Any]:
+    """A TOML file's tables (workload files, GPU catalogs), or `error` with one line saying why
+    not: unreadable, not UTF-8, not valid TOML (or nested past what the parser takes)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") \
+            from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc or 'nested too deeply'}") from None
+
+
 def load_workload(path: Path, *, overrides: Mapping[str, Any] | None = None) -> Workload:
     """Read a workload TOML file (top-level keys = Workload fields); `overrides` win."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WorkloadError(f"cannot read workload file {path}: {exc.strerror or exc}",
-                            field="file") from None
-    except UnicodeDecodeError as exc:
-        raise WorkloadError(f"workload file {path} is not UTF-8 text (byte {exc.start}); save "
-                            "it as UTF-8", field="file") from None
-    try:
-        data = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise WorkloadError(f"{path} is not valid TOML: {exc or 'nested too deeply'}",
-                            field="file") from None
+    data = read_toml(path, "workload file",
+                     error=lambda message: WorkloadError(message, field="file"))
     merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return workload_from_mapping(merged)
 

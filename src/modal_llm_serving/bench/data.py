@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import httpx
 
 from modal_llm_serving.errors import BenchDataError, UsageError
-from modal_llm_serving.wire import MalformedResponse, parse_object
+from modal_llm_serving.wire import MalformedResponse, is_int, parse_object
 
 __all__ = ["LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt", "make_tokenizer",
            "parse_length", "synthetic_prompts"]
@@ -143,8 +143,7 @@ class ServerTokenizer:
     def encode(self, text: str) -> list[int]:
         tokens = self._call("/tokenize", {"model": self._model, "prompt": text,
                                           "add_special_tokens": False}, "tokens")
-        if not isinstance(tokens, list) or not all(
-                isinstance(token, int) and not isinstance(token, bool) for token in tokens):
+        if not isinstance(tokens, list) or not all(is_int(token) for token in tokens):
             raise BenchDataError("the server's /tokenize answered tokens that are not a list of "
                                  "integers; pass --tokenizer")
         return tokens
@@ -313,7 +312,7 @@ def _jsonl_prompt(row: Any, path: Path, number: int, tokenizer: Tokenizer,
     out = row.get("output_tokens", row.get("output_len"))
     if output_len is not None:
         out = output_len.sample(rng)
-    if isinstance(out, bool) or not isinstance(out, int) or not 1 <= out <= MAX_TOKENS:
+    if not is_int(out) or not 1 <= out <= MAX_TOKENS:
         raise BenchDataError(f'{where} has no usable "output_tokens"; add it per line or pass '
                              "--output-len")
     if "messages" in row:

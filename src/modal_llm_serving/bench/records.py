@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
+from modal_llm_serving.wire import is_int
+
 __all__ = ["RequestRecord"]
 
 NS_PER_MS = 1_000_000
@@ -134,10 +136,10 @@ class RequestRecord:
                 values[name] = value
             elif isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
                 raise ValueError(f"field {name!r} is {value!r:.40}, not {kinds}")
-            elif name == "itl_ns" and not all(_is_int(gap) for gap in cast(list[Any], value)):
+            elif name == "itl_ns" and not all(is_int(gap) for gap in cast(list[Any], value)):
                 raise ValueError("field 'itl_ns' holds a value that is not an integer")
             elif name == "server_timing" and not all(
-                    isinstance(key, str) and _is_int(stamp)
+                    isinstance(key, str) and is_int(stamp)
                     for key, stamp in cast(dict[Any, Any], value).items()):
                 raise ValueError("field 'server_timing' is not names to integer stamps")
             else:
@@ -146,9 +148,6 @@ class RequestRecord:
             raise ValueError("a record needs index, input_len and max_tokens")
         return cls(**values)
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _INT, _OPT_INT, _OPT_STR = (int,), (int, type(None)), (str, type(None))

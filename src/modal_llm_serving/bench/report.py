@@ -158,7 +158,7 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
         for kind, count in summary["error_counts"].items():
             example = html.escape(one_line(summary.get("error_examples", {}).get(kind, ""),
                                            120)).replace("|", "\\|")  # text, never markup
-            rows.append(f"| {kind} | {count} | {example[:120]} |")
+            rows.append(f"| {kind} | {count} | {example} |")
     harness = summary.get("harness", {})
     rows += ["", f"Harness health: client CPU "
                  f"{harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of one core, "

@@ -119,7 +119,10 @@ def prepare_out_dir(folder: Path, *, overwrite: bool = False) -> Path:
             raise UsageError(f"--out {folder} already holds results; pass --overwrite to replace "
                              "them, or give a new folder")
         for path in files:  # files before their folders (the order _result_files lists them)
-            path.rmdir() if path.is_dir() else path.unlink()
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-test"
