@@ -38,6 +38,7 @@ class FuzzServer:
         self.served = 0
         self.models_answer: bytes = json.dumps({"data": [{"id": "fuzz"}]}).encode()
         self.missing: set[str] = set()  # routes answered 404 (a partial server)
+        self.errors: list[str] = []  # the server's own failures (tests assert there are none)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -66,7 +67,7 @@ class FuzzServer:
         server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):  # the client may vanish at any point
+        try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
@@ -77,6 +78,10 @@ class FuzzServer:
                 keep = await self._answer(method, path.split("?")[0], body, writer)
                 if not keep:
                     break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client may vanish at any point
+        except Exception as exc:  # a bug in this server: it must not pass for a client fate
+            self.errors.append(repr(exc))
         with contextlib.suppress(Exception):
             writer.close()
 

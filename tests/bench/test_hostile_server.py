@@ -94,6 +94,7 @@ def scripts(draw: st.DrawFn) -> Script:
 def server() -> Any:
     with FuzzServer() as running:
         yield running
+        assert running.errors == []  # every fate seen came from a script, not a server bug
 
 
 def _bench(url: str, out: Path, n: int) -> dict[str, Any]:
