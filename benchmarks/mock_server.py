@@ -3,10 +3,16 @@
 It is never a stand-in for an engine: it exists to measure the benchmark client against timings
 that are known exactly (TTFT, per-token delay, chunking) and to inject faults on purpose.
 Raw asyncio protocol on uvloop, so it costs as little CPU as possible; run it in its own process
-(`MockProcess` does) so it does not share the client's event loop or core.
+(`MockProcess` does) so it does not share the client's event loop or core. `--processes N`
+serves one port from N processes (SO_REUSEPORT: the kernel spreads connections over them), so
+the mock keeps up with thousands of streams where one event loop could not.
 
 Truth: a request's first token event is written `ttft_ms` after its body is read, then one event
 every `itl_ms * chunk` (each carrying `chunk` tokens), on an absolute schedule (no drift).
+A busy mock writes late; it says how late, so its lateness is never blamed on the client: the
+usage event's `server_timing` carries its stamps (perf_counter_ns, CLOCK_MONOTONIC, the clock the
+client stamps with) and `first_late_ns` / `max_late_ns`, how far behind the schedule its first
+and its latest event were written.
 
 Faults, `--fault KIND=N` (every Nth request, counted from 1): 503, 429, reset (connection closed
 after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `--stall-s`
@@ -14,7 +20,7 @@ mid-stream), hang (reads the request, never answers), nodone (no `data: [DONE]`)
 written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 503 for S seconds
 after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint).
 
-    python benchmarks/mock_server.py --port 8123 --ttft-ms 50 --itl-ms 10
+    python benchmarks/mock_server.py --port 8123 --ttft-ms 50 --itl-ms 10 --processes 4
     python benchmarks/mock_server.py -- mls bench run {url} -c 1,128 -n 256   # mock, run, stop
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -49,6 +56,7 @@ class Settings(argparse.Namespace):
     fault: list[str]
     stall_s: float
     cold_s: float
+    processes: int
     command: list[str]
 
 
@@ -115,11 +123,11 @@ class Protocol(asyncio.Protocol):
         body = self.buffer[head_end + 4: head_end + 4 + length]
         self.buffer = self.buffer[head_end + 4 + length:]
         self.busy = True
-        received = asyncio.get_running_loop().time()
         self.received_ns = time.perf_counter_ns()  # CLOCK_MONOTONIC: comparable across processes
-        asyncio.get_running_loop().create_task(self._serve(method, path, body, received))
+        asyncio.get_running_loop().create_task(
+            self._serve(method, path, body, self.received_ns))
 
-    async def _serve(self, method: str, path: str, body: bytes, received: float) -> None:
+    async def _serve(self, method: str, path: str, body: bytes, received: int) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._route(method, path.split("?")[0], body, received)
         self.busy = False
@@ -135,7 +143,7 @@ class Protocol(asyncio.Protocol):
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
 
-    async def _route(self, method: str, path: str, body: bytes, received: float) -> None:
+    async def _route(self, method: str, path: str, body: bytes, received: int) -> None:
         state = self.state
         if path == "/health":
             return self._send(200, {})
@@ -182,22 +190,26 @@ class Protocol(asyncio.Protocol):
                                                                or request.get("prompt")))))
         return None
 
-    async def _stream(self, chat: bool, n: int, faults: set[str], received: float, *,
+    async def _stream(self, chat: bool, n: int, faults: set[str], received: int, *,
                       prompt_len: int) -> None:
         settings = self.state.settings
         transport = self.transport
         assert transport is not None
         transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                         b"Transfer-Encoding: chunked\r\n\r\n")
-        loop = asyncio.get_running_loop()
         chunk = max(1, settings.chunk)
         events = (n + chunk - 1) // chunk
         split = "split" in faults
+        first_late = max_late = 0
         for index in range(events):
-            due = received + (settings.ttft_ms + index * chunk * settings.itl_ms) / 1000
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # due on the monotonic clock itself (the loop's clock is cached per iteration)
+            due = received + int((settings.ttft_ms + index * chunk * settings.itl_ms) * 1e6)
+            while (delay := due - time.perf_counter_ns()) > 0:
+                await asyncio.sleep(delay / 1e9)  # a timer may fire early: never write early
+            late = -delay
+            max_late = max(max_late, late)
+            if index == 0:
+                first_late = late
             if index == events // 2 and index > 0:
                 if "reset" in faults:
                     transport.abort()
@@ -207,27 +219,18 @@ class Protocol(asyncio.Protocol):
                 if "malformed" in faults:
                     self._write(b"data: {not json\n\n", split=False)
             tokens = min(chunk, n - index * chunk)
-            text = " ".join(WORDS[(index * chunk + i) % len(WORDS)] for i in range(tokens)) + " "
-            if chat:
-                choice: dict[str, Any] = {"index": 0, "delta": {"content": text}}
-            else:
-                choice = {"index": 0, "text": text}
-            choice["finish_reason"] = "length" if index == events - 1 else None
-            payload = b"data: " + json.dumps({"object": "chunk", "choices": [choice]}).encode()
-            if index == 0 and chat:  # vLLM opens chat streams with a role-only chunk
-                role = {"object": "chunk", "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": ""}}]}
-                payload = b"data: " + json.dumps(role).encode() + b"\n\n" + payload
             if index == 0:
                 self.first_ns = time.perf_counter_ns()
-            self._write(payload + b"\n\n", split=split)
+            self._write(_event(chat, index, chunk, tokens, index == events - 1), split=split)
             if transport.is_closing():
                 return
         usage = {"object": "chunk", "choices": [],
                  "usage": {"prompt_tokens": prompt_len, "completion_tokens": n,
                            "total_tokens": prompt_len + n},
-                 # the mock's own stamps (perf_counter_ns): calibration separates its lateness
-                 "server_timing": {"received_ns": self.received_ns, "first_ns": self.first_ns}}
+                 # the mock's own stamps (perf_counter_ns) and lateness: calibration separates
+                 # the mock's delays from the client's
+                 "server_timing": {"received_ns": self.received_ns, "first_ns": self.first_ns,
+                                   "first_late_ns": first_late, "max_late_ns": max_late}}
         self._write(b"data: " + json.dumps(usage).encode() + b"\n\n", split=split)
         if "nodone" not in faults:
             self._write(b"data: [DONE]\n\n", split=split)
@@ -236,7 +239,7 @@ class Protocol(asyncio.Protocol):
     def _write(self, data: bytes, *, split: bool) -> None:
         assert self.transport is not None
         if not split:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.transport.write(_framed(data))
             return
         pieces, start = [], 0
         while start < len(data):
@@ -250,11 +253,53 @@ class Protocol(asyncio.Protocol):
                 self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+@functools.lru_cache(maxsize=4096)
+def _event(chat: bool, index: int, chunk: int, tokens: int, last: bool) -> bytes:
+    """The bytes of one token event: the same for every stream, so made once (at thousands of
+    streams the mock's time goes to writing, not to JSON)."""
+    text = " ".join(WORDS[(index * chunk + i) % len(WORDS)] for i in range(tokens)) + " "
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}}
+    else:
+        choice = {"index": 0, "text": text}
+    choice["finish_reason"] = "length" if last else None
+    payload = b"data: " + json.dumps({"object": "chunk", "choices": [choice]}).encode()
+    if index == 0 and chat:  # vLLM opens chat streams with a role-only chunk
+        role = {"object": "chunk", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+        payload = b"data: " + json.dumps(role).encode() + b"\n\n" + payload
+    return payload + b"\n\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _framed(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk (cached: token events repeat across streams)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets listening on one port (SO_REUSEPORT when more than one; port 0 picks a
+    free port for all)."""
+    sockets: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if count > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        sock.listen(4096)
+        sockets.append(sock)
+    return sockets
+
+
+async def serve(settings: Settings, sock: socket.socket, *, announce: bool) -> None:
     loop = asyncio.get_running_loop()
     state = MockState(settings)
-    server = await loop.create_server(lambda: Protocol(state), host, port, backlog=4096)
-    print(f"READY {host}:{server.sockets[0].getsockname()[1]}", flush=True)
+    server = await loop.create_server(lambda: Protocol(state), sock=sock)
+    if announce:
+        host, port = sock.getsockname()[:2]
+        print(f"READY {host}:{port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -273,11 +318,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=N")
     parser.add_argument("--stall-s", type=float, default=5.0)
     parser.add_argument("--cold-s", type=float, default=0.0)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="serve from N processes on one port (SO_REUSEPORT); request "
+                             "counts, faults and /mock/stats are then per process")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="after --: a command to run against the mock ({url} is replaced), "
                              "e.g. -- mls bench run {url} -c 1,32")
     args = parser.parse_args(argv, namespace=Settings())
     MockState(args)  # validates --fault before we say READY
+    if args.processes < 1:
+        parser.error("--processes must be >= 1")
     return args, args.host, args.port
 
 
@@ -288,17 +338,38 @@ def main() -> None:
         # one command: the mock in its own process, the given command against it, then stop
         with MockProcess(ttft_ms=settings.ttft_ms, itl_ms=settings.itl_ms, chunk=settings.chunk,
                          model=settings.model, faults=tuple(settings.fault),
-                         stall_s=settings.stall_s, cold_s=settings.cold_s) as mock:
+                         stall_s=settings.stall_s, cold_s=settings.cold_s,
+                         processes=settings.processes) as mock:
             print(f"mock at {mock.url}", file=sys.stderr, flush=True)
             code = subprocess.call([part.replace("{url}", mock.url) for part in command])
         raise SystemExit(code)
+    sockets = listening_sockets(host, port, settings.processes)
+    children = []
+    for sock in sockets[1:]:  # each child serves its own socket; the kernel balances them
+        pid = os.fork()
+        if pid == 0:
+            _serve_forever(settings, sock, announce=False)
+            os._exit(0)
+        children.append(pid)
+    try:
+        _serve_forever(settings, sockets[0], announce=True)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _serve_forever(settings: Settings, sock: socket.socket, *, announce: bool) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(settings, host, port))
+    asyncio.run(serve(settings, sock, announce=announce))
 
 
 class MockProcess:
@@ -306,10 +377,11 @@ class MockProcess:
 
     def __init__(self, *, ttft_ms: float = 50.0, itl_ms: float = 10.0, chunk: int = 1,
                  model: str = "mock", faults: tuple[str, ...] = (), stall_s: float = 5.0,
-                 cold_s: float = 0.0, cpu: int | None = None) -> None:
+                 cold_s: float = 0.0, cpu: int | None = None, processes: int = 1) -> None:
         argv = [sys.executable, str(Path(__file__).resolve()), "--ttft-ms", str(ttft_ms),
                 "--itl-ms", str(itl_ms), "--chunk", str(chunk), "--model", model,
-                "--stall-s", str(stall_s), "--cold-s", str(cold_s)]
+                "--stall-s", str(stall_s), "--cold-s", str(cold_s),
+                "--processes", str(processes)]
         for fault in faults:
             argv += ["--fault", fault]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,

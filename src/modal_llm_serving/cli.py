@@ -616,6 +616,9 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
               help="Prompts and arrivals.")
 @click.option("--transport", type=click.Choice(["raw", "aiohttp", "httpx"]), default="raw",
               show_default=True, help="HTTP client (raw measured lowest overhead).")
+@click.option("--workers", type=click.IntRange(1, 256), metavar="N",
+              help="Processes the streams are split over, each with its own event loop "
+                   "[default: one per 128 streams, at most one per core].")
 @click.option("--prewarm/--no-prewarm", default=True, show_default=True,
               help="Open the pool's connections before the clock starts (raw transport); "
                    "--no-prewarm counts first-request handshakes, as vllm bench serve does.")

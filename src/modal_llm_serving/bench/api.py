@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -37,7 +36,8 @@ from modal_llm_serving.bench.results import (
     write_json,
     write_sweep,
 )
-from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_load
+from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_event_loop
+from modal_llm_serving.bench.shards import MAX_WORKERS, choose_workers, run_level
 from modal_llm_serving.client import check_headers, normalize_base_url, raise_if_client_side
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.redact import redact_url
@@ -178,6 +178,7 @@ class BenchOptions:
     retries: int = 0
     seed: int = 0
     transport: str = "raw"
+    workers: int | None = None  # processes per level (None: one per 128 streams, per core)
 
 
 def plan_run(options: BenchOptions) -> tuple[BenchConfig, list[Level], Workload]:
@@ -215,7 +216,8 @@ def plan_run(options: BenchOptions) -> tuple[BenchConfig, list[Level], Workload]
         duration_s=o.duration, warmup_s=o.warmup, cooldown_s=o.cooldown, turns=o.turns,
         session_header=o.session_header, ignore_eos=o.ignore_eos, min_tokens=o.min_tokens,
         timeout_s=o.timeout, stall_timeout_s=o.stall_timeout, retries=o.retries,
-        slo=parse_slos(o.slos), seed=o.seed, transport=o.transport, prewarm=o.prewarm)
+        slo=parse_slos(o.slos), seed=o.seed, transport=o.transport, prewarm=o.prewarm,
+        workers=o.workers)
     for level in levels:
         check_config(level.apply(config))
     return config, levels, workload
@@ -236,6 +238,8 @@ def check_config(config: BenchConfig) -> None:
     if unbounded_burst:
         raise UsageError("--rate inf with only --duration would start requests without limit; "
                          "add --num-requests or --max-concurrency")
+    if config.workers is not None and not 1 <= config.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {config.workers}: give 1 to {MAX_WORKERS} processes")
     if config.endpoint not in ("chat", "completions"):
         raise UsageError("--endpoint is chat or completions")
 
@@ -329,15 +333,6 @@ def run_bench(options: BenchOptions, *, out_dir: Path | None = None, overwrite: 
         raise
 
 
-def run_event_loop(coroutine: Any) -> Any:
-    """asyncio.run on uvloop when it is installed (it ships with vLLM): less client overhead."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
-
-
 def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, *,
                   out_dir: Path, progress: Callable[[Level, Progress], None] | None = None,
                   on_level: Callable[[Level, dict[str, Any]], None] | None = None,
@@ -370,9 +365,10 @@ def run_benchmark(config: BenchConfig, levels: list[Level], workload: Workload, 
         level_progress = None
         if progress is not None:
             level_progress = functools.partial(progress, level)
+        level_config = dataclasses.replace(
+            level_config, workers=choose_workers(level_config, config.workers))
         with JsonlSink(folder / "requests.jsonl") as sink:
-            summary = run_event_loop(run_load(level_config, prompts, sink=sink,
-                                              progress=level_progress))
+            summary = run_level(level_config, prompts, sink=sink, progress=level_progress)
         summary.update(_context(level_config, level, data_info))
         write_json(folder / "summary.json", summary)
         summaries.append(summary)

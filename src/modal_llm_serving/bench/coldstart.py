@@ -107,7 +107,7 @@ def run_cold_start(*, base_url: str, model: str, api_key: str | None, headers: d
         if ago < 0:
             raise UsageError("--since is in the future; give a past moment")
         since_ns = time.perf_counter_ns() - int(ago * 1e9)
-    from modal_llm_serving.bench.api import run_event_loop
+    from modal_llm_serving.bench.runner import run_event_loop
 
     chat = endpoint == "chat"
     body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": 1,

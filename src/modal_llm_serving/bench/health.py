@@ -1,14 +1,16 @@
 """Is the client, not the server, the bottleneck? Client CPU, event-loop lag, dispatch lag, memory.
 
-One asyncio loop runs the whole harness: if it is busy, stamps are late and every latency grows.
-A monitor task asks to wake every `interval`; how late it wakes is the loop lag. The process's CPU
-time over wall time says how close the single loop thread is to a full core.
+One asyncio loop runs each worker process of the harness: if it is busy, stamps are late and
+every latency grows. A monitor task asks to wake every `interval`; how late it wakes is the loop
+lag. The process's CPU time over wall time says how close its loop thread is to a full core.
+With several workers, each is judged on its own and warnings name the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import sys
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 from modal_llm_serving.bench.metrics import stats
 
-__all__ = ["HealthMonitor", "judge"]
+__all__ = ["HealthMonitor", "judge", "merge", "usable_cores"]
 
 # Above these the numbers describe the client more than the server (checked on 2 cores).
 CPU_LIMIT = 0.85  # of one core
@@ -94,6 +96,43 @@ def peak_rss_mb() -> float:
 MIN_JUDGED_WALL_S = 2.0  # shorter runs are too small to judge the client by
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_SHARD_NUMBERS = ("client_cpu_fraction_of_one_core", "client_cpu_seconds", "wall_seconds",
+                  "loop_lag_n", "loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms",
+                  "peak_rss_mb")
+
+
+def merge(parts: list[dict[str, Any]], *, parent_rss_mb: float = 0.0) -> dict[str, Any]:
+    """The health of a load split over worker processes: the busiest worker's CPU and loop lag
+    (the one whose stamps are worst), the CPU seconds and memory of all, and each worker's own
+    numbers under "shards"."""
+    def most(key: str) -> float:
+        return max((part.get(key) or 0.0 for part in parts), default=0.0)
+
+    def total(key: str) -> float:
+        return sum(part.get(key) or 0.0 for part in parts)
+
+    return {
+        "client_cpu_fraction_of_one_core": most("client_cpu_fraction_of_one_core"),
+        "client_cpu_seconds": total("client_cpu_seconds"),
+        "wall_seconds": most("wall_seconds"),
+        "loop_lag_n": int(total("loop_lag_n")),
+        "loop_lag_p50_ms": most("loop_lag_p50_ms"),
+        "loop_lag_p99_ms": most("loop_lag_p99_ms"),
+        "loop_lag_max_ms": most("loop_lag_max_ms"),
+        "peak_rss_mb": total("peak_rss_mb") + parent_rss_mb,
+        "workers": len(parts),
+        "cores": usable_cores(),
+        "shards": [{key: part.get(key) for key in _SHARD_NUMBERS} for part in parts],
+    }
+
+
 def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """Loud warnings when the client itself limits or distorts the measurement."""
     warnings: list[str] = []
@@ -101,18 +140,41 @@ def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         # A run of a few requests, or one where nothing succeeded, is mostly start-up and error
         # handling: its CPU share says nothing about whether the client kept up with a load.
         return warnings
-    cpu = harness.get("client_cpu_fraction_of_one_core") or 0.0
-    if cpu > CPU_LIMIT:
-        warnings.append(f"CLIENT BOTTLENECK: the harness used {cpu:.0%} of a CPU core (limit "
-                        f"{CPU_LIMIT:.0%}); latencies include client queueing. Use fewer "
-                        "streams, a bigger client machine, or the in-region Modal client.")
-    lag = harness.get("loop_lag_p99_ms") or 0.0
-    if lag > LOOP_LAG_P99_LIMIT_MS:
-        warnings.append(f"CLIENT BOTTLENECK: event-loop lag p99 {lag:.1f} ms (limit "
-                        f"{LOOP_LAG_P99_LIMIT_MS:g} ms): timestamps may be taken that late.")
+    shards = harness.get("shards")
+    workers = len(shards) if isinstance(shards, list) else 1
+    cores = harness.get("cores") or usable_cores()
+    if isinstance(shards, list):
+        for number, shard in enumerate(shards, 1):
+            warnings += _loop_warnings(shard, where=f"worker {number} of {workers}: ",
+                                       workers=workers, cores=cores)
+        if workers > cores:
+            warnings.append(f"CLIENT BOTTLENECK: {workers} workers share {cores} CPU cores; "
+                            "their stamps wait for a core. Use --workers "
+                            f"{cores} or a machine with more cores.")
+    else:
+        warnings += _loop_warnings(harness, where="", workers=1, cores=cores)
     dispatch = summary.get("p99_dispatch_lag_ms")
     if dispatch is not None and dispatch > DISPATCH_LAG_P99_LIMIT_MS:
         warnings.append(f"CLIENT BOTTLENECK: dispatch lag p99 {dispatch:.1f} ms (limit "
                         f"{DISPATCH_LAG_P99_LIMIT_MS:g} ms): requests left later than scheduled; "
                         "read the TTFT-from-schedule numbers.")
+    return warnings
+
+
+def _loop_warnings(health: dict[str, Any], *, where: str, workers: int,
+                   cores: int) -> list[str]:
+    """A loop too busy to stamp on time: its CPU share, and how late it wakes."""
+    warnings = []
+    more = (f"split the streams over more processes (--workers, now {workers}; this machine "
+            f"has {cores} cores), " if workers < cores else "")
+    cpu = health.get("client_cpu_fraction_of_one_core") or 0.0
+    if cpu > CPU_LIMIT:
+        warnings.append(f"CLIENT BOTTLENECK: {where}the harness used {cpu:.0%} of a CPU core "
+                        f"(limit {CPU_LIMIT:.0%}); latencies include client queueing. Use "
+                        f"fewer streams, {more}a bigger client machine, or the in-region Modal "
+                        "client.")
+    lag = health.get("loop_lag_p99_ms") or 0.0
+    if lag > LOOP_LAG_P99_LIMIT_MS:
+        warnings.append(f"CLIENT BOTTLENECK: {where}event-loop lag p99 {lag:.1f} ms (limit "
+                        f"{LOOP_LAG_P99_LIMIT_MS:g} ms): timestamps may be taken that late.")
     return warnings

@@ -56,7 +56,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             if example:
                 lines.append(f"    {kind}: {one_line(example, 150)}")
     harness = summary.get("harness", {})
-    lines.append(f"  client: CPU {harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of a "
+    lines.append(f"  client: {_workers(harness)}CPU "
+                 f"{harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of a "
                  f"core, loop lag p99 {_ms(harness.get('loop_lag_p99_ms'))} ms, peak RSS "
                  f"{harness.get('peak_rss_mb') or 0:.0f} MB")
     lines.extend(f"  !! {warning}" for warning in harness.get("warnings", []))
@@ -160,13 +161,19 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
                                            120)).replace("|", "\\|")  # text, never markup
             rows.append(f"| {kind} | {count} | {example} |")
     harness = summary.get("harness", {})
-    rows += ["", f"Harness health: client CPU "
+    rows += ["", f"Harness health: {_workers(harness)}client CPU "
                  f"{harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of one core, "
                  f"event-loop lag p50/p99/max {_ms(harness.get('loop_lag_p50_ms'))}/"
                  f"{_ms(harness.get('loop_lag_p99_ms'))}/{_ms(harness.get('loop_lag_max_ms'))} ms,"
                  f" peak RSS {harness.get('peak_rss_mb') or 0:.0f} MB.", ""]
     rows += [f"![{name}]({name})" for name in plots]
     return [*rows, ""]
+
+
+def _workers(harness: dict[str, Any]) -> str:
+    """"2 workers, the busiest: " when the load was split over processes, else nothing."""
+    workers = harness.get("workers")
+    return f"{workers:g} workers, the busiest: " if workers and workers > 1 else ""
 
 
 def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict[str, Any]:

@@ -10,6 +10,9 @@ Multi-turn sessions: a conversation's turns go out one after another, each carry
 turns (so the server can reuse the prefix) and one session header per conversation, for sticky
 routing. Bounds: a number of requests and/or a duration (no new request starts after it).
 Each finished record goes straight to the sink (JSONL), so an interrupted run keeps them.
+
+One loop runs one part of a load (`config.part`, see partition.py): the whole load, or one
+worker process's share of it when `bench/shards.py` splits a level over several processes.
 """
 
 from __future__ import annotations
@@ -22,18 +25,20 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.health import HealthMonitor, judge
 from modal_llm_serving.bench.metrics import Accumulator, Slo
+from modal_llm_serving.bench.partition import Part, resolve
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, RetryPolicy, send_streaming
 from modal_llm_serving.bench.transport import Transport, make_transport
 from modal_llm_serving.redact import redact_headers, redact_url
 
-__all__ = ["BenchConfig", "Progress", "arrival_times", "run_load"]
+__all__ = ["BenchConfig", "LoadRun", "Progress", "arrival_times", "run_event_loop", "run_load",
+           "summarize"]
 
 ARRIVALS = ("constant", "poisson", "gamma")
 UNCAPPED_POOL = 100_000  # "no limit" for an open loop without --max-concurrency
@@ -72,10 +77,19 @@ class BenchConfig:
     transport: str = "raw"
     prewarm: bool = True  # open the pool's connections before the clock starts
     extra_body: tuple[tuple[str, Any], ...] = ()
+    # processes the level's streams are split over (None: chosen from cores and streams)
+    workers: int | None = 1
+    # which part of the load this run is: splits (k, n), outermost first; () = all of it
+    part: tuple[tuple[int, int], ...] = ()
 
     @property
     def closed_loop(self) -> bool:
         return self.concurrency is not None
+
+    def share(self) -> Part:
+        """This run's part of the load: its streams, request budget, indices and arrivals."""
+        return resolve(path=self.part, concurrency=self.concurrency,
+                       max_concurrency=self.max_concurrency, num_requests=self.num_requests)
 
     @property
     def label(self) -> str:
@@ -121,7 +135,9 @@ def arrival_times(*, count: int, rate: float, arrival: str, burstiness: float,
                                                 burstiness=burstiness, seed=seed), count))
 
 
-class _Run:
+class LoadRun:
+    """One part of one load level on this event loop (`run()` drives it to its bounds)."""
+
     def __init__(self, config: BenchConfig, prompts: list[Prompt],
                  sink: Callable[[RequestRecord], None],
                  progress: Callable[[Progress], None] | None) -> None:
@@ -129,13 +145,13 @@ class _Run:
         self.prompts = prompts
         self.sink = sink
         self.progress = progress
-        self.accumulator = Accumulator()
         self.sent = self.done = self.failed = self.out_tokens = 0
         self.in_flight = 0
         self.t0_ns = 0
         self.deadline_ns: int | None = None
-        self.run_id = uuid.uuid4().hex[:8]
-        self.prompt_cycle = itertools.cycle(range(len(prompts)))
+        self.part = config.share()
+        self.indices = self.part.indices()
+        self.run_id = uuid.uuid4().hex[:8]  # session ids: run id + first index (unique in parts)
         self.chat = config.endpoint == "chat"
         path = "/v1/chat/completions" if self.chat else "/v1/completions"
         self.url = config.base_url + path
@@ -151,13 +167,11 @@ class _Run:
     # --- budget -------------------------------------------------------------------------------
     def take_slot(self) -> int | None:
         """The next request's index, or None once the request or time budget is spent."""
-        limit = self.config.num_requests
-        if limit is not None and self.sent >= limit:
-            return None
         if self.deadline_ns is not None and time.perf_counter_ns() >= self.deadline_ns:
             return None
-        index = self.sent
-        self.sent += 1
+        index = next(self.indices, None)
+        if index is not None:
+            self.sent += 1
         return index
 
     # --- one conversation ---------------------------------------------------------------------
@@ -169,7 +183,7 @@ class _Run:
         for turn in range(config.turns):
             if index is None:
                 return
-            prompt = self.prompts[next(self.prompt_cycle)]
+            prompt = self.prompts[index % len(self.prompts)]  # any part: the same prompt
             text = await self.request(index, prompt, history, session_id=session_id, turn=turn,
                                       scheduled_ns=scheduled_ns if turn == 0 else None)
             if text is None:
@@ -226,7 +240,6 @@ class _Run:
         else:
             self.failed += 1
         self.sink(record)
-        self.accumulator.add(record)
 
     # --- load patterns ------------------------------------------------------------------------
     async def closed_loop(self) -> None:
@@ -234,25 +247,26 @@ class _Run:
             while (index := self.take_slot()) is not None:
                 await self.conversation(index, scheduled_ns=None)
 
-        assert self.config.concurrency is not None
-        await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
+        assert self.part.concurrency is not None
+        await asyncio.gather(*(worker() for _ in range(self.part.concurrency)))
 
     async def open_loop(self) -> None:
         config = self.config
         rate = config.rate if config.rate is not None else math.inf
-        limit = config.num_requests
-        if limit is None:  # duration-bounded: enough arrivals to cover the duration
-            assert config.duration_s is not None
-            limit = int(min(rate * config.duration_s * 2 + 10, 10_000_000)) if not math.isinf(
-                rate) else 1_000_000
+        # the whole load's schedule, of which this part takes every n-th arrival
         times = _lazy_arrivals(rate=rate, arrival=config.arrival, burstiness=config.burstiness,
                                seed=config.seed)
-        gate = (asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None)
+        cap = self.part.max_concurrency
+        gate = asyncio.Semaphore(cap) if cap else None
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        for _ in range(limit):
-            offset = next(times)
-            await _sleep_until(self.t0_ns + int(offset * 1e9))
+        for _position, offset in self.part.positions(times):
+            when_ns = self.t0_ns + int(offset * 1e9)
+            budget = self.part.budget
+            if (self.deadline_ns is not None and when_ns >= self.deadline_ns) or (
+                    budget is not None and self.sent >= budget):
+                break  # scheduled after the end, or nothing left to send: no need to wait
+            await _sleep_until(when_ns)
             if gate is not None:
                 await gate.acquire()
             index = self.take_slot()
@@ -286,12 +300,17 @@ class _Run:
                         output_tokens=self.out_tokens, target=self.config.num_requests,
                         duration_s=self.config.duration_s)
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self, *, start: Callable[[], Awaitable[int]] | None = None) -> dict[str, Any]:
+        """Drive the load to its bounds; return the harness's health numbers.
+
+        `start`, if given, is awaited once the pool is open and returns the clock's zero (a
+        perf_counter_ns() moment): parts in several processes start on one shared instant.
+        """
         config = self.config
         # the pool is sized to the load: one connection per request in flight. An uncapped open
         # loop gets no cap here either (a pool limit would queue requests inside their TTFT);
         # it pre-opens a modest number and grows on demand.
-        capped = config.concurrency or config.max_concurrency
+        capped = self.part.concurrency or self.part.max_concurrency
         pool = capped or UNCAPPED_POOL
         monitor = HealthMonitor()
         async with make_transport(config.transport, pool=pool, timeout_s=config.timeout_s,
@@ -299,7 +318,8 @@ class _Run:
             self.transport = transport
             if config.prewarm and hasattr(transport, "prewarm"):
                 await transport.prewarm(self.url, min(capped or 64, 1024))
-            self.t0_ns = time.perf_counter_ns()
+            self.t0_ns = await start() if start is not None else time.perf_counter_ns()
+            await _sleep_until(self.t0_ns)
             if config.duration_s is not None:
                 self.deadline_ns = self.t0_ns + int(config.duration_s * 1e9)
             monitor.start()
@@ -313,28 +333,39 @@ class _Run:
                     reporter.cancel()
             if self.progress is not None:
                 self.progress(self.snapshot())
-        return self._summarize(monitor)
+        return monitor.result()
 
-    def _summarize(self, monitor: HealthMonitor) -> dict[str, Any]:
-        config = self.config
-        summary = self.accumulator.summary(warmup_s=config.warmup_s, cooldown_s=config.cooldown_s,
-                                           slo=config.slo)
-        harness = monitor.result()
-        harness["warnings"] = judge(harness, summary)
-        summary["harness"] = harness
-        # stamps in the JSONL are relative to this perf_counter_ns() reading (CLOCK_MONOTONIC on
-        # Linux: comparable with another local process's stamps, as the calibration does)
-        summary["t0_perf_counter_ns"] = self.t0_ns
-        summary["max_concurrency"] = config.concurrency or config.max_concurrency
-        summary["request_rate"] = (None if config.closed_loop else
-                                   ("inf" if config.rate is None or math.isinf(config.rate)
-                                    else config.rate))
-        summary["burstiness"] = config.burstiness
-        summary["num_prompts"] = self.sent
-        summary["model_id"] = config.model
-        summary["endpoint_type"] = "openai-chat" if self.chat else "openai"
-        summary["label"] = config.label
-        return summary
+
+def summarize(config: BenchConfig, accumulator: Accumulator, harness: dict[str, Any], *,
+              t0_ns: int, sent: int) -> dict[str, Any]:
+    """A level's summary: the accumulated records, plus the harness's health and warnings."""
+    summary = accumulator.summary(warmup_s=config.warmup_s, cooldown_s=config.cooldown_s,
+                                  slo=config.slo)
+    harness["warnings"] = [*harness.get("warnings", []), *judge(harness, summary)]
+    summary["harness"] = harness
+    # stamps in the JSONL are relative to this perf_counter_ns() reading (CLOCK_MONOTONIC on
+    # Linux: comparable with another local process's stamps, as the calibration does)
+    summary["t0_perf_counter_ns"] = t0_ns
+    summary["max_concurrency"] = config.concurrency or config.max_concurrency
+    summary["request_rate"] = (None if config.closed_loop else
+                               ("inf" if config.rate is None or math.isinf(config.rate)
+                                else config.rate))
+    summary["burstiness"] = config.burstiness
+    summary["num_prompts"] = sent
+    summary["model_id"] = config.model
+    summary["endpoint_type"] = "openai-chat" if config.endpoint == "chat" else "openai"
+    summary["label"] = config.label
+    summary["workers"] = config.workers or 1
+    return summary
+
+
+def run_event_loop(coroutine: Any) -> Any:
+    """asyncio.run on uvloop when it is installed (it ships with vLLM): less client overhead."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def _sleep_until(when_ns: int) -> None:
@@ -372,5 +403,14 @@ def _lazy_arrivals(*, rate: float, arrival: str, burstiness: float,
 async def run_load(config: BenchConfig, prompts: list[Prompt], *,
                    sink: Callable[[RequestRecord], None],
                    progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
-    """Run one load level to its bounds; each finished record goes to `sink`; return the summary."""
-    return await _Run(config, prompts, sink, progress).run()
+    """Run one load level to its bounds on this event loop; each finished record goes to
+    `sink`; return the summary."""
+    accumulator = Accumulator()
+
+    def keep(record: RequestRecord) -> None:
+        sink(record)
+        accumulator.add(record)
+
+    run = LoadRun(config, prompts, keep, progress)
+    harness = await run.run()
+    return summarize(config, accumulator, harness, t0_ns=run.t0_ns, sent=run.sent)
