@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "BenchDataError",
+    "BenchWorkerError",
     "EndpointError",
     "EndpointStatusError",
     "EndpointTimeout",
@@ -36,6 +37,10 @@ __all__ = [
 
 class MlsError(Exception):
     """Base of every error the toolkit raises on purpose."""
+
+
+class BenchWorkerError(MlsError):
+    """Raised when a bench worker process dies or fails; the message names the worker."""
 
 
 class UsageError(MlsError):

@@ -27,6 +27,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ from modal_llm_serving.bench.runner import (
     run_load,
     summarize,
 )
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
 
 __all__ = ["STREAMS_PER_WORKER", "choose_workers", "run_level"]
 
@@ -124,8 +125,8 @@ class _Coordinator:
             try:
                 self._until(lambda: all(w.health is not None for w in self.workers),
                             timeout_s=None, what="finish")
-            except KeyboardInterrupt:
-                self._stop()
+            except (KeyboardInterrupt, MlsError, RuntimeError):
+                self._stop()  # the other workers' finished records are kept
                 raise
         finally:
             self._close()
@@ -140,7 +141,8 @@ class _Coordinator:
         shown = time.monotonic()
         while not done():
             if deadline is not None and time.monotonic() > deadline:
-                raise RuntimeError(f"bench workers did not {what} within {timeout_s:g} s")
+                raise BenchWorkerError(f"bench workers did not {what} within {timeout_s:g} s "
+                                       "(is the machine overloaded?); try fewer --workers")
             open_conns = [w.conn for w in self.workers if w.health is None]
             for conn in multiprocessing.connection.wait(open_conns, timeout=PROGRESS_S):
                 worker = next(w for w in self.workers if w.conn is conn)
@@ -153,13 +155,16 @@ class _Coordinator:
             self.progress(self._snapshot())
 
     def _take(self, worker: _Worker) -> None:
-        number = self.workers.index(worker) + 1
+        name = f"bench worker {self.workers.index(worker) + 1} of {len(self.workers)}"
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
+            worker.health = {}  # gone: nothing more to read from it
             worker.process.join(timeout=5)
-            raise RuntimeError(f"bench worker {number} ended without its results (exit code "
-                               f"{worker.process.exitcode})") from None
+            code = worker.process.exitcode
+            why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
+            raise BenchWorkerError(f"{name} ended without its results (exit code {code}{why}); "
+                                   "the other workers' finished requests are kept") from None
         kind = message[0]
         if kind == "records":
             for record in message[1]:
@@ -172,10 +177,13 @@ class _Coordinator:
         elif kind == "done":
             worker.counters, worker.health = message[1], message[2]
         elif kind == "failed":
-            error_type, text = message[1], message[2]
+            worker.health = {}
+            error_type, text, trace = message[1], message[2], message[3]
             if error_type == "UsageError":
                 raise UsageError(text)
-            raise RuntimeError(f"bench worker {number} failed: {error_type}: {text}")
+            error = RuntimeError(f"{name} failed: {error_type}: {text}")
+            error.add_note(f"the worker's traceback:\n{trace}")  # for the internal-error log
+            raise error
 
     def _snapshot(self) -> Progress:
         sent, done, failed, flight, tokens = (sum(values) for values in zip(
@@ -197,7 +205,7 @@ class _Coordinator:
                 break
             for conn in multiprocessing.connection.wait([w.conn for w in pending], timeout=0.2):
                 worker = next(w for w in pending if w.conn is conn)
-                with contextlib.suppress(RuntimeError, UsageError):
+                with contextlib.suppress(MlsError, RuntimeError):
                     self._take(worker)
 
     def _close(self) -> None:
@@ -220,7 +228,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: BenchConfi
         run_event_loop(_work(conn, config, prompts))
     except BaseException as exc:  # reported to the parent, which raises it
         with contextlib.suppress(OSError):
-            conn.send(("failed", type(exc).__name__, str(exc)))
+            conn.send(("failed", type(exc).__name__, str(exc), traceback.format_exc()))
     finally:
         conn.close()
 

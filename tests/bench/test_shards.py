@@ -1,0 +1,233 @@
+"""`mls bench run --workers N`: how a load splits, and the split run against the mock.
+
+The arithmetic (partition.py) is checked for every split hypothesis draws: parts add up to the
+load, indices never collide, and the parts' arrivals are exactly the one schedule. The runs use
+the calibration mock at small scale (a few workers, tens of streams): what matters here is that
+sharding, merging and interruption keep every record, not speed (docs/PERFORMANCE.md has that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modal_llm_serving.bench import shards
+from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
+from modal_llm_serving.bench.partition import resolve, shares
+from modal_llm_serving.bench.runner import BenchConfig, arrival_times
+from modal_llm_serving.cli import cli
+from tests.bench.test_bench_mock import MOCK
+
+EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
+splits = st.lists(st.integers(1, 6), min_size=1, max_size=3)  # e.g. [containers, workers]
+
+
+def _paths(sizes: list[int]) -> list[tuple[tuple[int, int], ...]]:
+    """Every part of a load split by `sizes` (outermost first)."""
+    return [tuple(zip(ks, sizes, strict=True))
+            for ks in itertools.product(*(range(n) for n in sizes))]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(total=st.integers(0, 10_000), n=st.integers(1, 50),
+       weights=st.none() | st.lists(st.integers(1, 100), min_size=50, max_size=50))
+def test_shares_add_up_and_follow_the_weights(total: int, n: int,
+                                              weights: list[int] | None) -> None:
+    parts = shares(total, n, weights=weights[:n] if weights else None)
+    assert sum(parts) == total and len(parts) == n and min(parts) >= 0
+    if weights is None:
+        assert max(parts) - min(parts) <= 1
+    else:
+        exact = [total * w / sum(weights[:n]) for w in weights[:n]]
+        assert all(abs(part - value) < 1 for part, value in zip(parts, exact, strict=True))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(sizes=splits, streams=st.integers(1, 300), budget=st.integers(0, 3000),
+       closed=st.booleans())
+def test_parts_cover_the_load_once(sizes: list[int], streams: int, budget: int,
+                                   closed: bool) -> None:
+    if math.prod(sizes) > streams:
+        with pytest.raises(ValueError, match="cannot be split"):
+            for path in _paths(sizes):
+                resolve(path=path, concurrency=streams if closed else None,
+                        max_concurrency=None if closed else streams, num_requests=budget)
+        return
+    found = [resolve(path=path, concurrency=streams if closed else None,
+                     max_concurrency=None if closed else streams, num_requests=budget)
+             for path in _paths(sizes)]
+    parts = len(found)
+    assert parts == math.prod(sizes)
+    assert sum((part.concurrency or part.max_concurrency or 0) for part in found) == streams
+    assert min((part.concurrency or part.max_concurrency or 0) for part in found) >= 1
+    indices = [index for part in found for index in part.indices()]
+    assert sorted(indices) == list(range(budget))  # every request once, none twice
+    if closed and budget >= 10 * parts:  # budgets follow the streams: parts end together
+        for part in found:
+            assert part.budget is not None and part.concurrency is not None
+            assert abs(part.budget / budget - part.concurrency / streams) < 0.05 + 1 / streams
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(sizes=splits, count=st.integers(1, 400), rate=st.floats(0.5, 1e4),
+       arrival=st.sampled_from(["poisson", "constant", "gamma"]), seed=st.integers(0, 99))
+def test_parts_arrivals_are_the_one_schedule(sizes: list[int], count: int, rate: float,
+                                             arrival: str, seed: int) -> None:
+    whole = arrival_times(count=count, rate=rate, arrival=arrival, burstiness=0.5, seed=seed)
+    merged: dict[int, float] = {}
+    for path in _paths(sizes):
+        part = resolve(path=path, concurrency=None, max_concurrency=None, num_requests=count)
+        mine = list(part.positions(iter(whole)))
+        assert len(mine) == part.budget  # single-turn: one slot per arrival
+        assert not set(merged) & {position for position, _ in mine}
+        merged.update(mine)
+    assert [merged[position] for position in range(count)] == whole
+
+
+def test_unbounded_parts_never_share_an_index() -> None:
+    found = [resolve(path=path, concurrency=7, max_concurrency=None, num_requests=None)
+             for path in _paths([2, 3])]
+    firsts = [list(itertools.islice(part.indices(), 200)) for part in found]
+    everything = sorted(index for indices in firsts for index in indices)
+    assert len(set(everything)) == len(everything) and everything[:1200] == list(range(1200))
+
+
+def test_workers_are_chosen_from_streams_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "usable_cores", lambda: 16)
+    config = BenchConfig(base_url="http://x", model="m", concurrency=1)
+    choose = shards.choose_workers
+    assert choose(config) == 1
+    assert choose(dataclasses.replace(config, concurrency=128)) == 1
+    assert choose(dataclasses.replace(config, concurrency=129)) == 2
+    assert choose(dataclasses.replace(config, concurrency=2048)) == 16
+    monkeypatch.setattr(shards, "usable_cores", lambda: 2)
+    assert choose(dataclasses.replace(config, concurrency=2048)) == 2
+    # asked for: as given, but never more processes than streams
+    assert choose(dataclasses.replace(config, concurrency=3), 8) == 3
+    assert choose(dataclasses.replace(config, concurrency=None, rate=5.0), 4) == 4
+    assert choose(dataclasses.replace(config, concurrency=None, rate=5.0,
+                                      max_concurrency=600)) == 2
+
+
+def _run(url: str, out: Path, **options: Any) -> dict[str, Any]:
+    config, levels, workload = plan_run(BenchOptions(url=url, **options))
+    return run_benchmark(config, levels, workload, out_dir=out)[0]
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def mock() -> Any:
+    with MOCK.MockProcess(ttft_ms=20, itl_ms=4, processes=2) as server:
+        yield server
+
+
+def test_a_split_closed_loop_is_one_run(mock: Any, tmp_path: Path) -> None:
+    summary = _run(mock.url, tmp_path, concurrency="12", num_requests=60, input_len="8",
+                   output_len="16", workers=3)
+    records = _records(tmp_path)
+    assert sorted(r["index"] for r in records) == list(range(60))
+    assert summary["completed"] == 60 and summary["workers"] == 3
+    assert summary["num_prompts"] == 60 and summary["total_output_tokens"] == 60 * 16
+    assert len(summary["harness"]["shards"]) == 3 and summary["harness"]["workers"] == 3
+    # one timeline: every stamp is relative to the shared start, so the merged run's streams
+    # overlap (12 in flight, not 3 runs of 4 one after another)
+    assert summary["achieved_concurrency"] > 6
+    assert 19.5 <= summary["median_ttft_ms"] <= 60  # truth 20 ms; bounds for a busy 2-core CI
+    first_sent = sorted(r["sent_ns"] for r in records)[:12]
+    assert (first_sent[-1] - first_sent[0]) / 1e6 < 200  # all workers started together
+
+
+def test_a_split_open_loop_sends_on_the_one_schedule(mock: Any, tmp_path: Path) -> None:
+    summary = _run(mock.url, tmp_path, rate="80", arrival="gamma", burstiness=0.5,
+                   num_requests=40, input_len="8", output_len="8", workers=2, seed=7)
+    scheduled = sorted(r["scheduled_ns"] for r in _records(tmp_path))
+    expected = arrival_times(count=40, rate=80, arrival="gamma", burstiness=0.5, seed=7)
+    assert scheduled == [int(offset * 1e9) for offset in expected]
+    assert summary["completed"] == 40 and summary["min_dispatch_lag_ms"] >= 0
+
+
+def test_split_sessions_keep_their_turns_in_order(tmp_path: Path) -> None:
+    with MOCK.MockProcess(ttft_ms=5, itl_ms=1) as server:
+        summary = _run(server.url, tmp_path, concurrency="4", num_requests=24, turns=3,
+                       input_len="6", output_len="5", workers=2)
+        sessions = list(httpx.get(f"{server.url}/mock/stats").json()["sessions"].values())
+    assert summary["completed"] == 24
+    assert all(turns == [1, 3, 5][: len(turns)] for turns in sessions)
+    assert sum(map(len, sessions)) == 24
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    """The bench's worker processes (not multiprocessing's resource tracker)."""
+    try:
+        return [child for child in psutil.Process(pid).children(recursive=True)
+                if "spawn_main" in " ".join(child.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_ctrl_c_keeps_every_workers_records(mock: Any, tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", mock.url, "-c", "8",
+         "-n", "100000", "--output-len", "10", "--input-len", "4", "--workers", "2", "--out",
+         str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    jsonl = tmp_path / "requests.jsonl"
+    while time.monotonic() < deadline and not (jsonl.is_file() and jsonl.stat().st_size > 20000):
+        time.sleep(0.2)
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    # as a terminal does: the signal reaches the whole process group
+    process.send_signal(signal.SIGINT)
+    for worker in workers:
+        worker.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    records = _records(tmp_path)
+    assert all(r["ok"] or r["error"] == "cancelled" for r in records)
+    # both workers' finished requests are there (their index blocks are far apart)
+    assert {r["index"] < 50_000 for r in records if r["ok"]} == {True, False}
+    assert 1 <= sum(r["error"] == "cancelled" for r in records) <= 8
+    assert len({r["index"] for r in records}) == len(records)
+    assert not [worker for worker in workers if worker.is_running()
+                and worker.status() != psutil.STATUS_ZOMBIE]
+    report = CliRunner().invoke(cli, ["bench", "report", str(tmp_path)])
+    assert report.exit_code == 0 and "interrupted; rebuilt" in report.output
+
+
+def test_a_worker_that_dies_is_one_line_and_the_rest_is_kept(mock: Any,
+                                                              tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", mock.url, "-c", "4",
+         "-n", "100000", "--output-len", "10", "--input-len", "4", "--workers", "2", "--out",
+         str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    jsonl = tmp_path / "requests.jsonl"
+    while time.monotonic() < deadline and not (jsonl.is_file() and jsonl.stat().st_size > 20000):
+        time.sleep(0.2)
+    _children(process.pid)[0].kill()
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    lines = [line for line in err.splitlines() if "Error" in line or "error" in line]
+    assert any("ended without its results" in line and "exit code -9" in line for line in lines)
+    assert "Traceback" not in err
+    assert len(_records(tmp_path)) > 10
