@@ -57,7 +57,8 @@ def load_average() -> str:
 
 def ours(url: str, out: Path, *, model: str, concurrency: int, requests: int, input_len: int,
          output_len: int, dataset: Path | None = None, transport: str = "raw",
-         api_key: str | None = None, prewarm: bool = True) -> dict[str, Any]:
+         api_key: str | None = None, prewarm: bool = True,
+         workers: int | None = None) -> dict[str, Any]:
     argv = [str(PYTHON), "-m", "modal_llm_serving.cli", "bench", "run", url, "--model", model,
             "-c", str(concurrency), "-n", str(requests), "--output-len", str(output_len),
             "--out", str(out), "--no-report", "--transport", transport]
@@ -66,9 +67,13 @@ def ours(url: str, out: Path, *, model: str, concurrency: int, requests: int, in
         argv += ["--api-key", api_key]
     if not prewarm:
         argv.append("--no-prewarm")
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     code, wall, rss = run_measured(argv, log=out.with_suffix(".log"))
     summary = json.loads((out / "summary.json").read_text()) if code in (0, 1) else {}
-    name = f"mls bench ({transport}{'' if prewarm else ', no prewarm'})"
+    used = summary.get("workers", 1)
+    name = (f"mls bench ({transport}{'' if prewarm else ', no prewarm'}"
+            f"{f', {used} workers' if used > 1 else ', 1 process' if workers == 1 else ''})")
     return {**_split_by_mock_stamps(out, summary), "tool": name,
             "ok": code == 0, "wall_s": wall,
             "peak_rss_mb": rss, "ttft_p50": summary.get("median_ttft_ms"),
@@ -76,7 +81,8 @@ def ours(url: str, out: Path, *, model: str, concurrency: int, requests: int, in
             "itl_mean": summary.get("mean_itl_ms"),
             "output_tok_s": summary.get("output_throughput"),
             "completed": summary.get("completed"),
-            "client_cpu": summary.get("harness", {}).get("client_cpu_fraction_of_one_core")}
+            "client_cpu": summary.get("harness", {}).get("client_cpu_fraction_of_one_core"),
+            "workers": used}
 
 
 def _split_by_mock_stamps(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def _split_by_mock_stamps(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
     t0 = summary.get("t0_perf_counter_ns")
     if t0 is None:
         return {}
-    up, mock, down = [], [], []
+    up, mock, down, first_late, max_late = [], [], [], [], []
     with (out / "requests.jsonl").open() as handle:
         for line in handle:
             record = json.loads(line)
@@ -96,11 +102,21 @@ def _split_by_mock_stamps(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
             up.append((timing["received_ns"] - (record["sent_ns"] + t0)) / 1e6)
             mock.append((timing["first_ns"] - timing["received_ns"]) / 1e6)
             down.append((record["first_token_ns"] + t0 - timing["first_ns"]) / 1e6)
+            first_late.append(timing.get("first_late_ns", 0) / 1e6)
+            max_late.append(timing.get("max_late_ns", 0) / 1e6)
     if not up:
         return {}
+    first_late.sort()
+    max_late.sort()
     return {"send_to_mock_p50": statistics.median(up),
             "mock_ttft_p50": statistics.median(mock),
-            "mock_to_stamp_p50": statistics.median(down)}
+            "mock_to_stamp_p50": statistics.median(down),
+            # per request, TTFT less the mock's own time: loopback plus the client's delays
+            "client_share_p50": statistics.median(u + d for u, d in zip(up, down, strict=True)),
+            # how far behind its own schedule the mock wrote: a late mock is not the client
+            "mock_first_late_p50": statistics.median(first_late),
+            "mock_first_late_p99": first_late[int(0.99 * (len(first_late) - 1))],
+            "mock_max_late_p99": max_late[int(0.99 * (len(max_late) - 1))]}
 
 
 def vllm_bench(url: str, out: Path, *, model: str, tokenizer: Path, concurrency: int,

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from modal_llm_serving.bench import shards
 from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
+from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.partition import resolve, shares
 from modal_llm_serving.bench.runner import BenchConfig, arrival_times
 from modal_llm_serving.cli import cli
@@ -231,3 +232,22 @@ def test_a_worker_that_dies_is_one_line_and_the_rest_is_kept(mock: Any,
     assert any("ended without its results" in line and "exit code -9" in line for line in lines)
     assert "Traceback" not in err
     assert len(_records(tmp_path)) > 10
+
+
+def test_a_slow_collector_makes_workers_wait_not_break(tmp_path: Path) -> None:
+    """Fast streams and a slow sink: the workers' batches fill the pipe faster than this
+    process drains it; a worker must wait for room, never send half a batch."""
+    records: list[Any] = []
+
+    def slow_sink(record: Any) -> None:
+        records.append(record)
+        if len(records) == 1:
+            time.sleep(3)  # meanwhile the workers go on: their pipes fill up
+
+    # 512 tokens written at once: each record carries 512 gaps; 2 MB of them in about a second
+    with MOCK.MockProcess(ttft_ms=1, itl_ms=0, processes=2) as server:
+        config = BenchConfig(base_url=server.url, model="mock", concurrency=32,
+                             num_requests=500, workers=2)
+        prompts = [Prompt(text="alpha bravo", input_len=2, output_len=512)]
+        summary = shards.run_level(config, prompts, sink=slow_sink)
+    assert summary["completed"] == 500 == len(records)

@@ -179,6 +179,10 @@ class BenchOptions:
     seed: int = 0
     transport: str = "raw"
     workers: int | None = None  # processes per level (None: one per 128 streams, per core)
+    # one part of a load split over machines (the in-region app's containers), started at
+    # one wall-clock moment
+    part: tuple[tuple[int, int], ...] = ()
+    start_at_unix: float | None = None
 
 
 def plan_run(options: BenchOptions) -> tuple[BenchConfig, list[Level], Workload]:
@@ -217,7 +221,8 @@ def plan_run(options: BenchOptions) -> tuple[BenchConfig, list[Level], Workload]
         session_header=o.session_header, ignore_eos=o.ignore_eos, min_tokens=o.min_tokens,
         timeout_s=o.timeout, stall_timeout_s=o.stall_timeout, retries=o.retries,
         slo=parse_slos(o.slos), seed=o.seed, transport=o.transport, prewarm=o.prewarm,
-        workers=o.workers)
+        workers=o.workers, part=tuple((int(k), int(n)) for k, n in o.part),
+        start_at_unix=o.start_at_unix)
     for level in levels:
         check_config(level.apply(config))
     return config, levels, workload
@@ -240,6 +245,10 @@ def check_config(config: BenchConfig) -> None:
                          "add --num-requests or --max-concurrency")
     if config.workers is not None and not 1 <= config.workers <= MAX_WORKERS:
         raise UsageError(f"--workers {config.workers}: give 1 to {MAX_WORKERS} processes")
+    try:
+        config.share()
+    except ValueError as exc:
+        raise UsageError(f"cannot split this load: {exc}; use fewer parts") from None
     if config.endpoint not in ("chat", "completions"):
         raise UsageError("--endpoint is chat or completions")
 

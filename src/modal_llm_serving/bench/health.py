@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import resource
 import sys
@@ -97,21 +98,30 @@ MIN_JUDGED_WALL_S = 2.0  # shorter runs are too small to judge the client by
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (a
+    container given 4 CPUs on a 64-core host sees 64 in its mask, and may use 4)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the mask is the limit
+    return cores
 
 
 _SHARD_NUMBERS = ("client_cpu_fraction_of_one_core", "client_cpu_seconds", "wall_seconds",
                   "loop_lag_n", "loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms",
-                  "peak_rss_mb")
+                  "peak_rss_mb", "start_late_ms")
+START_LATE_LIMIT_MS = 100.0  # a part this late overlaps the others for less of the run
 
 
-def merge(parts: list[dict[str, Any]], *, parent_rss_mb: float = 0.0) -> dict[str, Any]:
-    """The health of a load split over worker processes: the busiest worker's CPU and loop lag
-    (the one whose stamps are worst), the CPU seconds and memory of all, and each worker's own
-    numbers under "shards"."""
+def merge(parts: list[dict[str, Any]], *, parent_rss_mb: float = 0.0,
+          kind: str = "worker") -> dict[str, Any]:
+    """The health of a load split over worker processes (or containers, `kind`): the busiest
+    one's CPU and loop lag (the one whose stamps are worst), the CPU seconds and memory of all,
+    and each one's own numbers under "shards"."""
     def most(key: str) -> float:
         return max((part.get(key) or 0.0 for part in parts), default=0.0)
 
@@ -126,10 +136,12 @@ def merge(parts: list[dict[str, Any]], *, parent_rss_mb: float = 0.0) -> dict[st
         "loop_lag_p50_ms": most("loop_lag_p50_ms"),
         "loop_lag_p99_ms": most("loop_lag_p99_ms"),
         "loop_lag_max_ms": most("loop_lag_max_ms"),
+        "start_late_ms": most("start_late_ms"),
         "peak_rss_mb": total("peak_rss_mb") + parent_rss_mb,
         "workers": len(parts),
         "cores": usable_cores(),
         "shards": [{key: part.get(key) for key in _SHARD_NUMBERS} for part in parts],
+        "shard_kind": kind,
     }
 
 
@@ -143,11 +155,12 @@ def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     shards = harness.get("shards")
     workers = len(shards) if isinstance(shards, list) else 1
     cores = harness.get("cores") or usable_cores()
+    kind = harness.get("shard_kind", "worker")
     if isinstance(shards, list):
         for number, shard in enumerate(shards, 1):
-            warnings += _loop_warnings(shard, where=f"worker {number} of {workers}: ",
-                                       workers=workers, cores=cores)
-        if workers > cores:
+            warnings += _loop_warnings(shard, where=f"{kind} {number} of {workers}: ",
+                                       workers=workers if kind == "worker" else cores, cores=cores)
+        if kind == "worker" and workers > cores:
             warnings.append(f"CLIENT BOTTLENECK: {workers} workers share {cores} CPU cores; "
                             "their stamps wait for a core. Use --workers "
                             f"{cores} or a machine with more cores.")
@@ -177,4 +190,9 @@ def _loop_warnings(health: dict[str, Any], *, where: str, workers: int,
     if lag > LOOP_LAG_P99_LIMIT_MS:
         warnings.append(f"CLIENT BOTTLENECK: {where}event-loop lag p99 {lag:.1f} ms (limit "
                         f"{LOOP_LAG_P99_LIMIT_MS:g} ms): timestamps may be taken that late.")
+    late = health.get("start_late_ms") or 0.0
+    if late > START_LATE_LIMIT_MS:
+        warnings.append(f"LATE START: {where}started {late:.0f} ms after the shared start (it "
+                        "was still starting up); the parts overlapped for less of the run. "
+                        "Give the parts more time to start.")
     return warnings

@@ -11,10 +11,18 @@
 #
 # The results (per-request JSONL, summary JSON, report and plots) come back to the machine that
 # launched it, under `--out`.
+#
+# One container splits its streams over worker processes, one per core (`--workers`). Past what
+# one container's cores can stamp on time (a few hundred streams per core), `--containers K`
+# runs each load level from K containers at once: each runs its own part of the load (its
+# share of the streams and requests, every K-th arrival of the one schedule), all start at one
+# wall-clock moment, and their records come back merged into one run.
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,10 @@ BENCH_REGION = os.environ.get("MLS_BENCH_REGION", "us-east")
 BENCH_CPU = 4.0
 BENCH_MEMORY_MB = 2048
 BENCH_TIMEOUT = 60 * MINUTES  # how long may one whole sweep take?
+MAX_CONTAINERS = 64
+# From launch to the shared start: time for K containers to boot and open their pools. A part
+# that starts later says so in its summary ("LATE START").
+START_MARGIN_S = 30.0
 
 # ## The container image
 
@@ -55,7 +67,10 @@ app = modal.App("mls-bench-client")
 @app.function(image=image, region=BENCH_REGION, cpu=BENCH_CPU,  # type: ignore[untyped-decorator]
               memory=BENCH_MEMORY_MB, timeout=BENCH_TIMEOUT)
 def run_in_region(options: dict[str, Any]) -> dict[str, Any]:
-    return run_here(options, out_dir=Path("/tmp/mls-bench"))
+    import tempfile
+
+    # a fresh folder per call: a warm container may run the next level of a sweep
+    return run_here(options, out_dir=Path(tempfile.mkdtemp(prefix="mls-bench-")))
 
 
 def run_here(options: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
@@ -75,22 +90,79 @@ def run_here(options: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
 # ```bash
 # MLS_BENCH_REGION=us-east modal run -m modal_llm_serving.bench.modal_app \
 #     --url https://you--app.modal.run --concurrency 1,8,32 --num-requests 200
+# modal run -m modal_llm_serving.bench.modal_app --url https://you--app.modal.run \
+#     --concurrency 2048 --num-requests 8192 --containers 4     # one run from 4 containers
 # ```
 # An API key is read from `MLS_API_KEY` on the launching machine and passed to the function
 # (it is never written into the results).
 @app.local_entrypoint()  # type: ignore[untyped-decorator]
 def main(url: str, model: str = "", concurrency: str = "1", rate: str = "",
          num_requests: int = 100, input_len: str = "128", output_len: str = "128",
-         out: str = "results/in-region") -> None:
+         out: str = "results/in-region", containers: int = 1) -> None:
     options = {"url": url, "model": model or None, "concurrency": concurrency or None,
                "rate": rate or None, "num_requests": num_requests, "input_len": input_len,
                "output_len": output_len, "api_key": os.environ.get("MLS_API_KEY")}
     if rate:
         options["concurrency"] = None
-    result = run_in_region.remote(options)
     folder = Path(out)
-    for name, data in result["files"].items():
+    if containers > 1:
+        run_split(options, containers, folder, run_parts=lambda parts: list(
+            run_in_region.map(parts)))
+        print(f"ran in {BENCH_REGION} on {containers} containers; results in {folder}")
+        return
+    result = run_in_region.remote(options)
+    save_files(result["files"], folder)
+    print(f"ran in {result['region'] or BENCH_REGION}; results in {folder}")
+
+
+def save_files(files: dict[str, bytes], folder: Path) -> None:
+    for name, data in files.items():
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    print(f"ran in {result['region'] or BENCH_REGION}; results in {folder}")
+
+
+# ## Many containers, one run
+
+# Each level runs on its own: the parts of a level must start together, and a sweep's next
+# level starts when the slowest container has finished this one. `run_parts` runs one options
+# dict per container and returns their results (Modal's `.map`; the tests pass a local stand-in).
+def run_split(options: dict[str, Any], containers: int, folder: Path, *,
+              run_parts: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+              start_margin_s: float = START_MARGIN_S) -> list[dict[str, Any]]:
+    from modal_llm_serving.bench.api import BenchOptions, plan_run
+    from modal_llm_serving.bench.report import render_report
+    from modal_llm_serving.bench.results import prepare_out_dir, write_sweep
+    from modal_llm_serving.bench.shards import merge_parts
+    from modal_llm_serving.errors import UsageError
+
+    if not 1 <= containers <= MAX_CONTAINERS:
+        raise UsageError(f"--containers {containers}: give 1 to {MAX_CONTAINERS}")
+    config, levels, _workload = plan_run(BenchOptions(**options))
+    for level in levels:  # every level must split: at least one stream per container
+        plan_run(BenchOptions(**{**options, **_level_options(level.kind, level.value),
+                                 "part": ((0, containers),)}))
+    prepare_out_dir(folder)
+    slugs = [level.slug for level in levels]
+    summaries: list[dict[str, Any]] = []
+    for level in levels:
+        start = time.time() + start_margin_s
+        parts = [{**options, **_level_options(level.kind, level.value),
+                  "part": ((k, containers),), "start_at_unix": start}
+                 for k in range(containers)]
+        level_dir = folder / level.slug if len(levels) > 1 else folder
+        part_dirs = []
+        for k, result in enumerate(run_parts(parts)):
+            save_files(result["files"], level_dir / "parts" / str(k))
+            part_dirs.append(level_dir / "parts" / str(k))
+        summaries.append(merge_parts(level.apply(config), part_dirs, level_dir))
+        if len(levels) > 1:
+            write_sweep(folder, slugs, summaries)
+    render_report(folder)
+    return summaries
+
+
+def _level_options(kind: str, value: float) -> dict[str, Any]:
+    if kind == "concurrency":
+        return {"concurrency": str(int(value)), "rate": None}
+    return {"concurrency": None, "rate": str(value)}

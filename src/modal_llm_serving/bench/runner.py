@@ -38,7 +38,7 @@ from modal_llm_serving.bench.transport import Transport, make_transport
 from modal_llm_serving.redact import redact_headers, redact_url
 
 __all__ = ["BenchConfig", "LoadRun", "Progress", "arrival_times", "run_event_loop", "run_load",
-           "summarize"]
+           "start_instant_ns", "summarize"]
 
 ARRIVALS = ("constant", "poisson", "gamma")
 UNCAPPED_POOL = 100_000  # "no limit" for an open loop without --max-concurrency
@@ -81,6 +81,8 @@ class BenchConfig:
     workers: int | None = 1
     # which part of the load this run is: splits (k, n), outermost first; () = all of it
     part: tuple[tuple[int, int], ...] = ()
+    # parts on several machines start at one wall-clock moment (each container's own clock)
+    start_at_unix: float | None = None
 
     @property
     def closed_loop(self) -> bool:
@@ -318,7 +320,12 @@ class LoadRun:
             self.transport = transport
             if config.prewarm and hasattr(transport, "prewarm"):
                 await transport.prewarm(self.url, min(capped or 64, 1024))
-            self.t0_ns = await start() if start is not None else time.perf_counter_ns()
+            if start is not None:
+                self.t0_ns = await start()
+            else:
+                self.t0_ns = start_instant_ns(config) or time.perf_counter_ns()
+            # a part that opened its pool after the shared start began late: say by how much
+            start_late_ms = max(0.0, (time.perf_counter_ns() - self.t0_ns) / 1e6)
             await _sleep_until(self.t0_ns)
             if config.duration_s is not None:
                 self.deadline_ns = self.t0_ns + int(config.duration_s * 1e9)
@@ -333,7 +340,7 @@ class LoadRun:
                     reporter.cancel()
             if self.progress is not None:
                 self.progress(self.snapshot())
-        return monitor.result()
+        return {**monitor.result(), "start_late_ms": start_late_ms}
 
 
 def summarize(config: BenchConfig, accumulator: Accumulator, harness: dict[str, Any], *,
@@ -357,6 +364,17 @@ def summarize(config: BenchConfig, accumulator: Accumulator, harness: dict[str, 
     summary["label"] = config.label
     summary["workers"] = config.workers or 1
     return summary
+
+
+def start_instant_ns(config: BenchConfig) -> int | None:
+    """`config.start_at_unix` on this machine's monotonic clock (None when not set).
+
+    Parts on different machines cannot share a monotonic clock; they share a wall-clock moment
+    instead (NTP keeps machines within milliseconds), and each stamps on its own clock from it.
+    """
+    if config.start_at_unix is None:
+        return None
+    return time.perf_counter_ns() + int((config.start_at_unix - time.time()) * 1e9)
 
 
 def run_event_loop(coroutine: Any) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -29,23 +30,26 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.health import merge, peak_rss_mb, usable_cores
 from modal_llm_serving.bench.metrics import Accumulator
 from modal_llm_serving.bench.records import RequestRecord
+from modal_llm_serving.bench.results import JsonlSink, read_records, write_json
 from modal_llm_serving.bench.runner import (
     BenchConfig,
     LoadRun,
     Progress,
     run_event_loop,
     run_load,
+    start_instant_ns,
     summarize,
 )
 from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
 
-__all__ = ["STREAMS_PER_WORKER", "choose_workers", "run_level"]
+__all__ = ["STREAMS_PER_WORKER", "choose_workers", "merge_parts", "run_level"]
 
 # One process stamps 128 streams of 100 tokens/s within 0.4 ms of the truth (97.5 % of ideal
 # throughput, docs/PERFORMANCE.md) and falls behind at 512; so a worker per 128 streams, at most
@@ -62,7 +66,8 @@ PROGRESS_S = 0.5
 def choose_workers(config: BenchConfig, requested: int | None = None) -> int:
     """How many processes run this level: as asked (never more than its streams), or one per
     `STREAMS_PER_WORKER` streams and at most one per usable core."""
-    streams = config.concurrency or config.max_concurrency
+    part = config.share()  # a container's part of the load is split again
+    streams = part.concurrency or part.max_concurrency
     if requested is not None:
         return max(1, min(requested, streams)) if streams else requested
     if not streams:
@@ -80,12 +85,46 @@ def run_level(config: BenchConfig, prompts: list[Prompt], *,
     return _Coordinator(config, prompts, sink, progress).run()
 
 
+def merge_parts(config: BenchConfig, parts: list[Path], out: Path) -> dict[str, Any]:
+    """One level's parts run on other machines (one results folder each: the in-region app's
+    containers) made one run in `out`: all records in one requests.jsonl, one summary.
+
+    Each part stamped from the same wall-clock start (`config.start_at_unix`) on its own
+    monotonic clock, so their stamps share one timeline to within the machines' clock sync
+    (milliseconds; a latency is always measured on one machine, only throughput's window
+    spans them)."""
+    accumulator = Accumulator()
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in parts]
+    with JsonlSink(out / "requests.jsonl") as sink:
+        for folder in parts:
+            for data in read_records(folder / "requests.jsonl"):
+                record = RequestRecord.from_dict(data)
+                sink(record)
+                accumulator.add(record)
+    # each container judged again from its numbers: its warnings then name the container
+    health = merge([part.get("harness", {}) for part in summaries], kind="container")
+    health["workers"] = sum(part.get("workers", 1) for part in summaries)
+    summary = summarize(config, accumulator, health, t0_ns=0,
+                        sent=sum(part.get("num_prompts", 0) for part in summaries))
+    for key in ("date", "backend", "base_url", "level", "data", "formulas", "client"):
+        if key in summaries[0]:
+            summary[key] = summaries[0][key]
+    summary["config"] = {**summaries[0].get("config", {}), "part": [], "workers": None}
+    summary["model_id"] = summaries[0].get("model_id", summary["model_id"])
+    summary["containers"] = len(parts)
+    summary["workers"] = health["workers"]
+    summary.pop("t0_perf_counter_ns")  # each container counted from its own clock's zero
+    write_json(out / "summary.json", summary)
+    return summary
+
+
 # --- this process: start the workers, collect their records -------------------------------------
 
 @dataclasses.dataclass
 class _Worker:
     process: multiprocessing.process.BaseProcess
-    conn: multiprocessing.connection.Connection
+    conn: multiprocessing.connection.Connection  # the worker's records and news
+    control: multiprocessing.connection.Connection  # "go" and "stop" to the worker
     ready: bool = False
     health: dict[str, Any] | None = None
     counters: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # sent done failed flight tokens
@@ -111,17 +150,23 @@ class _Coordinator:
             for k in range(count):
                 part = dataclasses.replace(self.config, workers=1,
                                            part=(*self.config.part, (k, count)))
-                ours, theirs = context.Pipe()
-                process = context.Process(target=_worker_main, args=(theirs, part, self.prompts),
+                # two one-way pipes: the worker's event loop watches its control end, which
+                # makes that end non-blocking; a send on a non-blocking pipe can stop half-way
+                news_in, news_out = context.Pipe(duplex=False)
+                control_in, control_out = context.Pipe(duplex=False)
+                process = context.Process(target=_worker_main,
+                                          args=(news_out, control_in, part, self.prompts),
                                           name=f"mls-bench-worker-{k + 1}", daemon=True)
                 process.start()
-                theirs.close()
-                self.workers.append(_Worker(process, ours))
+                news_out.close()
+                control_in.close()
+                self.workers.append(_Worker(process, news_in, control_out))
             self._until(lambda: all(worker.ready for worker in self.workers),
                         timeout_s=READY_TIMEOUT_S, what="open their connections")
-            self.t0_ns = time.perf_counter_ns() + START_MARGIN_NS
+            self.t0_ns = (start_instant_ns(self.config)
+                          or time.perf_counter_ns() + START_MARGIN_NS)
             for worker in self.workers:
-                worker.conn.send(("go", self.t0_ns))
+                worker.control.send(("go", self.t0_ns))
             try:
                 self._until(lambda: all(w.health is not None for w in self.workers),
                             timeout_s=None, what="finish")
@@ -197,7 +242,7 @@ class _Coordinator:
         """Ctrl-C: every worker cancels its requests; keep all they recorded, then return."""
         for worker in self.workers:
             with contextlib.suppress(OSError):
-                worker.conn.send(("stop",))
+                worker.control.send(("stop",))
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline:
             pending = [w for w in self.workers if w.health is None and w.process.is_alive()]
@@ -211,6 +256,7 @@ class _Coordinator:
     def _close(self) -> None:
         for worker in self.workers:
             worker.conn.close()
+            worker.control.close()
             worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.kill()
@@ -219,21 +265,24 @@ class _Coordinator:
 
 # --- a worker process: one part of the load on its own event loop --------------------------------
 
-def _worker_main(conn: multiprocessing.connection.Connection, config: BenchConfig,
+def _worker_main(conn: multiprocessing.connection.Connection,
+                 control: multiprocessing.connection.Connection, config: BenchConfig,
                  prompts: list[Prompt]) -> None:
     """A worker's whole life; whatever goes wrong is sent to the parent as one line."""
     # Ctrl-C reaches the whole process group: the parent alone decides, and tells us to stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_event_loop(_work(conn, config, prompts))
+        run_event_loop(_work(conn, control, config, prompts))
     except BaseException as exc:  # reported to the parent, which raises it
         with contextlib.suppress(OSError):
             conn.send(("failed", type(exc).__name__, str(exc), traceback.format_exc()))
     finally:
         conn.close()
+        control.close()
 
 
-async def _work(conn: multiprocessing.connection.Connection, config: BenchConfig,
+async def _work(conn: multiprocessing.connection.Connection,
+                control: multiprocessing.connection.Connection, config: BenchConfig,
                 prompts: list[Prompt]) -> None:
     loop = asyncio.get_running_loop()
     batch: list[RequestRecord] = []
@@ -244,9 +293,9 @@ async def _work(conn: multiprocessing.connection.Connection, config: BenchConfig
 
     def on_message() -> None:
         try:
-            message = conn.recv()
+            message = control.recv()
         except (EOFError, OSError):  # the parent is gone: nobody to report to
-            loop.remove_reader(conn.fileno())
+            loop.remove_reader(control.fileno())
             message = ("stop",)
         if message[0] == "go" and not start.done():
             start.set_result(message[1])
@@ -274,7 +323,7 @@ async def _work(conn: multiprocessing.connection.Connection, config: BenchConfig
         conn.send(("ready",))
         return await start
 
-    loop.add_reader(conn.fileno(), on_message)
+    loop.add_reader(control.fileno(), on_message)
     shipper = loop.create_task(ship())
     health: dict[str, Any] = {}
     try:
@@ -285,6 +334,6 @@ async def _work(conn: multiprocessing.connection.Connection, config: BenchConfig
         shipper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await shipper
-        loop.remove_reader(conn.fileno())
+        loop.remove_reader(control.fileno())
         send_records()  # also when something failed: the parent keeps what finished
     conn.send(("done", counters(), health))
