@@ -33,6 +33,7 @@ from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.partition import resolve, shares
 from modal_llm_serving.bench.runner import BenchConfig, arrival_times
 from modal_llm_serving.cli import cli
+from modal_llm_serving.errors import UsageError
 from tests.bench.test_bench_mock import MOCK
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
@@ -251,3 +252,38 @@ def test_a_slow_collector_makes_workers_wait_not_break(tmp_path: Path) -> None:
         prompts = [Prompt(text="alpha bravo", input_len=2, output_len=512)]
         summary = shards.run_level(config, prompts, sink=slow_sink)
     assert summary["completed"] == 500 == len(records)
+
+
+def test_in_region_app_splits_a_level_over_containers(mock: Any, tmp_path: Path) -> None:
+    """The app's fan-out, offline: the Function has `.map` (what `--containers` calls), and the
+    same split-and-merge runs here with threads standing in for containers."""
+    import inspect
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modal_llm_serving.bench import modal_app
+
+    assert callable(modal_app.run_in_region.map)
+    assert "containers" in inspect.signature(modal_app.main.info.raw_f).parameters
+
+    def containers(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            return list(pool.map(lambda options: modal_app.run_in_region.local(options), parts))
+
+    options = {"url": mock.url, "concurrency": "6,9", "num_requests": 36, "input_len": "4",
+               "output_len": "8"}
+    summaries = modal_app.run_split(options, 3, tmp_path, run_parts=containers,
+                                    start_margin_s=3.0)
+    assert [s["completed"] for s in summaries] == [36, 36]
+    for slug, summary in zip(("c6", "c9"), summaries, strict=True):
+        records = _records(tmp_path / slug)
+        assert sorted(r["index"] for r in records) == list(range(36))
+        assert summary["containers"] == 3 and len(summary["harness"]["shards"]) == 3
+        # one shared start: the three containers' first requests went out together
+        first = sorted(r["sent_ns"] for r in records)[:6]
+        assert (first[-1] - first[0]) / 1e6 < 300
+        assert (tmp_path / slug / "parts" / "2" / "requests.jsonl").is_file()
+    assert json.loads((tmp_path / "sweep.json").read_text())["complete"] is True
+    assert (tmp_path / "report.md").is_file()
+    with pytest.raises(UsageError, match="cannot split"):
+        modal_app.run_split({**options, "concurrency": "2"}, 3, tmp_path / "x",
+                            run_parts=containers)
