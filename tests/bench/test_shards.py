@@ -287,3 +287,23 @@ def test_in_region_app_splits_a_level_over_containers(mock: Any, tmp_path: Path)
     with pytest.raises(UsageError, match="cannot split"):
         modal_app.run_split({**options, "concurrency": "2"}, 3, tmp_path / "x",
                             run_parts=containers)
+
+
+MODAL_CREDENTIALS = bool(os.environ.get("MODAL_TOKEN_ID")) or (
+    Path.home() / ".modal.toml").is_file()
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not MODAL_CREDENTIALS, reason="needs Modal credentials")
+def test_in_region_split_live(tmp_path: Path) -> None:  # pragma: no cover - needs credentials
+    url = os.environ.get("MLS_LIVE_BENCH_URL")
+    if not url:
+        pytest.skip("set MLS_LIVE_BENCH_URL to a deployed endpoint")
+    from modal_llm_serving.bench import modal_app
+
+    with modal_app.app.run():
+        summaries = modal_app.run_split(
+            {"url": url, "concurrency": "4", "num_requests": 8, "output_len": "8"}, 2, tmp_path,
+            run_parts=lambda parts: list(modal_app.run_in_region.map(parts)))
+    assert summaries[0]["completed"] == 8 and summaries[0]["containers"] == 2
+    assert sorted(r["index"] for r in _records(tmp_path)) == list(range(8))
