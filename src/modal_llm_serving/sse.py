@@ -20,7 +20,7 @@ import dataclasses
 __all__ = ["SSEEvent", "SSEParser"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one per token event, and a frozen init is slow
 class SSEEvent:
     """One dispatched event: its data (lines joined by newlines), type and last event id."""
 
@@ -52,6 +52,13 @@ class SSEParser:
             self._first_chunk = False
         if not text:
             return []
+        if (not self._pending and not self._data and not self._event
+                and text.startswith("data:") and text.endswith("\n\n")
+                and text.count("\n") == 2 and "\r" not in text):
+            # the common read: exactly one one-line event (`data: {...}` and a blank line)
+            value = text[5:-2]
+            return [SSEEvent(value[1:] if value.startswith(" ") else value, "message",
+                             self._last_id)]
         ends_in_cr = bool(self._pending) and self._pending[-1].endswith("\r")
         if not ends_in_cr and "\n" not in text and "\r" not in text:
             self._pending.append(text)
