@@ -161,6 +161,11 @@ def test_smollm2_answers_paris_and_sigterm_leaves_no_orphans(
     engine = psutil.Process(process.pid).children(recursive=True)
     # on the CPU build the API server and its engine core (CPU_ENVIRONMENT: no worker process)
     assert len(engine) >= 2, "the API server and its engine core"
+    # MLS_VLLM_FORK_ENGINE_CORE: the engine core was forked, never exec'd, so it still has the
+    # environment the API server started with; a spawned one would carry the platform's
+    # VLLM_WORKER_MULTIPROC_METHOD=spawn
+    core = [p for p in engine if "EngineCore" in " ".join(p.cmdline())]
+    assert core and all(p.environ().get("VLLM_WORKER_MULTIPROC_METHOD") is None for p in core)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     _, alive = psutil.wait_procs(engine, timeout=10)
