@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import heapq
 import json
 import os
 import random
@@ -63,6 +64,7 @@ class Settings(argparse.Namespace):
 class MockState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.ticker = Ticker()
         self.count = 0
         self.faults: dict[str, int] = {}
         for spec in settings.fault or []:
@@ -199,6 +201,12 @@ class Protocol(asyncio.Protocol):
                         b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = max(1, settings.chunk)
         events = (n + chunk - 1) // chunk
+        if not faults:  # the common case: the process's one ticker writes it
+            plan = _Plan(self, chat=chat, n=n, chunk=chunk, events=events, received=received,
+                         ttft_ns=int(settings.ttft_ms * 1e6),
+                         gap_ns=int(chunk * settings.itl_ms * 1e6), prompt_len=prompt_len)
+            await self.state.ticker.play(plan)
+            return
         split = "split" in faults
         first_late = max_late = 0
         for index in range(events):
@@ -224,6 +232,13 @@ class Protocol(asyncio.Protocol):
             self._write(_event(chat, index, chunk, tokens, index == events - 1), split=split)
             if transport.is_closing():
                 return
+        self._finish(n, prompt_len, first_late, max_late, split=split,
+                     done="nodone" not in faults)
+
+    def _finish(self, n: int, prompt_len: int, first_late: int, max_late: int, *, split: bool,
+                done: bool) -> None:
+        """The usage event (with the mock's own stamps), [DONE], the end of the body."""
+        assert self.transport is not None
         usage = {"object": "chunk", "choices": [],
                  "usage": {"prompt_tokens": prompt_len, "completion_tokens": n,
                            "total_tokens": prompt_len + n},
@@ -232,9 +247,9 @@ class Protocol(asyncio.Protocol):
                  "server_timing": {"received_ns": self.received_ns, "first_ns": self.first_ns,
                                    "first_late_ns": first_late, "max_late_ns": max_late}}
         self._write(b"data: " + json.dumps(usage).encode() + b"\n\n", split=split)
-        if "nodone" not in faults:
+        if done:
             self._write(b"data: [DONE]\n\n", split=split)
-        transport.write(b"0\r\n\r\n")
+        self.transport.write(b"0\r\n\r\n")
 
     def _write(self, data: bytes, *, split: bool) -> None:
         assert self.transport is not None
@@ -251,6 +266,98 @@ class Protocol(asyncio.Protocol):
         for piece in pieces:
             if piece:
                 self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+
+
+class _Plan:
+    """One fault-free stream's schedule, written event by event by the process's ticker."""
+
+    def __init__(self, protocol: Protocol, *, chat: bool, n: int, chunk: int, events: int,
+                 received: int, ttft_ns: int, gap_ns: int, prompt_len: int) -> None:
+        self.protocol, self.chat, self.n, self.chunk, self.events = protocol, chat, n, chunk, \
+            events
+        self.received, self.ttft_ns, self.gap_ns, self.prompt_len = received, ttft_ns, gap_ns, \
+            prompt_len
+        self.index = 0
+        self.first_late = self.max_late = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def due(self) -> int:
+        return self.received + self.ttft_ns + self.index * self.gap_ns
+
+    def emit(self, now: int) -> bool:
+        """Write the next event (`now` is at or after its due time); True while more are due."""
+        protocol = self.protocol
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            self.done.set_result(None)
+            return False
+        late = now - self.due
+        self.max_late = max(self.max_late, late)
+        if self.index == 0:
+            self.first_late = late
+            protocol.first_ns = now
+        tokens = min(self.chunk, self.n - self.index * self.chunk)
+        last = self.index == self.events - 1
+        transport.write(_framed(_event(self.chat, self.index, self.chunk, tokens, last)))
+        self.index += 1
+        if last:
+            protocol._finish(self.n, self.prompt_len, self.first_late, self.max_late,
+                             split=False, done=True)
+            self.done.set_result(None)
+        return not last
+
+
+class Ticker:
+    """Writes the events of every fault-free stream of this process from one task.
+
+    A task per stream sleeping once per event costs a timer, a future and a task switch for
+    every token; at thousands of streams that was most of the mock's CPU. Here the next due event
+    of every stream sits in one heap; the ticker writes whatever is due, then sleeps until the
+    next one (spinning only its last millisecond, so nothing is written early and little late).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, _Plan]] = []
+        self._count = 0
+        self._task: asyncio.Task[None] | None = None
+        self._added = asyncio.Event()
+
+    def play(self, plan: _Plan) -> asyncio.Future[None]:
+        self._push(plan)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._added.set()
+        return plan.done
+
+    def _push(self, plan: _Plan) -> None:
+        self._count += 1
+        heapq.heappush(self._heap, (plan.due, self._count, plan))
+
+    async def _run(self) -> None:
+        heap = self._heap
+        while True:
+            if not heap:
+                self._added.clear()
+                await self._added.wait()
+                continue
+            now = time.perf_counter_ns()
+            while heap and heap[0][0] <= now:
+                _due, _, plan = heapq.heappop(heap)
+                if plan.emit(now):
+                    self._push(plan)
+                now = time.perf_counter_ns()
+            if heap:
+                delay = heap[0][0] - now
+                # coarse sleep to a millisecond before; the last millisecond in loop turns
+                # (the loop's timers have millisecond resolution and may fire early)
+                self._added.clear()
+                if delay > 1_500_000:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout((delay - 1_000_000) / 1e9):
+                            await self._added.wait()  # a new stream may be due sooner
+                else:
+                    await asyncio.sleep(0)
 
 
 @functools.lru_cache(maxsize=4096)
