@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The repository's venv; on a machine without one (a calibration host carrying only src/ and
+# benchmarks/, with the harness's own dependencies installed), the Python running the script.
 PYTHON = ROOT / ".venv" / "bin" / "python"
+if not PYTHON.is_file():
+    PYTHON = Path(sys.executable)
 PEERS_PYTHON = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "python"
 GUIDELLM = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "guidellm"
 
@@ -27,13 +31,21 @@ def run_measured(argv: list[str], *, cwd: Path | None = None, log: Path | None =
     Sampled every 50 ms with psutil (summed over the tool's worker processes, if it has any);
     rusage's ru_maxrss is useless here: after exec it still holds the forking parent's peak.
     """
-    import psutil
+    try:
+        import psutil
+    except ImportError:  # a bare calibration host: no memory column, the rest as usual
+        psutil = None
 
     started = time.perf_counter()
     peak = 0
+    source = {"PYTHONPATH": str(ROOT / "src")} if not (ROOT / ".venv").is_dir() else {}
     with (log.open("w") if log else open(os.devnull, "w")) as sink:
         process = subprocess.Popen(argv, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **source,
+                                        **(env or {})})
+        if psutil is None:
+            code = process.wait(timeout=timeout)
+            return code, time.perf_counter() - started, 0.0
         watched = psutil.Process(process.pid)
         deadline = started + timeout
         while process.poll() is None:

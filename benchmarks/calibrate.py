@@ -66,7 +66,9 @@ def main() -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "results" / f"calibration-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer(ROOT / "results" / "calibration-tokenizer")
+    # the peers load a tokenizer by the model's name; ours counts tokens with the mock's /tokenize
+    peers = {"vllm", "guidellm"} & set(tools)
+    tokenizer = _tokenizer(ROOT / "results" / "calibration-tokenizer") if peers else Path("mock")
     rows: list[dict[str, Any]] = []
     n_out, ttft, itl = args.output_len, args.ttft_ms, args.itl_ms
     e2el = ttft + (n_out - 1) * itl
