@@ -147,7 +147,8 @@ def ensure_default_model(*, progress: Callable[[str], None] = lambda _: None) ->
         shutil.rmtree(target)
     gguf = _gguf_file()
     target.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"converting {gguf.name} to a safetensors checkpoint in {target} (once, about 15 s on 2 cores)")
+    progress(f"converting {gguf.name} to a safetensors checkpoint in {target} (once, about "
+             "15 s on 2 cores)")
     scratch = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_ID}-", dir=target.parent))
     started = time.monotonic()
     try:

@@ -14,6 +14,13 @@ start took on 2 cores. vLLM forks its engine core by default on GPUs; its CPU pl
 forces spawn, to keep a process that already runs OpenMP compute threads from forking them. The
 API server runs none before it starts the engine core (it only tokenizes, later), so fork is
 safe at that moment; the worker binds its compute threads after the fork, in the child.
+
+With `MLS_VLLM_INSPECT_MODEL_IN_PROCESS=1` (also set by `mls local` on the CPU build) the first
+start with a model architecture inspects its class in the API server itself: vLLM does it in a
+fresh Python process, so that a GPU server never initializes CUDA, which costs that start 8 s of
+imports on 2 cores. There is no CUDA here, and the forked engine core then inherits the
+imported model module. vLLM caches the answer (`<cache>/vllm/modelinfos`), so later starts skip
+the inspection either way.
 """
 
 from __future__ import annotations
@@ -54,11 +61,23 @@ def _fork_engine_core() -> None:
         check_and_update_config)
 
 
+def _inspect_model_in_process() -> None:
+    """Run vLLM's one-off model-class inspection here, not in a new Python (see the docstring)."""
+    from vllm.model_executor.models import registry
+
+    def run_here(fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    registry._run_in_subprocess = run_here
+
+
 def main() -> int:
     from vllm.entrypoints.cli.main import main as vllm_main
 
     if os.environ.get("MLS_VLLM_FORK_ENGINE_CORE") == "1":
         _fork_engine_core()
+    if os.environ.get("MLS_VLLM_INSPECT_MODEL_IN_PROCESS") == "1":
+        _inspect_model_in_process()
     sys.argv[0] = "vllm"
     vllm_main()
     return 0
