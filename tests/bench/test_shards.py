@@ -28,13 +28,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modal_llm_serving.bench import shards
-from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
 from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.partition import resolve, shares
 from modal_llm_serving.bench.runner import BenchConfig, arrival_times
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import UsageError
-from tests.bench.test_bench_mock import MOCK
+from tests.bench.test_bench_mock import MOCK, _records, _run
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 splits = st.lists(st.integers(1, 6), min_size=1, max_size=3)  # e.g. [containers, workers]
@@ -125,15 +124,6 @@ def test_workers_are_chosen_from_streams_and_cores(monkeypatch: pytest.MonkeyPat
     assert choose(dataclasses.replace(config, concurrency=None, rate=5.0), 4) == 4
     assert choose(dataclasses.replace(config, concurrency=None, rate=5.0,
                                       max_concurrency=600)) == 2
-
-
-def _run(url: str, out: Path, **options: Any) -> dict[str, Any]:
-    config, levels, workload = plan_run(BenchOptions(url=url, **options))
-    return run_benchmark(config, levels, workload, out_dir=out)[0]
-
-
-def _records(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
