@@ -55,9 +55,11 @@ class CpuInfo:
                           "on a 2-core Intel Xeon: ≈ 23 tok/s at 1 stream, ≈ 163 at 8, with the "
                           "embedded model)",
             "avx512": "vLLM's CPU build runs its oneDNN kernels (AVX-512)",
-            "avx2": "AVX2 only: vLLM's CPU build falls back from oneDNN to plain torch linear "
-                    "layers, several times slower (measured on a 2-core AMD EPYC: ≈ 10 tok/s in "
-                    "all at 4 streams); fine for checking flags and client code, not for speed",
+            "avx2": "AVX2 only: for a bf16 model (the embedded one is) vLLM's CPU build falls "
+                    "back from oneDNN to plain torch linear layers, several times slower "
+                    "(measured on a 2-core AMD EPYC: ≈ 10 tok/s in all at 4 streams; float32 "
+                    "keeps oneDNN, docs/PERFORMANCE.md); fine for checking flags and client "
+                    "code, not for speed",
             "other": "no AVX2: vLLM's x86 CPU build needs at least AVX2 (Arm and others use "
                      "their own builds); local serving may not start",
         }[self.kind]
