@@ -200,25 +200,19 @@ class Protocol(asyncio.Protocol):
         transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                         b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = max(1, settings.chunk)
-        events = (n + chunk - 1) // chunk
+        plan = _Plan(self, chat=chat, n=n, chunk=chunk, received=received,
+                     ttft_ns=int(settings.ttft_ms * 1e6),
+                     gap_ns=int(chunk * settings.itl_ms * 1e6), prompt_len=prompt_len,
+                     split="split" in faults, done_marker="nodone" not in faults)
         if not faults:  # the common case: the process's one ticker writes it
-            plan = _Plan(self, chat=chat, n=n, chunk=chunk, events=events, received=received,
-                         ttft_ns=int(settings.ttft_ms * 1e6),
-                         gap_ns=int(chunk * settings.itl_ms * 1e6), prompt_len=prompt_len)
             await self.state.ticker.play(plan)
             return
-        split = "split" in faults
-        first_late = max_late = 0
-        for index in range(events):
+        while not plan.done.done():  # a stream with faults goes on its own, to inject them
             # due on the monotonic clock itself (the loop's clock is cached per iteration)
-            due = received + int((settings.ttft_ms + index * chunk * settings.itl_ms) * 1e6)
-            while (delay := due - time.perf_counter_ns()) > 0:
+            while (delay := plan.due - time.perf_counter_ns()) > 0:
                 await asyncio.sleep(delay / 1e9)  # a timer may fire early: never write early
-            late = -delay
-            max_late = max(max_late, late)
-            if index == 0:
-                first_late = late
-            if index == events // 2 and index > 0:
+            now = time.perf_counter_ns()
+            if plan.index == plan.events // 2 and plan.index > 0:
                 if "reset" in faults:
                     transport.abort()
                     return
@@ -226,14 +220,7 @@ class Protocol(asyncio.Protocol):
                     await asyncio.sleep(settings.stall_s)
                 if "malformed" in faults:
                     self._write(b"data: {not json\n\n", split=False)
-            tokens = min(chunk, n - index * chunk)
-            if index == 0:
-                self.first_ns = time.perf_counter_ns()
-            self._write(_event(chat, index, chunk, tokens, index == events - 1), split=split)
-            if transport.is_closing():
-                return
-        self._finish(n, prompt_len, first_late, max_late, split=split,
-                     done="nodone" not in faults)
+            plan.emit(now)
 
     def _finish(self, n: int, prompt_len: int, first_late: int, max_late: int, *, split: bool,
                 done: bool) -> None:
@@ -269,14 +256,17 @@ class Protocol(asyncio.Protocol):
 
 
 class _Plan:
-    """One fault-free stream's schedule, written event by event by the process's ticker."""
+    """One stream's schedule, written event by event (by the process's ticker, or by the
+    stream's own task when it has faults to inject)."""
 
-    def __init__(self, protocol: Protocol, *, chat: bool, n: int, chunk: int, events: int,
-                 received: int, ttft_ns: int, gap_ns: int, prompt_len: int) -> None:
-        self.protocol, self.chat, self.n, self.chunk, self.events = protocol, chat, n, chunk, \
-            events
+    def __init__(self, protocol: Protocol, *, chat: bool, n: int, chunk: int, received: int,
+                 ttft_ns: int, gap_ns: int, prompt_len: int, split: bool = False,
+                 done_marker: bool = True) -> None:
+        self.protocol, self.chat, self.n, self.chunk = protocol, chat, n, chunk
+        self.events = (n + chunk - 1) // chunk
         self.received, self.ttft_ns, self.gap_ns, self.prompt_len = received, ttft_ns, gap_ns, \
             prompt_len
+        self.split, self.done_marker = split, done_marker
         self.index = 0
         self.first_late = self.max_late = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -299,11 +289,11 @@ class _Plan:
             protocol.first_ns = now
         tokens = min(self.chunk, self.n - self.index * self.chunk)
         last = self.index == self.events - 1
-        transport.write(_framed(_event(self.chat, self.index, self.chunk, tokens, last)))
+        protocol._write(_event(self.chat, self.index, self.chunk, tokens, last), split=self.split)
         self.index += 1
         if last:
             protocol._finish(self.n, self.prompt_len, self.first_late, self.max_late,
-                             split=False, done=True)
+                             split=self.split, done=self.done_marker)
             self.done.set_result(None)
         return not last
 

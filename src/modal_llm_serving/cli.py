@@ -514,7 +514,6 @@ def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
     case passes when the agent, as judge, finds every expectation met. Without an agent CLI with
     credentials it says so in one line and exits 0 (nothing to run).
     """
-
     from modal_llm_serving.evals import find_agent, run_evals
 
     found = find_agent(agent)

@@ -13,11 +13,12 @@ and what that means for `mls local serve`, so a slow local engine is not mistake
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["CpuInfo", "parse_cpuinfo", "read_cpu_info"]
+__all__ = ["CpuInfo", "parse_cpuinfo", "read_cpu_info", "usable_cores"]
 
 # The flags that decide vLLM's CPU kernels, in /proc/cpuinfo's spelling.
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -29,7 +30,7 @@ class CpuInfo:
 
     model: str
     arch: str
-    cores: int  # usable by this process (its CPU affinity), not the host's total
+    cores: int  # usable by this process (usable_cores()), not the host's total
     flags: frozenset[str]
 
     @property
@@ -78,10 +79,23 @@ def parse_cpuinfo(text: str, *, arch: str, cores: int) -> CpuInfo:
     return CpuInfo(model=model, arch=arch, cores=cores, flags=flags)
 
 
-def read_cpu_info(path: Path = Path("/proc/cpuinfo")) -> CpuInfo:
-    """This machine's CPU (Linux reads /proc/cpuinfo; elsewhere only the architecture)."""
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (a
+    container given 4 CPUs on a 64-core host sees 64 in its mask, and may use 4)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the mask is the limit
+    return cores
+
+
+def read_cpu_info(path: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+    """This machine's CPU (Linux reads /proc/cpuinfo; elsewhere only the architecture)."""
+    cores = usable_cores()
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -107,8 +107,9 @@ def read_chunk(payload: object, *, chat: bool) -> Chunk:
     else:
         text = _optional(first, "text", str, where="choices[0]") or ""
         bearing = True
-    return Chunk(chunk_id, text, bearing, finish, prompt_tokens, completion_tokens,
-                 server_timing)
+    return Chunk(id=chunk_id, text=text, token_bearing=bearing, finish_reason=finish,
+                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 server_timing=server_timing)
 
 
 def read_chat_completion(body: dict[str, Any]) -> ChatCompletion:

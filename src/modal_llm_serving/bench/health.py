@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
 import resource
 import sys
 import time
@@ -19,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.metrics import stats
+from modal_llm_serving.cpu_info import usable_cores
 
-__all__ = ["HealthMonitor", "judge", "merge", "usable_cores"]
+__all__ = ["HealthMonitor", "judge", "merge"]
 
 # Above these the numbers describe the client more than the server (checked on 2 cores).
 CPU_LIMIT = 0.85  # of one core
@@ -95,20 +94,6 @@ def peak_rss_mb() -> float:
 
 
 MIN_JUDGED_WALL_S = 2.0  # shorter runs are too small to judge the client by
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (a
-    container given 4 CPUs on a 64-core host sees 64 in its mask, and may use 4)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota: the mask is the limit
-    return cores
 
 
 _SHARD_NUMBERS = ("client_cpu_fraction_of_one_core", "client_cpu_seconds", "wall_seconds",

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -138,10 +139,10 @@ def run_split(options: dict[str, Any], containers: int, folder: Path, *,
 
     if not 1 <= containers <= MAX_CONTAINERS:
         raise UsageError(f"--containers {containers}: give 1 to {MAX_CONTAINERS}")
-    config, levels, _workload = plan_run(BenchOptions(**options))
-    for level in levels:  # every level must split: at least one stream per container
-        plan_run(BenchOptions(**{**options, **_level_options(level.kind, level.value),
-                                 "part": ((0, containers),)}))
+    # planned as a container's part: every level must split, at least one stream per container
+    config, levels, _workload = plan_run(BenchOptions(**{**options,
+                                                         "part": ((0, containers),)}))
+    config = dataclasses.replace(config, part=())  # the merged run is the whole load
     prepare_out_dir(folder)
     slugs = [level.slug for level in levels]
     summaries: list[dict[str, Any]] = []

@@ -150,7 +150,6 @@ class RequestRecord:
         return cls(**values)
 
 
-
 _FIELD_NAMES = tuple(field.name for field in dataclasses.fields(RequestRecord))
 _INT, _OPT_INT, _OPT_STR = (int,), (int, type(None)), (str, type(None))
 _SAVED_TYPES: dict[str, tuple[type, ...]] = {

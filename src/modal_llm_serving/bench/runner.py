@@ -348,7 +348,7 @@ def summarize(config: BenchConfig, accumulator: Accumulator, harness: dict[str, 
     """A level's summary: the accumulated records, plus the harness's health and warnings."""
     summary = accumulator.summary(warmup_s=config.warmup_s, cooldown_s=config.cooldown_s,
                                   slo=config.slo)
-    harness["warnings"] = [*harness.get("warnings", []), *judge(harness, summary)]
+    harness["warnings"] = judge(harness, summary)
     summary["harness"] = harness
     # stamps in the JSONL are relative to this perf_counter_ns() reading (CLOCK_MONOTONIC on
     # Linux: comparable with another local process's stamps, as the calibration does)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.data import Prompt
-from modal_llm_serving.bench.health import merge, peak_rss_mb, usable_cores
+from modal_llm_serving.bench.health import merge, peak_rss_mb
 from modal_llm_serving.bench.metrics import Accumulator
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.results import JsonlSink, read_records, write_json
@@ -47,6 +47,7 @@ from modal_llm_serving.bench.runner import (
     start_instant_ns,
     summarize,
 )
+from modal_llm_serving.cpu_info import usable_cores
 from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
 
 __all__ = ["STREAMS_PER_WORKER", "choose_workers", "merge_parts", "run_level"]
@@ -188,10 +189,9 @@ class _Coordinator:
             if deadline is not None and time.monotonic() > deadline:
                 raise BenchWorkerError(f"bench workers did not {what} within {timeout_s:g} s "
                                        "(is the machine overloaded?); try fewer --workers")
-            open_conns = [w.conn for w in self.workers if w.health is None]
-            for conn in multiprocessing.connection.wait(open_conns, timeout=PROGRESS_S):
-                worker = next(w for w in self.workers if w.conn is conn)
-                self._take(worker)
+            waiting = {w.conn: w for w in self.workers if w.health is None}
+            for conn in multiprocessing.connection.wait(list(waiting), timeout=PROGRESS_S):
+                self._take(waiting[conn])  # type: ignore[index]
             if self.progress is not None and self.t0_ns and \
                     time.monotonic() - shown >= PROGRESS_S:
                 shown = time.monotonic()
@@ -200,7 +200,6 @@ class _Coordinator:
             self.progress(self._snapshot())
 
     def _take(self, worker: _Worker) -> None:
-        name = f"bench worker {self.workers.index(worker) + 1} of {len(self.workers)}"
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
@@ -208,8 +207,9 @@ class _Coordinator:
             worker.process.join(timeout=5)
             code = worker.process.exitcode
             why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
-            raise BenchWorkerError(f"{name} ended without its results (exit code {code}{why}); "
-                                   "the other workers' finished requests are kept") from None
+            raise BenchWorkerError(f"{self._name(worker)} ended without its results (exit code "
+                                   f"{code}{why}); the other workers' finished requests are "
+                                   "kept") from None
         kind = message[0]
         if kind == "records":
             for record in message[1]:
@@ -226,9 +226,12 @@ class _Coordinator:
             error_type, text, trace = message[1], message[2], message[3]
             if error_type == "UsageError":
                 raise UsageError(text)
-            error = RuntimeError(f"{name} failed: {error_type}: {text}")
+            error = RuntimeError(f"{self._name(worker)} failed: {error_type}: {text}")
             error.add_note(f"the worker's traceback:\n{trace}")  # for the internal-error log
             raise error
+
+    def _name(self, worker: _Worker) -> str:
+        return f"bench worker {self.workers.index(worker) + 1} of {len(self.workers)}"
 
     def _snapshot(self) -> Progress:
         sent, done, failed, flight, tokens = (sum(values) for values in zip(
@@ -248,10 +251,10 @@ class _Coordinator:
             pending = [w for w in self.workers if w.health is None and w.process.is_alive()]
             if not pending:
                 break
-            for conn in multiprocessing.connection.wait([w.conn for w in pending], timeout=0.2):
-                worker = next(w for w in pending if w.conn is conn)
+            by_conn = {w.conn: w for w in pending}
+            for conn in multiprocessing.connection.wait(list(by_conn), timeout=0.2):
                 with contextlib.suppress(MlsError, RuntimeError):
-                    self._take(worker)
+                    self._take(by_conn[conn])  # type: ignore[index]
 
     def _close(self) -> None:
         for worker in self.workers:
