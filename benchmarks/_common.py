@@ -135,7 +135,7 @@ def vllm_bench(url: str, out: Path, *, model: str, tokenizer: Path, concurrency:
                requests: int, input_len: int, output_len: int,
                dataset: Path | None = None, api_key: str | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    argv = [str(PYTHON), "-m", "modal_llm_serving.vllm_launcher", "bench", "serve",
+    argv = [str(PYTHON), "-m", "modal_llm_serving.local.launcher", "bench", "serve",
             "--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions",
             "--model", model, "--tokenizer", str(tokenizer), "--num-prompts", str(requests),
             "--max-concurrency", str(concurrency), "--request-rate", "inf", "--ignore-eos",

@@ -40,7 +40,7 @@ def _tokenizer(folder: Path) -> Path:
     Built in a child process: this script stays small, and so do the tools it forks.
     """
     if not (folder / "tokenizer.json").is_file():
-        code = ("import sys, pathlib; from modal_llm_serving.tiny_model import build_tiny_model;"
+        code = ("import sys, pathlib; from tests.tiny_model import build_tiny_model;"
                 " build_tiny_model(pathlib.Path(sys.argv[1]))")
         subprocess.run([str(PYTHON), "-c", code, str(folder)], check=True,
                        capture_output=True)

@@ -27,8 +27,8 @@ from typing import Any
 from _common import ROOT, guidellm, load_average, ours, vllm_bench
 
 from modal_llm_serving.bench.data import ServerTokenizer, parse_length, synthetic_prompts
-from modal_llm_serving.local import engine_build, local_command, resolve_model, start_server
-from modal_llm_serving.recipes import recipe_path
+from modal_llm_serving.local.serve import engine_build, local_command, resolve_model, start_server
+from modal_llm_serving.recipes.files import recipe_path
 
 KEYS = ("ttft_mean", "ttft_p50", "tpot_mean", "itl_mean", "output_tok_s")
 

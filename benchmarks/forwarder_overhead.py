@@ -26,14 +26,14 @@ from pathlib import Path
 
 import httpx
 
-from modal_llm_serving.local import engine_build, free_port, local_command, start_server
-from modal_llm_serving.recipes import recipe_path
-from modal_llm_serving.tiny_model import build_tiny_model
+from modal_llm_serving.local.serve import engine_build, free_port, local_command, start_server
+from modal_llm_serving.recipes.files import recipe_path
+from tests.tiny_model import build_tiny_model
 
 KEY = "forwarder-overhead-not-a-secret"
 FORWARDER = """
 import sys, threading
-from modal_llm_serving.recipes import load_recipe, recipe_path
+from modal_llm_serving.recipes.files import load_recipe, recipe_path
 recipe = load_recipe(recipe_path(sys.argv[3]))
 recipe.start_forwarder(sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]))
 threading.Event().wait()

@@ -28,9 +28,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-from modal_llm_serving.local import DEFAULT_KV_CACHE_GIB, engine_build, free_port, local_command
-from modal_llm_serving.model_cache import DEFAULT_MODEL_ID, ensure_default_model
-from modal_llm_serving.recipes import recipe_path
+from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, ensure_default_model
+from modal_llm_serving.local.serve import (
+    DEFAULT_KV_CACHE_GIB,
+    engine_build,
+    free_port,
+    local_command,
+)
+from modal_llm_serving.recipes.files import recipe_path
 
 PROMPT = "Write a long story about a lighthouse keeper."
 OUTPUT_TOKENS = 128

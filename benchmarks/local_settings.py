@@ -27,15 +27,15 @@ from pathlib import Path
 import psutil
 from local_overhead import stop, throughput, tree_pss_mib, wait_models
 
-from modal_llm_serving.local import (
+from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, ensure_default_model
+from modal_llm_serving.local.serve import (
     DEFAULT_KV_CACHE_GIB,
     engine_build,
     free_port,
     launcher_argv,
     local_command,
 )
-from modal_llm_serving.model_cache import DEFAULT_MODEL_ID, ensure_default_model
-from modal_llm_serving.recipes import recipe_path
+from modal_llm_serving.recipes.files import recipe_path
 
 
 def replace_flags(argv: list[str], changes: list[str]) -> list[str]:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from modal_llm_serving.local import (
+from modal_llm_serving.local.serve import (
     LocalCommand,
     LocalServer,
     engine_build,
     local_command,
     start_server,
 )
-from modal_llm_serving.tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model
 
 TINY_API_KEY = "test-key-not-a-secret"
 
@@ -49,7 +49,7 @@ def tiny_local_command(model_path: Path, *, recipe: str = "vllm_online") -> Loca
     --recipe` builds it: the recipe's keyword overrides (model, served id, host, port), then the
     documented CPU transforms and the context fitted to the tiny model's 4096 positions. So the
     session server proves the recipe's command."""
-    from modal_llm_serving.recipes import recipe_path
+    from modal_llm_serving.recipes.files import recipe_path
 
     return local_command(recipe_path(recipe), model=str(model_path), served_model_name="tiny",
                          build=engine_build())

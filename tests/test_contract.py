@@ -348,7 +348,7 @@ def test_https_to_a_plain_http_server_is_said_at_once(tmp_path: Path) -> None:
 
 
 def test_an_unexpected_error_is_one_line_with_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    import modal_llm_serving.revision as revision
+    import modal_llm_serving.facts.revision as revision
 
     def boom(*_args: Any, **_kwargs: Any) -> str:
         raise RuntimeError("secret-token-123 went wrong")

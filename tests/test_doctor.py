@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.doctor import (
+from modal_llm_serving.doctor.checks import (
     DoctorReport,
     find_launcher_interpreter,
     probe_python,
@@ -662,8 +662,8 @@ flags\t\t: fpu sse2 {flags}
 ])
 def test_cpu_check_says_what_the_instruction_sets_mean(flags: str, kind: str, status: str,
                                                        words: str) -> None:
-    from modal_llm_serving.cpu_info import parse_cpuinfo
-    from modal_llm_serving.doctor import _cpu_check
+    from modal_llm_serving.doctor.checks import _cpu_check
+    from modal_llm_serving.local.cpu_info import parse_cpuinfo
 
     info = parse_cpuinfo(CPUINFO.format(model="Some CPU 9000", flags=flags), arch="x86_64",
                          cores=2)
@@ -675,7 +675,7 @@ def test_cpu_check_says_what_the_instruction_sets_mean(flags: str, kind: str, st
 
 
 def test_cpu_check_is_in_the_report_of_this_machine() -> None:
-    from modal_llm_serving.cpu_info import read_cpu_info
+    from modal_llm_serving.local.cpu_info import read_cpu_info
 
     info = read_cpu_info()
     assert info.cores >= 1 and info.arch

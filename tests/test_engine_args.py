@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modal_llm_serving.engine_args import parse_command, parse_sglang, parse_vllm_serve
 from modal_llm_serving.errors import EngineArgsError
+from modal_llm_serving.local.engine_args import parse_command, parse_sglang, parse_vllm_serve
 
 
 def test_vllm_parser_reads_gpu_only_flags_on_a_cpu_machine() -> None:

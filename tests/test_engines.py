@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modal_llm_serving.engines import (
+from modal_llm_serving.errors import RecipeError
+from modal_llm_serving.local.transforms import (
     CPU_ENVIRONMENT,
     CPU_TRANSFORMS,
     engine_of,
@@ -16,7 +17,6 @@ from modal_llm_serving.engines import (
     for_local_cpu,
     llm_kwargs_for_local_cpu,
 )
-from modal_llm_serving.errors import RecipeError
 
 GPU_ONLY = ["--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.9",
             "--kv-cache-memory-bytes", "4G", "--kv-cache-dtype", "fp8", "--enable-sleep-mode",

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.evals import (
+from modal_llm_serving.skill.evals import (
     find_agent,
     judge_prompt,
     parse_transcript,

@@ -21,12 +21,12 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from modal_llm_serving import local
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import EngineStartError, UsageError
-from modal_llm_serving.local import free_port, local_command, resolve_model, start_server
-from modal_llm_serving.model_cache import DEFAULT_MODEL_ID
-from modal_llm_serving.recipes import recipe_path
+from modal_llm_serving.local import serve as local
+from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID
+from modal_llm_serving.local.serve import free_port, local_command, resolve_model, start_server
+from modal_llm_serving.recipes.files import recipe_path
 
 from .conftest import TINY_API_KEY
 
@@ -195,7 +195,7 @@ def test_local_command_prints_both_commands_and_every_difference(tiny_model_path
                         str(tiny_model_path), "--port", "8123"])
     assert code == 0, output
     assert "vllm serve Qwen/Qwen3-8B-FP8" in output
-    assert "modal_llm_serving.vllm_launcher serve" in output
+    assert "modal_llm_serving.local.launcher serve" in output
     for words in ("--enable-sleep-mode dropped", "--kv-cache-memory-bytes dropped (was 4G)",
                   "--port 8001 -> 8123", "--enforce-eager added", "--max-model-len 4096"):
         assert words in output, words
@@ -207,7 +207,7 @@ def test_local_command_json_and_sglang(tiny_model_path: Path) -> None:
                         str(tiny_model_path), "--json"])
     data = json.loads(output)
     assert code == 0 and data["checked"] is True
-    assert data["argv"][1:3] == ["-m", "modal_llm_serving.vllm_launcher"]
+    assert data["argv"][1:3] == ["-m", "modal_llm_serving.local.launcher"]
     assert {c["setting"] for c in data["changes"]} >= {"model", "tensor_parallel_size"}
     code, output = run(["local", "command", "--recipe", "sglang_low_latency"])
     assert code == 0 and "SGLang's own parser accepts it" in output

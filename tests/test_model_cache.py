@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from modal_llm_serving import model_cache
 from modal_llm_serving.errors import ModelCacheError
-from modal_llm_serving.model_cache import (
+from modal_llm_serving.local import embedded_model as model_cache
+from modal_llm_serving.local.embedded_model import (
     default_model_path,
     ensure_default_model,
     verify_checkpoint,

@@ -14,16 +14,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modal_llm_serving.catalog import (
-    builtin_models,
-    load_gpu_catalog,
-    model_facts,
-    model_facts_from_config,
-)
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import PlanRefused, UsageError, WorkloadError
-from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, explain, make_plan
-from modal_llm_serving.workload import load_workload, workload_from_mapping
+from modal_llm_serving.facts.gpus import load_gpu_catalog
+from modal_llm_serving.facts.models import builtin_models, model_facts, model_facts_from_config
+from modal_llm_serving.facts.workload import load_workload, workload_from_mapping
+from modal_llm_serving.plan.decide import SLO_MARGIN, TP_SIZES, explain, make_plan
 
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
 BASE = {"model": "Qwen/Qwen3-8B-FP8", "revision": REV}
@@ -513,6 +509,6 @@ def test_server_form_falls_back_when_the_model_needs_several_gpus() -> None:
     (None, "us-east"), ("us", "us-east"), ("us-east", "us-east"), ("us-west", "us-west"),
     ("eu-north", "eu-west"), ("uk", "eu-west"), ("ap-northeast", "ap-south"), ("jp", "ap-south")])
 def test_routing_region_follows_the_compute_region(region: str | None, routing: str) -> None:
-    from modal_llm_serving.plan import routing_region
+    from modal_llm_serving.plan.decide import routing_region
 
     assert routing_region(region) == routing

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modal_llm_serving.errors import RecipeError
-from modal_llm_serving.recipes import (
+from modal_llm_serving.recipes.files import (
     RECIPES,
     load_recipe,
     recipe_command,

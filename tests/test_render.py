@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import UsageError
-from modal_llm_serving.recipes import load_recipe, recipe_path
-from modal_llm_serving.render import render_source, write_app
+from modal_llm_serving.recipes.files import load_recipe, recipe_path
+from modal_llm_serving.recipes.new import render_source, write_app
 
 from .verify import (
     Spied,

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.local import free_port
+from modal_llm_serving.local.serve import free_port
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

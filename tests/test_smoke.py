@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from openai import OpenAI
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.client import OpenAIClient, normalize_base_url
-from modal_llm_serving.local import LocalServer, free_port
-from modal_llm_serving.smoke import run_smoke
+from modal_llm_serving.endpoint.client import OpenAIClient, normalize_base_url
+from modal_llm_serving.endpoint.smoke import run_smoke
+from modal_llm_serving.local.serve import LocalServer, free_port
 
 from .conftest import TINY_API_KEY
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modal_llm_serving.sse import SSEEvent, SSEParser
+from modal_llm_serving.endpoint.sse import SSEEvent, SSEParser
 
 # Field values: any text without line terminators (they end a field by definition).
 _value = st.text(alphabet=st.characters(blacklist_characters="\r\n",
@@ -100,7 +100,7 @@ def test_cr_at_the_end_of_a_read_waits_for_a_possible_lf() -> None:
 def _scanned_chars(feeds: list[bytes], monkeypatch: pytest.MonkeyPatch) -> int:
     """Characters the parser reads to find line ends, over all `feeds` (the joins of pending
     pieces copy no more than that)."""
-    import modal_llm_serving.sse as sse_module
+    import modal_llm_serving.endpoint.sse as sse_module
 
     real = sse_module._find_line_end
     total = [0]

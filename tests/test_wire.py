@@ -6,8 +6,9 @@ import doctest
 
 import pytest
 
-from modal_llm_serving import redact, wire
-from modal_llm_serving.wire import (
+from modal_llm_serving import redact
+from modal_llm_serving.endpoint import wire
+from modal_llm_serving.endpoint.wire import (
     MalformedResponse,
     error_message,
     read_chat_completion,

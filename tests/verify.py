@@ -23,10 +23,10 @@ import modal
 import modal.experimental
 import pytest
 
-from modal_llm_serving.engine_args import parse_sglang, parse_vllm_serve, vllm_engine_args
-from modal_llm_serving.engines import CPU_TRANSFORMS, engine_of, for_local_cpu
-from modal_llm_serving.local import LocalCommand, argv_settings, local_command
-from modal_llm_serving.recipes import load_recipe, recipe_command, recipe_llm_kwargs
+from modal_llm_serving.local.engine_args import parse_sglang, parse_vllm_serve, vllm_engine_args
+from modal_llm_serving.local.serve import LocalCommand, argv_settings, local_command
+from modal_llm_serving.local.transforms import CPU_TRANSFORMS, engine_of, for_local_cpu
+from modal_llm_serving.recipes.files import load_recipe, recipe_command, recipe_llm_kwargs
 
 MINUTES = 60
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -179,7 +179,7 @@ def verify_modal_settings(spied: Spied) -> str:
         assert deco.get("unauthenticated", False) is False, "proxy auth stays on"
         assert deco["port"] == r.PORT
         assert deco["routing_region"] == r.ROUTING_REGION and deco["compute_region"] == r.REGION
-        from modal_llm_serving.plan import routing_region
+        from modal_llm_serving.plan.decide import routing_region
 
         assert routing_region(r.REGION) == r.ROUTING_REGION, "the proxy nearest the GPUs"
         assert deco["target_concurrency"] == r.TARGET_CONCURRENCY

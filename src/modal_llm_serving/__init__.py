@@ -6,8 +6,7 @@ by the functions that need them, so `import modal_llm_serving` stays fast.
 
 from __future__ import annotations
 
-from modal_llm_serving.client import OpenAIClient
-from modal_llm_serving.engines import CPU_TRANSFORMS, for_local_cpu
+from modal_llm_serving.endpoint.client import OpenAIClient
 from modal_llm_serving.errors import (
     EndpointError,
     EndpointStatusError,
@@ -18,6 +17,7 @@ from modal_llm_serving.errors import (
     ModelCacheError,
     UsageError,
 )
+from modal_llm_serving.local.transforms import CPU_TRANSFORMS, for_local_cpu
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
-from modal_llm_serving.local import LocalServer
+from modal_llm_serving.local.serve import LocalServer
 
 pytestmark = pytest.mark.engine
 
@@ -48,8 +48,8 @@ def test_token_events_match_what_the_openai_sdk_sees(tiny_server: LocalServer,
     """
     import httpx
 
-    from modal_llm_serving.sse import SSEParser
-    from modal_llm_serving.wire import read_chunk
+    from modal_llm_serving.endpoint.sse import SSEParser
+    from modal_llm_serving.endpoint.wire import read_chunk
 
     _summary, records = _run(tiny_server, tmp_path, concurrency="1", num_requests=1,
                              input_len="16", output_len="10")

@@ -25,7 +25,7 @@ from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.report import render_report
 from modal_llm_serving.cli import cli
-from modal_llm_serving.smoke import run_smoke
+from modal_llm_serving.endpoint.smoke import run_smoke
 from tests.fuzz_server import FuzzServer, Script, split, sse
 
 KNOWN_KINDS = re.compile(r"^(http_\d{3}|malformed_chunk|stream_error|no_tokens|reset|timeout|"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modal_llm_serving.recipes import load_recipe, recipe_path
+from modal_llm_serving.recipes.files import load_recipe, recipe_path
 
 BIN = Path(sys.executable).parent
 DEPLOY_TIMEOUT = 60 * 60  # the first deploy builds images (SGLang also compiles DeepGEMM)

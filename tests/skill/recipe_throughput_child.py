@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import modal_llm_serving.vllm_launcher  # noqa: F401  (must come before vLLM)
+import modal_llm_serving.local.launcher  # noqa: F401  (must come before vLLM)
 
 
 def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> None:
     from vllm import LLM
 
-    from modal_llm_serving.engines import llm_kwargs_for_local_cpu
-    from modal_llm_serving.recipes import load_recipe, recipe_llm_kwargs, recipe_path
+    from modal_llm_serving.local.transforms import llm_kwargs_for_local_cpu
+    from modal_llm_serving.recipes.files import load_recipe, recipe_llm_kwargs, recipe_path
 
     recipe = load_recipe(recipe_path("qwen3_throughput"))
     kwargs = llm_kwargs_for_local_cpu(recipe_llm_kwargs(recipe, model=model_dir, revision=None))

@@ -29,10 +29,10 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.engine_args import parse_sglang
-from modal_llm_serving.local import LocalServer, engine_build, free_port, launcher_argv
-from modal_llm_serving.recipes import RECIPES, load_recipe, recipe_path
-from modal_llm_serving.smoke import run_smoke
+from modal_llm_serving.endpoint.smoke import run_smoke
+from modal_llm_serving.local.engine_args import parse_sglang
+from modal_llm_serving.local.serve import LocalServer, engine_build, free_port, launcher_argv
+from modal_llm_serving.recipes.files import RECIPES, load_recipe, recipe_path
 
 from ..conftest import TINY_API_KEY, tiny_local_command
 from ..verify import (
@@ -657,7 +657,7 @@ def test_server_smoke_sends_proxy_auth_and_retries_503(
 
 def test_server_recipe_with_proxy_auth_off_is_flagged(tmp_path: Path) -> None:
     """The dev endpoints are on the Server's own port: turning proxy auth off exposes them."""
-    from modal_llm_serving.check import check_file
+    from modal_llm_serving.check.checker import check_file
 
     source = recipe_path("vllm_server").read_text().replace(
         "    port=PORT,\n", "    port=PORT,\n    unauthenticated=True,\n", 1)

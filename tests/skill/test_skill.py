@@ -495,7 +495,7 @@ def test_the_skill_names_no_path_outside_its_folder() -> None:
 
 def recipe_facts(recipe: Path) -> dict[str, set[str]]:
     """What a recipe really uses: Volume names, mount paths, environment variables, flags."""
-    from modal_llm_serving.recipes import load_recipe, recipe_command, recipe_llm_kwargs
+    from modal_llm_serving.recipes.files import load_recipe, recipe_command, recipe_llm_kwargs
 
     source = recipe.read_text(encoding="utf-8")
     module = load_recipe(recipe, module_name=f"facts_{recipe.stem}")

@@ -38,10 +38,14 @@ from modal_llm_serving.bench.results import (
 )
 from modal_llm_serving.bench.runner import ARRIVALS, BenchConfig, Progress, run_event_loop
 from modal_llm_serving.bench.shards import MAX_WORKERS, choose_workers, run_level
-from modal_llm_serving.client import check_headers, normalize_base_url, raise_if_client_side
+from modal_llm_serving.endpoint.client import (
+    check_headers,
+    normalize_base_url,
+    raise_if_client_side,
+)
+from modal_llm_serving.endpoint.wire import MalformedResponse, parse_object, read_models
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.redact import redact_url
-from modal_llm_serving.wire import MalformedResponse, parse_object, read_models
 
 __all__ = ["BenchOptions", "Level", "Workload", "check_config", "parse_levels", "parse_slos",
            "plan_run", "prepare_prompts", "resolve_model", "run_bench", "run_benchmark",

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from modal_llm_serving.endpoint.wire import MalformedResponse, is_int, parse_object
 from modal_llm_serving.errors import BenchDataError, UsageError
-from modal_llm_serving.wire import MalformedResponse, is_int, parse_object
 
 __all__ = ["LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt", "make_tokenizer",
            "parse_length", "synthetic_prompts"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.metrics import stats
-from modal_llm_serving.cpu_info import usable_cores
+from modal_llm_serving.local.cpu_info import usable_cores
 
 __all__ = ["HealthMonitor", "judge", "merge"]
 

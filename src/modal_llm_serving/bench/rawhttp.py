@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from modal_llm_serving.bench.http_types import TransportError
-from modal_llm_serving.client import tls_failure
+from modal_llm_serving.endpoint.client import tls_failure
 
 __all__ = ["RawTransport"]
 

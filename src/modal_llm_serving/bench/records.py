@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-from modal_llm_serving.wire import is_int
+from modal_llm_serving.endpoint.wire import is_int
 
 __all__ = ["RequestRecord"]
 

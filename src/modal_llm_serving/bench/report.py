@@ -14,8 +14,8 @@ from typing import Any
 
 from modal_llm_serving.bench.metrics import FORMULAS
 from modal_llm_serving.bench.results import read_records, read_summary, sweep_levels
+from modal_llm_serving.endpoint.wire import one_line
 from modal_llm_serving.errors import UsageError
-from modal_llm_serving.wire import one_line
 
 __all__ = ["render_report", "summary_lines"]
 

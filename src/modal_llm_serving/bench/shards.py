@@ -47,8 +47,8 @@ from modal_llm_serving.bench.runner import (
     start_instant_ns,
     summarize,
 )
-from modal_llm_serving.cpu_info import usable_cores
 from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
+from modal_llm_serving.local.cpu_info import usable_cores
 
 __all__ = ["STREAMS_PER_WORKER", "choose_workers", "merge_parts", "run_level"]
 

@@ -15,8 +15,13 @@ from typing import Any
 
 from modal_llm_serving.bench.http_types import Transport, TransportError
 from modal_llm_serving.bench.records import RequestRecord
-from modal_llm_serving.sse import SSEParser
-from modal_llm_serving.wire import MalformedResponse, error_message, parse_object, read_chunk
+from modal_llm_serving.endpoint.sse import SSEParser
+from modal_llm_serving.endpoint.wire import (
+    MalformedResponse,
+    error_message,
+    parse_object,
+    read_chunk,
+)
 
 __all__ = ["RequestSpec", "RetryPolicy", "is_token_event", "send_streaming"]
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from modal_llm_serving.bench.http_types import Response, Transport, TransportError
 from modal_llm_serving.bench.rawhttp import RawTransport
-from modal_llm_serving.client import tls_failure
+from modal_llm_serving.endpoint.client import tls_failure
 from modal_llm_serving.errors import UsageError
 
 __all__ = ["TRANSPORTS", "AiohttpTransport", "HttpxTransport", "Response", "Transport",

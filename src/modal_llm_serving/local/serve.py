@@ -31,21 +31,21 @@ from types import TracebackType
 
 import httpx
 
-from modal_llm_serving.engines import (
-    CPU_ENVIRONMENT,
-    CPU_TRANSFORMS,
-    Change,
-    engine_of,
-    for_local_cpu,
-)
 from modal_llm_serving.errors import (
     EngineNotInstalled,
     EngineStartError,
     RecipeError,
     UsageError,
 )
-from modal_llm_serving.model_cache import DEFAULT_MODEL_ID, cache_dir, ensure_default_model
-from modal_llm_serving.recipes import load_recipe, recipe_command
+from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, cache_dir, ensure_default_model
+from modal_llm_serving.local.transforms import (
+    CPU_ENVIRONMENT,
+    CPU_TRANSFORMS,
+    Change,
+    engine_of,
+    for_local_cpu,
+)
+from modal_llm_serving.recipes.files import load_recipe, recipe_command
 
 __all__ = [
     "DEFAULT_KV_CACHE_GIB",
@@ -146,7 +146,7 @@ def launcher_argv(argv: list[str]) -> list[str]:
     """A `vllm serve ...` argv as this machine runs it: through `vllm_launcher`."""
     if argv[:1] != ["vllm"]:
         raise RecipeError(f"expected a `vllm ...` command, got {' '.join(argv[:2])}")
-    return [sys.executable, "-m", "modal_llm_serving.vllm_launcher", *argv[1:]]
+    return [sys.executable, "-m", "modal_llm_serving.local.launcher", *argv[1:]]
 
 
 def argv_settings(argv: list[str]) -> dict[str, str | None]:

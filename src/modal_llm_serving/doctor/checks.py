@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from modal_llm_serving.cpu_info import FLAGS, CpuInfo, read_cpu_info
+from modal_llm_serving.local.cpu_info import FLAGS, CpuInfo, read_cpu_info
 
 __all__ = [
     "SUPPORTED_MODAL",

@@ -12,7 +12,7 @@ names the field and what came, so the caller fails that one request (the benchma
 >>> read_chunk({"choices": ["x"]}, chat=True)
 Traceback (most recent call last):
 ...
-modal_llm_serving.wire.MalformedResponse: choices[0] is a str, not an object
+modal_llm_serving.endpoint.wire.MalformedResponse: choices[0] is a str, not an object
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from modal_llm_serving import __version__
-from modal_llm_serving.cli_params import LONGEST_WAIT_S, Finite
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.errors import EngineStartError, MlsError, UsageError
 
 P = ParamSpec("P")
@@ -66,7 +66,7 @@ class MlsGroup(click.Group):
 
 def _message(exc: BaseException) -> str:
     """An error's text as one redacted line (messages may quote URLs and server bodies)."""
-    from modal_llm_serving.wire import one_line
+    from modal_llm_serving.endpoint.wire import one_line
 
     return one_line(_redacted(str(exc)), 600)
 
@@ -96,7 +96,7 @@ def _redacted(text: str) -> str:
 
 def _internal_error(exc: Exception) -> str:
     """Write the traceback (redacted) to a log file; return the one line to show."""
-    from modal_llm_serving.model_cache import cache_dir
+    from modal_llm_serving.local.embedded_model import cache_dir
 
     summary = _message(exc)[:200]
     try:
@@ -146,7 +146,7 @@ def proxy_auth_options(command: Callable[P, R]) -> Callable[P, R]:
 def request_headers(headers: tuple[str, ...], proxy_token_id: str | None,
                     proxy_token_secret: str | None) -> dict[str, str]:
     """--header values plus the Modal proxy auth pair, which must come together."""
-    from modal_llm_serving.client import check_headers
+    from modal_llm_serving.endpoint.client import check_headers
 
     parsed = parse_headers(headers)
     if bool(proxy_token_id) != bool(proxy_token_secret):
@@ -194,7 +194,7 @@ def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, 
     Waits for readiness (retrying refused connections and 502/503/504), then checks /health,
     /v1/models, one chat completion and one streamed chat completion. Exits 0 only if all pass.
     """
-    from modal_llm_serving.smoke import run_smoke
+    from modal_llm_serving.endpoint.smoke import run_smoke
 
     report = run_smoke(url, api_key=api_key, model=model,
                        headers=request_headers(headers, proxy_token_id, proxy_token_secret),
@@ -272,8 +272,8 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
     every difference is printed. Then it waits until the model is listed, runs the smoke test and
     keeps serving until Ctrl-C (or SIGTERM), which stops the engine and its children.
     """
-    from modal_llm_serving.local import engine_build, start_server
-    from modal_llm_serving.smoke import run_smoke
+    from modal_llm_serving.endpoint.smoke import run_smoke
+    from modal_llm_serving.local.serve import engine_build, start_server
 
     build = engine_build()
     command = _local_command(recipe, model, revision, served_model_name, host, port, build,
@@ -315,10 +315,10 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
     With --check (the default) the recipe's command is parsed by the engine's own argument
     parser, so a flag the pinned engine version does not know fails here, not on a GPU.
     """
-    from modal_llm_serving.engine_args import parse_command
-    from modal_llm_serving.engines import engine_of
-    from modal_llm_serving.local import engine_build, launcher_argv
-    from modal_llm_serving.recipes import load_recipe, recipe_command, resolve_recipe
+    from modal_llm_serving.local.engine_args import parse_command
+    from modal_llm_serving.local.serve import engine_build, launcher_argv
+    from modal_llm_serving.local.transforms import engine_of
+    from modal_llm_serving.recipes.files import load_recipe, recipe_command, resolve_recipe
 
     path = resolve_recipe(recipe)
     recipe_argv = recipe_command(load_recipe(path))
@@ -346,8 +346,8 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
                    served_model_name: str | None, host: str, port: int | None,
                    build: str | None, *, show: Callable[[str], None] | None) -> Any:
     """Build the command `mls local serve` runs; `show` each step and the result, if given."""
-    from modal_llm_serving.local import launcher_argv, local_command
-    from modal_llm_serving.recipes import resolve_recipe
+    from modal_llm_serving.local.serve import launcher_argv, local_command
+    from modal_llm_serving.recipes.files import resolve_recipe
 
     say = show or (lambda _message: None)
     path = resolve_recipe(recipe)
@@ -360,7 +360,7 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
     for change in command.changes:
         say(f"  {change.describe()}")
     if command.env:
-        from modal_llm_serving.engines import CPU_ENVIRONMENT
+        from modal_llm_serving.local.transforms import CPU_ENVIRONMENT
 
         reasons = {setting.variable: setting.reason for setting in CPU_ENVIRONMENT}
         say("environment (the command is unchanged; a value you set yourself wins):")
@@ -426,7 +426,7 @@ def doctor(python_: str | None, json_: bool) -> None:
     whether a token is configured (never shown, not validated), a Hugging Face token, local vLLM
     and SGLang, and a GPU. Exits 1 if any check fails; warnings do not fail.
     """
-    from modal_llm_serving.doctor import run_doctor
+    from modal_llm_serving.doctor.checks import run_doctor
 
     report = run_doctor(python=python_)
     if json_:
@@ -460,7 +460,7 @@ def revision_command(model: str, ref: str) -> None:
     Asks the Hub's API (HF_ENDPOINT if set; HF_TOKEN for gated models). Offline, or on any
     failure, it exits 1 with the reason and prints no hash.
     """
-    from modal_llm_serving.revision import resolve_revision
+    from modal_llm_serving.facts.revision import resolve_revision
 
     click.echo(resolve_revision(model, ref=ref))
 
@@ -489,7 +489,7 @@ def skill_path() -> None:
 @click.option("--force", is_flag=True, help="Replace an installed copy.")
 def skill_install(agent: str, folder: Path | None, force: bool) -> None:
     """Install exactly the skill this toolkit carries into an agent's skills folder."""
-    from modal_llm_serving.skill import default_skills_dir, install_skill
+    from modal_llm_serving.skill.install import default_skills_dir, install_skill
 
     installed = install_skill(folder or default_skills_dir(agent), force=force)
     click.echo(f"installed the modal-llm-serving skill ({__version__}) at {installed}")
@@ -514,7 +514,7 @@ def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
     case passes when the agent, as judge, finds every expectation met. Without an agent CLI with
     credentials it says so in one line and exits 0 (nothing to run).
     """
-    from modal_llm_serving.evals import find_agent, run_evals
+    from modal_llm_serving.skill.evals import find_agent, run_evals
 
     found = find_agent(agent)
     if found is None:
@@ -722,7 +722,7 @@ def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: 
                      timeout: float, since: float | None) -> None:
     """Time from now to the first token at URL, retrying 503s and connection errors."""
     from modal_llm_serving.bench.coldstart import run_cold_start
-    from modal_llm_serving.client import normalize_base_url
+    from modal_llm_serving.endpoint.client import normalize_base_url
 
     base_url = normalize_base_url(url)
     if model is None:
@@ -787,7 +787,7 @@ def workload_options(command: Callable[P, R]) -> Callable[P, R]:
 
 def _workload(workload_file: Path | None, assignments: tuple[str, ...],
               flags: dict[str, Any]) -> Any:
-    from modal_llm_serving.workload import workload_from_inputs
+    from modal_llm_serving.facts.workload import workload_from_inputs
 
     return workload_from_inputs(workload_file, flags=flags, assignments=assignments)
 
@@ -806,7 +806,7 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     would); 2 invalid workload (the message names the field).
     """
     from modal_llm_serving.errors import PlanRefused
-    from modal_llm_serving.plan import explain, make_plan
+    from modal_llm_serving.plan.decide import explain, make_plan
 
     workload = _workload(workload_file, assignments, flags)
     try:
@@ -836,7 +836,7 @@ def new_command(workload_file: Path | None, assignments: tuple[str, ...],
     Only the recipe's UPPER_CASE settings constants change (a syntax-tree edit). Exit codes:
     0 written and `mls check` clean; 1 refused, or the written file has findings; 2 bad input.
     """
-    from modal_llm_serving.render import new_app
+    from modal_llm_serving.recipes.new import new_app
 
     click.echo("planning and writing the app; then importing it with the Modal SDK to check "
                "it", err=True)
@@ -881,7 +881,7 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
     child process (where module-level code only defines things), so a crash or hang on import
     is a finding too. Exit codes: 0 no findings; 1 findings; 2 bad usage (e.g. missing file).
     """
-    from modal_llm_serving.check import RULES, check_files, import_skipped_reason
+    from modal_llm_serving.check.checker import RULES, check_files, import_skipped_reason
 
     if list_:
         if json_:
@@ -940,7 +940,3 @@ def render_findings(findings: list[Any], *, files: int) -> None:
 def main() -> None:
     cli(prog_name="mls")
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()

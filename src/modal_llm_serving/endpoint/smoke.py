@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from modal_llm_serving.client import OpenAIClient, normalize_base_url, raise_if_client_side
+from modal_llm_serving.endpoint.client import OpenAIClient, normalize_base_url, raise_if_client_side
+from modal_llm_serving.endpoint.wire import one_line
 from modal_llm_serving.errors import EndpointError, EndpointStatusError, EndpointTimeout
 from modal_llm_serving.redact import redact_url
-from modal_llm_serving.wire import one_line
 
 __all__ = ["SmokeReport", "SmokeStep", "run_smoke", "wait_until_ready"]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from modal_llm_serving.errors import RecipeError
+from modal_llm_serving.errors import RecipeError, UsageError
+from modal_llm_serving.skill import skill_dir
 
 __all__ = [
     "RECIPES",
@@ -37,14 +38,11 @@ SERVER_OVERRIDES = ("model", "revision", "served_model_name", "host", "port")
 
 
 def recipes_dir() -> Path:
-    """The recipes folder: the checkout's skill if this runs from one, else the wheel's copy."""
-    package = Path(__file__).resolve().parent
-    checkout = package.parents[1] / "skills" / "modal-llm-serving" / "scripts"
-    for candidate in (checkout, package / "_skill" / "scripts"):
-        if candidate.is_dir():
-            return candidate
-    raise RecipeError(f"no recipes folder at {checkout} or {package / '_skill' / 'scripts'}; "
-                      "reinstall the package (pip install -e .) from a full checkout")
+    """The recipes folder: `scripts/` of the skill this installation carries."""
+    try:
+        return skill_dir() / "scripts"
+    except UsageError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def recipe_path(name: str) -> Path:

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import UsageError
-from modal_llm_serving.skill import SKILL_NAME, install_skill, skill_dir
+from modal_llm_serving.skill import SKILL_NAME, skill_dir
+from modal_llm_serving.skill.install import install_skill
 
 __all__ = ["AGENTS", "Transcript", "find_agent", "judge_prompt", "parse_transcript",
            "parse_verdicts", "run_evals", "score_triggers"]

@@ -16,8 +16,8 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
-from modal_llm_serving.engines import engine_of
 from modal_llm_serving.errors import EngineArgsError, EngineNotInstalled
+from modal_llm_serving.local.transforms import engine_of
 
 __all__ = ["parse_command", "parse_sglang", "parse_vllm_serve", "vllm_engine_args"]
 
@@ -29,7 +29,7 @@ def _vllm_version_lookup() -> Iterator[None]:
     (The same answer `vllm_launcher` gives, but undone afterwards: nothing else in this process
     should see it.)
     """
-    from modal_llm_serving import vllm_launcher
+    from modal_llm_serving.local import launcher as vllm_launcher
 
     saved = importlib.metadata.version
     importlib.metadata.version = vllm_launcher._version

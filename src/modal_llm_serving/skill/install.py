@@ -14,23 +14,13 @@ import tempfile
 from pathlib import Path
 
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.skill import SKILL_NAME, skill_dir
 
-__all__ = ["SKILL_NAME", "default_skills_dir", "install_skill", "skill_dir"]
+__all__ = ["default_skills_dir", "install_skill"]
 
-SKILL_NAME = "modal-llm-serving"
 # Where agents look for user-level skills, first match wins for the default.
 _AGENT_DIRS = {"claude": Path("~/.claude/skills"), "codex": Path("~/.codex/skills"),
                "agents": Path("~/.agents/skills")}
-
-
-def skill_dir() -> Path:
-    """The skill folder this installation carries (a checkout's, else the wheel's copy)."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package.parents[1] / "skills" / SKILL_NAME, package / "_skill"):
-        if (candidate / "SKILL.md").is_file():
-            return candidate
-    raise UsageError(f"this installation carries no skill folder (looked in {package / '_skill'});"
-                     " reinstall the toolkit from its repository")
 
 
 def default_skills_dir(agent: str) -> Path:

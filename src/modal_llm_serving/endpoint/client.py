@@ -21,10 +21,8 @@ from typing import Any
 
 import httpx
 
-from modal_llm_serving.errors import EndpointError, EndpointStatusError, UsageError
-from modal_llm_serving.redact import redact_url
-from modal_llm_serving.sse import SSEParser
-from modal_llm_serving.wire import (
+from modal_llm_serving.endpoint.sse import SSEParser
+from modal_llm_serving.endpoint.wire import (
     ChatCompletion,
     one_line,
     parse_object,
@@ -32,6 +30,8 @@ from modal_llm_serving.wire import (
     read_chunk,
     read_models,
 )
+from modal_llm_serving.errors import EndpointError, EndpointStatusError, UsageError
+from modal_llm_serving.redact import redact_url
 
 __all__ = ["ChatResult", "OpenAIClient", "StreamResult", "check_headers", "normalize_base_url",
            "raise_if_client_side", "tls_failure"]

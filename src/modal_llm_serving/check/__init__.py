@@ -1,0 +1,1 @@
+"""`mls check`: any Modal LLM app file against the serving rules."""

@@ -1,0 +1,1 @@
+"""What is known before planning: the workload, GPU figures, model architectures, Hub pins."""

@@ -1,0 +1,1 @@
+"""The serving recipes: where they live, loading one, asking its command, writing one (`new`)."""
