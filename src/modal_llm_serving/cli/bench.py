@@ -1,0 +1,232 @@
+"""`mls bench run|report|cold-start`: benchmark an OpenAI-compatible streaming endpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modal_llm_serving.cli.options import (
+    P,
+    R,
+    echo_json,
+    proxy_auth_options,
+    request_headers,
+)
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
+from modal_llm_serving.cli.root import EXIT_INTERRUPTED, cli
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmark an OpenAI-compatible streaming endpoint (TTFT, TPOT, ITL, E2EL, throughput).
+
+    \b
+    mls bench run URL --concurrency 1,8,32 -n 200     closed-loop sweep
+    mls bench run URL --rate 2,4 --duration 60         open loop (Poisson), from the schedule
+    mls bench report results/bench-...                 re-render a saved run
+    mls bench cold-start URL --repeat 3 --wait 900     time to first token from zero
+    """
+
+
+def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
+    """Options every bench command shares: who to talk to and how."""
+    options: list[Callable[[Any], Any]] = [
+        click.option("--model", help="Model id [default: the only served model]."),
+        click.option("--api-key", envvar="MLS_API_KEY",
+                     help="Bearer key for /v1 routes [env MLS_API_KEY]."),
+        click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+                     help="Extra header on every request (repeatable)."),
+        proxy_auth_options,
+        click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat",
+                     show_default=True, help="/v1/chat/completions or /v1/completions."),
+        click.option("--json", "json_", is_flag=True, help="Print the summary as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@bench.command("run")
+@click.argument("url")
+@_bench_common
+@click.option("--concurrency", "-c", metavar="N[,N...]",
+              help="Closed loop: requests in flight; a comma list sweeps [default: 1].")
+@click.option("--rate", "-r", metavar="R[,R...]",
+              help="Open loop: requests/s (inf = all at once); a comma list sweeps.")
+@click.option("--arrival", type=click.Choice(["poisson", "constant", "gamma"]),
+              default="poisson", show_default=True, help="Open-loop arrival process.")
+@click.option("--burstiness", type=Finite(0, 1e6, min_open=True), default=1.0, show_default=True,
+              help="Gamma shape (1 = Poisson, < 1 burstier).")
+@click.option("--max-concurrency", type=click.IntRange(1, 100_000),
+              help="Open loop: cap on requests in flight.")
+@click.option("--num-requests", "-n", type=click.IntRange(1, 1_000_000_000),
+              help="Requests per level [default: 100 unless --duration].")
+@click.option("--duration", type=Finite(0, LONGEST_WAIT_S, min_open=True),
+              help="Seconds per level; no new request starts after it.")
+@click.option("--warmup", type=Finite(0, LONGEST_WAIT_S), default=0.0, show_default=True,
+              help="Seconds at the start excluded from the measurement window.")
+@click.option("--cooldown", type=Finite(0, LONGEST_WAIT_S), default=0.0, show_default=True,
+              help="Seconds at the end excluded from the measurement window.")
+@click.option("--input-len", default="128", show_default=True, metavar="SPEC",
+              help="Prompt tokens: N, uniform:MIN:MAX or normal:MEAN:STD.")
+@click.option("--output-len", metavar="SPEC",
+              help="Output tokens (same forms) [default: 128, or from the dataset].")
+@click.option("--dataset", type=click.Path(dir_okay=False, path_type=Path),
+              help="Prompts: JSONL ({prompt, output_tokens} or {messages}) or ShareGPT JSON.")
+@click.option("--tokenizer", help="Local tokenizer folder or Hub id [default: the server's "
+                                  "/tokenize].")
+@click.option("--turns", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Turns per conversation (multi-turn sessions reuse their prefix).")
+@click.option("--session-header", default="Modal-Session-ID", show_default=True,
+              help="Header carrying one id per conversation (sticky routing) when --turns > 1.")
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
+              help="Ask for exactly the output length (vLLM/SGLang ignore_eos).")
+@click.option("--min-tokens", is_flag=True,
+              help="Also send min_tokens = output length (servers without ignore_eos).")
+@click.option("--slo", "slos", multiple=True, metavar="METRIC:MS",
+              help="SLO for goodput, e.g. --slo ttft:500 --slo tpot:50 (ttft, tpot, e2el).")
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=600.0,
+              show_default=True, help="Seconds a request may take in all.")
+@click.option("--stall-timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True),
+              default=120.0,
+              show_default=True, help="Seconds a stream may go without a byte.")
+@click.option("--retries", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Retries of a 429/503 answer (each attempt counted in the record).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Prompts and arrivals.")
+@click.option("--transport", type=click.Choice(["raw", "aiohttp", "httpx"]), default="raw",
+              show_default=True, help="HTTP client (raw measured lowest overhead).")
+@click.option("--workers", type=click.IntRange(1, 256), metavar="N",
+              help="Processes the streams are split over, each with its own event loop "
+                   "[default: one per 128 streams, at most one per core].")
+@click.option("--prewarm/--no-prewarm", default=True, show_default=True,
+              help="Open the pool's connections before the clock starts (raw transport); "
+                   "--no-prewarm counts first-request handshakes, as vllm bench serve does.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder [default: results/bench-<UTC time>].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the results already in --out (without it, a used folder is refused).")
+@click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
+def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
+              proxy_token_secret: str | None, json_: bool, out: Path | None, overwrite: bool,
+              no_report: bool, **options: Any) -> None:
+    """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
+
+    Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
+    on stderr; results are written as requests finish, so Ctrl-C keeps what finished.
+    """
+    from modal_llm_serving.bench.api import BenchOptions, run_bench
+    from modal_llm_serving.bench.report import render_report, summary_lines
+
+    bench_options = BenchOptions(
+        url=url, headers=request_headers(headers, proxy_token_id, proxy_token_secret), **options)
+    chosen: list[Path] = []
+
+    def on_level(level: Any, summary: dict[str, Any]) -> None:
+        if not json_:
+            click.echo("\n" + "\n".join(summary_lines(summary)))
+
+    try:
+        summaries = run_bench(
+            bench_options, out_dir=out, overwrite=overwrite, on_out_dir=chosen.append,
+            progress=_bench_progress(), on_info=lambda message: click.echo(message, err=True),
+            on_level=on_level)
+    except KeyboardInterrupt:
+        if chosen and chosen[0].is_dir():
+            click.echo(f"\ninterrupted: finished requests are in {chosen[0]} "
+                       f"(`mls bench report {chosen[0]}` summarizes them)", err=True)
+        else:
+            click.echo("\ninterrupted before any request finished", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    out = chosen[0]
+    if not no_report:
+        click.echo(f"report: {render_report(out)}", err=True)
+    click.echo(f"results: {out}", err=True)
+    if json_:
+        echo_json(summaries[0] if len(summaries) == 1 else summaries)
+    if any(summary["completed"] == 0 for summary in summaries):
+        click.echo("no request succeeded at some level; see the errors above", err=True)
+        sys.exit(1)
+
+
+def _bench_progress() -> Callable[[Any, Any], None]:
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(level: Any, snap: Any) -> None:
+        target = (f"/{snap.target}" if snap.target else
+                  f" of {snap.duration_s:g} s" if snap.duration_s else "")
+        line = (f"{level.slug}: {snap.elapsed_s:6.1f} s  done {snap.done}{target}  failed "
+                f"{snap.failed}  in flight {snap.in_flight}  {snap.output_tok_s:8.1f} tok/s")
+        if interactive:
+            click.echo(f"\r{line:<90}", nl=False, err=True)
+        elif snap.elapsed_s - last[0] >= 10:
+            last[0] = snap.elapsed_s
+            click.echo(line, err=True)
+
+    return show
+
+
+@bench.command("report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "json_", is_flag=True, help="Print the saved summary as JSON.")
+def bench_report(folder: Path, json_: bool) -> None:
+    """Re-render report.md and plots of a saved run (or sweep) FOLDER."""
+    from modal_llm_serving.bench.report import render_report, summary_lines
+    from modal_llm_serving.bench.results import read_summary
+
+    path = render_report(folder)
+    if json_:
+        sweep = folder / "sweep.json"
+        echo_json(json.loads(sweep.read_text()) if sweep.is_file() else read_summary(folder))
+        return
+    if not (folder / "sweep.json").is_file():
+        click.echo("\n".join(summary_lines(read_summary(folder))))
+    click.echo(f"report: {path}")
+
+
+@bench.command("cold-start")
+@click.argument("url")
+@_bench_common
+@click.option("--repeat", type=click.IntRange(1, 10_000), default=1, show_default=True,
+              help="Trials.")
+@click.option("--wait", type=Finite(0, LONGEST_WAIT_S), default=0.0, show_default=True,
+              help="Seconds between trials (let the endpoint scale back to zero).")
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=900.0,
+              show_default=True, help="Seconds a trial may wait for its first token.")
+@click.option("--since", type=Finite(0, 1e11), metavar="UNIX_SECONDS",
+              help="Start the first trial's clock at this past moment (e.g. `date +%s.%N` "
+                   "taken when the deploy returned) [default: now].")
+def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: tuple[str, ...],
+                     proxy_token_id: str | None, proxy_token_secret: str | None,
+                     endpoint: str, json_: bool, repeat: int, wait: float,
+                     timeout: float, since: float | None) -> None:
+    """Time from now to the first token at URL, retrying 503s and connection errors."""
+    from modal_llm_serving.bench.coldstart import run_cold_start
+    from modal_llm_serving.endpoint.client import normalize_base_url
+
+    base_url = normalize_base_url(url)
+    if model is None:
+        raise click.UsageError("--model is required: a scaled-to-zero endpoint cannot list its "
+                               "models before it is up")
+    result = run_cold_start(base_url=base_url, model=model, api_key=api_key,
+                            headers=request_headers(headers, proxy_token_id,
+                                                    proxy_token_secret),
+                            endpoint=endpoint, repeat=repeat,
+                            wait_s=wait, timeout_s=timeout, since_epoch_s=since,
+                            on_event=lambda message: click.echo(message, err=True))
+    if json_:
+        echo_json(result)
+    else:
+        seconds = result["seconds_to_first_token"]
+        if seconds["n"]:
+            click.echo(f"time to first token (n={seconds['n']}): median {seconds['median']:.2f} s,"
+                       f" min {seconds['min']:.2f} s, max {seconds['max']:.2f} s "
+                       f"({result['definition']})")
+    if result["failed"]:
+        sys.exit(1)
