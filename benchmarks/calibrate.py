@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import PYTHON, ROOT, guidellm, load_average, ours, vllm_bench
-from mock_server import MockProcess
+from mockserver import MockProcess
 
 TOOLS = ("ours", "ours-1proc", "ours-aiohttp", "ours-httpx", "ours-noprewarm", "vllm",
          "guidellm")

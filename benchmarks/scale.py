@@ -18,7 +18,7 @@ import time
 
 import psutil
 from _common import PYTHON, ROOT, load_average
-from mock_server import MockProcess
+from mockserver import MockProcess
 
 
 def main() -> None:

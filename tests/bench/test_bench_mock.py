@@ -1,12 +1,11 @@
 """`mls bench` against the calibration mock: faults, bounds, sessions, reports, cold start.
 
-The mock (benchmarks/mock_server.py) runs in its own process with known timings and injected
+The mock (benchmarks/mockserver/) runs in its own process with known timings and injected
 faults; it is used here only for what a real engine cannot do on demand (faults, exact timings).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,35 +14,22 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.mockserver import MockProcess
 from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
 from modal_llm_serving.cli import cli
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _mock_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mock_server", ROOT / "benchmarks" /
-                                                  "mock_server.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MOCK = _mock_module()
 
 
 @pytest.fixture(scope="module")
 def mock() -> Iterator[Any]:
-    with MOCK.MockProcess(ttft_ms=30, itl_ms=5) as server:
+    with MockProcess(ttft_ms=30, itl_ms=5) as server:
         yield server
+        assert server.stats()["errors"] == []  # no fate here came from a bug of the mock
 
 
 def _run(url: str, out: Path, **options: Any) -> dict[str, Any]:
@@ -73,7 +59,7 @@ def test_one_stream_measures_the_known_truth(mock: Any, tmp_path: Path) -> None:
 
 def test_chunked_streams_keep_tpot_per_token(tmp_path: Path) -> None:
     """4 tokens per event, 40 ms apart: TPOT is still 10 ms per token (not per event)."""
-    with MOCK.MockProcess(ttft_ms=20, itl_ms=10, chunk=4) as server:
+    with MockProcess(ttft_ms=20, itl_ms=10, chunk=4) as server:
         summary = _run(server.url, tmp_path, concurrency="1", num_requests=3, input_len="8",
                        output_len="24")
     record = _records(tmp_path)[0]
@@ -84,7 +70,7 @@ def test_chunked_streams_keep_tpot_per_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_every_transport_gives_the_same_fates(transport: str, tmp_path: Path) -> None:
-    with MOCK.MockProcess(ttft_ms=20, itl_ms=2, faults=("reset=3", "503=4")) as server:
+    with MockProcess(ttft_ms=20, itl_ms=2, faults=("reset=3", "503=4")) as server:
         summary = _run(server.url, tmp_path, concurrency="2", num_requests=12, input_len="8",
                        output_len="10", transport=transport)
     assert summary["error_counts"] == {"reset": 3, "http_503": 3}  # #12 is both: 503 wins
@@ -93,7 +79,7 @@ def test_every_transport_gives_the_same_fates(transport: str, tmp_path: Path) ->
 
 def test_each_fault_gets_its_fate_and_the_run_goes_on(tmp_path: Path) -> None:
     faults = ("503=5", "429=7", "reset=6", "malformed=11", "stall=13", "nodone=2", "split=3")
-    with MOCK.MockProcess(ttft_ms=10, itl_ms=2, faults=faults, stall_s=3) as server:
+    with MockProcess(ttft_ms=10, itl_ms=2, faults=faults, stall_s=3) as server:
         summary = _run(server.url, tmp_path, concurrency="4", num_requests=26, input_len="8",
                        output_len="12", stall_timeout=1.0)
     records = _records(tmp_path)
@@ -108,7 +94,7 @@ def test_each_fault_gets_its_fate_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 def test_503_then_success_with_retries(tmp_path: Path) -> None:
-    with MOCK.MockProcess(ttft_ms=5, itl_ms=1, faults=("503=2",)) as server:
+    with MockProcess(ttft_ms=5, itl_ms=1, faults=("503=2",)) as server:
         summary = _run(server.url, tmp_path, concurrency="1", num_requests=6, input_len="4",
                        output_len="4", retries=2)
     assert summary["completed"] == 6
@@ -117,7 +103,7 @@ def test_503_then_success_with_retries(tmp_path: Path) -> None:
 
 
 def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
-    with MOCK.MockProcess(faults=("hang=1",)) as server:
+    with MockProcess(faults=("hang=1",)) as server:
         started = time.monotonic()
         summary = _run(server.url, tmp_path, concurrency="2", num_requests=2, input_len="4",
                        output_len="4", timeout=1.5, stall_timeout=1.0)
@@ -146,7 +132,7 @@ def test_duration_bound_and_capped_open_loop(mock: Any, tmp_path: Path) -> None:
 
 
 def test_multi_turn_sessions_reuse_the_prefix_with_one_header(tmp_path: Path) -> None:
-    with MOCK.MockProcess(ttft_ms=5, itl_ms=1) as server:
+    with MockProcess(ttft_ms=5, itl_ms=1) as server:
         summary = _run(server.url, tmp_path, concurrency="2", num_requests=9, turns=3,
                        input_len="6", output_len="5")
         stats = httpx.get(f"{server.url}/mock/stats").json()
@@ -237,7 +223,7 @@ def test_user_jsonl_and_sharegpt_prompts(mock: Any, tmp_path: Path) -> None:
 
 
 def test_interrupted_run_keeps_finished_requests(tmp_path: Path) -> None:
-    with MOCK.MockProcess(ttft_ms=5, itl_ms=5) as server:
+    with MockProcess(ttft_ms=5, itl_ms=5) as server:
         process = subprocess.Popen(
             [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", server.url, "-c",
              "2", "-n", "100000", "--output-len", "10", "--input-len", "4", "--out",
@@ -260,7 +246,7 @@ def test_interrupted_run_keeps_finished_requests(tmp_path: Path) -> None:
 
 
 def test_cold_start_retries_503_until_the_first_token() -> None:
-    with MOCK.MockProcess(ttft_ms=5, itl_ms=1, cold_s=3.0) as server:
+    with MockProcess(ttft_ms=5, itl_ms=1, cold_s=3.0) as server:
         httpx.post(f"{server.url}/mock/scale-to-zero")  # 503s for the next 3 s
         result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
                                           "--repeat", "2", "--json"])
@@ -275,7 +261,7 @@ def test_cold_start_retries_503_until_the_first_token() -> None:
 
 
 def test_cold_start_clock_can_start_at_a_given_moment() -> None:
-    with MOCK.MockProcess(ttft_ms=5, itl_ms=1) as server:
+    with MockProcess(ttft_ms=5, itl_ms=1) as server:
         result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
                                           "--since", str(time.time() - 30), "--json"])
         future = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
@@ -286,7 +272,7 @@ def test_cold_start_clock_can_start_at_a_given_moment() -> None:
 
 
 def test_cold_start_gives_up_on_a_non_retryable_answer() -> None:
-    with MOCK.MockProcess() as server:
+    with MockProcess() as server:
         result = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "nope"])
     assert result.exit_code == 1 and "not retryable: http_404" in result.output
 

@@ -1,8 +1,9 @@
 """A server is untrusted input: generated answers never break a run, a smoke test or a report.
 
-The fuzzing server (tests/fuzz_server.py) plays scripts hypothesis writes: chunks of valid JSON
-with wrong types (`usage` a list, a choice that is a string, token counts as strings), garbage
-events, any split of the bytes, lying Content-Lengths, dropped connections, HTML error pages.
+The mock (benchmarks/mockserver/), in its scripted mode, plays scripts hypothesis writes:
+chunks of valid JSON with wrong types (`usage` a list, a choice that is a string, token counts as
+strings), garbage events, any split of the bytes, lying Content-Lengths, dropped connections,
+HTML error pages.
 Whatever comes, the harness finishes with every request accounted for (ok or failed, with an
 error kind), writes records that load back, and the report renders; the smoke test returns its
 report of five steps.
@@ -10,6 +11,7 @@ report of five steps.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,12 +23,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.mockserver import MockProcess, Script
 from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.report import render_report
 from modal_llm_serving.cli import cli
 from modal_llm_serving.endpoint.smoke import run_smoke
-from tests.fuzz_server import FuzzServer, Script, split, sse
 
 KNOWN_KINDS = re.compile(r"^(http_\d{3}|malformed_chunk|stream_error|no_tokens|reset|timeout|"
                          r"http_protocol|connect|cancelled|tls|bad_request)$")
@@ -90,11 +92,31 @@ def scripts(draw: st.DrawFn) -> Script:
                   content_type=content_type)
 
 
+def sse(*events: Any) -> bytes:
+    """Events as one SSE body: dicts and lists as JSON, bytes as they are, str as data."""
+    out = []
+    for event in events:
+        if isinstance(event, bytes):
+            out.append(event)
+        elif isinstance(event, str):
+            out.append(f"data: {event}\n\n".encode())
+        else:
+            out.append(f"data: {json.dumps(event)}\n\n".encode())
+    return b"".join(out)
+
+
+def split(data: bytes, cuts: list[int]) -> tuple[bytes, ...]:
+    """`data` cut at the given offsets (any framing a network could produce)."""
+    points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    return tuple(data[a:b] for a, b in itertools.pairwise(points) if b > a)
+
+
 @pytest.fixture(scope="module")
 def server() -> Any:
-    with FuzzServer() as running:
+    with MockProcess(model="fuzz") as running:
         yield running
-        assert running.errors == []  # every fate seen came from a script, not a server bug
+        # every fate seen came from a script, not a bug of the mock
+        assert running.stats()["errors"] == []
 
 
 def _bench(url: str, out: Path, n: int) -> dict[str, Any]:
@@ -107,9 +129,9 @@ def _bench(url: str, out: Path, n: int) -> dict[str, Any]:
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(plays=st.lists(scripts(), min_size=1, max_size=4))
-def test_any_answer_fails_only_its_request(server: FuzzServer, tmp_path_factory: Any,
+def test_any_answer_fails_only_its_request(server: MockProcess, tmp_path_factory: Any,
                                            plays: list[Script]) -> None:
-    server.scripts = plays
+    server.script(plays)
     out = tmp_path_factory.mktemp("fuzz")
     n = 4
     summary = _bench(server.url, out, n)
@@ -125,10 +147,10 @@ def test_any_answer_fails_only_its_request(server: FuzzServer, tmp_path_factory:
     assert "<html>" not in report.replace("`", "")  # error pages are one escaped line at most
 
 
-def test_wrong_types_in_chunks_are_counted_not_fatal(server: FuzzServer, tmp_path: Path) -> None:
+def test_wrong_types_in_chunks_are_counted_not_fatal(server: MockProcess, tmp_path: Path) -> None:
     """The shapes a real misbehaving server sent (issue examples), one per request."""
     good = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
-    server.scripts = [
+    server.script([
         Script(pieces=(sse(good, {"id": "c", "choices": [], "usage": [1, 2]}, "[DONE]"),)),
         Script(pieces=(sse({"id": "c", "choices": ["not an object"]}, "[DONE]"),)),
         Script(pieces=(sse({"id": "c", "choices": [{"delta": "a string"}]}, "[DONE]"),)),
@@ -136,7 +158,7 @@ def test_wrong_types_in_chunks_are_counted_not_fatal(server: FuzzServer, tmp_pat
                            "[DONE]"),)),
         Script(pieces=(sse(good, {"choices": [], "usage": {"prompt_tokens": 3,
                                                            "completion_tokens": 1}}, "[DONE]"),)),
-    ]
+    ])
     summary = _bench(server.url, tmp_path, 5)
     assert summary["completed"] == 1 and summary["failed"] == 4
     assert summary["error_counts"] == {"malformed_chunk": 4}
@@ -151,34 +173,32 @@ def test_wrong_types_in_chunks_are_counted_not_fatal(server: FuzzServer, tmp_pat
            "usage": st.one_of(st.just({"prompt_tokens": 5, "completion_tokens": 2}),
                               json_values)})),
        models=st.one_of(st.just({"data": [{"id": "fuzz"}]}), json_values))
-def test_smoke_reports_every_step_whatever_comes(server: FuzzServer, plays: list[Script],
+def test_smoke_reports_every_step_whatever_comes(server: MockProcess, plays: list[Script],
                                                  completion: Any, models: Any) -> None:
     body = json.dumps(completion).encode()
-    server.models_answer = json.dumps(models).encode()
-    server.scripts = [Script(framing="length", pieces=(body,),
-                             content_type="application/json"), *plays]
-    server.served = 0
+    server.script([Script(framing="length", pieces=(body,), content_type="application/json"),
+                   *plays], models=json.dumps(models).encode())
     try:
         report = run_smoke(server.url, ready_timeout=1.0, request_timeout=3.0)
     finally:
-        server.models_answer = json.dumps({"data": [{"id": "fuzz"}]}).encode()
+        server.script()
     assert [step.name for step in report.steps] == ["ready", "health", "models", "chat",
                                                     "chat-stream"]
     assert all("\n" not in step.detail for step in report.steps)
     assert report.ok == all(step.status == "pass" for step in report.steps)
 
 
-def test_cli_smoke_on_a_broken_server_is_one_table_and_exit_1(server: FuzzServer) -> None:
-    server.models_answer = b"[1, 2, 3]"
+def test_cli_smoke_on_a_broken_server_is_one_table_and_exit_1(server: MockProcess) -> None:
+    server.script(models=b"[1, 2, 3]")
     try:
         result = CliRunner().invoke(cli, ["smoke", server.url, "--ready-timeout", "1"])
     finally:
-        server.models_answer = json.dumps({"data": [{"id": "fuzz"}]}).encode()
+        server.script()
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "FAIL  models" in result.output
 
 
-def test_raw_transport_never_sends_a_header_with_a_line_break(server: FuzzServer) -> None:
+def test_raw_transport_never_sends_a_header_with_a_line_break(server: MockProcess) -> None:
     """Even past the CLI's and the library's checks, the transport itself refuses to send it."""
     import asyncio
 
@@ -193,21 +213,20 @@ def test_raw_transport_never_sends_a_header_with_a_line_break(server: FuzzServer
             except TransportError as exc:
                 return exc.kind
 
-    served = server.served
+    served = server.stats()["requests"]
     for bad in ({"X-A": "1\r\nX-Injected: 1"}, {"X-B": "é"}, {"X\nC": "1"}):
         assert asyncio.run(send(bad)) == "bad_request"
-    assert server.served == served  # nothing reached the server
+    assert server.stats()["requests"] == served  # nothing reached the server
 
 
 @pytest.mark.parametrize("missing", [{"/detokenize"}, {"/tokenize", "/detokenize"}])
 def test_a_server_without_detokenize_gets_approximate_prompts_not_a_traceback(
-        server: FuzzServer, tmp_path: Path, missing: set[str]) -> None:
+        server: MockProcess, tmp_path: Path, missing: set[str]) -> None:
     good = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
-    server.scripts = [Script(pieces=(sse(good, "[DONE]"),))]
-    server.missing = missing
+    server.script([Script(pieces=(sse(good, "[DONE]"),))], missing=missing)
     try:
         summary = _bench(server.url, tmp_path, 2)
     finally:
-        server.missing = set()
+        server.script()
     assert summary["completed"] == 2
     assert summary["data"]["tokenizer_source"].startswith("none: word counts (approximate")

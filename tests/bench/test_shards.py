@@ -27,13 +27,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.mockserver import MockProcess
 from modal_llm_serving.bench import shards
 from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.partition import resolve, shares
 from modal_llm_serving.bench.runner import BenchConfig, arrival_times
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import UsageError
-from tests.bench.test_bench_mock import MOCK, _records, _run
+from tests.bench.test_bench_mock import _records, _run
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 splits = st.lists(st.integers(1, 6), min_size=1, max_size=3)  # e.g. [containers, workers]
@@ -128,7 +129,7 @@ def test_workers_are_chosen_from_streams_and_cores(monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="module")
 def mock() -> Any:
-    with MOCK.MockProcess(ttft_ms=20, itl_ms=4, processes=2) as server:
+    with MockProcess(ttft_ms=20, itl_ms=4, processes=2) as server:
         yield server
 
 
@@ -158,7 +159,7 @@ def test_a_split_open_loop_sends_on_the_one_schedule(mock: Any, tmp_path: Path) 
 
 
 def test_split_sessions_keep_their_turns_in_order(tmp_path: Path) -> None:
-    with MOCK.MockProcess(ttft_ms=5, itl_ms=1) as server:
+    with MockProcess(ttft_ms=5, itl_ms=1) as server:
         summary = _run(server.url, tmp_path, concurrency="4", num_requests=24, turns=3,
                        input_len="6", output_len="5", workers=2)
         sessions = list(httpx.get(f"{server.url}/mock/stats").json()["sessions"].values())
@@ -236,7 +237,7 @@ def test_a_slow_collector_makes_workers_wait_not_break(tmp_path: Path) -> None:
             time.sleep(3)  # meanwhile the workers go on: their pipes fill up
 
     # 512 tokens written at once: each record carries 512 gaps; 2 MB of them in about a second
-    with MOCK.MockProcess(ttft_ms=1, itl_ms=0, processes=2) as server:
+    with MockProcess(ttft_ms=1, itl_ms=0, processes=2) as server:
         config = BenchConfig(base_url=server.url, model="mock", concurrency=32,
                              num_requests=500, workers=2)
         prompts = [Prompt(text="alpha bravo", input_len=2, output_len=512)]

@@ -1,0 +1,37 @@
+"""The one mock server: OpenAI-compatible, with a known truth, for calibration and faults ONLY.
+
+It is never a stand-in for an engine: it exists to measure the benchmark client against timings
+that are known exactly (TTFT, per-token delay, chunking) and to inject faults on purpose, from
+the tests and from the calibration benchmarks alike. Run it in its own process (`MockProcess`
+does) so it does not share the client's event loop or core. `--processes N` serves one port
+from N processes (SO_REUSEPORT: the kernel spreads connections over them), so the mock keeps up
+with thousands of streams where one event loop could not.
+
+Truth: a request's first token event is written `ttft_ms` after its body is read, then one event
+every `itl_ms * chunk` (each carrying `chunk` tokens), on an absolute schedule (no drift).
+A busy mock writes late; it says how late, so its lateness is never blamed on the client: the
+usage event's `server_timing` carries its stamps (perf_counter_ns, CLOCK_MONOTONIC, the clock the
+client stamps with) and `first_late_ns` / `max_late_ns`, how far behind the schedule its first
+and its latest event were written.
+
+Faults, `--fault KIND=N` (every Nth request, counted from 1): 503, 429, reset (connection closed
+after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `--stall-s`
+mid-stream), hang (reads the request, never answers), nodone (no `data: [DONE]`), split (events
+written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 503 for S seconds
+after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint). Scripted: answers a
+test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests.
+
+The mock's own failures are recorded and shown by GET /mock/stats (`errors`); tests assert there
+are none, so a bug of the mock never passes for a fate of the client.
+
+Modules: state (what one process knows), protocol (one connection: routes, faults), ticker (the
+fault-free streams' schedule: the hot path), scripted (scripted answers), serve (command line,
+sockets, processes), process (`MockProcess`: the mock in its own process, and its control).
+"""
+
+from __future__ import annotations
+
+from .process import MockProcess
+from .scripted import Script
+
+__all__ = ["MockProcess", "Script"]

@@ -1,0 +1,56 @@
+"""What one mock process knows: its settings, its counts, its faults, and its own failures."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .scripted import Scripted
+from .ticker import WORDS, Ticker
+
+FAULTS = ("503", "429", "reset", "malformed", "stall", "hang", "nodone", "split")
+COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
+
+
+class Settings(argparse.Namespace):
+    ttft_ms: float
+    itl_ms: float
+    chunk: int
+    model: str
+    fault: list[str]
+    stall_s: float
+    cold_s: float
+    processes: int
+    command: list[str]
+
+
+class MockState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # the mock's own failures (a bug here, not a fate of the client): /mock/stats shows
+        # them, and the tests assert there are none
+        self.errors: list[str] = []
+        self.ticker = Ticker(self.errors)
+        self.count = 0
+        self.faults: dict[str, int] = {}
+        for spec in settings.fault or []:
+            kind, _, every = spec.partition("=")
+            if kind not in FAULTS or not every.isdigit() or int(every) < 1:
+                raise SystemExit(f"--fault {spec!r}: use KIND=N with KIND one of {FAULTS}")
+            self.faults[kind] = int(every)
+        self.cold_until = time.monotonic() + settings.cold_s
+        # what the tests check: per session header, the message count of each turn
+        self.sessions: dict[str, list[int]] = {}
+        # answers a test scripted (POST /mock/script); None: the mock answers as itself
+        self.scripted: Scripted | None = None
+
+    def fault_for(self, number: int) -> set[str]:
+        return {kind for kind, every in self.faults.items() if number % every == 0}
+
+    def stats(self) -> dict[str, object]:
+        return {"requests": self.count, "sessions": self.sessions, "errors": self.errors}
+
+
+def tokenize(text: str) -> list[int]:
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    return [vocab.get(word, len(WORDS) + (hash(word) % 1000)) for word in text.split()]
