@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from modal_llm_serving.check.checker import RULES, check_file, check_source
+from modal_llm_serving.check import RULES, check_file, check_source
 from modal_llm_serving.cli import cli
 from modal_llm_serving.recipes.files import RECIPES, recipe_path
 

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.doctor.checks import (
+from modal_llm_serving.doctor import (
     DoctorReport,
     find_launcher_interpreter,
     probe_python,

@@ -1,7 +1,9 @@
-"""The CPU transforms: what `for_local_cpu` changes in a vLLM command, and nothing else."""
+"""The CPU transforms: what `for_local_cpu` changes in a vLLM command, and nothing else; and the
+one reader of an engine command line they (and `mls local`, `mls check`) use."""
 
 from __future__ import annotations
 
+import doctest
 import re
 
 import pytest
@@ -9,14 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modal_llm_serving.errors import RecipeError
-from modal_llm_serving.local.transforms import (
-    CPU_ENVIRONMENT,
-    CPU_TRANSFORMS,
+from modal_llm_serving.local import argv, transforms
+from modal_llm_serving.local.argv import (
     engine_of,
     flag_name,
-    for_local_cpu,
-    llm_kwargs_for_local_cpu,
+    options,
+    served_model,
+    settings,
+    with_value,
 )
+from modal_llm_serving.local.transforms import CPU_ENVIRONMENT, CPU_TRANSFORMS, for_local_cpu
+from tests.skill.cpu_llm_kwargs import llm_kwargs_for_local_cpu
 
 GPU_ONLY = ["--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.9",
             "--kv-cache-memory-bytes", "4G", "--kv-cache-dtype", "fp8", "--enable-sleep-mode",
@@ -92,3 +97,36 @@ def test_the_readme_lists_exactly_these_transforms() -> None:
     assert listed == ours
     environment = set(re.findall(r"^\| set `([A-Z0-9_]+=[^`]*)` \| .+ \|$", readme, re.M))
     assert environment == {f"{e.variable}={e.value}" for e in CPU_ENVIRONMENT}
+
+
+def test_module_examples() -> None:
+    for module in (argv, transforms):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_the_reader_takes_both_forms_bare_switches_and_the_positional_model() -> None:
+    command = ["vllm", "serve", "org/m", "--port", "8000", "--max-model-len=4096",
+               "--enforce-eager", "--host", "-1"]
+    assert [(o.flag, o.value, o.start, o.end) for o in options(command)] == [
+        ("--port", "8000", 3, 5), ("--max-model-len", "4096", 5, 6),
+        ("--enforce-eager", None, 6, 7), ("--host", "-1", 7, 9)]
+    assert served_model(command) == "org/m"
+    assert settings(command) == {"model": "org/m", "port": "8000", "max_model_len": "4096",
+                                 "enforce_eager": None, "host": "-1"}
+    assert served_model(["vllm", "serve", "--model", "org/m"]) is None
+
+
+def test_the_reader_reads_words_it_cannot_work_out_as_values() -> None:
+    """`mls check` reads argv lists from source, where a word may be a number or unknown."""
+    unknown = object()
+    assert [(o.flag, o.value) for o in options(["--port", 8000, "--model", unknown, "--x"])] == [
+        ("--port", 8000), ("--model", unknown), ("--x", None)]
+
+
+def test_with_value_keeps_the_form_the_flag_was_written_in() -> None:
+    assert with_value(["a", "--max-model-len", "9", "b"], "--max-model-len", "4") == [
+        "a", "--max-model-len", "4", "b"]
+    assert with_value(["a", "--max-model-len=9"], "--max-model-len", "4") == [
+        "a", "--max-model-len=4"]
+    assert with_value(["a"], "--port", "1") == ["a", "--port", "1"]

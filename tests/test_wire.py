@@ -66,3 +66,13 @@ def test_a_chat_completion_needs_its_id_text_and_usage() -> None:
                    {**body, "choices": [{"message": "Paris."}]}, {**body, "id": None}):
         with pytest.raises(MalformedResponse):
             read_chat_completion(broken)
+
+
+def test_one_secret_list_covers_the_doctors_names_too() -> None:
+    """`mls doctor` masks with redact's list: Modal's OAuth values are on it, read from the
+    environment given (not only this process's), longest first."""
+    env = {"MODAL_OAUTH_REFRESH_TOKEN": "oauth-refresh-1234", "VLLM_API_KEY": "vk-123",
+           "PATH": "/usr/bin"}
+    secrets = redact.known_secrets(["oauth-refresh"], env=env)
+    assert secrets == ["oauth-refresh-1234", "oauth-refresh", "vk-123"]
+    assert redact.mask("a oauth-refresh-1234 b vk-123 /usr/bin", secrets) == "a *** b *** /usr/bin"

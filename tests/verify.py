@@ -11,6 +11,7 @@ A verifier takes the file (never a recipe name), so the same checks run on both:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import time
@@ -23,9 +24,10 @@ import modal
 import modal.experimental
 import pytest
 
-from modal_llm_serving.local.engine_args import parse_sglang, parse_vllm_serve, vllm_engine_args
-from modal_llm_serving.local.serve import LocalCommand, argv_settings, local_command
-from modal_llm_serving.local.transforms import CPU_TRANSFORMS, engine_of, for_local_cpu
+from modal_llm_serving.local.argv import engine_of, flag_name, settings, with_value
+from modal_llm_serving.local.engine_args import parse_sglang, parse_vllm_serve
+from modal_llm_serving.local.serve import LocalCommand, local_command
+from modal_llm_serving.local.transforms import CPU_TRANSFORMS, for_local_cpu
 from modal_llm_serving.recipes.files import load_recipe, recipe_command, recipe_llm_kwargs
 
 MINUTES = 60
@@ -207,6 +209,17 @@ def verify_modal_settings(spied: Spied) -> str:
     return pattern
 
 
+def vllm_engine_args(args: argparse.Namespace) -> Any:
+    """vLLM's `EngineArgs` from a parsed `vllm serve` namespace: the settings the engine gets.
+
+    `parse_vllm_serve` imported vLLM already (with the CPU build's version lookup answered), so
+    this only builds the settings object.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs.from_cli_args(args)
+
+
 def verify_engine_command(module: ModuleType) -> Any:
     """The file's own command, parsed by its engine's own parser, carries the file's settings.
 
@@ -219,7 +232,7 @@ def verify_engine_command(module: ModuleType) -> Any:
         argv = ["vllm", "serve", kwargs["model"]]
         for key, value in kwargs.items():
             if key != "model":
-                argv += [f"--{key.replace('_', '-')}", str(value)]
+                argv += [flag_name(key), str(value)]
         engine = vllm_engine_args(parse_vllm_serve(argv))
         for key, value in kwargs.items():
             assert getattr(engine, key) == value, key
@@ -265,15 +278,14 @@ def verify_local_command(path: Path, model: Path) -> LocalCommand:
     overridden = recipe_command(module, model=str(model.resolve()), revision=None,
                                 served_model_name="tiny", host="127.0.0.1", port=command.port)
     expected = for_local_cpu(overridden).argv
-    positions = argv_settings(command.argv).get("max_model_len")
-    if positions != argv_settings(expected).get("max_model_len"):  # fitted to the local model
-        index = expected.index("--max-model-len") + 1
-        expected[index] = str(positions)
+    positions = settings(command.argv).get("max_model_len")
+    if positions is not None and positions != settings(expected).get("max_model_len"):
+        expected = with_value(expected, "--max-model-len", positions)  # fitted to the local model
     assert command.argv == expected
     assert command.recipe_argv == recipe_command(module)
     # every difference is reported, each with a reason from the documented list or the overrides
     reported = {change.setting for change in command.changes}
-    before, after = argv_settings(command.recipe_argv), argv_settings(command.argv)
+    before, after = settings(command.recipe_argv), settings(command.argv)
     differing = {k for k in {*before, *after} if before.get(k, "-") != after.get(k, "-")}
     assert reported == differing
     transforms = {t.setting: t.reason for t in CPU_TRANSFORMS}

@@ -16,18 +16,21 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-__all__ = ["MASK", "is_secret_header", "known_secrets", "redact_headers", "redact_text",
-           "redact_url"]
+__all__ = ["MASK", "SECRET_ENV", "is_secret_header", "known_secrets", "mask", "redact_headers",
+           "redact_text", "redact_url"]
 
 MASK = "***"
 # Header names that carry credentials: the standard ones, Modal's proxy auth, and any name that
 # says key, secret, token, password, auth or cookie (X-Api-Key, X-Auth-Token, ...).
 _SECRET_HEADER = re.compile(r"auth|key|secret|token|passw|cookie|credential|signature", re.I)
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]*)@", re.I)
-# Environment variables whose values are credentials, masked wherever they appear in text.
+# Environment variables whose values are credentials, masked wherever they appear in text: the
+# toolkit's and the engines' API keys, Hugging Face tokens, and Modal's tokens (API, proxy auth,
+# OAuth). The one list: `mls doctor` masks its report with it too.
 SECRET_ENV = ("MLS_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "HF_TOKEN",
-              "HUGGING_FACE_HUB_TOKEN", "MODAL_TOKEN_SECRET", "MODAL_PROXY_TOKEN_SECRET",
-              "MODAL_PROXY_TOKEN_ID", "MODAL_TOKEN_ID")
+              "HUGGING_FACE_HUB_TOKEN", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET",
+              "MODAL_PROXY_TOKEN_ID", "MODAL_PROXY_TOKEN_SECRET", "MODAL_OAUTH_REFRESH_TOKEN",
+              "MODAL_OAUTH_CLIENT_SECRET", "MODAL_OAUTH_JWT_KEY")
 
 
 def redact_url(url: str) -> str:
@@ -44,16 +47,28 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: MASK if is_secret_header(name) else value for name, value in headers.items()}
 
 
-def known_secrets(extra: Iterable[str | None] = ()) -> list[str]:
-    """Credential values this process knows: the secret environment variables and `extra`."""
-    values = [os.environ.get(name) for name in SECRET_ENV] + list(extra)
+def known_secrets(extra: Iterable[str | None] = (), *,
+                  env: Mapping[str, str] | None = None) -> list[str]:
+    """Credential values known here, longest first: the `SECRET_ENV` variables of `env` [default:
+    this process's environment] and `extra`."""
+    env = os.environ if env is None else env
+    values = [env.get(name) for name in SECRET_ENV] + list(extra)
     return sorted({value for value in values if value and len(value) >= 4}, key=len,
                   reverse=True)
 
 
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with URL userinfo and each of `secrets` (and known secret env values) masked."""
-    text = redact_url(text)
-    for secret in known_secrets(secrets):
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each of `secrets` replaced by `MASK` (longest first, as `known_secrets` gives
+    them, so no part of a longer secret is left behind).
+
+    >>> mask("token abc123456 in a message", ["abc123456"])
+    'token *** in a message'
+    """
+    for secret in secrets:
         text = text.replace(secret, MASK)
     return text
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with URL userinfo and each of `secrets` (and known secret env values) masked."""
+    return mask(redact_url(text), known_secrets(secrets))

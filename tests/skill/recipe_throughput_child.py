@@ -21,9 +21,9 @@ import modal_llm_serving.local.launcher  # noqa: F401  (must come before vLLM)
 
 
 def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> None:
+    from cpu_llm_kwargs import llm_kwargs_for_local_cpu  # this folder: see its docstring
     from vllm import LLM
 
-    from modal_llm_serving.local.transforms import llm_kwargs_for_local_cpu
     from modal_llm_serving.recipes.files import load_recipe, recipe_llm_kwargs, recipe_path
 
     recipe = load_recipe(recipe_path("qwen3_throughput"))

@@ -657,7 +657,7 @@ def test_server_smoke_sends_proxy_auth_and_retries_503(
 
 def test_server_recipe_with_proxy_auth_off_is_flagged(tmp_path: Path) -> None:
     """The dev endpoints are on the Server's own port: turning proxy auth off exposes them."""
-    from modal_llm_serving.check.checker import check_file
+    from modal_llm_serving.check import check_file
 
     source = recipe_path("vllm_server").read_text().replace(
         "    port=PORT,\n", "    port=PORT,\n    unauthenticated=True,\n", 1)

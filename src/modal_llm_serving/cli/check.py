@@ -37,7 +37,7 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
     child process (where module-level code only defines things), so a crash or hang on import
     is a finding too. Exit codes: 0 no findings; 1 findings; 2 bad usage (e.g. missing file).
     """
-    from modal_llm_serving.check.checker import RULES, check_files, import_skipped_reason
+    from modal_llm_serving.check import RULES, check_files, import_skipped_reason
 
     if list_:
         if json_:

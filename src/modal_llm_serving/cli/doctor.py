@@ -26,7 +26,7 @@ def doctor(python_: str | None, json_: bool) -> None:
     whether a token is configured (never shown, not validated), a Hugging Face token, local vLLM
     and SGLang, and a GPU. Exits 1 if any check fails; warnings do not fail.
     """
-    from modal_llm_serving.doctor.checks import run_doctor
+    from modal_llm_serving.doctor import run_doctor
 
     report = run_doctor(python=python_)
     if json_:

@@ -116,9 +116,9 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
     With --check (the default) the recipe's command is parsed by the engine's own argument
     parser, so a flag the pinned engine version does not know fails here, not on a GPU.
     """
+    from modal_llm_serving.local.argv import engine_of
     from modal_llm_serving.local.engine_args import parse_command
     from modal_llm_serving.local.serve import engine_build, launcher_argv
-    from modal_llm_serving.local.transforms import engine_of
     from modal_llm_serving.recipes.files import load_recipe, recipe_command, resolve_recipe
 
     path = resolve_recipe(recipe)

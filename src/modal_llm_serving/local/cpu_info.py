@@ -18,7 +18,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["CpuInfo", "parse_cpuinfo", "read_cpu_info", "usable_cores"]
+__all__ = ["FLAGS", "CpuInfo", "parse_cpuinfo", "read_cpu_info", "usable_cores"]
 
 # The flags that decide vLLM's CPU kernels, in /proc/cpuinfo's spelling.
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -93,11 +93,11 @@ def usable_cores() -> int:
     return cores
 
 
-def read_cpu_info(path: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+def read_cpu_info() -> CpuInfo:
     """This machine's CPU (Linux reads /proc/cpuinfo; elsewhere only the architecture)."""
     cores = usable_cores()
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
     return parse_cpuinfo(text, arch=platform.machine() or "unknown", cores=cores)

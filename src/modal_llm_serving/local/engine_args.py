@@ -14,25 +14,24 @@ import contextlib
 import importlib.metadata
 import io
 from collections.abc import Iterator
-from typing import Any
 
 from modal_llm_serving.errors import EngineArgsError, EngineNotInstalled
-from modal_llm_serving.local.transforms import engine_of
+from modal_llm_serving.local.argv import engine_of
 
-__all__ = ["parse_command", "parse_sglang", "parse_vllm_serve", "vllm_engine_args"]
+__all__ = ["parse_command", "parse_sglang", "parse_vllm_serve"]
 
 
 @contextlib.contextmanager
 def _vllm_version_lookup() -> Iterator[None]:
     """While vLLM is imported and parses: its version lookup answered for the CPU build too.
 
-    (The same answer `vllm_launcher` gives, but undone afterwards: nothing else in this process
-    should see it.)
+    (The same answer `launcher` gives, but undone afterwards: nothing else in this process should
+    see it. The lookup is saved before `launcher` is imported, since importing it patches.)
     """
-    from modal_llm_serving.local import launcher as vllm_launcher
-
     saved = importlib.metadata.version
-    importlib.metadata.version = vllm_launcher._version
+    from modal_llm_serving.local import launcher
+
+    importlib.metadata.version = launcher._version
     try:
         yield
     finally:
@@ -74,14 +73,6 @@ def parse_vllm_serve(argv: list[str]) -> argparse.Namespace:
     if args.model_tag is not None:  # as `vllm serve` does: the positional model wins
         args.model = args.model_tag
     return args
-
-
-def vllm_engine_args(args: argparse.Namespace) -> Any:
-    """vLLM's `EngineArgs` from a parsed `vllm serve` namespace (the settings the engine gets)."""
-    with _vllm_version_lookup():
-        from vllm.engine.arg_utils import EngineArgs
-
-        return EngineArgs.from_cli_args(args)
 
 
 def parse_sglang(argv: list[str]) -> argparse.Namespace:

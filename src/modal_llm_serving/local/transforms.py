@@ -15,9 +15,9 @@ nothing else about the command changes. The README lists the same table.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Literal
 
-from modal_llm_serving.errors import RecipeError
+from modal_llm_serving.local.argv import flag_name, options
 
 __all__ = [
     "CPU_ENVIRONMENT",
@@ -26,10 +26,7 @@ __all__ = [
     "CpuCommand",
     "CpuEnvironment",
     "CpuTransform",
-    "engine_of",
-    "flag_name",
     "for_local_cpu",
-    "llm_kwargs_for_local_cpu",
 ]
 
 
@@ -93,7 +90,7 @@ CPU_ENVIRONMENT: tuple[CpuEnvironment, ...] = (
                    "torch and vLLM already imported instead of importing them again (vLLM's CPU "
                    "platform forces spawn, against OpenMP threads a process could fork; the API "
                    "server has started none when it forks, and the worker binds its threads in "
-                   "the child); read by our launcher (vllm_launcher.py). Measured on a 2-core "
+                   "the child); read by our launcher (local/launcher.py). Measured on a 2-core "
                    "AMD EPYC, 2 rounds: ready in 12.7 s instead of 17.9 s, the same tok/s, "
                    "200 MiB less memory; docs/PERFORMANCE.md"),
     CpuEnvironment("MLS_VLLM_INSPECT_MODEL_IN_PROCESS", "1",
@@ -104,11 +101,6 @@ CPU_ENVIRONMENT: tuple[CpuEnvironment, ...] = (
                    "model-info cache emptied: ready in 13.1 s instead of 22.6 s; later starts "
                    "use that cache either way"),
 )
-
-
-def flag_name(setting: str) -> str:
-    """vLLM's flag for an `LLM(...)` keyword: `max_model_len` -> `--max-model-len`."""
-    return "--" + setting.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,21 +131,6 @@ class CpuCommand:
     changes: list[Change]
 
 
-def engine_of(argv: list[str]) -> Literal["vllm", "sglang"]:
-    """Which engine an argv starts: `vllm serve ...` or `python -m sglang.launch_server ...`."""
-    if argv[:2] == ["vllm", "serve"]:
-        return "vllm"
-    if len(argv) >= 3 and argv[1:3] == ["-m", "sglang.launch_server"]:
-        return "sglang"
-    raise RecipeError(f"the engine command starts {' '.join(argv[:3])!r}; expected `vllm serve "
-                      "MODEL ...` or `python -m sglang.launch_server ...`")
-
-
-def _split_flag(token: str) -> tuple[str, str | None]:
-    name, equals, value = token.partition("=")
-    return name, (value if equals else None)
-
-
 def for_local_cpu(argv: list[str]) -> CpuCommand:
     """`argv` (a `vllm serve` command) with every CPU transform applied; the rest untouched.
 
@@ -164,33 +141,19 @@ def for_local_cpu(argv: list[str]) -> CpuCommand:
     by_flag |= {"--no-" + t.flag[2:]: t for t in CPU_TRANSFORMS if t.action == "drop"}
     out: list[str] = []
     changes: list[Change] = []
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        name, inline = _split_flag(token)
-        transform = by_flag.get(name) if token.startswith("--") else None
+    copied = 0  # argv[:copied] is dealt with
+    for option in options(argv):
+        transform = by_flag.get(option.flag)
         if transform is None:
-            out.append(token)
-            index += 1
             continue
-        value = inline
-        takes_value = (inline is None and index + 1 < len(argv)
-                       and not argv[index + 1].startswith("--"))
-        if takes_value:
-            value = argv[index + 1]
-        index += 2 if takes_value else 1
-        changes.append(Change(transform.setting, value if value is not None else "on", None,
+        out += argv[copied:option.start]
+        copied = option.end
+        changes.append(Change(transform.setting,
+                              option.value if option.value is not None else "on", None,
                               transform.reason))
+    out += argv[copied:]
     for transform in CPU_TRANSFORMS:
         if transform.action == "set" and transform.flag not in out:
             out.append(transform.flag)
             changes.append(Change(transform.setting, None, "", transform.reason))
     return CpuCommand(argv=out, changes=changes)
-
-
-def llm_kwargs_for_local_cpu(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The batch recipe's `LLM(**kwargs)` with the same transforms as `for_local_cpu`."""
-    out = {key: value for key, value in kwargs.items()
-           if not any(t.action == "drop" and t.setting == key for t in CPU_TRANSFORMS)}
-    out |= {t.setting: True for t in CPU_TRANSFORMS if t.action == "set"}
-    return out

@@ -186,7 +186,7 @@ class NewApp:
     recipe: Path
     output: Path
     render: RenderResult
-    findings: list[Any]  # modal_llm_serving.check.checker.Finding
+    findings: list[Any]  # modal_llm_serving.check.Finding
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "recipe": str(self.recipe),
@@ -199,7 +199,7 @@ class NewApp:
 def new_app(workload: Any, output: Path, *, force: bool = False,
             gpu_catalog: Path | None = None, import_check: bool = True) -> NewApp:
     """Plan `workload`, write its recipe with the plan's settings to `output`, check the file."""
-    from modal_llm_serving.check.checker import check_file
+    from modal_llm_serving.check import check_file
     from modal_llm_serving.plan.decide import make_plan
     from modal_llm_serving.recipes.files import recipe_path
 

@@ -1,0 +1,142 @@
+"""The rules of `mls check`, one row each, and the finding that says where one was broken.
+
+Each rule has an id, a short name, a one-line message (why it matters) and a fix; `RULES` is the
+table `mls check --list` prints. A new rule is a row here, a function in the module of its family
+(`pinning`: revisions, engine versions; `storage`: Volumes, caches, downloads; `serving`:
+readiness, the smoke path, patterns, concurrency, endpoints; `security`: secrets, auth, dev mode;
+`regions`: where a server runs and routes; `imports`: importing the file), one line in
+`run._static_findings`, and a fixture in tests/fixtures/check that fires it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["RULES", "Finding", "Rule", "finding"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule: its id, a short name, why it matters and how to fix it."""
+
+    id: str
+    name: str
+    message: str
+    fix: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("MLS001", "unpinned-revision",
+         "the model is pulled from a mutable registry without a pinned commit: a push to the "
+         "repo silently changes what you serve",
+         "set MODEL_REVISION to a commit hash and pass it (revision=MODEL_REVISION / --revision)"),
+    Rule("MLS002", "weights-not-on-volume",
+         "model weights are not cached on a modal.Volume, so every cold start downloads them",
+         "mount a Volume at the Hugging Face cache, e.g. volumes={'/root/.cache/huggingface': "
+         "modal.Volume.from_name('hf-cache', create_if_missing=True)}"),
+    Rule("MLS003", "compile-cache",
+         "engine compilation artifacts (torch.compile, CUDA graphs, DeepGEMM) are not on a "
+         "Volume of their own, so each cold start recompiles, or a cache wipe takes the weights",
+         "mount a second Volume at the engine's cache (/root/.cache/vllm for vLLM, "
+         "~/.cache/deepgemm for SGLang), separate from the weights Volume"),
+    Rule("MLS004", "no-hf-xet",
+         "HF_XET_HIGH_PERFORMANCE=1 is not set, so the first weight download runs far below "
+         "the network's speed",
+         "add .env({'HF_XET_HIGH_PERFORMANCE': '1'}) to the image"),
+    Rule("MLS005", "no-readiness-check",
+         "nothing polls /health: Modal's web_server readiness is only a TCP check, so success "
+         "can be reported (and requests routed) before the model is loaded",
+         "poll http://127.0.0.1:PORT/health until 200 (and process.poll() for a crash) before "
+         "the server function returns or the smoke test reports success"),
+    Rule("MLS006", "no-smoke-path",
+         "there is no @app.local_entrypoint, so `modal run FILE` cannot prove the app answers",
+         "add an @app.local_entrypoint() that waits for /health and sends one OpenAI chat "
+         "request (a client under `if __name__ == \"__main__\":` doing both also counts)"),
+    Rule("MLS007", "several-patterns",
+         "more than one serving pattern in one file: their knobs and lifecycles conflict",
+         "keep one pattern per file (split online, low-latency and offline into their own apps)"),
+    Rule("MLS008", "max-inputs-with-http-server",
+         "@modal.concurrent(max_inputs=...) with modal.experimental.http_server raises "
+         "TypeError at import",
+         "use @modal.concurrent(target_inputs=N) only with http_server"),
+    Rule("MLS009", "dev-mode-public",
+         "vLLM dev mode (sleep mode) is on behind a public endpoint (@modal.web_server, or "
+         "@app.server with unauthenticated=True): anyone with the URL can call /sleep, "
+         "/wake_up or /collective_rpc",
+         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder, or keep proxy "
+         "auth (requires_proxy_auth=True; a Server's default)"),
+    Rule("MLS010", "low-latency-no-region",
+         "a low-latency server without a pinned region: the GPU may run far from the proxy "
+         "and clients, adding a round trip to every token",
+         "set region=... on the class (and proxy_regions=[...] on http_server) to where your "
+         "users are"),
+    Rule("MLS011", "low-latency-no-503-retry",
+         "a scaled-to-zero http_server answers 503 while it scales up; a client that does not "
+         "retry fails the first request",
+         "retry on HTTP 503 (and timeouts) with a deadline in the smoke test / client"),
+    Rule("MLS012", "secret-in-code",
+         "a secret (API key, token, password) is written in the file: it lands in git, logs "
+         "and images",
+         "read it from a modal.Secret (modal.Secret.from_name) and os.environ at run time"),
+    Rule("MLS013", "unpinned-engine",
+         "the engine version or base image is not pinned (`vllm` without ==, an image tag "
+         "'latest' or none): a rebuild can change the engine under you",
+         "pin the engine (vllm==X.Y.Z, sglang==X.Y.Z) and use a fixed image tag"),
+    Rule("MLS014", "gpu-snapshot-multi-gpu",
+         "GPU memory snapshots are enabled with several GPUs per container, which snapshots "
+         "do not support",
+         "use one GPU with enable_gpu_snapshot, or turn GPU snapshots off for tensor parallelism"),
+    Rule("MLS015", "extra-endpoints",
+         "the app exposes more ports or endpoints than serving needs (several web endpoints, "
+         "tunnels), widening what the public can reach",
+         "expose one web endpoint for the server; drop extra endpoints and modal.forward "
+         "tunnels"),
+    Rule("MLS016", "syntax-error",
+         "the file does not parse as Python", "fix the syntax error at the reported line"),
+    Rule("MLS017", "import-failed",
+         "importing the file with the Modal SDK fails, so `modal deploy` would fail too",
+         "run `python -c 'import runpy; runpy.run_path(\"FILE\")'` and fix the error shown"),
+    Rule("MLS018", "import-timeout",
+         "importing the file did not finish in time: it does work (or waits) at import",
+         "move work at import time into functions (@modal.enter, the local_entrypoint)"),
+    Rule("MLS019", "server-routing-far-from-compute",
+         "a Server's routing_region is in another part of the world than its compute_region: "
+         "every request crosses regions (tens of ms each way) before it reaches a GPU",
+         "set routing_region to the region nearest compute_region (us-east, us-west, eu-west "
+         "or ap-south), or move compute_region"),
+    Rule("MLS020", "unauthenticated-api-without-key",
+         "a Server with unauthenticated=True serves an OpenAI-compatible API that requires no "
+         "key: anyone with the URL can generate on your GPUs",
+         "keep proxy auth (drop unauthenticated=True), or have the engine require an API key "
+         "from a modal.Secret (VLLM_API_KEY / SGLang --api-key)"),
+    Rule("MLS021", "concurrent-on-server",
+         "@modal.concurrent (or @modal.method) on an @app.server class: Servers take "
+         "target_concurrency/max_concurrency in @app.server and expose only HTTP",
+         "remove @modal.concurrent / @modal.method; set target_concurrency= and "
+         "max_concurrency= on @app.server"),
+)
+_BY_ID = {rule.id: rule for rule in RULES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One rule broken at one place."""
+
+    rule: Rule
+    path: str
+    line: int
+    detail: str  # what exactly was found here
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.id, "name": self.rule.name, "path": self.path,
+                "line": self.line, "detail": self.detail, "why": self.rule.message,
+                "fix": self.rule.fix}
+
+    def location(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def finding(rule_id: str, path: str, line: int, detail: str) -> Finding:
+    """A finding of the rule `rule_id` (e.g. "MLS001") at `path:line`."""
+    return Finding(_BY_ID[rule_id], path, line, detail)
