@@ -165,6 +165,21 @@ def test_bad_slos_and_cross_option_checks() -> None:
     assert parse_slos(["ttft:500", "tpot:50"]) == Slo(ttft_ms=500, tpot_ms=50)
 
 
+def test_the_cli_and_the_library_default_alike() -> None:
+    """`mls bench run`'s defaults (shown in its help) are parse_options' defaults."""
+    import inspect
+
+    from modal_llm_serving.cli import cli
+
+    command = cli.commands["bench"].commands["run"]
+    given = command.make_context("run", ["http://x"]).params
+    library = inspect.signature(parse_options).parameters
+    shared = set(library) - {"url", "headers"}
+    assert shared <= set(given)
+    assert {name: given[name] for name in shared} == \
+        {name: library[name].default for name in shared}
+
+
 def test_arrivals_have_the_asked_rate_and_shape() -> None:
     for arrival, burstiness in (("constant", 1.0), ("poisson", 1.0), ("gamma", 0.25)):
         times = arrival_times(count=20_001, rate=50, arrival=arrival, burstiness=burstiness,

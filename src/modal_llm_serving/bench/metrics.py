@@ -1,4 +1,4 @@
-"""A level's numbers, computed from its per-request records (FACTS.md's definitions).
+"""A level's numbers, computed from its per-request records (FORMULAS defines each).
 
 Percentiles use linear interpolation between closest ranks (numpy's default, as `vllm bench
 serve`); `std` is the population standard deviation (also as vLLM). Every statistic carries n.

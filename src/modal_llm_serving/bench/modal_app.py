@@ -67,9 +67,9 @@ app = modal.App("mls-bench-client")
 
 # ## The benchmark function
 
-# It takes the very options value `mls bench run` builds (Modal pickles it across; the package
-# travels with the image), and returns the summaries plus every file the run wrote, so nothing
-# is left behind in the container.
+# It takes the options as one checked value, made by `parse_options` as `mls bench run` makes
+# it (Modal pickles it across; the package travels with the image), and returns the summaries
+# plus every file the run wrote, so nothing is left behind in the container.
 @app.function(image=image, region=BENCH_REGION, cpu=BENCH_CPU,  # type: ignore[untyped-decorator]
               memory=BENCH_MEMORY_MB, timeout=BENCH_TIMEOUT)
 def run_in_region(options: BenchOptions) -> dict[str, Any]:

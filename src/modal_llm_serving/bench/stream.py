@@ -2,8 +2,8 @@
 
 Bytes are stamped with `time.perf_counter_ns()` by the transport the moment a read arrives (in
 `data_received` for the raw transport), before SSE parsing or JSON decoding, so parsing cost never
-shows up as latency. Every event in one read shares the stamp
-of that read: it is when those bytes reached us.
+shows up as latency. Every event in one read shares the stamp of that read: it is when those
+bytes reached us.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """HTTP transports for the benchmark: one streaming POST, chunks stamped as they arrive.
 
-Three implementations exist because the choice was measured, not assumed
-(`benchmarks/transport_overhead.py`, results in docs/PERFORMANCE.md): `raw` (asyncio protocols,
-`rawhttp.py`; the default: least client work per request and per chunk, and stamps taken in
-`data_received`), aiohttp (what `vllm bench serve` uses) and httpx (what the rest of the toolkit
-uses). All map their failures onto the same error kinds, so a record's fate does not depend on the
-transport. A response's `chunks()` yields `(perf_counter_ns stamp, bytes)`.
+Three implementations exist because the choice was measured, not assumed (docs/PERFORMANCE.md,
+"Transport"): `raw` (asyncio protocols, `rawhttp.py`; the default: least client work per request
+and per chunk, and stamps taken in `data_received`), aiohttp (what `vllm bench serve` uses) and
+httpx (what the rest of the toolkit uses). All map their failures onto the same error kinds, so a
+record's fate does not depend on the transport. A response's `chunks()` yields
+`(perf_counter_ns stamp, bytes)`.
 """
 
 from __future__ import annotations
