@@ -5,21 +5,44 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modal_llm_serving.bench.api import BenchOptions, parse_levels, parse_slos, plan_run
 from modal_llm_serving.bench.data import WordTokenizer, parse_length, synthetic_prompts
-from modal_llm_serving.bench.metrics import Accumulator, Slo, percentile, stats
+from modal_llm_serving.bench.metrics import Accumulator, percentile, stats
+from modal_llm_serving.bench.options import Slo, parse_levels, parse_options, parse_slos
 from modal_llm_serving.bench.rawhttp import _ChunkedDecoder
 from modal_llm_serving.bench.records import RequestRecord
-from modal_llm_serving.bench.runner import arrival_times
-from modal_llm_serving.bench.stream import is_token_event
+from modal_llm_serving.bench.runner import arrivals
+from modal_llm_serving.bench.summary import LevelSummary
+from modal_llm_serving.endpoint.wire import MalformedResponse, read_chunk
 from modal_llm_serving.errors import UsageError
 
 MS = 1_000_000
+
+
+def arrival_times(*, count: int, rate: float, arrival: str, burstiness: float,
+                  seed: int) -> list[float]:
+    """The first `count` send offsets (s) of the open loop's schedule."""
+    return list(itertools.islice(arrivals(rate=rate, arrival=arrival, burstiness=burstiness,
+                                          seed=seed), count))
+
+
+def is_token_event(payload: dict[str, Any], *, chat: bool) -> bool:
+    """Token-bearing: non-empty `choices`, except the role-only chunk that opens a chat stream."""
+    try:
+        return read_chunk(payload, chat=chat).token_bearing
+    except MalformedResponse:
+        return False
+
+
+def _summary(accumulator: Accumulator, **window: Any) -> dict[str, Any]:
+    """The accumulator's numbers as summary.json writes them."""
+    return LevelSummary(measured=accumulator.summary(**window), harness={}, label="",
+                        run=None).to_dict()
 
 
 def _record(index: int, *, sent: float, first: float, gaps: list[float], n_out: int | None,
@@ -76,7 +99,7 @@ def test_summary_throughput_goodput_errors_and_window() -> None:
     accumulator.add(_record(0, sent=0, first=40, gaps=[10] * 9, n_out=10))  # ttft 40
     accumulator.add(_record(1, sent=0, first=80, gaps=[10] * 9, n_out=10))  # ttft 80
     accumulator.add(_record(2, sent=0, first=10, gaps=[], n_out=1, error="http_503"))
-    summary = accumulator.summary(slo=Slo(ttft_ms=50))
+    summary = _summary(accumulator, slo=Slo(ttft_ms=50))
     assert summary["completed"] == 2 and summary["failed"] == 1
     assert summary["total_output_tokens"] == 20
     assert summary["n_itl"] == 18 and summary["mean_itl_ms"] == pytest.approx(10)
@@ -95,7 +118,7 @@ def test_warmup_and_cooldown_leave_requests_out_of_the_window() -> None:
     accumulator = Accumulator()
     for index, sent in enumerate((0, 1000, 2000, 3000)):
         accumulator.add(_record(index, sent=sent, first=sent + 50, gaps=[10], n_out=2))
-    summary = accumulator.summary(warmup_s=0.5, cooldown_s=0.5)
+    summary = _summary(accumulator, warmup_s=0.5, cooldown_s=0.5)
     assert summary["completed"] == 2 and summary["excluded_by_window"] == 2
 
 
@@ -138,8 +161,32 @@ def test_bad_slos_and_cross_option_checks() -> None:
     with pytest.raises(UsageError, match="METRIC:MS"):
         parse_slos(["latency:5"])
     with pytest.raises(UsageError, match="nothing of --duration"):
-        plan_run(BenchOptions(url="http://x", duration=10, warmup=6, cooldown=5))
+        parse_options("http://x", duration=10, warmup=6, cooldown=5)
     assert parse_slos(["ttft:500", "tpot:50"]) == Slo(ttft_ms=500, tpot_ms=50)
+
+
+def test_the_cli_and_the_library_default_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mls bench run`'s defaults (shown in its help) are parse_options' defaults."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    from modal_llm_serving.bench import options
+    from modal_llm_serving.cli import cli
+
+    given: dict[str, Any] = {}
+
+    def capture(url: str, **values: Any) -> None:
+        given.update(values)
+        raise UsageError("captured")
+
+    monkeypatch.setattr(options, "parse_options", capture)
+    CliRunner().invoke(cli, ["bench", "run", "http://x"])
+    library = inspect.signature(parse_options).parameters
+    shared = set(library) - {"url", "headers"}
+    assert set(given) - {"headers"} == shared
+    assert {name: given[name] for name in shared} == \
+        {name: library[name].default for name in shared}
 
 
 def test_arrivals_have_the_asked_rate_and_shape() -> None:
@@ -205,7 +252,7 @@ def test_shared_summary_keys_are_the_ones_vllm_bench_serve_writes() -> None:
         assert pattern in source, pattern
     accumulator = Accumulator()
     accumulator.add(_record(0, sent=0, first=5, gaps=[1, 1], n_out=3))
-    summary = accumulator.summary(slo=Slo(ttft_ms=10))
+    summary = _summary(accumulator, slo=Slo(ttft_ms=10))
     expected = {"duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
                 "request_throughput", "request_goodput", "output_throughput",
                 "total_token_throughput"}

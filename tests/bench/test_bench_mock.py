@@ -21,7 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.mockserver import MockProcess
-from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
+from modal_llm_serving.bench.api import run_benchmark
+from modal_llm_serving.bench.options import parse_options
 from modal_llm_serving.cli import cli
 
 
@@ -33,9 +34,8 @@ def mock() -> Iterator[Any]:
 
 
 def _run(url: str, out: Path, **options: Any) -> dict[str, Any]:
-    config, levels, workload = plan_run(BenchOptions(url=url, **options))
-    summaries = run_benchmark(config, levels, workload, out_dir=out)
-    return summaries[0]
+    summaries = run_benchmark(parse_options(url, **options), out_dir=out)
+    return summaries[0].to_dict()
 
 
 def _records(folder: Path) -> list[dict[str, Any]]:
@@ -283,8 +283,8 @@ def test_in_region_app_is_pinned_and_runs_the_same_harness(mock: Any, tmp_path: 
     info = modal_app.run_in_region.info()
     assert info.regions == [modal_app.BENCH_REGION] == ["us-east"]
     assert info.timeout == modal_app.BENCH_TIMEOUT and info.cpu == modal_app.BENCH_CPU
-    result = modal_app.run_here({"url": mock.url, "concurrency": "2", "num_requests": 4,
-                                 "input_len": "4", "output_len": "4"}, out_dir=tmp_path)
+    result = modal_app.run_here(parse_options(mock.url, concurrency="2", num_requests=4,
+                                              input_len="4", output_len="4"), out_dir=tmp_path)
     assert result["summaries"][0]["completed"] == 4
     assert {"requests.jsonl", "summary.json", "report.md"} <= set(result["files"])
 
@@ -302,6 +302,6 @@ def test_in_region_app_live(mock: Any) -> None:  # pragma: no cover - needs cred
     from modal_llm_serving.bench import modal_app
 
     with modal_app.app.run():
-        result = modal_app.run_in_region.remote({"url": url, "concurrency": "1",
-                                                 "num_requests": 3, "output_len": "8"})
+        result = modal_app.run_in_region.remote(parse_options(url, concurrency="1",
+                                                              num_requests=3, output_len="8"))
     assert result["summaries"][0]["completed"] == 3

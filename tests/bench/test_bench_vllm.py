@@ -9,7 +9,8 @@ from typing import Any
 import openai
 import pytest
 
-from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
+from modal_llm_serving.bench.api import run_benchmark
+from modal_llm_serving.bench.options import parse_options
 from modal_llm_serving.local.serve import LocalServer
 
 pytestmark = pytest.mark.engine
@@ -17,8 +18,7 @@ pytestmark = pytest.mark.engine
 
 def _run(server: LocalServer, out: Path, **options: Any) -> tuple[dict[str, Any], list[Any]]:
     options.setdefault("api_key", server.api_key)
-    config, levels, workload = plan_run(BenchOptions(url=server.base_url, **options))
-    summary = run_benchmark(config, levels, workload, out_dir=out)[0]
+    summary = run_benchmark(parse_options(server.base_url, **options), out_dir=out)[0].to_dict()
     records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     return summary, records
 

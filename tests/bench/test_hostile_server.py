@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.mockserver import MockProcess, Script
-from modal_llm_serving.bench.api import BenchOptions, plan_run, run_benchmark
+from modal_llm_serving.bench.api import run_benchmark
+from modal_llm_serving.bench.options import parse_options
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.report import render_report
 from modal_llm_serving.cli import cli
@@ -120,10 +121,9 @@ def server() -> Any:
 
 
 def _bench(url: str, out: Path, n: int) -> dict[str, Any]:
-    config, levels, workload = plan_run(BenchOptions(
-        url=url, model="fuzz", concurrency="2", num_requests=n, input_len="4", output_len="4",
-        timeout=5.0, stall_timeout=1.0))
-    return run_benchmark(config, levels, workload, out_dir=out)[0]
+    options = parse_options(url, model="fuzz", concurrency="2", num_requests=n, input_len="4",
+                            output_len="4", timeout=5.0, stall_timeout=1.0)
+    return run_benchmark(options, out_dir=out)[0].to_dict()
 
 
 @settings(max_examples=EXAMPLES, deadline=None,

@@ -30,10 +30,11 @@ from hypothesis import strategies as st
 from benchmarks.mockserver import MockProcess
 from modal_llm_serving.bench import shards
 from modal_llm_serving.bench.data import Prompt
+from modal_llm_serving.bench.options import Level, parse_options
 from modal_llm_serving.bench.partition import resolve, shares
-from modal_llm_serving.bench.runner import BenchConfig, arrival_times
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import UsageError
+from tests.bench.test_bench import arrival_times
 from tests.bench.test_bench_mock import _records, _run
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
@@ -112,19 +113,22 @@ def test_unbounded_parts_never_share_an_index() -> None:
 
 def test_workers_are_chosen_from_streams_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shards, "usable_cores", lambda: 16)
-    config = BenchConfig(base_url="http://x", model="m", concurrency=1)
-    choose = shards.choose_workers
-    assert choose(config) == 1
-    assert choose(dataclasses.replace(config, concurrency=128)) == 1
-    assert choose(dataclasses.replace(config, concurrency=129)) == 2
-    assert choose(dataclasses.replace(config, concurrency=2048)) == 16
+    config = parse_options("http://x", model="m")
+
+    def choose(level: Level, workers: int | None = None, cap: int | None = None) -> int:
+        options = dataclasses.replace(config, workers=workers, max_concurrency=cap)
+        return shards.choose_workers(options, level)
+
+    assert choose(Level("concurrency", 1)) == 1
+    assert choose(Level("concurrency", 128)) == 1
+    assert choose(Level("concurrency", 129)) == 2
+    assert choose(Level("concurrency", 2048)) == 16
     monkeypatch.setattr(shards, "usable_cores", lambda: 2)
-    assert choose(dataclasses.replace(config, concurrency=2048)) == 2
+    assert choose(Level("concurrency", 2048)) == 2
     # asked for: as given, but never more processes than streams
-    assert choose(dataclasses.replace(config, concurrency=3), 8) == 3
-    assert choose(dataclasses.replace(config, concurrency=None, rate=5.0), 4) == 4
-    assert choose(dataclasses.replace(config, concurrency=None, rate=5.0,
-                                      max_concurrency=600)) == 2
+    assert choose(Level("concurrency", 3), 8) == 3
+    assert choose(Level("rate", 5.0), 4) == 4
+    assert choose(Level("rate", 5.0), cap=600) == 2
 
 
 @pytest.fixture(scope="module")
@@ -238,10 +242,10 @@ def test_a_slow_collector_makes_workers_wait_not_break(tmp_path: Path) -> None:
 
     # 512 tokens written at once: each record carries 512 gaps; 2 MB of them in about a second
     with MockProcess(ttft_ms=1, itl_ms=0, processes=2) as server:
-        config = BenchConfig(base_url=server.url, model="mock", concurrency=32,
-                             num_requests=500, workers=2)
+        options = parse_options(server.url, model="mock", num_requests=500, workers=2)
         prompts = [Prompt(text="alpha bravo", input_len=2, output_len=512)]
-        summary = shards.run_level(config, prompts, sink=slow_sink)
+        summary = shards.run_level(options, Level("concurrency", 32), prompts,
+                                   sink=slow_sink).to_dict()
     assert summary["completed"] == 500 == len(records)
 
 
@@ -256,14 +260,14 @@ def test_in_region_app_splits_a_level_over_containers(mock: Any, tmp_path: Path)
     assert callable(modal_app.run_in_region.map)
     assert "containers" in inspect.signature(modal_app.main.info.raw_f).parameters
 
-    def containers(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def containers(parts: list[Any]) -> list[dict[str, Any]]:
         with ThreadPoolExecutor(len(parts)) as pool:
             return list(pool.map(lambda options: modal_app.run_in_region.local(options), parts))
 
-    options = {"url": mock.url, "concurrency": "6,9", "num_requests": 36, "input_len": "4",
-               "output_len": "8"}
-    summaries = modal_app.run_split(options, 3, tmp_path, run_parts=containers,
-                                    start_margin_s=3.0)
+    options = {"concurrency": "6,9", "num_requests": 36, "input_len": "4", "output_len": "8"}
+    summaries = [summary.to_dict() for summary in modal_app.run_split(
+        parse_options(mock.url, **options), 3, tmp_path, run_parts=containers,
+        start_margin_s=3.0)]
     assert [s["completed"] for s in summaries] == [36, 36]
     for slug, summary in zip(("c6", "c9"), summaries, strict=True):
         records = _records(tmp_path / slug)
@@ -276,8 +280,8 @@ def test_in_region_app_splits_a_level_over_containers(mock: Any, tmp_path: Path)
     assert json.loads((tmp_path / "sweep.json").read_text())["complete"] is True
     assert (tmp_path / "report.md").is_file()
     with pytest.raises(UsageError, match="cannot split"):
-        modal_app.run_split({**options, "concurrency": "2"}, 3, tmp_path / "x",
-                            run_parts=containers)
+        modal_app.run_split(parse_options(mock.url, **{**options, "concurrency": "2"}), 3,
+                            tmp_path / "x", run_parts=containers)
 
 
 MODAL_CREDENTIALS = bool(os.environ.get("MODAL_TOKEN_ID")) or (
@@ -293,8 +297,8 @@ def test_in_region_split_live(tmp_path: Path) -> None:  # pragma: no cover - nee
     from modal_llm_serving.bench import modal_app
 
     with modal_app.app.run():
-        summaries = modal_app.run_split(
-            {"url": url, "concurrency": "4", "num_requests": 8, "output_len": "8"}, 2, tmp_path,
-            run_parts=lambda parts: list(modal_app.run_in_region.map(parts)))
+        summaries = [summary.to_dict() for summary in modal_app.run_split(
+            parse_options(url, concurrency="4", num_requests=8, output_len="8"), 2, tmp_path,
+            run_parts=lambda parts: list(modal_app.run_in_region.map(parts)))]
     assert summaries[0]["completed"] == 8 and summaries[0]["containers"] == 2
     assert sorted(r["index"] for r in _records(tmp_path)) == list(range(8))

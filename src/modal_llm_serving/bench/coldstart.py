@@ -30,6 +30,7 @@ __all__ = ["ColdStartTrial", "run_cold_start"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 RETRY_KINDS = frozenset({"connect", "reset", "timeout"})
+RETRY_PAUSE_S = 0.5  # between a trial's attempts
 
 
 @dataclasses.dataclass
@@ -43,8 +44,8 @@ class ColdStartTrial:
     error: str | None = None
 
 
-async def _trial(number: int, *, spec: RequestSpec, timeout_s: float, pause_s: float,
-                 transport_name: str, since_ns: int | None = None) -> ColdStartTrial:
+async def _trial(number: int, *, spec: RequestSpec, timeout_s: float,
+                 since_ns: int | None) -> ColdStartTrial:
     outcomes: dict[str, int] = {}
     start_ns = time.perf_counter_ns() if since_ns is None else since_ns
     deadline = start_ns + int(timeout_s * 1e9)
@@ -54,7 +55,7 @@ async def _trial(number: int, *, spec: RequestSpec, timeout_s: float, pause_s: f
         attempts += 1
         remaining = max(1.0, (deadline - time.perf_counter_ns()) / 1e9)
         record = RequestRecord(index=attempts, input_len=0, max_tokens=1)
-        async with make_transport(transport_name, pool=1, timeout_s=remaining,
+        async with make_transport("raw", pool=1, timeout_s=remaining,
                                   stall_timeout_s=remaining) as transport:
             await send_streaming(transport, spec, record, t0_ns=start_ns)
         kind = "ok" if record.ok else (record.error or "unknown")
@@ -66,22 +67,20 @@ async def _trial(number: int, *, spec: RequestSpec, timeout_s: float, pause_s: f
         if not retryable:
             return ColdStartTrial(number, None, attempts, outcomes,
                                   error=f"not retryable: {last_error}")
-        await asyncio.sleep(pause_s)
+        await asyncio.sleep(RETRY_PAUSE_S)
     return ColdStartTrial(number, None, attempts, outcomes,
                           error=f"no token within {timeout_s:g} s (last: {last_error})")
 
 
 async def _run(*, spec: RequestSpec, repeat: int, wait_s: float, timeout_s: float,
-               pause_s: float, transport: str, since_ns: int | None,
-               on_event: Callable[[str], None]) -> list[ColdStartTrial]:
+               since_ns: int | None, on_event: Callable[[str], None]) -> list[ColdStartTrial]:
     trials = []
     for number in range(1, repeat + 1):
         if number > 1 and wait_s > 0:
             on_event(f"waiting {wait_s:g} s before trial {number} (for scale-down to zero)")
             await asyncio.sleep(wait_s)
         on_event(f"trial {number}/{repeat}: clock started")
-        trial = await _trial(number, spec=spec, timeout_s=timeout_s, pause_s=pause_s,
-                             transport_name=transport,
+        trial = await _trial(number, spec=spec, timeout_s=timeout_s,
                              since_ns=since_ns if number == 1 else None)
         trials.append(trial)
         shown = (f"{trial.seconds_to_first_token:.2f} s" if trial.seconds_to_first_token
@@ -93,8 +92,7 @@ async def _run(*, spec: RequestSpec, repeat: int, wait_s: float, timeout_s: floa
 
 def run_cold_start(*, base_url: str, model: str, api_key: str | None, headers: dict[str, str],
                    endpoint: str = "chat", repeat: int = 1, wait_s: float = 0.0,
-                   timeout_s: float = 600.0, pause_s: float = 0.5, transport: str = "raw",
-                   since_epoch_s: float | None = None,
+                   timeout_s: float = 600.0, since_epoch_s: float | None = None,
                    on_event: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Run `repeat` trials; return a summary with each trial and stats of the successful ones.
 
@@ -123,12 +121,11 @@ def run_cold_start(*, base_url: str, model: str, api_key: str | None, headers: d
     spec = RequestSpec(url=base_url + path, body=json.dumps(body).encode(), headers=all_headers,
                        chat=chat)
     trials = run_event_loop(_run(spec=spec, repeat=repeat, wait_s=wait_s, timeout_s=timeout_s,
-                                 pause_s=pause_s, transport=transport, since_ns=since_ns,
-                                 on_event=on_event))
+                                 since_ns=since_ns, on_event=on_event))
     seconds = [t.seconds_to_first_token for t in trials if t.seconds_to_first_token is not None]
     return {
         "base_url": redact_url(base_url), "model": model, "repeat": repeat, "wait_s": wait_s,
-        "timeout_s": timeout_s, "retry_pause_s": pause_s, "since_epoch_s": since_epoch_s,
+        "timeout_s": timeout_s, "retry_pause_s": RETRY_PAUSE_S, "since_epoch_s": since_epoch_s,
         "definition": "time to first token = first token-bearing event − trial start, retrying "
                       "502/503/504 and connection errors",
         "trials": [dataclasses.asdict(trial) for trial in trials],

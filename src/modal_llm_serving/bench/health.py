@@ -1,7 +1,7 @@
 """Is the client, not the server, the bottleneck? Client CPU, event-loop lag, dispatch lag, memory.
 
 One asyncio loop runs each worker process of the harness: if it is busy, stamps are late and
-every latency grows. A monitor task asks to wake every `interval`; how late it wakes is the loop
+every latency grows. A monitor task asks to wake every 10 ms; how late it wakes is the loop
 lag. The process's CPU time over wall time says how close its loop thread is to a full core.
 With several workers, each is judged on its own and warnings name the worker.
 """
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.bench.metrics import stats
+from modal_llm_serving.bench.metrics import Distribution, Measured
 from modal_llm_serving.local.cpu_info import usable_cores
 
 __all__ = ["HealthMonitor", "judge", "merge"]
@@ -27,13 +27,13 @@ CPU_LIMIT = 0.85  # of one core
 # TTFT at 128 streams stayed within 2% of truth; at 512 streams lag p99 was ~100 ms
 LOOP_LAG_P99_LIMIT_MS = 10.0
 DISPATCH_LAG_P99_LIMIT_MS = 5.0
+SAMPLE_INTERVAL_S = 0.01  # how often the monitor asks to wake
 
 
 class HealthMonitor:
     """Samples event-loop lag while running; `result()` adds CPU and peak memory."""
 
-    def __init__(self, *, interval_s: float = 0.01) -> None:
-        self._interval = interval_s
+    def __init__(self) -> None:
         self._lags_ms: list[float] = []
         self._task: asyncio.Task[None] | None = None
         self._wall0 = 0.0
@@ -46,7 +46,7 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._sample())
 
     async def _sample(self) -> None:
-        interval = self._interval
+        interval = SAMPLE_INTERVAL_S
         while True:
             before = time.perf_counter()
             await asyncio.sleep(interval)
@@ -64,15 +64,15 @@ class HealthMonitor:
                 await self._task
 
     def result(self) -> dict[str, Any]:
-        lag = stats(self._lags_ms)
+        lag = Distribution.of(self._lags_ms)
         return {
             "client_cpu_fraction_of_one_core": self._cpu / self._wall if self._wall else 0.0,
             "client_cpu_seconds": self._cpu,
             "wall_seconds": self._wall,
-            "loop_lag_n": lag["n"],
-            "loop_lag_p50_ms": lag["p50"],
-            "loop_lag_p99_ms": lag["p99"],
-            "loop_lag_max_ms": lag["max"],
+            "loop_lag_n": lag.n,
+            "loop_lag_p50_ms": lag.p50,
+            "loop_lag_p99_ms": lag.p99,
+            "loop_lag_max_ms": lag.max,
             "peak_rss_mb": peak_rss_mb(),
         }
 
@@ -130,10 +130,10 @@ def merge(parts: list[dict[str, Any]], *, parent_rss_mb: float = 0.0,
     }
 
 
-def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+def judge(harness: dict[str, Any], measured: Measured) -> list[str]:
     """Loud warnings when the client itself limits or distorts the measurement."""
     warnings: list[str] = []
-    if (harness.get("wall_seconds") or 0.0) < MIN_JUDGED_WALL_S or not summary.get("completed"):
+    if (harness.get("wall_seconds") or 0.0) < MIN_JUDGED_WALL_S or not measured.completed:
         # A run of a few requests, or one where nothing succeeded, is mostly start-up and error
         # handling: its CPU share says nothing about whether the client kept up with a load.
         return warnings
@@ -151,7 +151,8 @@ def judge(harness: dict[str, Any], summary: dict[str, Any]) -> list[str]:
                             f"{cores} or a machine with more cores.")
     else:
         warnings += _loop_warnings(harness, where="", workers=1, cores=cores)
-    dispatch = summary.get("p99_dispatch_lag_ms")
+    lag = measured.latencies.get("dispatch_lag")
+    dispatch = lag.p99 if lag is not None else None
     if dispatch is not None and dispatch > DISPATCH_LAG_P99_LIMIT_MS:
         warnings.append(f"CLIENT BOTTLENECK: dispatch lag p99 {dispatch:.1f} ms (limit "
                         f"{DISPATCH_LAG_P99_LIMIT_MS:g} ms): requests left later than scheduled; "

@@ -10,7 +10,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-__all__ = ["Response", "Transport", "TransportError"]
+__all__ = ["CONNECT_TIMEOUT_S", "Response", "Transport", "TransportError"]
+
+CONNECT_TIMEOUT_S = 30.0  # opening a connection (TCP and TLS) may take this long
 
 
 class TransportError(Exception):

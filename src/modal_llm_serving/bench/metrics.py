@@ -1,4 +1,4 @@
-"""Summary statistics of a run, computed from per-request records (FACTS.md's definitions).
+"""A level's numbers, computed from its per-request records (FORMULAS defines each).
 
 Percentiles use linear interpolation between closest ranks (numpy's default, as `vllm bench
 serve`); `std` is the population standard deviation (also as vLLM). Every statistic carries n.
@@ -13,13 +13,12 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
 
+from modal_llm_serving.bench.options import Slo
 from modal_llm_serving.bench.records import NS_PER_MS, RequestRecord
 
-__all__ = ["FORMULAS", "PERCENTILES", "Accumulator", "Slo", "percentile", "stats"]
-
-PERCENTILES = (50, 90, 95, 99)
+__all__ = ["FORMULAS", "Accumulator", "Distribution", "Goodput", "Measured", "percentile",
+           "stats"]
 
 # Printed beside every number in reports: peers disagree on names (vLLM's TPOT is AIPerf's ITL).
 FORMULAS = {
@@ -51,36 +50,74 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """n, mean, median, std (population), min, max and the standard percentiles; all but n are
+    None when there are no values."""
+
+    n: int
+    mean: float | None
+    median: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Distribution:
+        ordered = sorted(values)
+        n = len(ordered)
+        if not n:
+            return cls(n=0, mean=None, median=None, std=None, min=None, max=None, p50=None,
+                       p90=None, p95=None, p99=None)
+        mean = math.fsum(ordered) / n
+        std = math.sqrt(math.fsum((value - mean) ** 2 for value in ordered) / n)
+        return cls(n=n, mean=mean, median=percentile(ordered, 50), std=std, min=ordered[0],
+                   max=ordered[-1], p50=percentile(ordered, 50), p90=percentile(ordered, 90),
+                   p95=percentile(ordered, 95), p99=percentile(ordered, 99))
+
+
 def stats(values: Iterable[float]) -> dict[str, float | int | None]:
-    """n, mean, median, std (population), min, max and the standard percentiles."""
-    ordered = sorted(values)
-    n = len(ordered)
-    if not n:
-        return {"n": 0, "mean": None, "median": None, "std": None, "min": None, "max": None,
-                **{f"p{p}": None for p in PERCENTILES}}
-    mean = math.fsum(ordered) / n
-    std = math.sqrt(math.fsum((value - mean) ** 2 for value in ordered) / n)
-    return {"n": n, "mean": mean, "median": percentile(ordered, 50), "std": std,
-            "min": ordered[0], "max": ordered[-1],
-            **{f"p{p}": percentile(ordered, p) for p in PERCENTILES}}
+    """A Distribution as a plain dict (the cold-start result prints it)."""
+    return dataclasses.asdict(Distribution.of(values))
 
 
 @dataclasses.dataclass(frozen=True)
-class Slo:
-    """Service-level objectives in ms; a request is good iff it succeeded and met every one."""
+class Goodput:
+    """Requests that succeeded and met every SLO."""
 
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2el_ms: float | None = None
+    slo: Slo
+    good: int
+    per_s: float  # request_goodput
+    attainment: float  # good / all requests in the window (errors are misses)
 
-    def as_dict(self) -> dict[str, float]:
-        return {key: value for key, value in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms),
-                                              ("e2el", self.e2el_ms)) if value is not None}
 
-    def met(self, ttft: float, tpot: float, e2el: float) -> bool:
-        return ((self.ttft_ms is None or ttft <= self.ttft_ms)
-                and (self.tpot_ms is None or tpot <= self.tpot_ms)
-                and (self.e2el_ms is None or e2el <= self.e2el_ms))
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """What a level's records say, over the measurement window (FORMULAS defines each)."""
+
+    duration: float  # s
+    completed: int
+    failed: int
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    # ms: ttft, tpot, itl, e2el; in an open loop also sched_ttft, sched_e2el and dispatch_lag
+    latencies: dict[str, Distribution]
+    achieved_concurrency: float
+    error_counts: dict[str, int]  # most common first
+    error_examples: dict[str, str]  # one detail per kind
+    requests_total: int  # window or not
+    excluded_by_window: int
+    window_ms: tuple[float, float]
+    n_out_source: str
+    tpot_undefined: int  # succeeded with one output token: no TPOT
+    goodput: Goodput | None  # None without SLOs
 
 
 _FIELDS = ("sent", "end", "ok", "ttft", "tpot", "e2el", "sched_ttft", "sched_e2el", "lag",
@@ -127,8 +164,8 @@ class Accumulator:
         self.count += 1
 
     def summary(self, *, warmup_s: float = 0.0, cooldown_s: float = 0.0,
-                slo: Slo | None = None) -> dict[str, Any]:
-        """vLLM-compatible keys where the meaning is the same; ours otherwise."""
+                slo: Slo | None = None) -> Measured:
+        """The records sent and ended inside the window (warm-up and cool-down cut off)."""
         c = self._columns
         rows = range(self.count)
         first_sent = min(c["sent"], default=0.0)
@@ -147,49 +184,37 @@ class Accumulator:
         inside_set = set(inside)
         errors = Counter(kind for row, kind in self._errors if row in inside_set)
         per = (lambda x: x / duration) if duration > 0 else (lambda _x: 0.0)
-        result: dict[str, Any] = {
-            "duration": duration,
-            "completed": len(good_rows),
-            "failed": len(inside) - len(good_rows),
-            "total_input_tokens": in_tokens,
-            "total_output_tokens": out_tokens,
-            "request_throughput": per(len(good_rows)),
-            "output_throughput": per(out_tokens),
-            "total_token_throughput": per(in_tokens + out_tokens),
-        }
+        latencies: dict[str, Distribution] = {}
         for name in ("ttft", "tpot", "itl", "e2el", "sched_ttft", "sched_e2el", "lag"):
             source = itls if name == "itl" else [c[name][i] for i in good_rows]
             if name == "lag":
                 source = [c["lag"][i] for i in inside]
             values = [value for value in source if not math.isnan(value)]
             if name.startswith(("sched", "lag")) and not values:
-                continue
-            key = "dispatch_lag" if name == "lag" else name
-            summary = stats(values)
-            result[f"n_{key}"] = summary["n"]
-            for stat in ("mean", "median", "std", "min", "max", *(f"p{p}" for p in PERCENTILES)):
-                result[f"{stat}_{key}_ms"] = summary[stat]
-        busy_ms = sum(c["end"][i] - c["sent"][i] for i in inside)
-        result["achieved_concurrency"] = busy_ms / duration_ms if duration_ms > 0 else 0.0
-        result["error_counts"] = dict(errors.most_common())
-        result["error_examples"] = {kind: self._error_details.get(kind, "") for kind in errors}
-        result["requests_total"] = self.count
-        result["excluded_by_window"] = self.count - len(inside)
-        result["window_ms"] = [window_start, window_end]
-        result["n_out_source"] = ("usage.completion_tokens" if not self._n_out_from_events else
-                                  f"usage.completion_tokens; token events for "
-                                  f"{self._n_out_from_events} request(s) without usage")
-        result["tpot_undefined"] = int(sum(c["tpot_missing"][i] for i in good_rows))
+                continue  # a closed loop has no schedule
+            latencies["dispatch_lag" if name == "lag" else name] = Distribution.of(values)
+        goodput = None
         if slo is not None and slo.as_dict():
             good = sum(1 for i in good_rows if slo.met(_zero(c["ttft"][i]), _zero(c["tpot"][i]),
                                                         _zero(c["e2el"][i])))
-            result["request_goodput"] = per(good)
-            result["goodput_config"] = slo.as_dict()
-            result["slo_good"] = good
-            result["slo_attainment"] = good / len(inside) if inside else 0.0
-        else:
-            result["request_goodput"] = None
-        return result
+            goodput = Goodput(slo=slo, good=good, per_s=per(good),
+                              attainment=good / len(inside) if inside else 0.0)
+        busy_ms = sum(c["end"][i] - c["sent"][i] for i in inside)
+        return Measured(
+            duration=duration, completed=len(good_rows), failed=len(inside) - len(good_rows),
+            total_input_tokens=in_tokens, total_output_tokens=out_tokens,
+            request_throughput=per(len(good_rows)), output_throughput=per(out_tokens),
+            total_token_throughput=per(in_tokens + out_tokens), latencies=latencies,
+            achieved_concurrency=busy_ms / duration_ms if duration_ms > 0 else 0.0,
+            error_counts=dict(errors.most_common()),
+            error_examples={kind: self._error_details.get(kind, "") for kind in errors},
+            requests_total=self.count, excluded_by_window=self.count - len(inside),
+            window_ms=(window_start, window_end),
+            n_out_source=("usage.completion_tokens" if not self._n_out_from_events else
+                          f"usage.completion_tokens; token events for "
+                          f"{self._n_out_from_events} request(s) without usage"),
+            tpot_undefined=int(sum(c["tpot_missing"][i] for i in good_rows)),
+            goodput=goodput)
 
 
 def _or_nan(value: float | None) -> float:

@@ -25,9 +25,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import modal
+
+if TYPE_CHECKING:
+    from modal_llm_serving.bench.options import BenchOptions
+    from modal_llm_serving.bench.summary import LevelSummary
 
 MINUTES = 60  # seconds
 
@@ -63,27 +67,29 @@ app = modal.App("mls-bench-client")
 
 # ## The benchmark function
 
-# It takes the same options as `mls bench run` (plain values) and returns the summaries plus
-# every file the run wrote, so nothing is left behind in the container.
+# It takes the options as one checked value, made by `parse_options` as `mls bench run` makes
+# it (Modal pickles it across; the package travels with the image), and returns the summaries
+# plus every file the run wrote, so nothing is left behind in the container.
 @app.function(image=image, region=BENCH_REGION, cpu=BENCH_CPU,  # type: ignore[untyped-decorator]
               memory=BENCH_MEMORY_MB, timeout=BENCH_TIMEOUT)
-def run_in_region(options: dict[str, Any]) -> dict[str, Any]:
+def run_in_region(options: BenchOptions) -> dict[str, Any]:
     import tempfile
 
     # a fresh folder per call: a warm container may run the next level of a sweep
     return run_here(options, out_dir=Path(tempfile.mkdtemp(prefix="mls-bench-")))
 
 
-def run_here(options: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
+def run_here(options: BenchOptions, *, out_dir: Path) -> dict[str, Any]:
     """The function's body, runnable anywhere (tests call it locally against the mock)."""
-    from modal_llm_serving.bench.api import BenchOptions, run_bench
+    from modal_llm_serving.bench.api import run_bench
     from modal_llm_serving.bench.report import render_report
 
-    summaries = run_bench(BenchOptions(**options), out_dir=out_dir)
+    summaries = run_bench(options, out_dir=out_dir)
     render_report(out_dir)
     files = {str(path.relative_to(out_dir)): path.read_bytes()
              for path in sorted(out_dir.rglob("*")) if path.is_file()}
-    return {"summaries": summaries, "files": files, "region": os.environ.get("MODAL_REGION")}
+    return {"summaries": [summary.to_dict() for summary in summaries], "files": files,
+            "region": os.environ.get("MODAL_REGION")}
 
 
 # ## Run it
@@ -100,11 +106,13 @@ def run_here(options: dict[str, Any], *, out_dir: Path) -> dict[str, Any]:
 def main(url: str, model: str = "", concurrency: str = "1", rate: str = "",
          num_requests: int = 100, input_len: str = "128", output_len: str = "128",
          out: str = "results/in-region", containers: int = 1) -> None:
-    options = {"url": url, "model": model or None, "concurrency": concurrency or None,
-               "rate": rate or None, "num_requests": num_requests, "input_len": input_len,
-               "output_len": output_len, "api_key": os.environ.get("MLS_API_KEY")}
-    if rate:
-        options["concurrency"] = None
+    from modal_llm_serving.bench.options import parse_options
+
+    # parsed and checked here, once: the containers get the value, not these strings
+    options = parse_options(url, model=model or None,
+                            concurrency=None if rate else concurrency or None, rate=rate or None,
+                            num_requests=num_requests, input_len=input_len,
+                            output_len=output_len, api_key=os.environ.get("MLS_API_KEY"))
     folder = Path(out)
     if containers > 1:
         run_split(options, containers, folder, run_parts=lambda parts: list(
@@ -127,11 +135,12 @@ def save_files(files: dict[str, bytes], folder: Path) -> None:
 
 # Each level runs on its own: the parts of a level must start together, and a sweep's next
 # level starts when the slowest container has finished this one. `run_parts` runs one options
-# dict per container and returns their results (Modal's `.map`; the tests pass a local stand-in).
-def run_split(options: dict[str, Any], containers: int, folder: Path, *,
-              run_parts: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-              start_margin_s: float = START_MARGIN_S) -> list[dict[str, Any]]:
-    from modal_llm_serving.bench.api import BenchOptions, plan_run
+# value per container and returns their results (Modal's `.map`; the tests pass a local
+# stand-in).
+def run_split(options: BenchOptions, containers: int, folder: Path, *,
+              run_parts: Callable[[list[BenchOptions]], list[dict[str, Any]]],
+              start_margin_s: float = START_MARGIN_S) -> list[LevelSummary]:
+    from modal_llm_serving.bench.options import check_split
     from modal_llm_serving.bench.report import render_report
     from modal_llm_serving.bench.results import prepare_out_dir, write_sweep
     from modal_llm_serving.bench.shards import merge_parts
@@ -139,31 +148,23 @@ def run_split(options: dict[str, Any], containers: int, folder: Path, *,
 
     if not 1 <= containers <= MAX_CONTAINERS:
         raise UsageError(f"--containers {containers}: give 1 to {MAX_CONTAINERS}")
-    # planned as a container's part: every level must split, at least one stream per container
-    config, levels, _workload = plan_run(BenchOptions(**{**options,
-                                                         "part": ((0, containers),)}))
-    config = dataclasses.replace(config, part=())  # the merged run is the whole load
+    check_split(options, containers)  # every level: at least one stream per container
     prepare_out_dir(folder)
-    slugs = [level.slug for level in levels]
-    summaries: list[dict[str, Any]] = []
-    for level in levels:
+    slugs = [level.slug for level in options.levels]
+    summaries: list[LevelSummary] = []
+    for level in options.levels:
         start = time.time() + start_margin_s
-        parts = [{**options, **_level_options(level.kind, level.value),
-                  "part": ((k, containers),), "start_at_unix": start}
+        parts = [dataclasses.replace(options, levels=(level,), part=((k, containers),),
+                                     start_at_unix=start)
                  for k in range(containers)]
-        level_dir = folder / level.slug if len(levels) > 1 else folder
+        level_dir = folder / level.slug if len(options.levels) > 1 else folder
         part_dirs = []
         for k, result in enumerate(run_parts(parts)):
             save_files(result["files"], level_dir / "parts" / str(k))
             part_dirs.append(level_dir / "parts" / str(k))
-        summaries.append(merge_parts(level.apply(config), part_dirs, level_dir))
-        if len(levels) > 1:
+        summaries.append(merge_parts(dataclasses.replace(options, start_at_unix=start), level,
+                                     part_dirs, level_dir))
+        if len(options.levels) > 1:
             write_sweep(folder, slugs, summaries)
     render_report(folder)
     return summaries
-
-
-def _level_options(kind: str, value: float) -> dict[str, Any]:
-    if kind == "concurrency":
-        return {"concurrency": str(int(value)), "rate": None}
-    return {"concurrency": None, "rate": str(value)}

@@ -21,7 +21,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator
 
-from modal_llm_serving.bench.http_types import TransportError
+from modal_llm_serving.bench.http_types import CONNECT_TIMEOUT_S, TransportError
 from modal_llm_serving.endpoint.client import tls_failure
 
 __all__ = ["RawTransport"]
@@ -218,13 +218,11 @@ class _RawResponse:
 class RawTransport:
     """HTTP/1.1 keep-alive pool over asyncio protocols; `post` yields a streaming response."""
 
-    def __init__(self, *, pool: int, timeout_s: float, stall_timeout_s: float,
-                 connect_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, pool: int, timeout_s: float, stall_timeout_s: float) -> None:
         self._slots = asyncio.Semaphore(pool)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._timeout = timeout_s
         self._stall = stall_timeout_s
-        self._connect_timeout = connect_timeout_s
         self._ssl: ssl.SSLContext | None = None
 
     async def __aenter__(self) -> RawTransport:
@@ -260,13 +258,13 @@ class RawTransport:
         if scheme == "https":
             context = self._ssl = self._ssl or ssl.create_default_context()
         try:
-            async with asyncio.timeout(self._connect_timeout):  # not wait_for: see read()
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):  # not wait_for: see read()
                 _transport, connection = await loop.create_connection(
                     _Connection, host, port, ssl=context,
                     server_hostname=host if context else None)
         except TimeoutError:
             raise TransportError("connect", f"no connection to {host}:{port} within "
-                                            f"{self._connect_timeout:g} s") from None
+                                            f"{CONNECT_TIMEOUT_S:g} s") from None
         except ssl.SSLError as exc:  # our mistake (https to a plain server), never retried
             raise TransportError("tls", f"{host}:{port}: {tls_failure(exc)}") from None
         except OSError as exc:

@@ -1,7 +1,8 @@
 """Render a run (or a sweep) as Markdown with PNG plots, from its saved summary and JSONL.
 
-Every number sits beside its formula (FACTS.md: peers disagree on names). Plots: TTFT and TPOT
-distributions per level (histogram + CDF) and, for a sweep, the latency–throughput curve.
+Every number sits beside its formula (peers disagree on names: vLLM's TPOT is AIPerf's ITL).
+Plots: TTFT and TPOT distributions per level (histogram + CDF) and, for a sweep, the
+latency–throughput curve.
 matplotlib is imported lazily and drawn with the Agg backend (no display needed).
 """
 

@@ -15,28 +15,33 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.errors import UsageError
 
+if TYPE_CHECKING:
+    from modal_llm_serving.bench.summary import LevelSummary
+
 __all__ = ["JsonlSink", "new_out_dir", "prepare_out_dir", "read_records", "read_summary",
-           "rebuild_summary", "summary_problem", "sweep_levels", "write_json", "write_sweep"]
+           "rebuild_summary", "summary_problem", "sweep_levels", "write_json", "write_summary",
+           "write_sweep"]
+
+# At most this much of finished records is lost if the process is killed outright.
+FLUSH_S = 0.2
 
 
 class JsonlSink:
-    """Appends one JSON line per finished record; flushes at most every `flush_s` seconds.
+    """Appends one JSON line per finished record; flushes at most every `FLUSH_S` seconds.
 
     A flush per line is a system call per request, paid on the event loop that stamps the other
-    streams; at most `flush_s` of finished records are lost if the process is killed outright
-    (an interrupted run flushes on close).
+    streams (an interrupted run flushes on close).
     """
 
-    def __init__(self, path: Path, *, flush_s: float = 0.2) -> None:
+    def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._handle: IO[str] = path.open("w", encoding="utf-8")
-        self._flush_s = flush_s
         self._last_flush = time.monotonic()
         self.count = 0
 
@@ -44,7 +49,7 @@ class JsonlSink:
         self._handle.write(json.dumps(record.to_dict(), allow_nan=False, default=_clean) + "\n")
         self.count += 1
         now = time.monotonic()
-        if now - self._last_flush >= self._flush_s:
+        if now - self._last_flush >= FLUSH_S:
             self._handle.flush()
             self._last_flush = now
 
@@ -79,6 +84,11 @@ def write_json(path: Path, data: Any) -> None:
     temp = path.with_suffix(path.suffix + ".tmp")
     temp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
     temp.replace(path)
+
+
+def write_summary(folder: Path, summary: LevelSummary) -> None:
+    """A level's folder/summary.json."""
+    write_json(folder / "summary.json", summary.to_dict())
 
 
 RESULT_FILES = ("requests.jsonl", "summary.json", "sweep.json", "report.md")
@@ -241,7 +251,8 @@ def read_summary(folder: Path) -> dict[str, Any]:
 def rebuild_summary(folder: Path, *, why: str = "interrupted") -> dict[str, Any]:
     """Summarize an interrupted run from its JSONL (no window, no SLOs, no harness health) and
     save it, marked as rebuilt. Lines that are not records are skipped and counted."""
-    from modal_llm_serving.bench.metrics import FORMULAS, Accumulator
+    from modal_llm_serving.bench.metrics import Accumulator
+    from modal_llm_serving.bench.summary import LevelSummary
 
     accumulator = Accumulator()
     skipped = 0
@@ -252,12 +263,11 @@ def rebuild_summary(folder: Path, *, why: str = "interrupted") -> dict[str, Any]
             skipped += 1
             continue
         accumulator.add(record)
-    summary = accumulator.summary()
-    summary.update(label=f"{folder.name} ({why}; rebuilt from requests.jsonl)",
-                   rebuilt_from_jsonl=True, skipped_lines=skipped, formulas=FORMULAS,
-                   harness={})
-    write_json(folder / "summary.json", summary)
-    return _sanitized(summary)
+    summary = LevelSummary(measured=accumulator.summary(), harness={},
+                           label=f"{folder.name} ({why}; rebuilt from requests.jsonl)", run=None,
+                           skipped_lines=skipped)
+    write_summary(folder, summary)
+    return _sanitized(summary.to_dict())
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -275,11 +285,11 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield data
 
 
-def write_sweep(folder: Path, slugs: list[str], summaries: list[dict[str, Any]]) -> None:
+def write_sweep(folder: Path, slugs: list[str], summaries: list[LevelSummary]) -> None:
     """The sweep's index: every planned level, and whether all of them finished (written at
     the start and after each level, so an interrupted sweep still names its levels)."""
     write_json(folder / "sweep.json", {"levels": slugs, "complete": len(summaries) == len(slugs),
-                                       "summaries": summaries})
+                                       "summaries": [summary.to_dict() for summary in summaries]})
 
 
 def sweep_levels(folder: Path) -> list[str] | None:

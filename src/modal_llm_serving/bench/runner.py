@@ -11,7 +11,7 @@ turns (so the server can reuse the prefix) and one session header per conversati
 routing. Bounds: a number of requests and/or a duration (no new request starts after it).
 Each finished record goes straight to the sink (JSONL), so an interrupted run keeps them.
 
-One loop runs one part of a load (`config.part`, see partition.py): the whole load, or one
+One loop runs one part of a load (`options.part`, see partition.py): the whole load, or one
 worker process's share of it when `bench/shards.py` splits a level over several processes.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import math
 import random
@@ -30,86 +29,17 @@ from typing import Any
 
 from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.health import HealthMonitor, judge
-from modal_llm_serving.bench.metrics import Accumulator, Slo
-from modal_llm_serving.bench.partition import Part, resolve
+from modal_llm_serving.bench.metrics import Accumulator
+from modal_llm_serving.bench.options import RETRY_STATUSES, BenchOptions, Level
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, RetryPolicy, send_streaming
+from modal_llm_serving.bench.summary import LevelRun, LevelSummary
 from modal_llm_serving.bench.transport import Transport, make_transport
-from modal_llm_serving.redact import redact_headers, redact_url
 
-__all__ = ["BenchConfig", "LoadRun", "Progress", "arrival_times", "run_event_loop", "run_load",
-           "start_instant_ns", "summarize"]
+__all__ = ["LoadRun", "Progress", "arrivals", "run_event_loop", "run_load", "start_instant_ns",
+           "summarize"]
 
-ARRIVALS = ("constant", "poisson", "gamma")
 UNCAPPED_POOL = 100_000  # "no limit" for an open loop without --max-concurrency
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """Everything one load level needs. `concurrency` XOR `rate` (requests/s, inf = all at once)."""
-
-    base_url: str
-    model: str
-    endpoint: str = "chat"  # chat | completions
-    api_key: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    concurrency: int | None = None
-    rate: float | None = None
-    arrival: str = "poisson"
-    burstiness: float = 1.0
-    max_concurrency: int | None = None
-    num_requests: int | None = None
-    duration_s: float | None = None
-    warmup_s: float = 0.0
-    cooldown_s: float = 0.0
-    turns: int = 1
-    session_header: str = "Modal-Session-ID"
-    ignore_eos: bool = True
-    # min_tokens too only when asked: on vLLM it adds a logits processor to every decode step
-    # (measured ~8% slower TPOT on the CPU build), and ignore_eos alone already gives exact lengths
-    min_tokens: bool = False
-    timeout_s: float = 600.0
-    stall_timeout_s: float = 120.0
-    retries: int = 0
-    retry_statuses: tuple[int, ...] = (429, 503)
-    slo: Slo | None = None
-    seed: int = 0
-    transport: str = "raw"
-    prewarm: bool = True  # open the pool's connections before the clock starts
-    extra_body: tuple[tuple[str, Any], ...] = ()
-    # processes the level's streams are split over (None: chosen from cores and streams)
-    workers: int | None = 1
-    # which part of the load this run is: splits (k, n), outermost first; () = all of it
-    part: tuple[tuple[int, int], ...] = ()
-    # parts on several machines start at one wall-clock moment (each container's own clock)
-    start_at_unix: float | None = None
-
-    @property
-    def closed_loop(self) -> bool:
-        return self.concurrency is not None
-
-    def share(self) -> Part:
-        """This run's part of the load: its streams, request budget, indices and arrivals."""
-        return resolve(path=self.part, concurrency=self.concurrency,
-                       max_concurrency=self.max_concurrency, num_requests=self.num_requests)
-
-    @property
-    def label(self) -> str:
-        if self.concurrency is not None:
-            return f"concurrency {self.concurrency}"
-        rate = "inf" if self.rate is None or math.isinf(self.rate) else f"{self.rate:g}"
-        return f"rate {rate}/s ({self.arrival})"
-
-    def public_dict(self) -> dict[str, Any]:
-        """The config as saved with results: no API key, header values that look secret masked."""
-        data = dataclasses.asdict(self)
-        data.pop("api_key")
-        data["api_key_set"] = bool(self.api_key)
-        data["base_url"] = redact_url(self.base_url)
-        data["headers"] = redact_headers(dict(self.headers))
-        data["slo"] = self.slo.as_dict() if self.slo else None
-        data["extra_body"] = dict(self.extra_body)
-        return data
 
 
 @dataclasses.dataclass
@@ -130,20 +60,14 @@ class Progress:
         return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def arrival_times(*, count: int, rate: float, arrival: str, burstiness: float,
-                  seed: int) -> list[float]:
-    """Scheduled send offsets (s) for `count` requests; an infinite rate sends all at 0."""
-    return list(itertools.islice(_lazy_arrivals(rate=rate, arrival=arrival,
-                                                burstiness=burstiness, seed=seed), count))
-
-
 class LoadRun:
     """One part of one load level on this event loop (`run()` drives it to its bounds)."""
 
-    def __init__(self, config: BenchConfig, prompts: list[Prompt],
+    def __init__(self, options: BenchOptions, level: Level, prompts: list[Prompt],
                  sink: Callable[[RequestRecord], None],
                  progress: Callable[[Progress], None] | None) -> None:
-        self.config = config
+        self.options = options
+        self.level = level
         self.prompts = prompts
         self.sink = sink
         self.progress = progress
@@ -151,20 +75,17 @@ class LoadRun:
         self.in_flight = 0
         self.t0_ns = 0
         self.deadline_ns: int | None = None
-        self.part = config.share()
+        self.part = options.share(level)
         self.indices = self.part.indices()
         self.run_id = uuid.uuid4().hex[:8]  # session ids: run id + first index (unique in parts)
-        self.chat = config.endpoint == "chat"
+        self.chat = options.endpoint == "chat"
         path = "/v1/chat/completions" if self.chat else "/v1/completions"
-        self.url = config.base_url + path
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        headers.update(dict(config.headers))
-        if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-        self.headers = headers
+        self.url = options.base_url + path
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                        **options.request_headers()}
         self.transport: Transport | None = None
-        self.retry = RetryPolicy(statuses=frozenset(config.retry_statuses),
-                                 max_retries=config.retries)
+        self.retry = RetryPolicy(statuses=frozenset(RETRY_STATUSES),
+                                 max_retries=options.retries)
 
     # --- budget -------------------------------------------------------------------------------
     def take_slot(self) -> int | None:
@@ -178,11 +99,11 @@ class LoadRun:
 
     # --- one conversation ---------------------------------------------------------------------
     async def conversation(self, first_index: int, *, scheduled_ns: int | None) -> None:
-        config = self.config
-        session_id = f"{self.run_id}-{first_index}" if config.turns > 1 else None
+        options = self.options
+        session_id = f"{self.run_id}-{first_index}" if options.turns > 1 else None
         history: list[dict[str, str]] = []
         index: int | None = first_index
-        for turn in range(config.turns):
+        for turn in range(options.turns):
             if index is None:
                 return
             prompt = self.prompts[index % len(self.prompts)]  # any part: the same prompt
@@ -190,15 +111,15 @@ class LoadRun:
                                       scheduled_ns=scheduled_ns if turn == 0 else None)
             if text is None:
                 return  # a failed turn ends the conversation: later turns would lack context
-            if turn + 1 < config.turns:
+            if turn + 1 < options.turns:
                 history += [{"role": "user", "content": prompt.text},
                             {"role": "assistant", "content": text}]
                 index = self.take_slot()
 
     async def request(self, index: int, prompt: Prompt, history: list[dict[str, str]], *,
                       session_id: str | None, turn: int, scheduled_ns: int | None) -> str | None:
-        config = self.config
-        body: dict[str, Any] = {"model": config.model, "stream": True,
+        options = self.options
+        body: dict[str, Any] = {"model": options.model, "stream": True,
                                 "max_tokens": prompt.output_len,
                                 "stream_options": {"include_usage": True}}
         if self.chat:
@@ -207,14 +128,13 @@ class LoadRun:
             body["messages"] = history + messages
         else:
             body["prompt"] = "".join(m["content"] + "\n" for m in history) + prompt.text
-        if config.ignore_eos:
+        if options.ignore_eos:
             body["ignore_eos"] = True
-        if config.min_tokens:
+        if options.min_tokens:
             body["min_tokens"] = prompt.output_len
-        body.update(dict(config.extra_body))
         headers = self.headers
         if session_id is not None:
-            headers = {**headers, config.session_header: session_id}
+            headers = {**headers, options.session_header: session_id}
         spec = RequestSpec(url=self.url, body=json.dumps(body).encode(), headers=headers,
                            chat=self.chat)
         record = RequestRecord(index=index, input_len=prompt.input_len,
@@ -253,11 +173,11 @@ class LoadRun:
         await asyncio.gather(*(worker() for _ in range(self.part.concurrency)))
 
     async def open_loop(self) -> None:
-        config = self.config
-        rate = config.rate if config.rate is not None else math.inf
+        options = self.options
+        rate = self.level.rate if self.level.rate is not None else math.inf
         # the whole load's schedule, of which this part takes every n-th arrival
-        times = _lazy_arrivals(rate=rate, arrival=config.arrival, burstiness=config.burstiness,
-                               seed=config.seed)
+        times = arrivals(rate=rate, arrival=options.arrival, burstiness=options.burstiness,
+                         seed=options.seed)
         cap = self.part.max_concurrency
         gate = asyncio.Semaphore(cap) if cap else None
         tasks: set[asyncio.Task[None]] = set()
@@ -299,8 +219,8 @@ class LoadRun:
     def snapshot(self) -> Progress:
         return Progress(elapsed_s=(time.perf_counter_ns() - self.t0_ns) / 1e9, sent=self.sent,
                         done=self.done, failed=self.failed, in_flight=self.in_flight,
-                        output_tokens=self.out_tokens, target=self.config.num_requests,
-                        duration_s=self.config.duration_s)
+                        output_tokens=self.out_tokens, target=self.options.num_requests,
+                        duration_s=self.options.duration_s)
 
     async def run(self, *, start: Callable[[], Awaitable[int]] | None = None) -> dict[str, Any]:
         """Drive the load to its bounds; return the harness's health numbers.
@@ -308,32 +228,33 @@ class LoadRun:
         `start`, if given, is awaited once the pool is open and returns the clock's zero (a
         perf_counter_ns() moment): parts in several processes start on one shared instant.
         """
-        config = self.config
+        options = self.options
         # the pool is sized to the load: one connection per request in flight. An uncapped open
         # loop gets no cap here either (a pool limit would queue requests inside their TTFT);
         # it pre-opens a modest number and grows on demand.
         capped = self.part.concurrency or self.part.max_concurrency
         pool = capped or UNCAPPED_POOL
         monitor = HealthMonitor()
-        async with make_transport(config.transport, pool=pool, timeout_s=config.timeout_s,
-                                  stall_timeout_s=config.stall_timeout_s) as transport:
+        async with make_transport(options.transport, pool=pool, timeout_s=options.timeout_s,
+                                  stall_timeout_s=options.stall_timeout_s) as transport:
             self.transport = transport
-            if config.prewarm and hasattr(transport, "prewarm"):
+            if options.prewarm and hasattr(transport, "prewarm"):
                 await transport.prewarm(self.url, min(capped or 64, 1024))
             if start is not None:
                 self.t0_ns = await start()
             else:
-                self.t0_ns = start_instant_ns(config) or time.perf_counter_ns()
+                self.t0_ns = start_instant_ns(options) or time.perf_counter_ns()
             # a part that opened its pool after the shared start began late: say by how much
             start_late_ms = max(0.0, (time.perf_counter_ns() - self.t0_ns) / 1e6)
             await _sleep_until(self.t0_ns)
-            if config.duration_s is not None:
-                self.deadline_ns = self.t0_ns + int(config.duration_s * 1e9)
+            if options.duration_s is not None:
+                self.deadline_ns = self.t0_ns + int(options.duration_s * 1e9)
             monitor.start()
             reporter = (asyncio.get_running_loop().create_task(self.report_progress())
                         if self.progress else None)
             try:
-                await (self.closed_loop() if config.closed_loop else self.open_loop())
+                closed = self.level.kind == "concurrency"
+                await (self.closed_loop() if closed else self.open_loop())
             finally:
                 await monitor.stop()
                 if reporter is not None:
@@ -343,38 +264,27 @@ class LoadRun:
         return {**monitor.result(), "start_late_ms": start_late_ms}
 
 
-def summarize(config: BenchConfig, accumulator: Accumulator, harness: dict[str, Any], *,
-              t0_ns: int, sent: int) -> dict[str, Any]:
+def summarize(options: BenchOptions, level: Level, accumulator: Accumulator,
+              harness: dict[str, Any], *, t0_ns: int | None, sent: int) -> LevelSummary:
     """A level's summary: the accumulated records, plus the harness's health and warnings."""
-    summary = accumulator.summary(warmup_s=config.warmup_s, cooldown_s=config.cooldown_s,
-                                  slo=config.slo)
-    harness["warnings"] = judge(harness, summary)
-    summary["harness"] = harness
-    # stamps in the JSONL are relative to this perf_counter_ns() reading (CLOCK_MONOTONIC on
-    # Linux: comparable with another local process's stamps, as the calibration does)
-    summary["t0_perf_counter_ns"] = t0_ns
-    summary["max_concurrency"] = config.concurrency or config.max_concurrency
-    summary["request_rate"] = (None if config.closed_loop else
-                               ("inf" if config.rate is None or math.isinf(config.rate)
-                                else config.rate))
-    summary["burstiness"] = config.burstiness
-    summary["num_prompts"] = sent
-    summary["model_id"] = config.model
-    summary["endpoint_type"] = "openai-chat" if config.endpoint == "chat" else "openai"
-    summary["label"] = config.label
-    summary["workers"] = config.workers or 1
-    return summary
+    measured = accumulator.summary(warmup_s=options.warmup_s, cooldown_s=options.cooldown_s,
+                                   slo=options.slo)
+    harness = {**harness, "warnings": judge(harness, measured)}
+    run = LevelRun(options=options, level=level, num_prompts=sent,
+                   workers=options.workers or 1, t0_perf_counter_ns=t0_ns)
+    return LevelSummary(measured=measured, harness=harness, label=level.label(options.arrival),
+                        run=run)
 
 
-def start_instant_ns(config: BenchConfig) -> int | None:
-    """`config.start_at_unix` on this machine's monotonic clock (None when not set).
+def start_instant_ns(options: BenchOptions) -> int | None:
+    """`options.start_at_unix` on this machine's monotonic clock (None when not set).
 
     Parts on different machines cannot share a monotonic clock; they share a wall-clock moment
     instead (NTP keeps machines within milliseconds), and each stamps on its own clock from it.
     """
-    if config.start_at_unix is None:
+    if options.start_at_unix is None:
         return None
-    return time.perf_counter_ns() + int((config.start_at_unix - time.time()) * 1e9)
+    return time.perf_counter_ns() + int((options.start_at_unix - time.time()) * 1e9)
 
 
 def run_event_loop(coroutine: Any) -> Any:
@@ -402,8 +312,9 @@ async def _sleep_until(when_ns: int) -> None:
         await asyncio.sleep(remaining if remaining > 0.002 else 0)
 
 
-def _lazy_arrivals(*, rate: float, arrival: str, burstiness: float,
-                   seed: int) -> Iterator[float]:
+def arrivals(*, rate: float, arrival: str, burstiness: float, seed: int) -> Iterator[float]:
+    """The open loop's send offsets (s from the start), without end: constant, Poisson or gamma
+    gaps at `rate` requests/s; an infinite rate sends everything at 0."""
     rng = random.Random(seed)
     now = 0.0
     while True:
@@ -418,9 +329,9 @@ def _lazy_arrivals(*, rate: float, arrival: str, burstiness: float,
             now += rng.gammavariate(burstiness, 1 / (rate * burstiness))
 
 
-async def run_load(config: BenchConfig, prompts: list[Prompt], *,
+async def run_load(options: BenchOptions, level: Level, prompts: list[Prompt], *,
                    sink: Callable[[RequestRecord], None],
-                   progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[Progress], None] | None = None) -> LevelSummary:
     """Run one load level to its bounds on this event loop; each finished record goes to
     `sink`; return the summary."""
     accumulator = Accumulator()
@@ -429,6 +340,6 @@ async def run_load(config: BenchConfig, prompts: list[Prompt], *,
         sink(record)
         accumulator.add(record)
 
-    run = LoadRun(config, prompts, keep, progress)
+    run = LoadRun(options, level, prompts, keep, progress)
     harness = await run.run()
-    return summarize(config, accumulator, harness, t0_ns=run.t0_ns, sent=run.sent)
+    return summarize(options, level, accumulator, harness, t0_ns=run.t0_ns, sent=run.sent)

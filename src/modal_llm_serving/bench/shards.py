@@ -36,10 +36,10 @@ from typing import Any
 from modal_llm_serving.bench.data import Prompt
 from modal_llm_serving.bench.health import merge, peak_rss_mb
 from modal_llm_serving.bench.metrics import Accumulator
+from modal_llm_serving.bench.options import BenchOptions, Level
 from modal_llm_serving.bench.records import RequestRecord
-from modal_llm_serving.bench.results import JsonlSink, read_records, write_json
+from modal_llm_serving.bench.results import JsonlSink, read_records, write_summary
 from modal_llm_serving.bench.runner import (
-    BenchConfig,
     LoadRun,
     Progress,
     run_event_loop,
@@ -47,6 +47,7 @@ from modal_llm_serving.bench.runner import (
     start_instant_ns,
     summarize,
 )
+from modal_llm_serving.bench.summary import Context, LevelSummary
 from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
 from modal_llm_serving.local.cpu_info import usable_cores
 
@@ -56,7 +57,6 @@ __all__ = ["STREAMS_PER_WORKER", "choose_workers", "merge_parts", "run_level"]
 # throughput, docs/PERFORMANCE.md) and falls behind at 512; so a worker per 128 streams, at most
 # one per core.
 STREAMS_PER_WORKER = 128
-MAX_WORKERS = 256
 START_MARGIN_NS = 50_000_000  # from "go" to the shared start: time for the message to arrive
 READY_TIMEOUT_S = 120.0  # a worker imports the harness and opens its pool in this time
 STOP_GRACE_S = 15.0  # after Ctrl-C, workers get this long to record their cancelled requests
@@ -64,11 +64,12 @@ BATCH_S = 0.05  # a worker sends its finished records this often
 PROGRESS_S = 0.5
 
 
-def choose_workers(config: BenchConfig, requested: int | None = None) -> int:
-    """How many processes run this level: as asked (never more than its streams), or one per
-    `STREAMS_PER_WORKER` streams and at most one per usable core."""
-    part = config.share()  # a container's part of the load is split again
+def choose_workers(options: BenchOptions, level: Level) -> int:
+    """How many processes run this level: `options.workers` (never more than its streams), or
+    one per `STREAMS_PER_WORKER` streams and at most one per usable core."""
+    part = options.share(level)  # a container's part of the load is split again
     streams = part.concurrency or part.max_concurrency
+    requested = options.workers
     if requested is not None:
         return max(1, min(requested, streams)) if streams else requested
     if not streams:
@@ -76,21 +77,22 @@ def choose_workers(config: BenchConfig, requested: int | None = None) -> int:
     return max(1, min(usable_cores(), math.ceil(streams / STREAMS_PER_WORKER)))
 
 
-def run_level(config: BenchConfig, prompts: list[Prompt], *,
+def run_level(options: BenchOptions, level: Level, prompts: list[Prompt], *,
               sink: Callable[[RequestRecord], None],
-              progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
-    """Run one level to its bounds, in this process or split over `config.workers`; return
+              progress: Callable[[Progress], None] | None = None) -> LevelSummary:
+    """Run one level to its bounds, in this process or split over `options.workers`; return
     its summary. Each finished record goes to `sink` as it arrives."""
-    if (config.workers or 1) <= 1:
-        return run_event_loop(run_load(config, prompts, sink=sink, progress=progress))  # type: ignore[no-any-return]
-    return _Coordinator(config, prompts, sink, progress).run()
+    if (options.workers or 1) <= 1:
+        return run_event_loop(run_load(options, level, prompts, sink=sink, progress=progress))  # type: ignore[no-any-return]
+    return _Coordinator(options, level, prompts, sink, progress).run()
 
 
-def merge_parts(config: BenchConfig, parts: list[Path], out: Path) -> dict[str, Any]:
+def merge_parts(options: BenchOptions, level: Level, parts: list[Path],
+                out: Path) -> LevelSummary:
     """One level's parts run on other machines (one results folder each: the in-region app's
     containers) made one run in `out`: all records in one requests.jsonl, one summary.
 
-    Each part stamped from the same wall-clock start (`config.start_at_unix`) on its own
+    Each part stamped from the same wall-clock start (`options.start_at_unix`) on its own
     monotonic clock, so their stamps share one timeline to within the machines' clock sync
     (milliseconds; a latency is always measured on one machine, only throughput's window
     spans them)."""
@@ -105,17 +107,20 @@ def merge_parts(config: BenchConfig, parts: list[Path], out: Path) -> dict[str, 
     # each container judged again from its numbers: its warnings then name the container
     health = merge([part.get("harness", {}) for part in summaries], kind="container")
     health["workers"] = sum(part.get("workers", 1) for part in summaries)
-    summary = summarize(config, accumulator, health, t0_ns=0,
+    first = summaries[0]
+    # the model a container resolved; the merged run is the whole load, its workers unsaid
+    options = dataclasses.replace(options, model=first.get("model_id", options.model),
+                                  part=(), workers=None)
+    summary = summarize(options, level, accumulator, health, t0_ns=None,
                         sent=sum(part.get("num_prompts", 0) for part in summaries))
-    for key in ("date", "backend", "base_url", "level", "data", "formulas", "client"):
-        if key in summaries[0]:
-            summary[key] = summaries[0][key]
-    summary["config"] = {**summaries[0].get("config", {}), "part": [], "workers": None}
-    summary["model_id"] = summaries[0].get("model_id", summary["model_id"])
-    summary["containers"] = len(parts)
-    summary["workers"] = health["workers"]
-    summary.pop("t0_perf_counter_ns")  # each container counted from its own clock's zero
-    write_json(out / "summary.json", summary)
+    assert summary.run is not None
+    client = first.get("client", {})
+    summary = dataclasses.replace(
+        summary, run=dataclasses.replace(summary.run, workers=health["workers"],
+                                         containers=len(parts)),
+        context=Context(date=first.get("date", ""), data=first.get("data", {}),
+                        python=client.get("python", ""), platform=client.get("platform", "")))
+    write_summary(out, summary)
     return summary
 
 
@@ -132,10 +137,11 @@ class _Worker:
 
 
 class _Coordinator:
-    def __init__(self, config: BenchConfig, prompts: list[Prompt],
+    def __init__(self, options: BenchOptions, level: Level, prompts: list[Prompt],
                  sink: Callable[[RequestRecord], None],
                  progress: Callable[[Progress], None] | None) -> None:
-        self.config = config
+        self.options = options
+        self.level = level
         self.prompts = prompts
         self.sink = sink
         self.progress = progress
@@ -143,20 +149,21 @@ class _Coordinator:
         self.workers: list[_Worker] = []
         self.t0_ns = 0
 
-    def run(self) -> dict[str, Any]:
-        count = self.config.workers or 1
+    def run(self) -> LevelSummary:
+        count = self.options.workers or 1
         # spawn, not fork: the parent may hold threads (a tokenizer's pool) a fork would copy
         context = multiprocessing.get_context("spawn")
         try:
             for k in range(count):
-                part = dataclasses.replace(self.config, workers=1,
-                                           part=(*self.config.part, (k, count)))
+                part = dataclasses.replace(self.options, workers=1,
+                                           part=(*self.options.part, (k, count)))
                 # two one-way pipes: the worker's event loop watches its control end, which
                 # makes that end non-blocking; a send on a non-blocking pipe can stop half-way
                 news_in, news_out = context.Pipe(duplex=False)
                 control_in, control_out = context.Pipe(duplex=False)
                 process = context.Process(target=_worker_main,
-                                          args=(news_out, control_in, part, self.prompts),
+                                          args=(news_out, control_in, part, self.level,
+                                                self.prompts),
                                           name=f"mls-bench-worker-{k + 1}", daemon=True)
                 process.start()
                 news_out.close()
@@ -164,7 +171,7 @@ class _Coordinator:
                 self.workers.append(_Worker(process, news_in, control_out))
             self._until(lambda: all(worker.ready for worker in self.workers),
                         timeout_s=READY_TIMEOUT_S, what="open their connections")
-            self.t0_ns = (start_instant_ns(self.config)
+            self.t0_ns = (start_instant_ns(self.options)
                           or time.perf_counter_ns() + START_MARGIN_NS)
             for worker in self.workers:
                 worker.control.send(("go", self.t0_ns))
@@ -179,7 +186,8 @@ class _Coordinator:
         health = merge([worker.health or {} for worker in self.workers],
                        parent_rss_mb=peak_rss_mb())
         sent = sum(worker.counters[0] for worker in self.workers)
-        return summarize(self.config, self.accumulator, health, t0_ns=self.t0_ns, sent=sent)
+        return summarize(self.options, self.level, self.accumulator, health, t0_ns=self.t0_ns,
+                         sent=sent)
 
     def _until(self, done: Callable[[], bool], *, timeout_s: float | None, what: str) -> None:
         """Take the workers' messages until `done()`; a worker that dies is an error."""
@@ -238,8 +246,8 @@ class _Coordinator:
             *(worker.counters for worker in self.workers), strict=True))
         return Progress(elapsed_s=max(0.0, (time.perf_counter_ns() - self.t0_ns) / 1e9),
                         sent=sent, done=done, failed=failed, in_flight=flight,
-                        output_tokens=tokens, target=self.config.num_requests,
-                        duration_s=self.config.duration_s)
+                        output_tokens=tokens, target=self.options.num_requests,
+                        duration_s=self.options.duration_s)
 
     def _stop(self) -> None:
         """Ctrl-C: every worker cancels its requests; keep all they recorded, then return."""
@@ -269,13 +277,13 @@ class _Coordinator:
 # --- a worker process: one part of the load on its own event loop --------------------------------
 
 def _worker_main(conn: multiprocessing.connection.Connection,
-                 control: multiprocessing.connection.Connection, config: BenchConfig,
-                 prompts: list[Prompt]) -> None:
+                 control: multiprocessing.connection.Connection, options: BenchOptions,
+                 level: Level, prompts: list[Prompt]) -> None:
     """A worker's whole life; whatever goes wrong is sent to the parent as one line."""
     # Ctrl-C reaches the whole process group: the parent alone decides, and tells us to stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_event_loop(_work(conn, control, config, prompts))
+        run_event_loop(_work(conn, control, options, level, prompts))
     except BaseException as exc:  # reported to the parent, which raises it
         with contextlib.suppress(OSError):
             conn.send(("failed", type(exc).__name__, str(exc), traceback.format_exc()))
@@ -285,11 +293,11 @@ def _worker_main(conn: multiprocessing.connection.Connection,
 
 
 async def _work(conn: multiprocessing.connection.Connection,
-                control: multiprocessing.connection.Connection, config: BenchConfig,
-                prompts: list[Prompt]) -> None:
+                control: multiprocessing.connection.Connection, options: BenchOptions,
+                level: Level, prompts: list[Prompt]) -> None:
     loop = asyncio.get_running_loop()
     batch: list[RequestRecord] = []
-    run = LoadRun(config, prompts, batch.append, progress=None)
+    run = LoadRun(options, level, prompts, batch.append, progress=None)
     start: asyncio.Future[int] = loop.create_future()
     main = asyncio.current_task()
     assert main is not None

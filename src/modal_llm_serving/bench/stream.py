@@ -2,8 +2,8 @@
 
 Bytes are stamped with `time.perf_counter_ns()` by the transport the moment a read arrives (in
 `data_received` for the raw transport), before SSE parsing or JSON decoding, so parsing cost never
-shows up as latency. Every event in one read shares the stamp
-of that read: it is when those bytes reached us.
+shows up as latency. Every event in one read shares the stamp of that read: it is when those
+bytes reached us.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from modal_llm_serving.endpoint.wire import (
     read_chunk,
 )
 
-__all__ = ["RequestSpec", "RetryPolicy", "is_token_event", "send_streaming"]
+__all__ = ["RequestSpec", "RetryPolicy", "send_streaming"]
 
 _ERROR_BODY_LIMIT = 400
 
@@ -38,22 +38,15 @@ class RequestSpec:
     chat: bool
 
 
+RETRY_BACKOFF_S = 0.5  # the pause before a retry
+
+
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """Which HTTP statuses to retry and how often; the load modes default to no retries."""
+    """Which HTTP statuses to retry and how often; by default, none."""
 
     statuses: frozenset[int] = frozenset()
     max_retries: int = 0
-    backoff_s: float = 0.5
-    retry_connect: bool = False
-
-
-def is_token_event(payload: dict[str, Any], *, chat: bool) -> bool:
-    """Token-bearing: non-empty `choices`, except the role-only chunk that opens a chat stream."""
-    try:
-        return read_chunk(payload, chat=chat).token_bearing
-    except MalformedResponse:
-        return False
 
 
 async def send_streaming(transport: Transport, spec: RequestSpec,
@@ -66,11 +59,10 @@ async def send_streaming(transport: Transport, spec: RequestSpec,
         attempt += 1
         record.attempts = attempt
         text = await _attempt(transport, spec, record, t0_ns=t0_ns)
-        retryable = ((record.status in retry.statuses)
-                     or (retry.retry_connect and record.error in ("connect", "reset")))
+        retryable = record.status in retry.statuses
         if record.error is None or not retryable or attempt > retry.max_retries:
             return text
-        await asyncio.sleep(retry.backoff_s)
+        await asyncio.sleep(RETRY_BACKOFF_S)
         _reset_for_retry(record)
 
 

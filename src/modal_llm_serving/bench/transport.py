@@ -1,11 +1,11 @@
 """HTTP transports for the benchmark: one streaming POST, chunks stamped as they arrive.
 
-Three implementations exist because the choice was measured, not assumed
-(`benchmarks/transport_overhead.py`, results in docs/PERFORMANCE.md): `raw` (asyncio protocols,
-`rawhttp.py`; the default: least client work per request and per chunk, and stamps taken in
-`data_received`), aiohttp (what `vllm bench serve` uses) and httpx (what the rest of the toolkit
-uses). All map their failures onto the same error kinds, so a record's fate does not depend on the
-transport. A response's `chunks()` yields `(perf_counter_ns stamp, bytes)`.
+Three implementations exist because the choice was measured, not assumed (docs/PERFORMANCE.md,
+"Transport"): `raw` (asyncio protocols, `rawhttp.py`; the default: least client work per request
+and per chunk, and stamps taken in `data_received`), aiohttp (what `vllm bench serve` uses) and
+httpx (what the rest of the toolkit uses). All map their failures onto the same error kinds, so a
+record's fate does not depend on the transport. A response's `chunks()` yields
+`(perf_counter_ns stamp, bytes)`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 
-from modal_llm_serving.bench.http_types import Response, Transport, TransportError
+from modal_llm_serving.bench.http_types import (
+    CONNECT_TIMEOUT_S,
+    Response,
+    Transport,
+    TransportError,
+)
 from modal_llm_serving.bench.rawhttp import RawTransport
 from modal_llm_serving.endpoint.client import tls_failure
 from modal_llm_serving.errors import UsageError
@@ -41,10 +46,9 @@ class _AiohttpResponse:
 class AiohttpTransport:
     """aiohttp with one connection pool sized to the load (`pool` connections, kept alive)."""
 
-    def __init__(self, *, pool: int, timeout_s: float, stall_timeout_s: float,
-                 connect_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, pool: int, timeout_s: float, stall_timeout_s: float) -> None:
         self._pool = pool
-        self._timeouts = (timeout_s, stall_timeout_s, connect_timeout_s)
+        self._timeouts = (timeout_s, stall_timeout_s, CONNECT_TIMEOUT_S)
         self._session: object | None = None
 
     async def __aenter__(self) -> AiohttpTransport:
@@ -111,10 +115,9 @@ class _HttpxResponse:
 class HttpxTransport:
     """httpx.AsyncClient with the same pool size and timeouts (kept for the measured comparison)."""
 
-    def __init__(self, *, pool: int, timeout_s: float, stall_timeout_s: float,
-                 connect_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, pool: int, timeout_s: float, stall_timeout_s: float) -> None:
         self._pool = pool
-        self._timeouts = (timeout_s, stall_timeout_s, connect_timeout_s)
+        self._timeouts = (timeout_s, stall_timeout_s, CONNECT_TIMEOUT_S)
         self._client: object | None = None
 
     async def __aenter__(self) -> HttpxTransport:

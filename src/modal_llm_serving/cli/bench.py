@@ -120,16 +120,18 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
     Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
     on stderr; results are written as requests finish, so Ctrl-C keeps what finished.
     """
-    from modal_llm_serving.bench.api import BenchOptions, run_bench
+    from modal_llm_serving.bench.api import run_bench
+    from modal_llm_serving.bench.options import parse_options
     from modal_llm_serving.bench.report import render_report, summary_lines
+    from modal_llm_serving.bench.summary import LevelSummary
 
-    bench_options = BenchOptions(
-        url=url, headers=request_headers(headers, proxy_token_id, proxy_token_secret), **options)
+    bench_options = parse_options(
+        url, headers=request_headers(headers, proxy_token_id, proxy_token_secret), **options)
     chosen: list[Path] = []
 
-    def on_level(level: Any, summary: dict[str, Any]) -> None:
+    def on_level(level: Any, summary: LevelSummary) -> None:
         if not json_:
-            click.echo("\n" + "\n".join(summary_lines(summary)))
+            click.echo("\n" + "\n".join(summary_lines(summary.to_dict())))
 
     try:
         summaries = run_bench(
@@ -148,8 +150,9 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
         click.echo(f"report: {render_report(out)}", err=True)
     click.echo(f"results: {out}", err=True)
     if json_:
-        echo_json(summaries[0] if len(summaries) == 1 else summaries)
-    if any(summary["completed"] == 0 for summary in summaries):
+        saved = [summary.to_dict() for summary in summaries]
+        echo_json(saved[0] if len(saved) == 1 else saved)
+    if any(summary.measured.completed == 0 for summary in summaries):
         click.echo("no request succeeded at some level; see the errors above", err=True)
         sys.exit(1)
 

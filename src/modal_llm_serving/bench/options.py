@@ -1,0 +1,290 @@
+"""The options of one `mls bench run` as one typed value, parsed and checked once.
+
+`parse_options` is the only place where the user's words become a `BenchOptions`: it reads the
+strings (`--concurrency 1,8,32`, `--input-len uniform:64:256`, `--slo ttft:500`) into typed
+values, checks each of them and how they combine, and returns a frozen value. From there the same
+value travels unchanged: through the run (api.py), into each worker process (shards.py, which
+pickles it) and into each container of the in-region app (modal_app.py, which passes the value,
+never strings to parse again). On the way only `dataclasses.replace` narrows it: the model once
+resolved, the workers chosen for a level, the part of the load a process runs.
+
+>>> options = parse_options("http://127.0.0.1:8000", concurrency="1,8", num_requests=200)
+>>> [level.slug for level in options.levels]
+['c1', 'c8']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Literal
+
+from modal_llm_serving.bench.data import LengthSpec, parse_length
+from modal_llm_serving.bench.partition import Part, resolve
+from modal_llm_serving.endpoint.client import check_headers, normalize_base_url
+from modal_llm_serving.errors import UsageError
+
+__all__ = ["ARRIVALS", "MAX_WORKERS", "RETRY_STATUSES", "BenchOptions", "Level", "Slo",
+           "check_split", "parse_levels", "parse_options", "parse_slos"]
+
+ARRIVALS = ("constant", "poisson", "gamma")
+MAX_LEVELS = 64
+MAX_WORKERS = 256
+# Distinct prompts per run; longer runs cycle through them. 1000 apart, a repeat is far outside
+# any prefix cache's reach at these lengths, and building them stays a few seconds.
+PROMPT_POOL = 1000
+# The answers `--retries` retries: "too many requests" and "unavailable" say "try again later".
+RETRY_STATUSES = (429, 503)
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One load level of a sweep: streams in flight (closed loop) or requests/s (open loop)."""
+
+    kind: Literal["concurrency", "rate"]
+    value: float  # a whole number of streams, or requests/s (inf: all at once)
+
+    @property
+    def concurrency(self) -> int | None:
+        return int(self.value) if self.kind == "concurrency" else None
+
+    @property
+    def rate(self) -> float | None:
+        return self.value if self.kind == "rate" else None
+
+    @property
+    def slug(self) -> str:
+        """The level's folder name in a sweep: c8, r2.5, r-inf."""
+        if self.kind == "concurrency":
+            return f"c{int(self.value)}"
+        return "r-inf" if math.isinf(self.value) else f"r{self.value:g}"
+
+    def label(self, arrival: str) -> str:
+        """How reports title the level: "concurrency 8", "rate 2/s (poisson)"."""
+        if self.kind == "concurrency":
+            return f"concurrency {int(self.value)}"
+        rate = "inf" if math.isinf(self.value) else f"{self.value:g}"
+        return f"rate {rate}/s ({arrival})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Slo:
+    """Service-level objectives in ms; a request is good iff it succeeded and met every one."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {key: value for key, value in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms),
+                                              ("e2el", self.e2el_ms)) if value is not None}
+
+    def met(self, ttft: float, tpot: float, e2el: float) -> bool:
+        return ((self.ttft_ms is None or ttft <= self.ttft_ms)
+                and (self.tpot_ms is None or tpot <= self.tpot_ms)
+                and (self.e2el_ms is None or e2el <= self.e2el_ms))
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """Everything one benchmark run needs, checked (build it with `parse_options`).
+
+    Times are seconds (`_s`); the names are those summary.json's "config" saves.
+    """
+
+    base_url: str  # the server's root, normalized
+    model: str | None  # None until resolved: the only model the server lists
+    api_key: str | None
+    headers: tuple[tuple[str, str], ...]  # sent with every request (sessions add their own)
+    endpoint: str  # chat | completions
+    levels: tuple[Level, ...]  # run one after another: a sweep when more than one
+    arrival: str  # open loop: constant | poisson | gamma
+    burstiness: float  # gamma shape: 1 is Poisson, < 1 burstier
+    max_concurrency: int | None  # open loop: cap on requests in flight
+    num_requests: int | None  # per level; None: bounded by `duration_s` alone
+    duration_s: float | None  # per level: no new request starts after it
+    warmup_s: float  # excluded from the measurement window at the start
+    cooldown_s: float  # and at the end
+    input_len: LengthSpec  # synthetic prompts' tokens
+    output_len: LengthSpec | None  # None: 128, or what the dataset says
+    dataset: Path | None  # None: synthetic prompts
+    tokenizer: str | None  # None: the server's /tokenize
+    turns: int  # turns per conversation (multi-turn sessions reuse their prefix)
+    session_header: str  # carries one id per conversation when turns > 1 (sticky routing)
+    ignore_eos: bool
+    # min_tokens too only when asked: on vLLM it adds a logits processor to every decode step
+    # (measured ~8% slower TPOT on the CPU build), and ignore_eos alone already gives exact lengths
+    min_tokens: bool
+    prewarm: bool  # open the pool's connections before the clock starts
+    slo: Slo | None  # for goodput
+    timeout_s: float  # a request may take this long in all
+    stall_timeout_s: float  # a stream may go this long without a byte
+    retries: int  # of a RETRY_STATUSES answer
+    seed: int  # prompts and arrivals
+    transport: str  # raw | aiohttp | httpx
+    workers: int | None  # processes per level (None: chosen from streams and cores)
+    # which part of the load this is: splits (k, n), outermost first; () = all of it
+    part: tuple[tuple[int, int], ...] = ()
+    # parts on several machines start at one wall-clock moment (each container's own clock)
+    start_at_unix: float | None = None
+
+    @property
+    def dataset_format(self) -> str:
+        """synthetic, jsonl or sharegpt."""
+        if self.dataset is None:
+            return "synthetic"
+        return "jsonl" if self.dataset.suffix == ".jsonl" else "sharegpt"
+
+    @property
+    def prompt_pool(self) -> int:
+        """How many distinct prompts to build (a run cycles through them)."""
+        return min(self.num_requests or PROMPT_POOL, PROMPT_POOL)
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers every request carries: the given ones and the bearer key."""
+        headers = dict(self.headers)
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def share(self, level: Level) -> Part:
+        """This run's part of `level`: its streams, request budget, indices and arrivals."""
+        return resolve(path=self.part, concurrency=level.concurrency,
+                       max_concurrency=self.max_concurrency, num_requests=self.num_requests)
+
+
+def parse_options(url: str, *, model: str | None = None, api_key: str | None = None,
+                  headers: dict[str, str] | None = None, endpoint: str = "chat",
+                  concurrency: str | None = None, rate: str | None = None,
+                  arrival: str = "poisson", burstiness: float = 1.0,
+                  max_concurrency: int | None = None, num_requests: int | None = None,
+                  duration: float | None = None, warmup: float = 0.0, cooldown: float = 0.0,
+                  input_len: str = "128", output_len: str | None = None,
+                  dataset: Path | None = None, tokenizer: str | None = None, turns: int = 1,
+                  session_header: str = "Modal-Session-ID", ignore_eos: bool = True,
+                  min_tokens: bool = False, prewarm: bool = True,
+                  slos: tuple[str, ...] | list[str] = (), timeout: float = 600.0,
+                  stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
+                  transport: str = "raw", workers: int | None = None) -> BenchOptions:
+    """`mls bench run`'s options (named and written as on its command line) as one checked
+    value; anything that makes no sense is a UsageError naming the option."""
+    given_headers = dict(headers or {})
+    base_url = normalize_base_url(url)  # a bad URL fails here, before any folder or request
+    check_headers({**given_headers, **({"Authorization": f"Bearer {api_key}"} if api_key
+                                       else {})})
+    for name, value, minimum, strict in (
+            ("--burstiness", burstiness, 0.0, True), ("--duration", duration, 0.0, True),
+            ("--warmup", warmup, 0.0, False), ("--cooldown", cooldown, 0.0, False),
+            ("--timeout", timeout, 0.0, True), ("--stall-timeout", stall_timeout, 0.0, True)):
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise UsageError(f"{name} {value!r} must be a finite number "
+                             f"{'>' if strict else '>='} {minimum:g}")
+    levels = parse_levels(concurrency=concurrency, rate=rate)
+    if dataset is not None and not dataset.is_file():
+        raise UsageError(f"--dataset {dataset} does not exist")
+    options = BenchOptions(
+        base_url=base_url, model=model or None, api_key=api_key,
+        headers=tuple(given_headers.items()), endpoint=endpoint, levels=tuple(levels),
+        arrival=arrival, burstiness=burstiness, max_concurrency=max_concurrency,
+        # without a duration, a level is 100 requests: every run has a bound
+        num_requests=num_requests if num_requests or duration else 100,
+        duration_s=duration, warmup_s=warmup, cooldown_s=cooldown,
+        input_len=parse_length(input_len, option="--input-len"),
+        output_len=parse_length(output_len, option="--output-len") if output_len else None,
+        dataset=dataset, tokenizer=tokenizer, turns=turns, session_header=session_header,
+        ignore_eos=ignore_eos, min_tokens=min_tokens, prewarm=prewarm, slo=parse_slos(slos),
+        timeout_s=timeout, stall_timeout_s=stall_timeout, retries=retries, seed=seed,
+        transport=transport, workers=workers)
+    _check_combinations(options)
+    return options
+
+
+def _check_combinations(options: BenchOptions) -> None:
+    """Checks across options, which no single option's type can express."""
+    if options.arrival not in ARRIVALS:
+        raise UsageError(f"--arrival {options.arrival!r}: choose one of {', '.join(ARRIVALS)}")
+    if options.duration_s is not None and \
+            options.warmup_s + options.cooldown_s >= options.duration_s:
+        raise UsageError("--warmup plus --cooldown leave nothing of --duration to measure")
+    unbounded_burst = any(level.rate is not None and math.isinf(level.rate)
+                          for level in options.levels) and \
+        options.num_requests is None and options.max_concurrency is None
+    if unbounded_burst:
+        raise UsageError("--rate inf with only --duration would start requests without limit; "
+                         "add --num-requests or --max-concurrency")
+    if options.workers is not None and not 1 <= options.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {options.workers}: give 1 to {MAX_WORKERS} processes")
+    if options.endpoint not in ("chat", "completions"):
+        raise UsageError("--endpoint is chat or completions")
+
+
+def check_split(options: BenchOptions, parts: int) -> None:
+    """Every level of `options` splits into `parts` parts (the in-region app's containers):
+    each part gets at least one stream."""
+    for level in options.levels:
+        try:
+            dataclasses.replace(options, part=((0, parts),)).share(level)
+        except ValueError as exc:
+            raise UsageError(f"cannot split this load: {exc}; use fewer parts") from None
+
+
+def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
+    """`--concurrency 1,4,16` or `--rate 2,4,inf`; anything that makes no sense is a UsageError."""
+    if concurrency and rate:
+        raise UsageError("give --concurrency (closed loop) or --rate (open loop), not both; cap "
+                         "an open loop's requests in flight with --max-concurrency")
+    if not concurrency and not rate:
+        return [Level("concurrency", 1)]
+    option, spec = ("--concurrency", concurrency) if concurrency else ("--rate", rate)
+    assert spec is not None
+    items = [item.strip() for item in spec.split(",")]
+    if not all(items):
+        raise UsageError(f"{option} {spec!r} has an empty item; write a comma list like 1,4,16")
+    levels = []
+    for item in items:
+        if option == "--concurrency":
+            if not item.isdigit() or int(item) < 1:
+                raise UsageError(f"{option} {item!r} is not a whole number >= 1; e.g. "
+                                 "--concurrency 1,4,16")
+            if int(item) > 100_000:
+                raise UsageError(f"{option} {item} is more streams than one client can hold")
+            levels.append(Level("concurrency", int(item)))
+        else:
+            try:
+                value = float(item)
+            except ValueError:
+                raise UsageError(f"{option} {item!r} is not a number of requests per second; "
+                                 "e.g. --rate 1,2,4 or inf") from None
+            if math.isnan(value) or value <= 0:
+                raise UsageError(f"{option} {item!r} must be > 0 requests/s (inf = all at once)")
+            levels.append(Level("rate", value))
+    if len({level.value for level in levels}) != len(levels):
+        raise UsageError(f"{option} {spec!r} repeats a value; each level runs once")
+    if len(levels) > MAX_LEVELS:
+        raise UsageError(f"{option} has {len(levels)} levels; at most {MAX_LEVELS} per sweep")
+    return levels
+
+
+def parse_slos(values: tuple[str, ...] | list[str]) -> Slo | None:
+    """`ttft:500`, `tpot:50`, `e2el:2000` (ms; as vLLM's --goodput) into an Slo, or None."""
+    limits: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.partition(":")
+        name = name.strip().lower()
+        try:
+            limit = float(number)
+        except ValueError:
+            limit = math.nan
+        if not sep or name not in ("ttft", "tpot", "e2el") or not limit > 0 or \
+                math.isinf(limit):
+            raise UsageError(f"--slo {value!r}: write METRIC:MS with METRIC ttft, tpot or e2el "
+                             "and MS > 0, e.g. --slo ttft:500")
+        if name in limits:
+            raise UsageError(f"--slo gives {name} twice")
+        limits[name] = limit
+    if not limits:
+        return None
+    return Slo(ttft_ms=limits.get("ttft"), tpot_ms=limits.get("tpot"), e2el_ms=limits.get("e2el"))
