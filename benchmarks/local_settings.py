@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 from local_overhead import stop, throughput, tree_pss_mib, wait_models
 
+from modal_llm_serving.local.argv import with_value
 from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, ensure_default_model
 from modal_llm_serving.local.serve import (
     DEFAULT_KV_CACHE_GIB,
@@ -40,14 +41,9 @@ from modal_llm_serving.recipes.files import recipe_path
 
 def replace_flags(argv: list[str], changes: list[str]) -> list[str]:
     """`argv` with each `--flag value` of `changes` replacing the flag's value (or appended)."""
-    out = list(argv)
     for index in range(0, len(changes), 2):
-        flag, value = changes[index], changes[index + 1]
-        if flag in out:
-            out[out.index(flag) + 1] = value
-        else:
-            out += [flag, value]
-    return out
+        argv = with_value(argv, changes[index], changes[index + 1])
+    return argv
 
 
 def main() -> None:
