@@ -26,7 +26,7 @@ import pytest
 from modal_llm_serving.local.engine_args import parse_sglang, parse_vllm_serve, vllm_engine_args
 from modal_llm_serving.local.serve import LocalCommand, argv_settings, local_command
 from modal_llm_serving.local.transforms import CPU_TRANSFORMS, engine_of, for_local_cpu
-from modal_llm_serving.recipes.files import load_recipe, recipe_command, recipe_llm_kwargs
+from modal_llm_serving.recipes.files import load_recipe, recipe_command
 
 MINUTES = 60
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -205,6 +205,13 @@ def verify_modal_settings(spied: Spied) -> str:
         assert info.method_names == ["generate"]
         assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
     return pattern
+
+
+def recipe_llm_kwargs(module: ModuleType, **overrides: Any) -> dict[str, Any]:
+    """The batch recipe's own `vllm.LLM(...)` keyword arguments, with model/revision overrides."""
+    kwargs = module.llm_kwargs(**overrides)
+    assert isinstance(kwargs, dict), f"llm_kwargs() in {module.__file__} returned {kwargs!r}"
+    return kwargs
 
 
 def verify_engine_command(module: ModuleType) -> Any:

@@ -90,7 +90,7 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     would); 2 invalid workload (the message names the field).
     """
     from modal_llm_serving.errors import PlanRefused
-    from modal_llm_serving.plan.decide import explain, make_plan
+    from modal_llm_serving.plan import explain, make_plan
 
     workload = _workload(workload_file, assignments, flags)
     try:

@@ -182,7 +182,7 @@ def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
 class NewApp:
     """What `mls new` did: the plan, the rendered recipe, the written file's check findings."""
 
-    plan: Any  # modal_llm_serving.plan.decide.Plan
+    plan: Any  # modal_llm_serving.plan.Plan
     recipe: Path
     output: Path
     render: RenderResult
@@ -200,7 +200,7 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
             gpu_catalog: Path | None = None, import_check: bool = True) -> NewApp:
     """Plan `workload`, write its recipe with the plan's settings to `output`, check the file."""
     from modal_llm_serving.check.checker import check_file
-    from modal_llm_serving.plan.decide import make_plan
+    from modal_llm_serving.plan import make_plan
     from modal_llm_serving.recipes.files import recipe_path
 
     if workload.is_local_path:
@@ -210,7 +210,7 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
                          "by hand")
     plan = make_plan(workload, gpu_catalog=gpu_catalog)
     _recipe_can_carry(plan)
-    recipe = recipe_path(plan.recipe)
+    recipe = recipe_path(plan.recipe_row.name)
     result = write_app(recipe, plan.recipe_settings(), output, force=force)
     findings = check_file(output, import_check=import_check)
     return NewApp(plan=plan, recipe=recipe, output=output, render=result, findings=findings)
