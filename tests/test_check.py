@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from modal_llm_serving.check import RULES, check_file, check_source
 from modal_llm_serving.cli import cli
-from modal_llm_serving.recipes.files import RECIPES, recipe_path
+from modal_llm_serving.recipes.files import recipe_path
+from modal_llm_serving.recipes.table import RECIPE_NAMES as RECIPES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
 CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py")

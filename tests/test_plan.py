@@ -19,7 +19,7 @@ from modal_llm_serving.errors import PlanRefused, UsageError, WorkloadError
 from modal_llm_serving.facts.gpus import load_gpu_catalog
 from modal_llm_serving.facts.models import builtin_models, model_facts, model_facts_from_config
 from modal_llm_serving.facts.workload import load_workload, workload_from_mapping
-from modal_llm_serving.plan.decide import SLO_MARGIN, TP_SIZES, explain, make_plan
+from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, explain, make_plan
 
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
 BASE = {"model": "Qwen/Qwen3-8B-FP8", "revision": REV}

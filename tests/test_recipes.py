@@ -1,20 +1,28 @@
-"""`recipes`: finding a recipe, loading it, and asking it for its own engine command."""
+"""`recipes`: the table, finding a recipe, loading it, and asking it for its own engine command."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
+from types import UnionType
+from typing import Any
 
 import pytest
 
 from modal_llm_serving.errors import RecipeError
+from modal_llm_serving.facts.workload import workload_from_mapping
+from modal_llm_serving.plan import make_plan
+from modal_llm_serving.recipes import table
 from modal_llm_serving.recipes.files import (
-    RECIPES,
     load_recipe,
     recipe_command,
-    recipe_llm_kwargs,
     recipe_path,
     resolve_recipe,
 )
+from modal_llm_serving.recipes.table import RECIPE_NAMES
+
+from .verify import recipe_llm_kwargs
 
 HEAD = "import modal\napp = modal.App('x')\n"
 
@@ -37,7 +45,7 @@ def test_resolve_takes_a_file_or_a_recipe_name(tmp_path: Path) -> None:
 
 
 def test_every_recipe_name_has_its_file() -> None:
-    assert all(recipe_path(name).is_file() for name in RECIPES)
+    assert all(recipe_path(name).is_file() for name in RECIPE_NAMES)
 
 
 def test_overrides_reach_the_recipe_function() -> None:
@@ -72,3 +80,80 @@ def test_batch_recipe_kwargs_with_overrides() -> None:
     module = load_recipe(recipe_path("qwen3_throughput"))
     kwargs = recipe_llm_kwargs(module, model="/m", revision=None)
     assert kwargs["model"] == "/m" and kwargs["max_num_seqs"] == module.MAX_NUM_SEQS
+
+
+# --- the recipe table against the files and the plans --------------------------------------------
+
+
+def _constants(path: Path) -> dict[str, Any]:
+    """A file's module-level UPPER_CASE constants and their values, read from its syntax tree."""
+    values: dict[str, Any] = {}
+    for stmt in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, node = stmt.targets[0], stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            target, node = stmt.target, stmt.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and re.fullmatch(r"[A-Z][A-Z0-9_]*", target.id):
+            assert target.id not in values, f"{path.name} assigns {target.id} twice"
+            values[target.id] = _value(node, values)
+    return values
+
+
+def _value(node: ast.expr, earlier: dict[str, Any]) -> Any:
+    """A literal, an earlier constant's name, or a product of those (`20 * MINUTES`)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        return _value(node.left, earlier) * _value(node.right, earlier)
+    if isinstance(node, ast.Name):
+        return earlier[node.id]
+    return ast.literal_eval(node)
+
+
+def _has_type(value: Any, kind: type | UnionType) -> bool:
+    """`isinstance`, except that a bool is no int here (True is no GPU count)."""
+    return isinstance(value, kind) and (isinstance(value, bool) == (kind is bool))
+
+
+def test_every_recipe_file_has_a_row_in_the_table() -> None:
+    files = {path.stem for path in recipe_path(RECIPE_NAMES[0]).parent.glob("*.py")}
+    assert files == set(RECIPE_NAMES)
+
+
+@pytest.mark.parametrize("recipe", table.RECIPES, ids=lambda recipe: recipe.name)
+def test_each_recipe_defines_exactly_the_settings_of_its_row(recipe: table.Recipe) -> None:
+    declared = {setting.name: setting.type for setting in recipe.settings}
+    assert len(declared) == len(recipe.settings), "a setting is listed twice"
+    constants = _constants(recipe_path(recipe.name))
+    assert set(constants) == set(declared)
+    wrong = {name: value for name, value in constants.items()
+             if not _has_type(value, declared[name])}
+    assert wrong == {}, f"not of the declared type in {recipe.file_name}"
+
+
+REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
+ROW_WORKLOADS = {
+    "vllm_online": {"concurrency": 32},
+    "vllm_cold_start": {"cold_start_s": 30},
+    "sglang_low_latency": {"goal": "low-latency"},
+    "qwen3_throughput": {"offline": True},
+    "vllm_server": {"goal": "low-latency", "proxy_auth": True},
+}
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_a_plan_fills_each_setting_its_row_maps_with_the_declared_type(name: str) -> None:
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B-FP8", "revision": REV,
+                                            **ROW_WORKLOADS[name]}))
+    assert plan.recipe_row == table.recipe_named(name)
+    settings = plan.recipe_settings()
+    mapped = [setting for setting in plan.recipe_row.settings if setting.source]
+    assert list(settings) == [setting.name for setting in mapped]
+    assert all(_has_type(settings[setting.name], setting.type) for setting in mapped), settings
+
+
+def test_the_table_picks_the_server_form_only_for_proxy_auth_clients() -> None:
+    assert table.recipe_for("low-latency").name == "sglang_low_latency"
+    assert table.recipe_for("low-latency", proxy_auth=True).name == "vllm_server"
+    assert table.recipe_for("cold-start", proxy_auth=True).name == "vllm_server"
+    assert table.recipe_for("online", proxy_auth=True).name == "vllm_online"

@@ -28,7 +28,7 @@ from modal_llm_serving.local.argv import engine_of, flag_name, settings, with_va
 from modal_llm_serving.local.engine_args import parse_sglang, parse_vllm_serve
 from modal_llm_serving.local.serve import LocalCommand, local_command
 from modal_llm_serving.local.transforms import CPU_TRANSFORMS, for_local_cpu
-from modal_llm_serving.recipes.files import load_recipe, recipe_command, recipe_llm_kwargs
+from modal_llm_serving.recipes.files import load_recipe, recipe_command
 
 MINUTES = 60
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -218,6 +218,13 @@ def vllm_engine_args(args: argparse.Namespace) -> Any:
     from vllm.engine.arg_utils import EngineArgs
 
     return EngineArgs.from_cli_args(args)
+
+
+def recipe_llm_kwargs(module: ModuleType, **overrides: Any) -> dict[str, Any]:
+    """The batch recipe's own `vllm.LLM(...)` keyword arguments, with model/revision overrides."""
+    kwargs = module.llm_kwargs(**overrides)
+    assert isinstance(kwargs, dict), f"llm_kwargs() in {module.__file__} returned {kwargs!r}"
+    return kwargs
 
 
 def verify_engine_command(module: ModuleType) -> Any:

@@ -24,10 +24,10 @@ def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> N
     from cpu_llm_kwargs import llm_kwargs_for_local_cpu  # this folder: see its docstring
     from vllm import LLM
 
-    from modal_llm_serving.recipes.files import load_recipe, recipe_llm_kwargs, recipe_path
+    from modal_llm_serving.recipes.files import load_recipe, recipe_path
 
     recipe = load_recipe(recipe_path("qwen3_throughput"))
-    kwargs = llm_kwargs_for_local_cpu(recipe_llm_kwargs(recipe, model=model_dir, revision=None))
+    kwargs = llm_kwargs_for_local_cpu(recipe.llm_kwargs(model=model_dir, revision=None))
     start = time.perf_counter()
     llm = LLM(**kwargs)
     init_seconds = time.perf_counter() - start

@@ -32,7 +32,8 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.endpoint.smoke import run_smoke
 from modal_llm_serving.local.engine_args import parse_sglang
 from modal_llm_serving.local.serve import LocalServer, engine_build, free_port, launcher_argv
-from modal_llm_serving.recipes.files import RECIPES, load_recipe, recipe_path
+from modal_llm_serving.recipes import table
+from modal_llm_serving.recipes.files import load_recipe, recipe_path
 
 from ..conftest import TINY_API_KEY, tiny_local_command
 from ..verify import (
@@ -46,12 +47,12 @@ from ..verify import (
 __all__ = ["spy_modal"]  # a fixture, used by name
 
 HERE = Path(__file__).resolve().parent
-VLLM_RECIPES = ("vllm_online", "vllm_cold_start", "qwen3_throughput", "vllm_server")
-SERVERS = ("vllm_online", "vllm_cold_start", "vllm_server")
-FORWARDING = ("vllm_online", "vllm_cold_start")
-PATTERNS = {"vllm_online": "online", "vllm_cold_start": "cold-start",
-            "sglang_low_latency": "low-latency", "qwen3_throughput": "throughput",
-            "vllm_server": "server"}
+RECIPES = table.RECIPE_NAMES
+VLLM_RECIPES = tuple(r.name for r in table.RECIPES if r.engine == "vllm")
+SERVERS = tuple(r.name for r in table.RECIPES if r.engine == "vllm" and r.primitive)
+FORWARDING = tuple(r.name for r in table.RECIPES if r.primitive == "web_server")  # /v1 forwarders
+# what each file is, in verify.pattern_of's words: its pattern, or "server" for the Server form
+PATTERNS = {r.name: "server" if r.proxy_auth else r.patterns[0] for r in table.RECIPES}
 
 
 # --- every recipe: compiles, imports alone, gives Modal its settings, sizes ----------------------

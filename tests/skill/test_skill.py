@@ -21,6 +21,8 @@ import strictyaml
 from skills_ref.parser import parse_frontmatter
 from skills_ref.validator import validate
 
+from modal_llm_serving.recipes.table import RECIPES
+
 ROOT = Path(__file__).resolve().parents[2]
 SKILL = ROOT / "skills" / "modal-llm-serving"
 SKILL_MD = SKILL / "SKILL.md"
@@ -35,13 +37,8 @@ OUT_OF_SCOPE = {
     "hosted-api": r"hosted[- ]API",
     "out-of-scope": r"llama\.cpp, Ollama",  # engines other than vLLM and SGLang
 }
-PATTERN_CATEGORIES = {
-    "vllm_online.py": "online",
-    "vllm_cold_start.py": "cold-start",
-    "sglang_low_latency.py": "low-latency",
-    "qwen3_throughput.py": "throughput",
-    "vllm_server.py": "server",
-}
+# each recipe file's eval category: its pattern, or "server" for the Server form
+PATTERN_CATEGORIES = {r.file_name: "server" if r.proxy_auth else r.patterns[0] for r in RECIPES}
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -495,7 +492,9 @@ def test_the_skill_names_no_path_outside_its_folder() -> None:
 
 def recipe_facts(recipe: Path) -> dict[str, set[str]]:
     """What a recipe really uses: Volume names, mount paths, environment variables, flags."""
-    from modal_llm_serving.recipes.files import load_recipe, recipe_command, recipe_llm_kwargs
+    from modal_llm_serving.recipes.files import load_recipe, recipe_command
+
+    from ..verify import recipe_llm_kwargs
 
     source = recipe.read_text(encoding="utf-8")
     module = load_recipe(recipe, module_name=f"facts_{recipe.stem}")

@@ -21,6 +21,7 @@ from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 from modal_llm_serving.cli.smoke import render_smoke
 from modal_llm_serving.errors import EngineStartError
+from modal_llm_serving.recipes.table import RECIPE_NAMES, recipe_for
 
 
 @cli.group()
@@ -30,9 +31,9 @@ def local() -> None:
 
 def recipe_option(command: Callable[P, R]) -> Callable[P, R]:
     return click.option(
-        "--recipe", default="vllm_online", show_default=True, metavar="FILE_OR_NAME",
+        "--recipe", default=recipe_for("online").name, show_default=True, metavar="FILE_OR_NAME",
         help="The app whose engine command to run: a file (e.g. one `mls new` wrote) or a recipe "
-             "name (vllm_online, vllm_cold_start, ...).")(command)
+             f"name ({', '.join(RECIPE_NAMES[:2])}, ...).")(command)
 
 
 def model_options(command: Callable[P, R]) -> Callable[P, R]:

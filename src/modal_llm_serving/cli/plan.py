@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from modal_llm_serving.cli.options import (
 )
 from modal_llm_serving.cli.params import Finite
 from modal_llm_serving.cli.root import cli
+
+if TYPE_CHECKING:
+    from modal_llm_serving.facts.workload import Workload
 
 
 @cli.command("revision")
@@ -70,7 +73,7 @@ def workload_options(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def _workload(workload_file: Path | None, assignments: tuple[str, ...],
-              flags: dict[str, Any]) -> Any:
+              flags: dict[str, Any]) -> Workload:
     from modal_llm_serving.facts.workload import workload_from_inputs
 
     return workload_from_inputs(workload_file, flags=flags, assignments=assignments)
@@ -90,7 +93,7 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     would); 2 invalid workload (the message names the field).
     """
     from modal_llm_serving.errors import PlanRefused
-    from modal_llm_serving.plan.decide import explain, make_plan
+    from modal_llm_serving.plan import explain, make_plan
 
     workload = _workload(workload_file, assignments, flags)
     try:

@@ -70,7 +70,8 @@ class Workload:
     revision: str | None = None  # commit hash; required for a Hub id
     precision: str | None = None  # weights: bf16, fp16, fp8, int8, int4, mxfp4; default: native
     kv_cache_dtype: str = "auto"  # "fp8" halves the KV cache on cards with fp8 support
-    context_length: int | None = None  # max tokens per sequence (prompt + output)
+    # max tokens per sequence (prompt + output): the plan's max_model_len, a recipe's MAX_MODEL_LEN
+    context_length: int | None = None
     input_tokens: int = 1000  # a typical prompt
     output_tokens: int = 250  # a typical completion
     concurrency: int = 8  # requests in flight at peak, across all replicas

@@ -1,1 +1,1 @@
-"""The serving recipes: where they live, loading one, asking its command, writing one (`new`)."""
+"""The serving recipes: the table declaring them, their files and commands, writing one (`new`)."""

@@ -1,11 +1,12 @@
-"""The serving recipes: where they live, how to load one, and how to ask it for its command.
+"""The recipe files: where they live, how to load one, and how to ask it for its command.
 
 The recipes live once, in the skill (`skills/modal-llm-serving/scripts/` in a checkout); a wheel
-carries the same folder as package data (`modal_llm_serving/_skill/scripts`). Each recipe builds
-its own engine command in plain Python: the servers define `engine_command(*, model, revision,
-served_model_name, host, port) -> list[str]`, the batch worker `llm_kwargs(*, model, revision) ->
-dict`. The toolkit never writes a command of its own: it loads the recipe with the real Modal SDK
-(module-level code only defines things) and calls those functions.
+carries the same folder as package data (`modal_llm_serving/_skill/scripts`); their names are the
+recipe table's (`table.py`). Each recipe builds its own engine command in plain Python: the
+servers define `engine_command(*, model, revision, served_model_name, host, port) -> list[str]`,
+the batch worker `llm_kwargs(*, model, revision) -> dict`. The toolkit never writes a command of
+its own: it loads the recipe with the real Modal SDK (module-level code only defines things) and
+calls those functions.
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ from types import ModuleType
 from typing import Any
 
 from modal_llm_serving.errors import RecipeError, UsageError
+from modal_llm_serving.recipes.table import RECIPE_NAMES
 from modal_llm_serving.skill import skill_dir
 
 __all__ = [
-    "RECIPES",
     "SERVER_OVERRIDES",
     "load_recipe",
     "recipe_command",
-    "recipe_llm_kwargs",
     "recipe_path",
     "recipes_dir",
     "resolve_recipe",
 ]
 
-RECIPES = ("vllm_online", "vllm_cold_start", "sglang_low_latency", "qwen3_throughput",
-           "vllm_server")
 # What may differ off Modal: the keyword arguments every server recipe's engine_command() takes.
 SERVER_OVERRIDES = ("model", "revision", "served_model_name", "host", "port")
 
@@ -46,10 +44,10 @@ def recipes_dir() -> Path:
 
 
 def recipe_path(name: str) -> Path:
-    """The file of recipe `name` (one of RECIPES, with or without `.py`)."""
+    """The file of recipe `name` (a name in the recipe table, with or without `.py`)."""
     stem = name.removesuffix(".py")
-    if stem not in RECIPES:
-        raise RecipeError(f"no recipe named {name!r}; choose one of {', '.join(RECIPES)}")
+    if stem not in RECIPE_NAMES:
+        raise RecipeError(f"no recipe named {name!r}; choose one of {', '.join(RECIPE_NAMES)}")
     return recipes_dir() / f"{stem}.py"
 
 
@@ -60,10 +58,11 @@ def resolve_recipe(value: str) -> Path:
         return path
     if path.exists():
         raise RecipeError(f"{value} is not a file; give a recipe file or one of "
-                          f"{', '.join(RECIPES)}")
-    if value.removesuffix(".py") in RECIPES:
+                          f"{', '.join(RECIPE_NAMES)}")
+    if value.removesuffix(".py") in RECIPE_NAMES:
         return recipe_path(value)
-    raise RecipeError(f"no recipe file at {value}; give a path or one of {', '.join(RECIPES)}")
+    raise RecipeError(f"no recipe file at {value}; give a path or one of "
+                      f"{', '.join(RECIPE_NAMES)}")
 
 
 def load_recipe(path: Path, *, module_name: str | None = None) -> ModuleType:
@@ -114,11 +113,3 @@ def recipe_command(module: ModuleType, **overrides: Any) -> list[str]:
                           "non-empty list of strings")
     return argv
 
-
-def recipe_llm_kwargs(module: ModuleType, **overrides: Any) -> dict[str, Any]:
-    """The batch recipe's own `vllm.LLM(...)` keyword arguments, with model/revision overrides."""
-    function = _function(module, "llm_kwargs", keywords=tuple(overrides))
-    kwargs = function(**overrides)
-    if not isinstance(kwargs, dict):
-        raise RecipeError(f"llm_kwargs() in {module.__file__} returned {kwargs!r}, not a dict")
-    return kwargs

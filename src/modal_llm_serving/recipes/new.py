@@ -16,9 +16,13 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modal_llm_serving.errors import RecipeError, UsageError
+
+if TYPE_CHECKING:  # annotations only: render_source and write_app need no planner
+    from modal_llm_serving.facts.workload import Workload
+    from modal_llm_serving.plan import Plan
 
 __all__ = ["RenderResult", "render_source", "write_app"]
 
@@ -182,7 +186,7 @@ def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
 class NewApp:
     """What `mls new` did: the plan, the rendered recipe, the written file's check findings."""
 
-    plan: Any  # modal_llm_serving.plan.decide.Plan
+    plan: Plan
     recipe: Path
     output: Path
     render: RenderResult
@@ -196,11 +200,11 @@ class NewApp:
                 "findings": [f.to_dict() for f in self.findings], "plan": self.plan.to_dict()}
 
 
-def new_app(workload: Any, output: Path, *, force: bool = False,
+def new_app(workload: Workload, output: Path, *, force: bool = False,
             gpu_catalog: Path | None = None, import_check: bool = True) -> NewApp:
     """Plan `workload`, write its recipe with the plan's settings to `output`, check the file."""
     from modal_llm_serving.check import check_file
-    from modal_llm_serving.plan.decide import make_plan
+    from modal_llm_serving.plan import make_plan
     from modal_llm_serving.recipes.files import recipe_path
 
     if workload.is_local_path:
@@ -210,13 +214,13 @@ def new_app(workload: Any, output: Path, *, force: bool = False,
                          "by hand")
     plan = make_plan(workload, gpu_catalog=gpu_catalog)
     _recipe_can_carry(plan)
-    recipe = recipe_path(plan.recipe)
+    recipe = recipe_path(plan.recipe_row.name)
     result = write_app(recipe, plan.recipe_settings(), output, force=force)
     findings = check_file(output, import_check=import_check)
     return NewApp(plan=plan, recipe=recipe, output=output, render=result, findings=findings)
 
 
-def _recipe_can_carry(plan: Any) -> None:
+def _recipe_can_carry(plan: Plan) -> None:
     """Refuse plans whose memory math rests on an engine setting the recipes do not have."""
     from modal_llm_serving.facts.workload import PRECISIONS
 

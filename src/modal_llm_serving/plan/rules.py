@@ -1,0 +1,50 @@
+"""The numbers the plan's rules rest on, each with why (deciding and explaining share them)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ALLREDUCE",
+    "GATED_ORGS",
+    "KV_HEADROOM",
+    "LATENCY_TIE",
+    "MAX_NUM_SEQS_CAP",
+    "MAX_PLANNED_GPUS",
+    "MINUTES",
+    "OFFLINE_NUM_SEQS_CAP",
+    "PINNED_PRIMITIVES",
+    "PROXY_REGIONS_SEEN",
+    "ROUTING_REGIONS",
+    "SLO_MARGIN",
+    "TP_SIZES",
+]
+
+MINUTES = 60
+# Past this many GPUs at peak a plan is a capacity negotiation with Modal, not a recipe setting.
+MAX_PLANNED_GPUS = 2000
+TP_SIZES = (1, 2, 4, 8)  # tensor parallelism: a power of two, at most 8 GPUs per container
+MAX_NUM_SEQS_CAP = 256  # vLLM's default max_num_seqs: a sane ceiling before benchmarking
+OFFLINE_NUM_SEQS_CAP = 512  # offline batches gain from larger batches while KV allows
+# Hub organisations whose models are gated: the app needs a Secret holding HF_TOKEN.
+GATED_ORGS = ("meta-llama/", "google/", "mistralai/")
+KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, prefix blocks)
+# Tensor parallelism all-reduces activations twice per layer per step; each costs a latency
+# however small the message (which caps what TP buys at batch 1: without it the roofline would
+# call 8 GPUs 8x faster, which no engine reaches) plus the message over the link. Estimates:
+# NVLink ~10 us and ~300 GB/s per GPU; PCIe ~25 us and ~25 GB/s.
+ALLREDUCE = {True: (10e-6, 300e9), False: (25e-6, 25e9)}  # nvlink -> (latency s, bytes/s)
+# Without latency SLOs, a low-latency plan takes the cheapest setup whose decode floor is within
+# this factor of the fastest single-GPU setup: near the best one card can do, without paying
+# 2-8x the price for tensor parallelism's last milliseconds (give SLOs to ask for those).
+LATENCY_TIE = 2.0
+# Rooflines are floors; engines reach ~70-80% of peak HBM bandwidth in decode and add
+# scheduling, sampling and network time. A latency SLO counts as met only when the floor
+# stays within 70% of it.
+SLO_MARGIN = 0.7
+# A Server's proxy routes in one of these; pick the one in the compute region's part of the world.
+ROUTING_REGIONS = {"us-west": "us-west", "eu": "eu-west", "uk": "eu-west", "ap": "ap-south",
+                   "jp": "ap-south", "au": "ap-south"}
+# These primitives' proxies sit in one region, so the GPU is pinned next to it (us-east unless
+# the workload names a region): http_server's and the Server's.
+PINNED_PRIMITIVES = ("http_server", "app.server")
+# Modal's routing regions; the published http_server examples use the first two as proxies.
+PROXY_REGIONS_SEEN = ("us-east", "us-west", "eu-west", "ap-south")

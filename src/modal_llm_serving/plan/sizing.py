@@ -1,0 +1,169 @@
+"""The arithmetic: weights, KV cache, decode and prefill step times, cold starts, predictions.
+
+Predictions are rooflines, so they are ceilings (floors for times) that real engines approach but
+do not reach: decode reads all touched weights and the KV cache once per step at the card's HBM
+bandwidth, or is bound by tensor-core FLOP/s, whichever is slower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from modal_llm_serving.facts.gpus import GB, GPU, Platform
+from modal_llm_serving.facts.models import ModelFacts, experts_touched_fraction
+from modal_llm_serving.facts.workload import PRECISIONS, Workload
+from modal_llm_serving.plan.rules import ALLREDUCE
+from modal_llm_serving.plan.types import Candidate, Prediction
+
+__all__ = ["Sizing", "cold_start_seconds", "predictions", "size"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizing:
+    """The model at the planned precision, and the typical request's tokens: what every GPU setup
+    is measured against (computed once per plan)."""
+
+    facts: ModelFacts
+    precision: str
+    kv_bytes_per_elem: float
+    weights_bytes: float
+    expert_params: float  # all routed experts (0 for dense)
+    common_params: float  # everything else
+    ctx_avg: float  # average context a decoding sequence attends to
+    seq_tokens: int  # KV tokens one typical request holds at its end
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return self.facts.kv_elements_per_token() * self.kv_bytes_per_elem
+
+    @property
+    def bytes_per_param(self) -> float:
+        return self.weights_bytes / self.facts.total_params
+
+    def step_bytes(self, batch: int) -> float:
+        touched = experts_touched_fraction(self.facts, batch)
+        weights = (self.common_params + self.expert_params * touched) * self.bytes_per_param
+        return weights + batch * self.ctx_avg * self.kv_bytes_per_token
+
+    def step_seconds(self, gpu: GPU, n: int, batch: int) -> float:
+        memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
+        compute = 2 * self.facts.active_params * batch / (n * self._tflops(gpu) * 1e12)
+        return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
+
+    def full_load_seconds(self, gpu: GPU, n: int, batch: int, prompt_per_output: float) -> float:
+        """A decode step at `batch` plus the prefill of `prompt_per_output` prompt tokens per
+        output token (continuous batching mixes them), whichever bound is slower."""
+        memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
+        compute = (2 * self.facts.active_params * batch * (1 + prompt_per_output)
+                   / (n * self._tflops(gpu) * 1e12))
+        return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
+
+    def allreduce_seconds(self, gpu: GPU, n: int, batch: int) -> float:
+        """2 all-reduces per layer of `batch` x hidden activations (2 bytes), ring algorithm."""
+        if n == 1:
+            return 0.0
+        latency, bandwidth = ALLREDUCE[gpu.nvlink]
+        message = batch * self.facts.hidden * 2
+        return 2 * self.facts.layers * (latency + 2 * (n - 1) / n * message / bandwidth)
+
+    def prefill_seconds(self, gpu: GPU, n: int, prompt: int) -> float:
+        f = self.facts
+        flops = (2 * f.active_params * prompt
+                 + 2 * f.layers * prompt * prompt * f.heads * min(f.head_dim, 192))
+        return max(flops / (n * self._tflops(gpu) * 1e12),
+                   self.weights_bytes / (n * gpu.hbm_tb_s * 1e12))
+
+    def _tflops(self, gpu: GPU) -> float:
+        return gpu.tflops(fp8=self.precision == "fp8")
+
+
+def size(w: Workload, facts: ModelFacts) -> Sizing:
+    """The sizing of `facts` at the workload's precision (the checkpoint's own by default)."""
+    precision = w.precision or facts.native_precision
+    if precision not in PRECISIONS:
+        precision = "bf16"
+    if precision == facts.native_precision and facts.checkpoint_bytes:
+        weights = facts.checkpoint_bytes
+    else:
+        weights = facts.total_params * PRECISIONS[precision]
+    expert = 0.0
+    if facts.is_moe and facts.experts > facts.experts_per_token:
+        e, k = facts.experts, facts.experts_per_token
+        expert = (facts.total_params - facts.active_params) * e / (e - k)
+    return Sizing(facts=facts, precision=precision,
+                  kv_bytes_per_elem=1.0 if w.kv_cache_dtype == "fp8" else 2.0,
+                  weights_bytes=weights, expert_params=expert,
+                  common_params=facts.total_params - expert,
+                  ctx_avg=w.input_tokens + w.output_tokens / 2,
+                  seq_tokens=w.input_tokens + w.output_tokens)
+
+
+def cold_start_seconds(s: Sizing, platform: Platform, n: int) -> tuple[float, float, float]:
+    """(weights floor, without snapshots, with snapshots) in seconds."""
+    load = s.weights_bytes / (platform.volume_read_gb_s * GB)
+    without = platform.container_start_s + load + platform.engine_init_s
+    wake = s.weights_bytes / (n * platform.host_to_device_gb_s * GB)
+    with_snap = platform.container_start_s + platform.snapshot_restore_s + load + wake
+    return load, without, with_snap
+
+
+def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
+                cold: tuple[float, float, float]) -> list[Prediction]:
+    """The chosen setup's ceilings and floors, each with its formula and the inputs plugged in;
+    `cold` is its `cold_start_seconds`."""
+    gpu, n, b = c.gpu, c.n_gpu, c.batch
+    load_s, cold_without, cold_with = cold
+    bw = gpu.hbm_tb_s * 1e12
+    tf = gpu.tflops(fp8=s.precision == "fp8") * 1e12
+    price = gpu.price_per_hour * n * c.price_multiplier
+    decode_inputs = {"W_bytes": s.weights_bytes, "kv_bytes_per_token": s.kv_bytes_per_token,
+                     "ctx_avg": s.ctx_avg, "n_gpu": n, "hbm_bytes_s": bw,
+                     "active_params": s.facts.active_params, "flops_s": tf}
+    decode_inputs["allreduce_s"] = s.allreduce_seconds(gpu, n, b)
+    step_formula = ("step(B) = max((W_touched(B) + B*ctx_avg*kv_bytes_per_token) / "
+                    "(n_gpu*hbm_bytes_s), 2*active_params*B / (n_gpu*flops_s)) + allreduce_s; "
+                    "allreduce_s = 2*layers*(latency + 2*(n_gpu-1)/n_gpu*B*hidden*2/link_bytes_s)"
+                    " when n_gpu > 1 (NVLink 10 us, 300 GB/s; PCIe 25 us, 25 GB/s)"
+                    + ("; MoE: W_touched(B) = W_common + W_experts*(1-(1-k/E)^B)"
+                       if s.facts.is_moe else "; W_touched = W_bytes"))
+    agg = b / c.step_s
+    full = c.container_tok_s
+    ratio = w.input_tokens / w.output_tokens
+    return [
+        Prediction("decode_tok_s_per_seq", 1 / c.step1_s, "tok/s",
+                   "1 / step(1); " + step_formula, {**decode_inputs, "B": 1}),
+        Prediction("decode_tok_s_at_batch", agg, "tok/s", "B / step(B) per container; "
+                   + step_formula, {**decode_inputs, "B": b}),
+        Prediction("tpot_floor_ms", c.step_s * 1e3, "ms", "step(B) * 1000", {"B": b}),
+        Prediction("ttft_prefill_floor_ms", c.prefill_s * 1e3, "ms",
+                   "max((2*active_params*L_in + 2*layers*L_in^2*heads*head_dim) / "
+                   "(n_gpu*flops_s), W_bytes / (n_gpu*hbm_bytes_s)) * 1000; excludes queueing "
+                   "and network", {"L_in": w.input_tokens, "active_params":
+                                   s.facts.active_params, "n_gpu": n, "flops_s": tf,
+                                   "W_bytes": s.weights_bytes, "hbm_bytes_s": bw}),
+        Prediction("output_tok_s_full_load", full, "tok/s",
+                   "B / max(step_memory(B), 2*active_params*B*(1 + L_in/L_out) / "
+                   "(n_gpu*flops_s)) + allreduce_s: decode plus each request's prompt prefill "
+                   "(continuous batching), per container; total tok/s = this * (1 + L_in/L_out)",
+                   {"B": b, "L_in": w.input_tokens, "L_out": w.output_tokens,
+                    "prompt_per_output": ratio, "total_tok_s": full * (1 + ratio)}),
+        Prediction("cost_per_mtok_output_usd", price / (3600 * full) * 1e6, "USD/Mtok",
+                   "price_per_hour*n_gpu*region_multiplier / (3600 * output_tok_s_full_load) "
+                   "* 1e6, at full load", {"price_per_hour": gpu.price_per_hour, "n_gpu": n,
+                                           "region_multiplier": c.price_multiplier,
+                                           "output_tok_s_full_load": full}),
+        Prediction("cold_start_weights_floor_s", load_s, "s",
+                   "W_bytes / volume_read_bytes_s", {"W_bytes": s.weights_bytes,
+                                                     "volume_read_bytes_s":
+                                                     platform.volume_read_gb_s * GB}),
+        Prediction("cold_start_without_snapshot_s", cold_without, "s",
+                   "container_start + W_bytes/volume_read_bytes_s + engine_init",
+                   {"container_start": platform.container_start_s,
+                    "engine_init": platform.engine_init_s}),
+        Prediction("cold_start_with_snapshot_s", cold_with, "s",
+                   "container_start + snapshot_restore + W_bytes/volume_read_bytes_s + "
+                   "W_bytes/(n_gpu*host_to_device_bytes_s)",
+                   {"container_start": platform.container_start_s,
+                    "snapshot_restore": platform.snapshot_restore_s,
+                    "host_to_device_bytes_s": platform.host_to_device_gb_s * GB}),
+    ]
