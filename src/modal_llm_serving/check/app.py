@@ -13,13 +13,17 @@ from typing import Any, NamedTuple
 
 from modal_llm_serving.check.source import UNKNOWN, Source, dotted, kwarg, line_of
 from modal_llm_serving.local.argv import Option, options, served_model
+from modal_llm_serving.recipes.table import RECIPES
 
-__all__ = ["ENGINE_PACKAGES", "HEX", "Definition", "Model", "argv_options", "engines",
+__all__ = ["ENGINE_PACKAGES", "HEX", "PRIMITIVES", "Definition", "Model", "argv_options", "engines",
            "model_reference", "package_name", "package_specs", "patterns", "server_calls",
            "servers"]
 
 HEX = re.compile(r"^[0-9a-f]{7,40}$")  # a commit hash, full or abbreviated
-ENGINE_PACKAGES = ("vllm", "sglang")
+# The engines and Modal serving primitives the recipes use, from the recipe table: what an app
+# file is read for.
+ENGINE_PACKAGES = tuple(dict.fromkeys(recipe.engine for recipe in RECIPES))
+PRIMITIVES = tuple(dict.fromkeys(recipe.primitive for recipe in RECIPES if recipe.primitive))
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # A shell command line written as one string (or one piece of an f-string) is text, not a list
 # the argv reader could read: matching the text is all there is.
@@ -104,16 +108,12 @@ def engines(src: Source) -> set[str]:
 
 
 def patterns(src: Source) -> list[tuple[str, int]]:
-    """(serving pattern, line) for each way the file serves: web_server, http_server, app.server,
-    offline LLM."""
+    """(serving pattern, line) for each way the file serves: one of the recipe table's Modal
+    primitives (web_server, http_server, app.server), or an offline `LLM`."""
     found: list[tuple[str, int]] = []
-    for _, decorator in src.decorators("web_server"):
-        found.append(("web_server", line_of(decorator)))
-    for _, decorator in src.decorators("http_server"):
-        found.append(("http_server", line_of(decorator)))
-    for _, decorator in src.decorators("app.server", "server"):
-        if dotted(decorator).split(".")[-1] == "server":
-            found.append(("app.server", line_of(decorator)))
+    for primitive in PRIMITIVES:
+        for _, decorator in src.decorators(primitive.split(".")[-1]):  # app.server: any `.server`
+            found.append((primitive, line_of(decorator)))
     for call in src.calls_named("LLM"):
         found.append(("offline LLM", line_of(call)))
     return found
