@@ -1,4 +1,4 @@
-"""The agent skill this toolkit carries: where it is, and installing exactly that copy.
+"""Installing the skill this toolkit carries: exactly that copy, whole, into an agent's skills folder.
 
 The package ships the skill folder (`skills/modal-llm-serving/` in a checkout, package data
 `modal_llm_serving/_skill` in a wheel), so the skill an agent reads and the toolkit it runs come
