@@ -1,4 +1,4 @@
-"""Installing the skill this toolkit carries: exactly that copy, whole, into an agent's skills folder.
+"""Installing the skill this toolkit carries: that very copy, whole, into a skills folder.
 
 The package ships the skill folder (`skills/modal-llm-serving/` in a checkout, package data
 `modal_llm_serving/_skill` in a wheel), so the skill an agent reads and the toolkit it runs come
