@@ -10,13 +10,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import (
-    P,
-    R,
-    echo_json,
-    proxy_auth_options,
-    request_headers,
-)
+from modal_llm_serving.cli.options import P, R, echo_json, proxy_auth_options, request_headers
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import EXIT_INTERRUPTED, cli
 

@@ -9,10 +9,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import (
-    dataclasses_asdict,
-    echo_json,
-)
+from modal_llm_serving.cli.options import dataclasses_asdict, echo_json
 from modal_llm_serving.cli.params import Finite
 from modal_llm_serving.cli.root import cli
 from modal_llm_serving.errors import UsageError

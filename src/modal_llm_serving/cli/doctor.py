@@ -7,9 +7,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import (
-    echo_json,
-)
+from modal_llm_serving.cli.options import echo_json
 from modal_llm_serving.cli.root import cli
 
 

@@ -11,12 +11,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import (
-    P,
-    R,
-    dataclasses_asdict,
-    echo_json,
-)
+from modal_llm_serving.cli.options import P, R, dataclasses_asdict, echo_json
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 from modal_llm_serving.cli.smoke import render_smoke

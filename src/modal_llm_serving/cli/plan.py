@@ -10,11 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from modal_llm_serving.cli.check import render_findings
-from modal_llm_serving.cli.options import (
-    P,
-    R,
-    echo_json,
-)
+from modal_llm_serving.cli.options import P, R, echo_json
 from modal_llm_serving.cli.params import Finite
 from modal_llm_serving.cli.root import cli
 

@@ -8,9 +8,7 @@ from pathlib import Path
 import click
 
 from modal_llm_serving import __version__
-from modal_llm_serving.cli.options import (
-    echo_json,
-)
+from modal_llm_serving.cli.options import echo_json
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 

@@ -7,11 +7,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import (
-    echo_json,
-    proxy_auth_options,
-    request_headers,
-)
+from modal_llm_serving.cli.options import echo_json, proxy_auth_options, request_headers
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 
