@@ -158,7 +158,7 @@ def test_hub_cache_config_is_read_at_the_pinned_revision(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     facts = model_facts("someorg/tiny", revision=REV)
     assert str(snapshot) in facts.source
-    with pytest.raises(UsageError, match=r"hf download someorg/tiny config\.json"):
+    with pytest.raises(UsageError, match=r"40-character revision \(`mls revision someorg/tiny`"):
         model_facts("someorg/tiny", revision="0123456789abcdef")
 
 

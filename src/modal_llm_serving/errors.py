@@ -2,7 +2,8 @@
 
     MlsError
     ├── UsageError              bad input: a flag, a file, a model id without a revision
-    │   └── WorkloadError       a workload field is invalid (carries the field's name)
+    │   ├── WorkloadError       a workload field is invalid (carries the field's name)
+    │   └── HubUnreachable      the Hub cannot be asked (offline, no network) and nothing is cached
     ├── PlanRefused             no plan can meet the workload; says what would fit instead
     ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
     ├── EngineStartError        the engine exited or never became ready (carries its last log lines)
@@ -26,6 +27,7 @@ __all__ = [
     "EngineArgsError",
     "EngineNotInstalled",
     "EngineStartError",
+    "HubUnreachable",
     "MlsError",
     "ModelCacheError",
     "PlanRefused",
@@ -45,6 +47,10 @@ class BenchWorkerError(MlsError):
 
 class UsageError(MlsError):
     """Raised when the user's input cannot work; the message says how to fix it."""
+
+
+class HubUnreachable(UsageError):
+    """Raised when the Hub cannot be asked (offline, no network) and nothing read is cached."""
 
 
 class WorkloadError(UsageError):

@@ -44,7 +44,7 @@ from huggingface_hub.errors import (
 # Documented as public, but exported lazily (a computed __all__) that mypy cannot follow.
 from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.errors import HubUnreachable, UsageError
 from modal_llm_serving.local.embedded_model import cache_dir
 
 __all__ = ["TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
@@ -112,7 +112,7 @@ def read_hub_model(model: str, revision: str) -> HubModel:
     summary_file = cache_dir() / "hub" / f"models--{model.replace('/', '--')}" / f"{revision}.json"
     summary = _load_summary(summary_file)
     if summary is None and offline:
-        raise UsageError(_never_read(model, revision))
+        raise HubUnreachable(_never_read(model, revision))
     try:
         if summary is None:
             api = HfApi(endpoint=endpoint)
@@ -126,8 +126,11 @@ def read_hub_model(model: str, revision: str) -> HubModel:
             config_file = _config_file(model, revision, endpoint=endpoint, offline=offline)
             config = _read_json(config_file, model=model, revision=revision)
     except _HUB_ERRORS as exc:
-        raise UsageError(_explain(exc, model=model, revision=revision, endpoint=endpoint,
-                                  offline=offline)) from exc
+        message = _explain(exc, model=model, revision=revision, endpoint=endpoint,
+                           offline=offline)
+        cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) else exc
+        unreachable = offline or isinstance(cause, httpx2.TransportError | OfflineModeIsEnabled)
+        raise (HubUnreachable if unreachable else UsageError)(message) from exc
     key = next((k for k in TEXT_CONFIG_KEYS if isinstance(config.get(k), dict)), None)
     return HubModel(model=model, revision=revision, config=config, text_config_key=key,
                     parameters=summary["parameters"], checkpoint_bytes=summary["checkpoint_bytes"],

@@ -11,20 +11,25 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.errors import HubUnreachable, UsageError
 from modal_llm_serving.facts.gpus import GB, builtin_table
+from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, read_hub_model
 
 __all__ = [
     "ModelFacts",
     "builtin_models",
     "experts_touched_fraction",
     "find_hub_config",
+    "layer_kinds",
     "model_facts",
     "model_facts_from_config",
 ]
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +53,41 @@ class ModelFacts:
     qk_rope_head_dim: int = 0
     checkpoint_bytes: float | None = None  # exact size on disk when known
     source: str = ""
+    # Layers whose cache does not grow with every token (0 for a plain transformer):
+    sliding_layers: int = 0  # attend to the last `sliding_window` tokens only (gpt-oss, Gemma)
+    sliding_window: int = 0
+    linear_layers: int = 0  # a fixed-size state per sequence (Gated DeltaNet, Mamba)
+    linear_state_elements: int = 0  # values one linear layer keeps per sequence
+    attention_free_layers: int = 0  # no attention at all (MLP-only blocks): nothing cached
 
     @property
     def is_moe(self) -> bool:
         return self.experts > 0
 
+    @property
+    def full_attention_layers(self) -> int:
+        """Layers whose KV cache grows with every token of the sequence."""
+        return self.layers - self.sliding_layers - self.linear_layers - self.attention_free_layers
+
+    @property
+    def kv_grows_with_every_token(self) -> bool:
+        """True for a plain transformer: every layer caches every token."""
+        return self.full_attention_layers == self.layers
+
     def kv_elements_per_token(self) -> int:
-        """Values cached per token across all layers (K and V, or the MLA latent)."""
+        """Values cached per token by the full-attention layers (K and V, or the MLA latent)."""
         if self.kv_lora_rank:
-            return self.layers * (self.kv_lora_rank + self.qk_rope_head_dim)
-        return 2 * self.layers * self.kv_heads * self.head_dim
+            return self.full_attention_layers * (self.kv_lora_rank + self.qk_rope_head_dim)
+        return 2 * self.full_attention_layers * self.kv_heads * self.head_dim
+
+    def kv_elements(self, tokens: float) -> float:
+        """Values one sequence of `tokens` tokens keeps, layer type by layer type: full
+        attention caches every token, a sliding window at most `sliding_window` of them, a
+        linear layer its fixed state."""
+        sliding = 2 * self.sliding_layers * self.kv_heads * self.head_dim
+        return (self.kv_elements_per_token() * tokens
+                + sliding * min(tokens, self.sliding_window)
+                + self.linear_layers * self.linear_state_elements)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -99,7 +129,8 @@ def model_facts_from_config(config: dict[str, Any], *, name: str, source: str,
     A config is input (a local folder's file, or the Hub's): a field of the wrong type or an
     absurd size is a UsageError naming the file, never a traceback or a plan built on it.
     """
-    if not isinstance(config, dict) or not isinstance(config.get("text_config", {}), dict):
+    if not isinstance(config, dict) or not all(isinstance(config.get(key, {}), dict)
+                                               for key in TEXT_CONFIG_KEYS):
         raise UsageError(f"{source} is not a model config (a JSON object of fields)")
     try:
         facts = _facts_from_config(config, name=name, source=source,
@@ -118,9 +149,11 @@ def model_facts_from_config(config: dict[str, Any], *, name: str, source: str,
 
 def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
                        checkpoint_bytes: float | None) -> ModelFacts:
-    if "text_config" in config:  # multimodal wrappers keep the language model's config inside
-        config = {**config["text_config"], "quantization_config":
-                  config.get("quantization_config")}
+    for key in TEXT_CONFIG_KEYS:  # multimodal wrappers keep the language model's config inside
+        if isinstance(config.get(key), dict):
+            config = {**config[key], "quantization_config": config.get("quantization_config")
+                      or config[key].get("quantization_config")}
+            break
     try:
         hidden = int(config["hidden_size"])
         layers = int(config["num_hidden_layers"])
@@ -130,6 +163,11 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
         raise UsageError(f"{source} lacks {exc} (hidden_size, num_hidden_layers, "
                          "num_attention_heads, vocab_size): is it a decoder LLM config?") from exc
     kv_heads = int(config.get("num_key_value_heads") or heads)
+    if isinstance(blocks := config.get("block_configs"), list):  # Nemotron-Super: per block
+        groups = {int(b["attention"]["n_heads_in_group"]) for b in blocks
+                  if isinstance(b, dict) and isinstance(b.get("attention"), dict)
+                  and b["attention"].get("n_heads_in_group")}
+        kv_heads = heads // min(groups) if groups else kv_heads
     head_dim = int(config.get("head_dim") or hidden // heads)
     inter = int(config.get("intermediate_size") or 4 * hidden)
     experts = int(config.get("num_local_experts") or config.get("num_experts")
@@ -164,12 +202,74 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
     total = common + moe_layers * (experts * expert_mlp + shared * expert_mlp + router)
     active = common + moe_layers * ((per_token + shared) * expert_mlp + router)
     max_position = int(config.get("max_position_embeddings") or 4096)
+    kinds = layer_kinds(config, layers)
     return ModelFacts(
         name=name, total_params=float(total), active_params=float(active), layers=layers,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
         max_position=max_position, native_precision=_dtype_name(config), experts=experts,
         experts_per_token=per_token, kv_lora_rank=kv_lora, qk_rope_head_dim=rope_dim,
-        checkpoint_bytes=checkpoint_bytes, source=source)
+        checkpoint_bytes=checkpoint_bytes, source=source, **kinds)
+
+
+# How configs name their layers' kinds (`layer_types`, one word a layer), by what they cache.
+_FULL = ("full_attention", "attention", "global_attention")
+_SLIDING = ("sliding_attention", "sliding_window_attention", "local_attention",
+            "chunked_attention")
+_LINEAR = ("linear_attention", "mamba", "mamba2", "gated_deltanet", "recurrent")
+
+
+def layer_kinds(config: dict[str, Any], layers: int) -> dict[str, int]:
+    """How many layers cache a sliding window, a fixed state, or nothing, read from whichever
+    field the config family uses: `layer_types` (gpt-oss, Gemma 3, Qwen3.5), `sliding_window_
+    pattern` (Gemma), `full_attention_interval` (Qwen3-Next), `hybrid_override_pattern`
+    (Nemotron-H: M Mamba, * attention, - or E MLP), `block_configs` (Nemotron-Super no-op
+    attention). Layers not named otherwise are full attention."""
+    sliding = linear = free = 0
+    types = config.get("layer_types")
+    pattern = config.get("hybrid_override_pattern")
+    if isinstance(types, list) and len(types) == layers:
+        words = [str(kind).lower() for kind in types]
+        unknown = sorted(set(words) - set(_FULL + _SLIDING + _LINEAR))
+        if unknown:
+            raise ValueError(f"unknown layer type(s) {', '.join(unknown)} in layer_types")
+        sliding = sum(word in _SLIDING for word in words)
+        linear = sum(word in _LINEAR for word in words)
+    elif isinstance(pattern, str) and len(pattern) == layers:
+        linear = pattern.count("M")
+        free = sum(char in "-E" for char in pattern)
+    elif interval := int(config.get("full_attention_interval") or 0):
+        linear = layers - layers // interval
+    elif every := int(config.get("sliding_window_pattern") or 0):
+        sliding = layers - layers // every
+    elif isinstance(blocks := config.get("block_configs"), list) and len(blocks) == layers:
+        free = sum(isinstance(b, dict) and isinstance(b.get("attention"), dict)
+                   and bool(b["attention"].get("no_op")) for b in blocks)
+    window = int(config.get("sliding_window") or 0) if sliding else 0
+    if sliding and window < 1:
+        raise ValueError("sliding-window layers but no sliding_window size")
+    return {"sliding_layers": sliding, "sliding_window": window, "linear_layers": linear,
+            "linear_state_elements": _linear_state(config) if linear else 0,
+            "attention_free_layers": free}
+
+
+def _linear_state(config: dict[str, Any]) -> int:
+    """Values one linear layer keeps per sequence: its recurrent state (heads x key dim x value
+    dim; Mamba: heads x head dim x state size) plus its short convolution's window."""
+    if "linear_num_value_heads" in config:  # Gated DeltaNet (Qwen3-Next, Qwen3.5)
+        v_heads = int(config["linear_num_value_heads"])
+        k_heads = int(config.get("linear_num_key_heads") or v_heads)
+        k_dim = int(config.get("linear_key_head_dim") or 128)
+        v_dim = int(config.get("linear_value_head_dim") or 128)
+        kernel = int(config.get("linear_conv_kernel_dim") or 4)
+        conv_channels = 2 * k_heads * k_dim + v_heads * v_dim
+        return v_heads * k_dim * v_dim + conv_channels * (kernel - 1)
+    heads = int(config.get("mamba_num_heads") or 0)  # Mamba2 (Nemotron-H)
+    head_dim = int(config.get("mamba_head_dim") or 64)
+    state = int(config.get("ssm_state_size") or config.get("state_size") or 128)
+    groups = int(config.get("n_groups") or 1)
+    kernel = int(config.get("conv_kernel") or 4)
+    conv_channels = heads * head_dim + 2 * groups * state
+    return heads * head_dim * state + conv_channels * (kernel - 1)
 
 
 def _hub_cache() -> Path:
@@ -212,7 +312,9 @@ def _checkpoint_bytes(folder: Path) -> float | None:
 
 
 def model_facts(model: str, *, revision: str | None = None) -> ModelFacts:
-    """Facts for `model`: its config.json (local folder or Hub cache), else the built-in catalog."""
+    """Facts for `model`, from the first source that has them: a local checkpoint folder, the
+    Hugging Face cache at `revision`, the Hub at `revision` (cached per commit), the built-in
+    catalog (also what an unreachable Hub falls back to)."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         config_path = folder / "config.json"
@@ -223,16 +325,30 @@ def model_facts(model: str, *, revision: str | None = None) -> ModelFacts:
     if cached := find_hub_config(model, revision):
         return _load_config(cached, name=model, checkpoint=_checkpoint_bytes(cached.parent))
     catalog = builtin_models()
-    if model in catalog:
-        return _from_catalog(model, catalog[model])
-    lower = {name.lower(): name for name in catalog}
-    if model.lower() in lower:
-        return _from_catalog(lower[model.lower()], catalog[lower[model.lower()]])
+    known = {name.lower(): name for name in catalog}.get(model.lower())
+    if revision is not None and _COMMIT.match(revision):
+        try:
+            return _from_hub(read_hub_model(model, revision))
+        except HubUnreachable:
+            if known is None:
+                raise
+    if known is not None:
+        return _from_catalog(known, catalog[known])
     raise UsageError(
-        f"no facts for model {model!r}: it is not in the local Hugging Face cache at that "
-        "revision nor in the built-in catalog. Download its config.json (`hf download "
-        f"{model} config.json --revision REV`) or point 'model' at a local checkpoint folder. "
-        f"Built-in: {', '.join(sorted(catalog))}")
+        f"no facts for model {model!r}: its config.json is read from the Hub at a full "
+        f"40-character revision (`mls revision {model}` prints the commit), or from a local "
+        f"checkpoint folder given as 'model'. Built-in: {', '.join(sorted(catalog))}")
+
+
+def _from_hub(hub: HubModel) -> ModelFacts:
+    """Facts from the Hub's config.json, with the safetensors' exact sizes where it has them."""
+    facts = model_facts_from_config(dict(hub.config), name=hub.model, source=hub.source,
+                                    checkpoint_bytes=hub.checkpoint_bytes)
+    if hub.total_params:  # counted, not estimated from the config's shapes
+        share = facts.active_params / facts.total_params
+        facts = dataclasses.replace(facts, total_params=float(hub.total_params),
+                                    active_params=float(hub.total_params) * share)
+    return facts
 
 
 def _load_config(path: Path, *, name: str, checkpoint: float | None) -> ModelFacts:

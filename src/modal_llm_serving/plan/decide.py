@@ -243,8 +243,10 @@ def _setup(w: Workload, s: Sizing, gpu: GPU, n: int, platform: Platform, *, patt
     usable = n * (gpu.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
     kv_bytes = usable - s.weights_bytes
     kv_tokens = int(kv_bytes * KV_HEADROOM / s.kv_bytes_per_token) if kv_bytes > 0 else 0
-    if kv_tokens < max_model_len:
-        need = (s.weights_bytes + max_model_len * s.kv_bytes_per_token / KV_HEADROOM
+    # one sequence as long as the context length must fit (its own bytes per token)
+    longest = s.kv_bytes_per_token_at(max_model_len)
+    if (int(kv_bytes * KV_HEADROOM / longest) if kv_bytes > 0 else 0) < max_model_len:
+        need = (s.weights_bytes + max_model_len * longest / KV_HEADROOM
                 + n * platform.gpu_overhead_gb * GB) / GB
         return Rejection(gpu.name, n, "memory", need_gb=need, usable_gb=n * gpu.memory_gb * util)
     prefill = s.prefill_seconds(gpu, n, w.input_tokens)
@@ -291,7 +293,8 @@ def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
     allowed = [g for g in gpus.values() if not w.gpu or g.name == w.gpu]
     biggest = max(allowed, key=lambda g: g.memory_gb)
     tp = 1 if weighed.recipe.snapshots else max(n for n in TP_SIZES if n <= w.max_gpus)
-    sequence = weighed.max_model_len * s.kv_bytes_per_token / KV_HEADROOM
+    sequence = (weighed.max_model_len * s.kv_bytes_per_token_at(weighed.max_model_len)
+                / KV_HEADROOM)
     need = s.weights_bytes + sequence
     node = tp * (biggest.memory_gb * GB * weighed.util - platform.gpu_overhead_gb * GB)
     smaller = []
@@ -397,8 +400,9 @@ def _settle(w: Workload, s: Sizing, platform: Platform, weighed: _Weighed, chose
         startup_timeout_s=startup,
         quantization=("fp8" if w.precision == "fp8" and f.native_precision in ("bf16", "fp16")
                       else None),
-        kv_cache_gib=math.ceil(max(max_num_seqs * s.seq_tokens, weighed.max_model_len)
-                               * s.kv_bytes_per_token / 2**30),
+        kv_cache_gib=math.ceil(max(max_num_seqs * s.seq_tokens * s.kv_bytes_per_token,
+                                   weighed.max_model_len
+                                   * s.kv_bytes_per_token_at(weighed.max_model_len)) / 2**30),
         predictions=predictions(w, s, chosen, platform, cold=cold),
         rejected=weighed.rejected, alternatives=[c for c in ranked if c is not chosen][:3],
         chosen=chosen, frontier=latency_frontier(ranked) if pattern == "low-latency" else [])

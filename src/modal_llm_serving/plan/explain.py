@@ -134,15 +134,33 @@ def _model(f: ModelFacts) -> str:
 
 
 def _memory(plan: Plan) -> str:
-    s, f = plan.sizing, plan.model
+    s = plan.sizing
     return (f"weights {s.weights_bytes / GB:.1f} GB at {s.precision}; KV "
             f"cache {s.kv_bytes_per_token / 1024:.0f} KiB per token "
-            f"({f.kv_elements_per_token()} values x {s.kv_bytes_per_elem:g} B); a "
+            f"({_kv_values(plan)} x {s.kv_bytes_per_elem:g} B); a "
             f"{s.seq_tokens}-token request holds "
             f"{s.seq_tokens * s.kv_bytes_per_token / GB:.2f} GB; the engine takes "
             f"{plan.gpu_memory_utilization:.0%} of each GPU and "
             f"{plan.platform.gpu_overhead_gb:g} GB per GPU go to "
             "CUDA context, activations and graphs")
+
+
+def _kv_values(plan: Plan) -> str:
+    """The values a token caches, layer type by layer type when not every layer caches each."""
+    s, f = plan.sizing, plan.model
+    if f.kv_grows_with_every_token:
+        return f"{f.kv_elements_per_token()} values"
+    parts = [f"{f.kv_elements_per_token()} values per token in {f.full_attention_layers} "
+             "full-attention layers"]
+    if f.sliding_layers:
+        parts.append(f"{f.sliding_layers} sliding-window layers keep only the last "
+                     f"{f.sliding_window} tokens")
+    if f.linear_layers:
+        parts.append(f"{f.linear_layers} linear layers keep a fixed {f.linear_state_elements} "
+                     "values each")
+    if f.attention_free_layers:
+        parts.append(f"{f.attention_free_layers} layers cache nothing")
+    return "; ".join(parts) + f": kv(L) per sequence of L tokens, at L = {s.seq_tokens}"
 
 
 def _gpu(plan: Plan) -> str:

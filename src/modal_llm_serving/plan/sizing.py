@@ -34,7 +34,16 @@ class Sizing:
 
     @property
     def kv_bytes_per_token(self) -> float:
-        return self.facts.kv_elements_per_token() * self.kv_bytes_per_elem
+        """KV cache bytes per token of the typical request."""
+        return self.kv_bytes_per_token_at(self.seq_tokens)
+
+    def kv_bytes_per_token_at(self, tokens: float) -> float:
+        """KV cache bytes per token of one sequence `tokens` long: the same at any length for a
+        plain transformer; with sliding-window or linear layers their bounded share (a window,
+        a fixed state) is spread over the sequence, so longer ones cost less per token."""
+        if self.facts.kv_grows_with_every_token:
+            return self.facts.kv_elements_per_token() * self.kv_bytes_per_elem
+        return self.facts.kv_elements(tokens) * self.kv_bytes_per_elem / tokens
 
     @property
     def bytes_per_param(self) -> float:
@@ -43,7 +52,7 @@ class Sizing:
     def step_bytes(self, batch: int) -> float:
         touched = experts_touched_fraction(self.facts, batch)
         weights = (self.common_params + self.expert_params * touched) * self.bytes_per_param
-        return weights + batch * self.ctx_avg * self.kv_bytes_per_token
+        return weights + batch * self.ctx_avg * self.kv_bytes_per_token_at(self.ctx_avg)
 
     def step_seconds(self, gpu: GPU, n: int, batch: int) -> float:
         memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
