@@ -100,6 +100,11 @@ def builtin_models() -> dict[str, dict[str, Any]]:
 
 
 def _from_catalog(name: str, entry: dict[str, Any]) -> ModelFacts:
+    if "config" in entry:  # the model's own config.json fields, read by the same parser
+        facts = model_facts_from_config(
+            entry["config"], name=name, source=f"built-in catalog (data/models.toml: its "
+            f"config.json fields as read on {entry['checked']} from {entry['source']})")
+        return facts
     fields = dict(entry)
     total = fields.pop("total_params_b") * 1e9
     active = fields.pop("active_params_b") * 1e9
@@ -173,9 +178,12 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
     experts = int(config.get("num_local_experts") or config.get("num_experts")
                   or config.get("n_routed_experts") or 0)
     per_token = int(config.get("num_experts_per_tok") or config.get("experts_per_token")
-                    or config.get("num_experts_per_token") or 0)
+                    or config.get("num_experts_per_token") or config.get("top_k_experts") or 0)
     moe_inter = int(config.get("moe_intermediate_size") or inter)
-    shared = int(config.get("n_shared_experts") or 0)
+    # shared experts: a count of expert-sized MLPs (DeepSeek), or one MLP of its own size (Qwen)
+    shared: float = int(config.get("n_shared_experts") or 0)
+    if shared_inter := int(config.get("shared_expert_intermediate_size") or 0):
+        shared = shared_inter / moe_inter
     kv_lora = int(config.get("kv_lora_rank") or 0)
     rope_dim = int(config.get("qk_rope_head_dim") or 0)
     if kv_lora:  # MLA: low-rank projections; roughly the published per-layer attention size
@@ -198,11 +206,12 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
     router = hidden * experts
     tied = bool(config.get("tie_word_embeddings", False))
     embeddings = vocab * hidden * (1 if tied else 2)
-    common = layers * attn + dense_layers * dense_mlp + embeddings
+    kinds = layer_kinds(config, layers)
+    common = ((layers - kinds["linear_layers"]) * attn + kinds["linear_layers"]
+              * _linear_params(config, hidden) + dense_layers * dense_mlp + embeddings)
     total = common + moe_layers * (experts * expert_mlp + shared * expert_mlp + router)
     active = common + moe_layers * ((per_token + shared) * expert_mlp + router)
     max_position = int(config.get("max_position_embeddings") or 4096)
-    kinds = layer_kinds(config, layers)
     return ModelFacts(
         name=name, total_params=float(total), active_params=float(active), layers=layers,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
@@ -250,6 +259,17 @@ def layer_kinds(config: dict[str, Any], layers: int) -> dict[str, int]:
     return {"sliding_layers": sliding, "sliding_window": window, "linear_layers": linear,
             "linear_state_elements": _linear_state(config) if linear else 0,
             "attention_free_layers": free}
+
+
+def _linear_params(config: dict[str, Any], hidden: int) -> int:
+    """Parameters of one Gated DeltaNet layer's projections (q, k from key heads; v and its
+    gate from value heads; the output back to hidden); 0 for a config without them."""
+    if "linear_num_value_heads" not in config:
+        return 0
+    v = int(config["linear_num_value_heads"]) * int(config.get("linear_value_head_dim") or 128)
+    k = int(config.get("linear_num_key_heads") or config["linear_num_value_heads"]) * int(
+        config.get("linear_key_head_dim") or 128)
+    return hidden * (2 * k + 2 * v) + v * hidden
 
 
 def _linear_state(config: dict[str, Any]) -> int:

@@ -146,21 +146,22 @@ def _memory(plan: Plan) -> str:
 
 
 def _kv_values(plan: Plan) -> str:
-    """The values a token caches, layer type by layer type when not every layer caches each."""
-    s, f = plan.sizing, plan.model
+    """The values a token caches; by layer type, as a formula of the sequence length L, when
+    not every layer caches every token."""
+    f = plan.model
     if f.kv_grows_with_every_token:
         return f"{f.kv_elements_per_token()} values"
-    parts = [f"{f.kv_elements_per_token()} values per token in {f.full_attention_layers} "
-             "full-attention layers"]
+    terms = [f"{f.kv_elements_per_token()}*L ({f.full_attention_layers} full-attention layers)"]
     if f.sliding_layers:
-        parts.append(f"{f.sliding_layers} sliding-window layers keep only the last "
-                     f"{f.sliding_window} tokens")
+        terms.append(f"{2 * f.sliding_layers * f.kv_heads * f.head_dim}*min(L, "
+                     f"{f.sliding_window}) ({f.sliding_layers} sliding-window layers)")
     if f.linear_layers:
-        parts.append(f"{f.linear_layers} linear layers keep a fixed {f.linear_state_elements} "
-                     "values each")
+        terms.append(f"{f.linear_layers}*{f.linear_state_elements} ({f.linear_layers} linear "
+                     "layers' fixed state)")
     if f.attention_free_layers:
-        parts.append(f"{f.attention_free_layers} layers cache nothing")
-    return "; ".join(parts) + f": kv(L) per sequence of L tokens, at L = {s.seq_tokens}"
+        terms.append(f"0 ({f.attention_free_layers} layers without attention)")
+    return (f"{' + '.join(terms)} values per sequence of L tokens, taken at "
+            f"L = {plan.sizing.seq_tokens},")
 
 
 def _gpu(plan: Plan) -> str:

@@ -125,7 +125,8 @@ def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
     bw = gpu.hbm_tb_s * 1e12
     tf = gpu.tflops(fp8=s.precision == "fp8") * 1e12
     price = gpu.price_per_hour * n * c.price_multiplier
-    decode_inputs = {"W_bytes": s.weights_bytes, "kv_bytes_per_token": s.kv_bytes_per_token,
+    decode_inputs = {"W_bytes": s.weights_bytes,
+                     "kv_bytes_per_token": s.kv_bytes_per_token_at(s.ctx_avg),
                      "ctx_avg": s.ctx_avg, "n_gpu": n, "hbm_bytes_s": bw,
                      "active_params": s.facts.active_params, "flops_s": tf}
     decode_inputs["allreduce_s"] = s.allreduce_seconds(gpu, n, b)
