@@ -88,7 +88,7 @@ def _redacted(text: str) -> str:
 
 def _internal_error(exc: Exception) -> str:
     """Write the traceback (redacted) to a log file; return the one line to show."""
-    from modal_llm_serving.local.embedded_model import cache_dir
+    from modal_llm_serving.cache import cache_dir
 
     summary = _message(exc)[:200]
     try:

@@ -44,8 +44,8 @@ from huggingface_hub.errors import (
 # Documented as public, but exported lazily (a computed __all__) that mypy cannot follow.
 from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
+from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.errors import HubUnreachable, UsageError
-from modal_llm_serving.local.embedded_model import cache_dir
 
 __all__ = ["TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
 

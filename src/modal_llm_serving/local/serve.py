@@ -31,6 +31,7 @@ from types import TracebackType
 
 import httpx
 
+from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.errors import (
     EngineNotInstalled,
     EngineStartError,
@@ -38,7 +39,7 @@ from modal_llm_serving.errors import (
     UsageError,
 )
 from modal_llm_serving.local.argv import engine_of, options, settings, with_value
-from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, cache_dir, ensure_default_model
+from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, ensure_default_model
 from modal_llm_serving.local.transforms import (
     CPU_ENVIRONMENT,
     CPU_TRANSFORMS,
