@@ -27,12 +27,12 @@ TINY_API_KEY = "test-key-not-a-secret"
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point the toolkit's cache (converted models, logs) at a folder of this test session, and
-    keep the Hub offline: model facts come from the catalog unless a test serves a Hub itself
-    (tests/hub_server.py, on loopback)."""
+    our Hub look-ups at a loopback port where nothing listens: model facts come from the catalog
+    (the unreachable Hub's fallback) unless a test serves a Hub itself (tests/hub_server.py)."""
     cache = tmp_path_factory.mktemp("mls-cache")
     saved = os.environ.get("MLS_CACHE_DIR")
     os.environ["MLS_CACHE_DIR"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: refused at once
     os.environ.pop("MLS_API_KEY", None)
     yield cache
     if saved is None:
