@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from modal_llm_serving.check import RULES, check_file, check_source
+from modal_llm_serving.check import RULES, check_file, check_source, startup_note
 from modal_llm_serving.cli import cli
 from modal_llm_serving.recipes.files import recipe_path
 from modal_llm_serving.recipes.table import RECIPE_NAMES as RECIPES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
-CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py")
+CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py",
+         # the startup rules' clean twins: each failing fixture with its setting put right
+         "clean_mls022_tp_matches_gpus.py", "clean_mls023_fits.py",
+         "clean_mls024_context_within_model.py", "clean_mls025_precision_supported.py",
+         "clean_mls026_startup_timeout.py", "clean_mls027_concurrency_matches_batch.py",
+         "clean_mls028_gated_with_token.py", "clean_mls029_extra_model_pinned.py")
 # fixture -> the exact rule ids it must produce (static + import with the real Modal SDK)
 BAD = {
     "mls001_unpinned_revision.py": {"MLS001"},
@@ -44,6 +49,15 @@ BAD = {
     "mls020_unauthenticated_no_key.py": {"MLS020"},
     # the SDK refuses @modal.concurrent on a Server at import: static rule + import failure
     "mls021_concurrent_on_server.py": {"MLS021", "MLS017"},
+    # whether the app can start, against the model's facts (the catalog: tests run offline)
+    "mls022_tp_vs_gpus.py": {"MLS022"},
+    "mls023_does_not_fit.py": {"MLS023"},
+    "mls024_context_beyond_model.py": {"MLS024"},
+    "mls025_precision_unsupported.py": {"MLS025"},
+    "mls026_startup_timeout_short.py": {"MLS026"},
+    "mls027_concurrency_vs_batch.py": {"MLS027"},
+    "mls028_gated_no_token.py": {"MLS028"},
+    "mls029_unpinned_extra_model.py": {"MLS029"},
 }
 
 
@@ -210,8 +224,9 @@ def hello():
 
 def test_a_typical_quick_agent_app_gets_every_relevant_finding() -> None:
     ids = {f.rule.id for f in check_source(AGENT_APP)}
+    # mistralai gates its models, and the app has no Secret with HF_TOKEN (MLS028)
     assert ids == {"MLS001", "MLS002", "MLS003", "MLS004", "MLS005", "MLS006", "MLS013",
-                   "MLS015"}
+                   "MLS015", "MLS028"}
     pinned = AGENT_APP.replace("--port 8000", "--revision e0bc86c23ce5aae1db576c8cca6f06f1f73af2db "
                                "--port 8000")
     assert "MLS001" not in {f.rule.id for f in check_source(pinned)}
@@ -272,3 +287,227 @@ def test_static_checks_never_crash_on_real_python() -> None:
     for path in files:
         check_source(path.read_text(encoding="utf-8"), path=str(path))
     assert check_source("x = {(1, 2): 3, **{}}\nrequests = [[1]]\n") is not None
+
+
+# --- whether the app can start (MLS022-MLS029) ------------------------------------------------
+
+STARTUP = {name: next(iter(rules)) for name, rules in BAD.items()
+           if next(iter(rules)) >= "MLS022"}
+# rules whose finding rests on the model's facts, and so names where they came from
+FROM_FACTS = {"MLS023", "MLS024", "MLS025"}
+
+
+@pytest.mark.parametrize("name", sorted(STARTUP))
+def test_startup_rule_says_why_and_fix_and_names_the_fact(name: str) -> None:
+    result = CliRunner().invoke(cli, ["check", "--no-import", str(FIXTURES / name)])
+    rule = next(r for r in RULES if r.id == STARTUP[name])
+    assert result.exit_code == 1, result.output
+    assert f"{rule.id} {rule.name}" in result.output
+    assert f"why: {rule.message}" in result.output and f"fix: {rule.fix}" in result.output
+    if rule.id in FROM_FACTS:
+        assert "facts: built-in catalog)" in result.output
+    assert "note:" not in result.output  # every fact was at hand
+
+
+def _startup_ids(source: str) -> list[str]:
+    return [f.rule.id for f in check_source(source) if f.rule.id >= "MLS022"]
+
+
+def test_tensor_parallelism_above_the_gpus_or_across_the_heads() -> None:
+    two = (FIXTURES / "clean_mls022_tp_matches_gpus.py").read_text()
+    above = two.replace('"--tensor-parallel-size", str(N_GPU)', '"--tensor-parallel-size", "4"')
+    [finding] = check_source(above)
+    assert finding.rule.id == "MLS022" and "needs 4 GPUs" in finding.detail
+    # Qwen3-0.6B has 16 attention heads and 8 KV heads: 3 GPUs split neither
+    three = two.replace("N_GPU = 2", "N_GPU = 3")
+    details = [f.detail for f in check_source(three)]
+    assert details == ["Qwen/Qwen3-0.6B has 16 attention heads and 8 KV heads, which tensor "
+                       "parallelism 3 does not split evenly (facts: built-in catalog)"]
+
+
+def test_sglang_flags_and_offline_llm_keywords_are_read() -> None:
+    sglang = recipe_path("sglang_low_latency").read_text()
+    assert _startup_ids(sglang.replace('"--tp-size", str(N_GPU),', '"--tp-size", "4",')) == [
+        "MLS022"]
+    offline = recipe_path("qwen3_throughput").read_text()
+    assert _startup_ids(offline.replace('"tensor_parallel_size": N_GPU,',
+                                        '"tensor_parallel_size": 2,')) == ["MLS022"]
+    assert _startup_ids(offline.replace('"max_model_len": MAX_MODEL_LEN,',
+                                        '"max_model_len": 131072,')) == ["MLS024"]
+
+
+def test_concurrency_far_below_the_engine_batch() -> None:
+    source = (FIXTURES / "clean_mls027_concurrency_matches_batch.py").read_text().replace(
+        '"--max-num-seqs", "32"', '"--max-num-seqs", "256"')
+    [finding] = check_source(source)
+    assert finding.rule.id == "MLS027" and "batch room for 256" in finding.detail
+
+
+def test_startup_timeout_below_the_weights_load_floor() -> None:
+    # Qwen3-235B-A22B in bf16: 470 GB, read off a Volume at 1 GB/s, against a 2-minute start
+    source = (FIXTURES / "clean_mls022_tp_matches_gpus.py").read_text().replace(
+        '"Qwen/Qwen3-0.6B"', '"Qwen/Qwen3-235B-A22B"').replace(
+        'GPU_TYPE = "L4"', 'GPU_TYPE = "H200"').replace("N_GPU = 2", "N_GPU = 8").replace(
+        "20 * MINUTES,", "2 * MINUTES,").replace("startup_timeout=20 * MINUTES",
+                                                  "startup_timeout=2 * MINUTES")
+    [finding] = check_source(source)
+    assert finding.rule.id == "MLS026"
+    assert finding.detail.startswith("timeout=2 * MINUTES (120 s) < 470 s just to read")
+
+
+@pytest.mark.parametrize(("extra", "what"), [
+    ('"--lora-modules", "sql=fixture-org/sql-lora"', "LoRA adapter fixture-org/sql-lora"),
+    ('"--speculative-config", \'{"method": "eagle3", "model": "fixture-org/draft"}\'',
+     "speculative draft model fixture-org/draft")])
+def test_other_models_need_a_pinned_revision(extra: str, what: str) -> None:
+    source = (FIXTURES / "clean_online.py").read_text().replace(
+        '"--port", str(PORT)]', f'"--port", str(PORT), {extra}]')
+    [finding] = check_source(source)
+    assert finding.rule.id == "MLS029" and what in finding.detail
+
+
+def test_sglang_draft_model_pinned_or_not() -> None:
+    sglang = recipe_path("sglang_low_latency").read_text().replace(
+        'SPECULATIVE_ALGORITHM = None', 'SPECULATIVE_ALGORITHM = "EAGLE3"').replace(
+        'SPECULATIVE_DRAFT_MODEL = None', 'SPECULATIVE_DRAFT_MODEL = "fixture-org/draft"')
+    assert _startup_ids(sglang) == ["MLS029"]
+    pinned = sglang.replace('SPECULATIVE_DRAFT_REVISION = None',
+                            f'SPECULATIVE_DRAFT_REVISION = "{"ab" * 20}"')
+    assert _startup_ids(pinned) == []
+
+
+def test_a_second_download_without_revision() -> None:
+    source = (FIXTURES / "clean_online.py").read_text() + (
+        "\n\ndef fetch_adapter() -> None:\n"
+        "    from huggingface_hub import snapshot_download\n\n"
+        '    snapshot_download("fixture-org/adapter")\n'
+        "    snapshot_download(MODEL_NAME, revision=MODEL_REVISION)  # the main model: MLS001's\n")
+    [finding] = check_source(source)
+    assert finding.rule.id == "MLS029" and "download fixture-org/adapter" in finding.detail
+
+
+def test_an_unknown_model_is_one_note_and_the_other_rules_still_run(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text((FIXTURES / "clean_online.py").read_text().replace(
+        '"Qwen/Qwen3-0.6B"', '"acme/unknown-7b"'))
+    assert check_file(app, import_check=False) == []
+    note = startup_note(app)  # the Hub cannot be asked here, and the catalog lacks the model
+    assert note is not None and "acme/unknown-7b" in note and ";" not in note
+    result = CliRunner().invoke(cli, ["check", "--no-import", str(app)])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {app}: the startup rules that need these were skipped: {note}"]
+    assert "mls check: no findings in 1 file" in result.output
+    # the rules that need no facts still run: two GPUs and no tensor parallelism
+    two = app.read_text().replace("N_GPU = 1", "N_GPU = 2")
+    assert [f.rule.id for f in check_source(two)] == ["MLS022"]
+
+
+def test_a_gpu_outside_the_catalog_or_a_value_unknown_is_noted(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text((FIXTURES / "clean_online.py").read_text().replace(
+        'GPU_TYPE = "L4"', 'GPU_TYPE = "X9000"').replace(
+        '"--port", str(PORT)]', '"--port", str(PORT), "--max-model-len", os.environ["LEN"]]'))
+    assert check_file(app, import_check=False) == []
+    assert startup_note(app) == ("GPU 'X9000' is not in the GPU catalog; the value of "
+                                 "--max-model-len cannot be worked out")
+
+
+def test_the_gpu_catalog_given_is_the_one_judged_against(tmp_path: Path) -> None:
+    catalog = tmp_path / "gpus.toml"
+    catalog.write_text("[gpus.L4]\nmemory_gb = 16\n")
+    fits = FIXTURES / "clean_mls023_fits.py"
+    assert check_file(fits, import_check=False) == []
+    [finding] = check_file(fits, import_check=False, gpu_catalog=catalog)
+    assert finding.rule.id == "MLS023" and "at 0.9 of 16 GB" in finding.detail
+
+
+def test_gated_per_the_hub_at_the_pinned_commit(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An organisation the toolkit does not know as gating: the Hub's own word counts (read
+    from a Hub on loopback at the app's commit), and the finding names it."""
+    import hashlib
+
+    from tests.hub_server import HubRepo, json_file, running_hub
+
+    commit = hashlib.sha1(b"acme/gated-8b").hexdigest()
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+              "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+    repo = HubRepo(files={"config.json": json_file(config)}, commit=commit, gated=True,
+                   granted=frozenset({"hf_granted_token_for_tests"}))
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MLS_CACHE_DIR", str(tmp_path / "mls"))
+    monkeypatch.setenv("HF_TOKEN", "hf_granted_token_for_tests")
+    source = (FIXTURES / "clean_online.py").read_text().replace(
+        '"Qwen/Qwen3-0.6B"', '"acme/gated-8b"').replace(
+        "c1899de289a04d12100db370d81485cdf75e47ca", commit).replace(
+        '"--port", str(PORT)]', '"--port", str(PORT), "--max-model-len", "8192"]')
+    with running_hub({"acme/gated-8b": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        details = {f.rule.id: f.detail for f in check_source(source)}
+    assert set(details) == {"MLS024", "MLS028"}
+    assert details["MLS028"].startswith(f"acme/gated-8b is gated (the Hub says so (Hub at "
+                                        f"{commit[:12]}))")
+    assert details["MLS024"].endswith(f"(max_position_embeddings; facts: Hub at {commit[:12]})")
+
+
+# --- plan and check agree: every app `mls new` writes passes `mls check` -----------------------
+
+REVISION = "220b46e3b2180893580a4454f21f22d3ebb187d3"
+# (workload, the recipe the plan picks): dense, MoE, sliding window (gpt-oss), hybrid linear
+# attention (Qwen3-Next, Qwen3.5/3.6), MLA (DeepSeek, Kimi, GLM), multimodal wrappers (Qwen3.5),
+# FP8 and MXFP4 checkpoints; every pattern, and the Server form.
+MATRIX: dict[str, tuple[dict[str, object], str]] = {
+    "dense": ({"model": "Qwen/Qwen3-8B"}, "vllm_online"),
+    "dense-gated-70b": ({"model": "meta-llama/Llama-3.3-70B-Instruct", "concurrency": 64,
+                         "context_length": 32768}, "vllm_online"),
+    "moe-low-latency": ({"model": "Qwen/Qwen3-30B-A3B", "goal": "low-latency",
+                         "region": "us-east", "concurrency": 4}, "sglang_low_latency"),
+    "moe-server": ({"model": "mistralai/Mixtral-8x7B-Instruct-v0.1", "goal": "low-latency",
+                    "proxy_auth": True, "concurrency": 2}, "vllm_server"),
+    "sliding-mxfp4-cold-start": ({"model": "openai/gpt-oss-20b", "cold_start_s": 20},
+                                 "vllm_cold_start"),
+    "sliding-mxfp4-online": ({"model": "openai/gpt-oss-120b", "concurrency": 16,
+                              "tpot_ms": 30}, "vllm_online"),
+    "hybrid-linear": ({"model": "Qwen/Qwen3-Next-80B-A3B-Thinking", "concurrency": 16},
+                      "vllm_online"),
+    "wrapper-throughput": ({"model": "Qwen/Qwen3.5-27B", "offline": True,
+                            "input_tokens": 1024, "output_tokens": 256}, "qwen3_throughput"),
+    "wrapper-moe-server": ({"model": "Qwen/Qwen3.6-35B-A3B", "goal": "low-latency",
+                            "proxy_auth": True, "region": "eu", "concurrency": 4},
+                           "vllm_server"),
+    "wrapper-moe-tp": ({"model": "Qwen/Qwen3.5-122B-A10B", "goal": "low-latency",
+                        "region": "us-east", "concurrency": 4}, "sglang_low_latency"),
+    "mla-fp8": ({"model": "deepseek-ai/DeepSeek-V3", "concurrency": 32}, "vllm_online"),
+    "mla-fp8-1t": ({"model": "moonshotai/Kimi-K2-Instruct", "concurrency": 16}, "vllm_online"),
+    "mla-fp8-glm": ({"model": "zai-org/GLM-5.1-FP8", "concurrency": 8}, "vllm_online"),
+    "fp8-low-latency": ({"model": "Qwen/Qwen3-32B-FP8", "goal": "low-latency",
+                         "region": "us-west", "concurrency": 8, "tpot_ms": 25},
+                        "sglang_low_latency"),
+    "fp8-moe-throughput-kv-fp8": ({"model": "Qwen/Qwen3-235B-A22B-FP8", "goal": "throughput",
+                                   "kv_cache_dtype": "fp8"}, "qwen3_throughput"),
+    "server-cold-start": ({"model": "Qwen/Qwen3-0.6B", "cold_start_s": 10, "proxy_auth": True},
+                          "vllm_server"),
+}
+IMPORTED = ("dense-gated-70b", "server-cold-start")  # these two also imported with the SDK
+
+
+def test_the_matrix_covers_every_recipe() -> None:
+    assert {recipe for _, recipe in MATRIX.values()} == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_every_app_mls_new_writes_passes_mls_check(name: str, tmp_path: Path) -> None:
+    from modal_llm_serving.facts.workload import workload_from_mapping
+    from modal_llm_serving.recipes.new import new_app
+
+    fields, recipe = MATRIX[name]
+    output = tmp_path / f"{name.replace('-', '_')}.py"
+    result = new_app(workload_from_mapping({"revision": REVISION, **fields}), output,
+                     import_check=name in IMPORTED)
+    assert result.plan.recipe_row.name == recipe
+    assert result.findings == [], [f.to_dict() for f in result.findings]
+    assert startup_note(output) is None  # every fact the rules need was at hand

@@ -15,16 +15,16 @@ from modal_llm_serving.check.source import UNKNOWN, Source, dotted, kwarg, line_
 from modal_llm_serving.local.argv import Option, options, served_model
 from modal_llm_serving.recipes.table import RECIPES
 
-__all__ = ["ENGINE_PACKAGES", "HEX", "PRIMITIVES", "Definition", "Model", "argv_options", "engines",
-           "model_reference", "package_name", "package_specs", "patterns", "server_calls",
-           "servers"]
+__all__ = ["ENGINE_PACKAGES", "HEX", "HUB_ID", "PRIMITIVES", "Definition", "Model", "argv_options",
+           "engines", "model_reference", "package_name", "package_specs", "patterns",
+           "server_calls", "servers"]
 
 HEX = re.compile(r"^[0-9a-f]{7,40}$")  # a commit hash, full or abbreviated
 # The engines and Modal serving primitives the recipes use, from the recipe table: what an app
 # file is read for.
 ENGINE_PACKAGES = tuple(dict.fromkeys(recipe.engine for recipe in RECIPES))
 PRIMITIVES = tuple(dict.fromkeys(recipe.primitive for recipe in RECIPES if recipe.primitive))
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name
 # A shell command line written as one string (or one piece of an f-string) is text, not a list
 # the argv reader could read: matching the text is all there is.
 _MODEL_IN_COMMAND = re.compile(r"(?:vllm\s+serve|--model(?:-path)?)[ =]+([\w.-]+/[\w.-]+)")
@@ -64,7 +64,7 @@ def model_reference(src: Source) -> Model | None:
         named = [served_model(words), *(o.value for o in options(words)
                                         if o.flag in ("--model", "--model-path"))]
         for value in named:
-            if isinstance(value, str) and _HUB_ID.match(value):
+            if isinstance(value, str) and HUB_ID.match(value):
                 return Model(value, line_of(sequence))
     for string in src.strings:
         if match := _MODEL_IN_COMMAND.search(str(string.value)):

@@ -4,7 +4,8 @@ Each rule has an id, a short name, a one-line message (why it matters) and a fix
 table `mls check --list` prints. A new rule is a row here, a function in the module of its family
 (`pinning`: revisions, engine versions; `storage`: Volumes, caches, downloads; `serving`:
 readiness, the smoke path, patterns, concurrency, endpoints; `security`: secrets, auth, dev mode;
-`regions`: where a server runs and routes; `imports`: importing the file), one line in
+`regions`: where a server runs and routes; `startup`: whether the app can start at all, judged
+against the model's facts; `imports`: importing the file), one line in
 `run._static_findings`, and a fixture in tests/fixtures/check that fires it.
 """
 
@@ -115,6 +116,53 @@ RULES: tuple[Rule, ...] = (
          "target_concurrency/max_concurrency in @app.server and expose only HTTP",
          "remove @modal.concurrent / @modal.method; set target_concurrency= and "
          "max_concurrency= on @app.server"),
+    Rule("MLS022", "tp-vs-gpus",
+         "the engine's tensor parallelism does not match the GPUs per container, or does not "
+         "split the attention heads evenly: the engine fails at start, or paid GPUs sit idle",
+         "set the engine's tensor parallel size (vLLM --tensor-parallel-size, SGLang "
+         "--tp-size, LLM(tensor_parallel_size=)) to the N of gpu=\"TYPE:N\", a size that "
+         "divides the model's attention heads"),
+    Rule("MLS023", "does-not-fit",
+         "the weights plus one sequence of the context length do not fit the engine's share "
+         "of GPU memory (less the per-GPU overhead): the engine fails at start, out of memory "
+         "or with no room for the KV cache",
+         "use more or larger GPUs (gpu=\"TYPE:N\" with tensor parallelism N), a shorter max "
+         "model len, or a quantized checkpoint; `mls plan` sizes it"),
+    Rule("MLS024", "context-beyond-model",
+         "the engine's context length is longer than the model's position embeddings: vLLM "
+         "refuses to start, and positions the model was never trained on give garbage",
+         "set --max-model-len (SGLang --context-length) at most the model's "
+         "max_position_embeddings, or turn on the rope scaling its card documents"),
+    Rule("MLS025", "precision-unsupported",
+         "the GPU has no kernels for the weights' precision (FP8 where the GPU catalog gives no "
+         "FP8 support, MXFP4 on Turing): the engine refuses the model or falls back to slow "
+         "weight-only kernels",
+         "choose a GPU that runs it (FP8: L4, L40S, RTX-PRO-6000, H100, H200, B200), or a "
+         "checkpoint in a precision this GPU runs (bf16, AWQ/GPTQ int4)"),
+    Rule("MLS026", "startup-timeout-short",
+         "Modal stops a container that takes longer to start than its startup timeout "
+         "(startup_timeout=, else timeout=, else 300 s); below the time to read the weights, "
+         "or below the file's own readiness wait, the app never comes up",
+         "raise startup_timeout= (N * MINUTES) above the weights' load time plus the engine's "
+         "start, and at least to the readiness wait; `mls plan` suggests one"),
+    Rule("MLS027", "concurrency-vs-batch",
+         "Modal's per-container concurrency is far from the engine's batch size: far above it, "
+         "requests queue unseen inside the engine (slow, no scale-out); far below it, the GPU "
+         "idles with batch room you pay for and never use",
+         "keep max_inputs / max_concurrency between a quarter of and twice the engine's "
+         "--max-num-seqs (SGLang --max-running-requests), e.g. just under it"),
+    Rule("MLS028", "gated-model-no-token",
+         "the model is gated on the Hub and no modal.Secret gives the container HF_TOKEN: the "
+         "download fails (401/403) when the app starts",
+         "create a Secret holding HF_TOKEN of an account that accepted the license (modal "
+         "secret create huggingface HF_TOKEN=...) and pass "
+         "secrets=[modal.Secret.from_name(\"huggingface\")]"),
+    Rule("MLS029", "unpinned-extra-model",
+         "a model besides the main one (speculative draft, LoRA adapter, another download) is "
+         "fetched without a pinned commit: a push to its repo silently changes what you serve",
+         "pin it: \"revision\" in --speculative-config, --speculative-draft-model-revision, "
+         "snapshot_download(repo, revision=HASH); LoRA adapters: download them at a commit to "
+         "a Volume and pass that path"),
 )
 _BY_ID = {rule.id: rule for rule in RULES}
 

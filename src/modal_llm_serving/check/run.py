@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-from modal_llm_serving.check import pinning, regions, security, serving, storage
+from modal_llm_serving.check import pinning, regions, security, serving, startup, storage
 from modal_llm_serving.check.app import engines, model_reference, patterns
 from modal_llm_serving.check.imports import import_findings
 from modal_llm_serving.check.rules import Finding, finding
@@ -15,12 +15,13 @@ from modal_llm_serving.check.source import Source
 __all__ = ["check_file", "check_files", "check_source"]
 
 
-def _static_findings(src: Source) -> list[Finding]:
+def _static_findings(src: Source, *, gpu_catalog: Path | None) -> list[Finding]:
     """Each rule's findings, in rule order (`check_source` sorts them by line)."""
     model = model_reference(src)
     found_engines = engines(src)
     found_patterns = patterns(src)
     low_latency = any(kind in ("http_server", "app.server") for kind, _ in found_patterns)
+    can_start = startup.read_startup(src, model, found_engines, gpu_catalog=gpu_catalog)
     return [
         *pinning.unpinned_revision(src, model),  # MLS001
         *storage.volumes(src, model, found_engines),  # MLS002, MLS003
@@ -40,13 +41,24 @@ def _static_findings(src: Source) -> list[Finding]:
         *regions.routing_far_from_compute(src),  # MLS019
         *security.unauthenticated_without_key(src),  # MLS020
         *serving.concurrent_on_server(src),  # MLS021
+        *startup.tp_vs_gpus(src, can_start),  # MLS022
+        *startup.does_not_fit(src, can_start),  # MLS023
+        *startup.context_beyond_model(src, can_start),  # MLS024
+        *startup.precision_unsupported(src, can_start),  # MLS025
+        *startup.timeout_too_short(src, can_start),  # MLS026
+        *startup.concurrency_vs_batch(src, can_start),  # MLS027
+        *startup.gated_without_token(src, can_start),  # MLS028
+        *startup.unpinned_extra_models(src, can_start),  # MLS029
     ]
 
 
-def check_source(source: str, *, path: str = "<source>") -> list[Finding]:
-    """Static checks of `source` (no import)."""
+def check_source(source: str, *, path: str = "<source>",
+                 gpu_catalog: Path | None = None) -> list[Finding]:
+    """Static checks of `source` (no import); the startup rules read GPUs from `gpu_catalog`
+    (else $MLS_GPU_CATALOG, else the built-in one), as `mls plan` does."""
     try:
-        findings = _static_findings(Source(ast.parse(source, filename=path), path))
+        findings = _static_findings(Source(ast.parse(source, filename=path), path),
+                                    gpu_catalog=gpu_catalog)
     except SyntaxError as exc:
         return [finding("MLS016", path, exc.lineno or 1, f"{exc.msg}")]
     except ValueError as exc:  # e.g. null bytes: not Python source at all
@@ -57,13 +69,13 @@ def check_source(source: str, *, path: str = "<source>") -> list[Finding]:
 
 
 def check_file(path: Path, *, import_check: bool = True, import_timeout: float = 60.0,
-               python: str | None = None) -> list[Finding]:
+               python: str | None = None, gpu_catalog: Path | None = None) -> list[Finding]:
     """All checks of one file: static, then (where safe) an import with the real Modal SDK."""
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [finding("MLS017", str(path), 1, f"cannot read the file: {exc}")]
-    findings = check_source(source, path=str(path))
+    findings = check_source(source, path=str(path), gpu_catalog=gpu_catalog)
     if import_check and not any(f.rule.id == "MLS016" for f in findings):
         findings += import_findings(path, ast.parse(source), timeout=import_timeout,
                                     python=python or sys.executable)

@@ -34,7 +34,7 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
     child process (where module-level code only defines things), so a crash or hang on import
     is a finding too. Exit codes: 0 no findings; 1 findings; 2 bad usage (e.g. missing file).
     """
-    from modal_llm_serving.check import RULES, check_files, import_skipped_reason
+    from modal_llm_serving.check import RULES, check_files, import_skipped_reason, startup_note
 
     if list_:
         if json_:
@@ -59,6 +59,9 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
     for path in paths:
         if not no_import and (reason := import_skipped_reason(path)):
             click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
+        if unchecked := startup_note(path):  # one line, never a finding: exit codes stay
+            click.echo(f"note: {path}: the startup rules that need these were skipped: "
+                       f"{unchecked}", err=True)
     if not no_import and len(paths) > 1:
         click.echo(f"checking {len(paths)} files (each imported with the Modal SDK, about a "
                    "second apiece)", err=True)

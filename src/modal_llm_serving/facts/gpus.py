@@ -12,12 +12,13 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.facts.workload import read_toml
 
-__all__ = ["GB", "GPU", "Platform", "builtin_table", "load_gpu_catalog"]
+__all__ = ["GB", "GPU", "Platform", "builtin_table", "catalog_gpu", "lacks_kernels",
+           "load_gpu_catalog"]
 
 GB = 1e9
 
@@ -39,6 +40,30 @@ class GPU:
 
     def tflops(self, *, fp8: bool) -> float:
         return self.fp8_tflops if fp8 and self.fp8 and self.fp8_tflops > 0 else self.bf16_tflops
+
+
+def lacks_kernels(gpu: GPU, precision: str) -> Literal["fp8", "mxfp4"] | None:
+    """What `gpu` has no kernels for, of weights stored in `precision`: "fp8" where the catalog
+    gives it no FP8 support (no FP8 tensor cores: vLLM at best falls back to weight-only Marlin
+    kernels), "mxfp4" on Turing (the T4: the engines' MXFP4 kernels need Ampere or newer); else
+    None. The plan rules such GPUs out and `mls check` flags an app that runs on one."""
+    if precision == "fp8" and not gpu.fp8:
+        return "fp8"
+    if precision == "mxfp4" and gpu.name == "T4":
+        return "mxfp4"
+    return None
+
+
+# Modal's GPU strings that differ from the catalog's names: "A100" is the 40 GB card, "A10G" the
+# A10. A trailing "!" (no automatic upgrade) or "+" (this or newer) names the same card.
+_MODAL_ALIASES = {"A100": "A100-40GB", "A10G": "A10"}
+
+
+def catalog_gpu(modal_name: str, catalog: dict[str, GPU]) -> GPU | None:
+    """The catalog entry for a Modal GPU string's type (`h100!` -> H100), or None if unknown."""
+    name = modal_name.strip().upper().rstrip("!+")
+    name = _MODAL_ALIASES.get(name, name)
+    return next((gpu for key, gpu in catalog.items() if key.upper() == name), None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,10 +58,17 @@ class ModelFacts:
     linear_layers: int = 0  # a fixed-size state per sequence (Gated DeltaNet, Mamba)
     linear_state_elements: int = 0  # values one linear layer keeps per sequence
     attention_free_layers: int = 0  # no attention at all (MLP-only blocks): nothing cached
+    gated: bool | None = None  # the Hub's word on access (None: not asked, e.g. the catalog)
 
     @property
     def is_moe(self) -> bool:
         return self.experts > 0
+
+    def splits_over(self, n: int) -> bool:
+        """Whether tensor parallelism over `n` GPUs splits the attention evenly, the engines'
+        rule: the heads divide by `n`, and the KV heads too, or `n` by them (each GPU then holds
+        a copy of a KV head)."""
+        return self.heads % n == 0 and (self.kv_heads % n == 0 or n % self.kv_heads == 0)
 
     @property
     def full_attention_layers(self) -> int:
@@ -216,7 +223,7 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
         max_position=max_position, native_precision=_dtype_name(config), experts=experts,
         experts_per_token=per_token, kv_lora_rank=kv_lora, qk_rope_head_dim=rope_dim,
-        checkpoint_bytes=checkpoint_bytes, source=source, **kinds)
+        checkpoint_bytes=checkpoint_bytes, source=source, gated=None, **kinds)
 
 
 # How configs name their layers' kinds (`layer_types`, one word a layer), by what they cache.
@@ -355,6 +362,7 @@ def _from_hub(hub: HubModel) -> ModelFacts:
     """Facts from the Hub's config.json, with the safetensors' exact sizes where it has them."""
     facts = model_facts_from_config(dict(hub.config), name=hub.model, source=hub.source,
                                     checkpoint_bytes=hub.checkpoint_bytes)
+    facts = dataclasses.replace(facts, gated=hub.gated)
     if hub.total_params:  # counted, not estimated from the config's shapes
         share = facts.active_params / facts.total_params
         facts = dataclasses.replace(facts, total_params=float(hub.total_params),

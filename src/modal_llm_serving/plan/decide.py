@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 
 from modal_llm_serving.errors import PlanRefused, WorkloadError
-from modal_llm_serving.facts.gpus import GB, GPU, Platform, load_gpu_catalog
+from modal_llm_serving.facts.gpus import GB, GPU, Platform, lacks_kernels, load_gpu_catalog
 from modal_llm_serving.facts.models import ModelFacts, model_facts
 from modal_llm_serving.facts.workload import (
     NARROW_REGIONS,
@@ -40,19 +40,28 @@ from modal_llm_serving.plan.explain import (
     unknown_gpu,
 )
 from modal_llm_serving.plan.rules import (
-    GATED_ORGS,
     KV_HEADROOM,
     LATENCY_TIE,
     MAX_NUM_SEQS_CAP,
     MAX_PLANNED_GPUS,
+    MEMORY_SHARE,
     MINUTES,
     OFFLINE_NUM_SEQS_CAP,
     PINNED_PRIMITIVES,
     ROUTING_REGIONS,
     SLO_MARGIN,
     TP_SIZES,
+    needs_hf_token,
 )
-from modal_llm_serving.plan.sizing import Sizing, cold_start_seconds, predictions, size
+from modal_llm_serving.plan.sizing import (
+    Sizing,
+    cold_start_seconds,
+    engine_bytes,
+    longest_sequence_bytes,
+    longest_sequence_fits,
+    predictions,
+    size,
+)
 from modal_llm_serving.plan.types import (
     Basis,
     Candidate,
@@ -198,7 +207,7 @@ def _region_multiplier(region: str | None) -> float:
 def _weigh(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform, pattern: str,
            recipe: Recipe) -> _Weighed:
     """Size every allowed GPU setup for `recipe`: fitting candidates and rejections."""
-    util = 0.85 if recipe.engine == "sglang" else 0.90  # SGLang keeps more memory for itself
+    util = MEMORY_SHARE[recipe.engine]
     max_model_len = _max_model_len(w, s.facts, pattern, recipe)
     multiplier = _region_multiplier(_region(w, recipe))
     fits: list[Candidate] = []
@@ -223,12 +232,10 @@ def _weigh(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform, pat
 
 def _card_lacks(w: Workload, s: Sizing, gpu: GPU) -> RejectionKind | None:
     """What the card cannot do for this precision, if anything."""
-    if s.precision == "fp8" and not gpu.fp8:
-        return "fp8"
+    if lacks := lacks_kernels(gpu, s.precision):
+        return lacks
     if s.precision == "bf16" and not gpu.bf16 and not w.allow_precision_fallback:
         return "precision"
-    if s.precision == "mxfp4" and gpu.name == "T4":
-        return "mxfp4"
     return None
 
 
@@ -238,15 +245,13 @@ def _setup(w: Workload, s: Sizing, gpu: GPU, n: int, platform: Platform, *, patt
     """`n` x `gpu` per container: how the workload lands on it, or the rule it breaks."""
     if recipe.snapshots and n > 1:
         return Rejection(gpu.name, n, "snapshot")
-    if s.facts.heads % n:
-        return Rejection(gpu.name, n, "heads", heads=s.facts.heads)
-    usable = n * (gpu.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
-    kv_bytes = usable - s.weights_bytes
+    if not s.facts.splits_over(n):
+        return Rejection(gpu.name, n, "heads", heads=s.facts.heads, kv_heads=s.facts.kv_heads)
+    kv_bytes = engine_bytes(gpu, n, util=util, platform=platform) - s.weights_bytes
     kv_tokens = int(kv_bytes * KV_HEADROOM / s.kv_bytes_per_token) if kv_bytes > 0 else 0
     # one sequence as long as the context length must fit (its own bytes per token)
-    longest = s.kv_bytes_per_token_at(max_model_len)
-    if (int(kv_bytes * KV_HEADROOM / longest) if kv_bytes > 0 else 0) < max_model_len:
-        need = (s.weights_bytes + max_model_len * longest / KV_HEADROOM
+    if not longest_sequence_fits(s, kv_bytes, max_model_len):
+        need = (s.weights_bytes + longest_sequence_bytes(s, max_model_len)
                 + n * platform.gpu_overhead_gb * GB) / GB
         return Rejection(gpu.name, n, "memory", need_gb=need, usable_gb=n * gpu.memory_gb * util)
     prefill = s.prefill_seconds(gpu, n, w.input_tokens)
@@ -293,10 +298,9 @@ def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
     allowed = [g for g in gpus.values() if not w.gpu or g.name == w.gpu]
     biggest = max(allowed, key=lambda g: g.memory_gb)
     tp = 1 if weighed.recipe.snapshots else max(n for n in TP_SIZES if n <= w.max_gpus)
-    sequence = (weighed.max_model_len * s.kv_bytes_per_token_at(weighed.max_model_len)
-                / KV_HEADROOM)
+    sequence = longest_sequence_bytes(s, weighed.max_model_len)
     need = s.weights_bytes + sequence
-    node = tp * (biggest.memory_gb * GB * weighed.util - platform.gpu_overhead_gb * GB)
+    node = engine_bytes(biggest, tp, util=weighed.util, platform=platform)
     smaller = []
     for precision in ("fp8", "int4"):
         if PRECISIONS[precision] < s.bytes_per_param:
@@ -395,7 +399,7 @@ def _settle(w: Workload, s: Sizing, platform: Platform, weighed: _Weighed, chose
         region=region, routing_region=routing_region(region),
         proxy_regions=[region] if region else [],
         served_model_name=w.served_model_name or w.model,
-        hf_secret="huggingface" if w.model.startswith(GATED_ORGS) else None,
+        hf_secret="huggingface" if needs_hf_token(w.model, gated=f.gated) else None,
         engine_kv_cache_dtype=_engine_kv_cache_dtype(w.kv_cache_dtype, recipe.engine),
         startup_timeout_s=startup,
         quantization=("fp8" if w.precision == "fp8" and f.native_precision in ("bf16", "fp16")

@@ -108,7 +108,8 @@ def _rejection(r: Rejection) -> str:
         "mxfp4": "(Turing) has no MXFP4 kernels",
         "precision": "has no native bf16 (it would run fp16); set allow_precision_fallback = "
                      "true to allow it",
-        "heads": f"{r.heads} attention heads do not split over {r.n_gpu} GPUs",
+        "heads": f"{r.heads} attention heads ({r.kv_heads} KV heads) do not split over "
+                 f"{r.n_gpu} GPUs",
         "memory": f"needs {r.need_gb:.1f} GB, has {r.usable_gb:.1f} GB usable",
         "ttft": f"prefill floor {r.floor_ms:.0f} ms > {SLO_MARGIN:.0%} of ttft_ms {r.slo_ms:g}",
         "tpot": f"decode floor {r.floor_ms:.1f} ms/token > {SLO_MARGIN:.0%} of tpot_ms "

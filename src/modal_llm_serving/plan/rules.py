@@ -9,6 +9,7 @@ __all__ = [
     "LATENCY_TIE",
     "MAX_NUM_SEQS_CAP",
     "MAX_PLANNED_GPUS",
+    "MEMORY_SHARE",
     "MINUTES",
     "OFFLINE_NUM_SEQS_CAP",
     "PINNED_PRIMITIVES",
@@ -16,6 +17,7 @@ __all__ = [
     "ROUTING_REGIONS",
     "SLO_MARGIN",
     "TP_SIZES",
+    "needs_hf_token",
 ]
 
 MINUTES = 60
@@ -26,6 +28,9 @@ MAX_NUM_SEQS_CAP = 256  # vLLM's default max_num_seqs: a sane ceiling before ben
 OFFLINE_NUM_SEQS_CAP = 512  # offline batches gain from larger batches while KV allows
 # Hub organisations whose models are gated: the app needs a Secret holding HF_TOKEN.
 GATED_ORGS = ("meta-llama/", "google/", "mistralai/")
+# The engine's share of each GPU's memory (vLLM --gpu-memory-utilization, SGLang
+# --mem-fraction-static) when the app sets none: SGLang keeps more memory for itself.
+MEMORY_SHARE = {"vllm": 0.90, "sglang": 0.85}
 KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, prefix blocks)
 # Tensor parallelism all-reduces activations twice per layer per step; each costs a latency
 # however small the message (which caps what TP buys at batch 1: without it the roofline would
@@ -48,3 +53,9 @@ ROUTING_REGIONS = {"us-west": "us-west", "eu": "eu-west", "uk": "eu-west", "ap":
 PINNED_PRIMITIVES = ("http_server", "app.server")
 # Modal's routing regions; the published http_server examples use the first two as proxies.
 PROXY_REGIONS_SEEN = ("us-east", "us-west", "eu-west", "ap-south")
+
+
+def needs_hf_token(model: str, *, gated: bool | None) -> bool:
+    """Whether a container needs HF_TOKEN to download `model`: the Hub says it is gated, or its
+    organisation gates its models (what is known offline)."""
+    return bool(gated) or model.startswith(GATED_ORGS)

@@ -12,10 +12,11 @@ import dataclasses
 from modal_llm_serving.facts.gpus import GB, GPU, Platform
 from modal_llm_serving.facts.models import ModelFacts, experts_touched_fraction
 from modal_llm_serving.facts.workload import PRECISIONS, Workload
-from modal_llm_serving.plan.rules import ALLREDUCE
+from modal_llm_serving.plan.rules import ALLREDUCE, KV_HEADROOM
 from modal_llm_serving.plan.types import Candidate, Prediction
 
-__all__ = ["Sizing", "cold_start_seconds", "predictions", "size"]
+__all__ = ["Sizing", "cold_start_seconds", "engine_bytes", "longest_sequence_bytes",
+           "longest_sequence_fits", "predictions", "size"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,24 @@ def size(w: Workload, facts: ModelFacts) -> Sizing:
                   common_params=facts.total_params - expert,
                   ctx_avg=w.input_tokens + w.output_tokens / 2,
                   seq_tokens=w.input_tokens + w.output_tokens)
+
+
+def engine_bytes(gpu: GPU, n: int, *, util: float, platform: Platform) -> float:
+    """What `n` x `gpu` leave the engine for weights and KV cache: each GPU's memory times the
+    engine's share `util`, less the platform's per-GPU overhead (CUDA context, activations)."""
+    return n * (gpu.memory_gb * GB * util - platform.gpu_overhead_gb * GB)
+
+
+def longest_sequence_bytes(s: Sizing, max_model_len: int) -> float:
+    """KV cache bytes one `max_model_len`-token sequence needs, with the KV_HEADROOM margin."""
+    return max_model_len * s.kv_bytes_per_token_at(max_model_len) / KV_HEADROOM
+
+
+def longest_sequence_fits(s: Sizing, kv_bytes: float, max_model_len: int) -> bool:
+    """Whether `kv_bytes` of KV cache (after the KV_HEADROOM margin) hold one sequence of
+    `max_model_len` tokens: the least a working engine needs (vLLM will not start below it)."""
+    longest = s.kv_bytes_per_token_at(max_model_len)
+    return (int(kv_bytes * KV_HEADROOM / longest) if kv_bytes > 0 else 0) >= max_model_len
 
 
 def cold_start_seconds(s: Sizing, platform: Platform, n: int) -> tuple[float, float, float]:

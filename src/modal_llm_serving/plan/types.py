@@ -93,6 +93,7 @@ class Rejection:
     need_gb: float = 0.0  # memory: weights + one longest sequence + per-GPU overhead
     usable_gb: float = 0.0  # memory: what the engine's share of the GPUs holds
     heads: int = 0  # heads: attention heads that do not split over n_gpu
+    kv_heads: int = 0  # heads: the KV heads beside them
 
 
 @dataclasses.dataclass(frozen=True)

@@ -216,7 +216,8 @@ def new_app(workload: Workload, output: Path, *, force: bool = False,
     _recipe_can_carry(plan)
     recipe = recipe_path(plan.recipe_row.name)
     result = write_app(recipe, plan.recipe_settings(), output, force=force)
-    findings = check_file(output, import_check=import_check)
+    # the same GPU catalog as the plan: the startup rules judge the file by the plan's figures
+    findings = check_file(output, import_check=import_check, gpu_catalog=gpu_catalog)
     return NewApp(plan=plan, recipe=recipe, output=output, render=result, findings=findings)
 
 
