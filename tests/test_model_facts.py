@@ -97,6 +97,11 @@ def test_a_sliding_window_model_holds_more_requests_than_if_every_layer_were_ful
 
 # --- the catalog: the same parser, verified shapes --------------------------------------------
 
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+AT_COMMIT = re.compile(r"^https://github\.com/[^/\s]+/[^/\s]+/blob/[0-9a-f]{40}/\S+$")
+UNVERIFIED = {"revision", "gated", "params", "figures"}
+
+
 def test_every_catalog_model_gives_facts_and_each_config_entry_names_its_source() -> None:
     for name, entry in builtin_models().items():
         facts = model_facts(name)
@@ -104,6 +109,26 @@ def test_every_catalog_model_gives_facts_and_each_config_entry_names_its_source(
         if "config" in entry:
             assert entry["source"].startswith("https://") and entry["checked"]
             assert entry["source"] in facts.source
+
+
+@pytest.mark.parametrize("name", sorted(builtin_models()))
+def test_each_catalog_entry_says_where_its_pin_comes_from_or_that_it_has_none(name: str) -> None:
+    """A pinned revision is 40 hex with the public file that pins it, at a commit; a copy the
+    figures were read from is a file at a commit with the day; what is missing is listed."""
+    entry = builtin_models()[name]
+    unverified = entry.get("unverified", [])
+    assert isinstance(unverified, list) and set(unverified) <= UNVERIFIED, unverified
+    if "revision" in entry:
+        assert COMMIT.match(entry["revision"]) and AT_COMMIT.match(entry["revision_source"])
+        assert "revision" not in unverified
+    else:
+        assert "revision_source" not in entry and "revision" in unverified
+    assert isinstance(entry["gated"], bool) if "gated" in entry else "gated" in unverified
+    if "source" in entry:
+        assert AT_COMMIT.match(entry["source"]) and re.match(r"^\d{4}-\d{2}-\d{2}$",
+                                                             entry["checked"])
+    else:
+        assert "figures" in unverified
 
 
 @pytest.mark.parametrize("name", [n for n, e in builtin_models().items() if "config" in e])
