@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import HubUnreachable, UsageError
+from modal_llm_serving.facts.context import context_limit
 from modal_llm_serving.facts.gpus import GB, builtin_table
 from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, hub_cache, read_hub_model
 
@@ -59,6 +60,7 @@ class ModelFacts:
     linear_state_elements: int = 0  # values one linear layer keeps per sequence
     attention_free_layers: int = 0  # no attention at all (MLP-only blocks): nothing cached
     gated: bool | None = None  # the Hub's word on access (None: not asked, e.g. the catalog)
+    context_fields: str = "max_position_embeddings"  # where max_position comes from
 
     @property
     def is_moe(self) -> bool:
@@ -235,11 +237,12 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
     common = body + embeddings
     total = common + moe_layers * (experts * expert_mlp + shared * expert_mlp + router)
     active = common + moe_layers * ((per_token + shared) * expert_mlp + router)
-    max_position = int(config.get("max_position_embeddings") or 4096)
+    max_position, context_fields = context_limit(config)
     return ModelFacts(
         name=name, total_params=float(total), active_params=float(active), layers=layers,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
-        max_position=max_position, native_precision=_dtype_name(config), experts=experts,
+        max_position=max_position, context_fields=context_fields,
+        native_precision=_dtype_name(config), experts=experts,
         experts_per_token=per_token, kv_lora_rank=kv_lora, qk_rope_head_dim=rope_dim,
         checkpoint_bytes=checkpoint_bytes, source=source, gated=None, **kinds)
 
