@@ -532,6 +532,12 @@ MATRIX: dict[str, tuple[dict[str, object], str]] = {
                                    "kv_cache_dtype": "fp8"}, "qwen3_throughput"),
     "server-cold-start": ({"model": "Qwen/Qwen3-0.6B", "cold_start_s": 10, "proxy_auth": True},
                           "vllm_server"),
+    "sliding-wrapper-gated": ({"model": "google/gemma-3-27b-it", "concurrency": 16,
+                               "context_length": 32768}, "vllm_online"),
+    "hybrid-mamba-moe": ({"model": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+                          "concurrency": 32}, "vllm_online"),
+    "block-configs": ({"model": "nvidia/Llama-3_3-Nemotron-Super-49B-v1", "concurrency": 8},
+                      "vllm_online"),
 }
 IMPORTED = ("dense-gated-70b", "server-cold-start")  # these two also imported with the SDK
 
