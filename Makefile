@@ -1,7 +1,8 @@
 # The two commands in the README, and the install step both share.
 # Everything goes into .venv in this folder, with pip (only pip sees the CPU torch wheel on disk).
 
-PYTHON ?= python3.11
+# Any supported Python (3.11, 3.12, 3.13), the oldest found first; or pass PYTHON=...
+PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.13,$(shell command -v python$(v))) python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 # A machine with an NVIDIA GPU gets vLLM's CUDA build; any other gets the CPU build.

