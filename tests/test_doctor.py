@@ -32,6 +32,7 @@ MODAL_TOKEN_ID = "ak-doctortestTOKENID123456"
 MODAL_TOKEN_SECRET = "as-doctortestSECRET987654321"
 HF_TOKEN = "hf_doctortestHFSECRET555555"
 THIS_PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[1]  # this checkout
 
 
 def write_exe(path: Path, text: str) -> Path:
@@ -511,7 +512,9 @@ def test_engines_absent_warn(machine: Machine, tmp_path: Path) -> None:
     report = machine.doctor(python=str(bare))
     vllm, sglang = report.get("local-vllm"), report.get("local-sglang")
     assert vllm.status == "warn" and "not installed" in vllm.summary
-    assert "make install" in vllm.fix
+    # the extra, with the exact command for that interpreter; `make` only because this is a checkout
+    assert f"{bare} -m pip install 'modal-llm-serving[local]' --extra-index-url" in vllm.fix
+    assert vllm.fix.endswith(f"(or, in the checkout {ROOT}: make serve)")
     assert sglang.status == "warn" and "no CPU build" in sglang.fix
 
 

@@ -1,8 +1,9 @@
 """The README's and SKILL.md's one-line toolkit install, run as a new user would.
 
 A fresh, empty virtualenv, the one `pip install` line pointed at this checkout, and nothing else:
-then `mls --version`, `mls skill path` (the skill the wheel carries) and `mls check` on a recipe
-from that installed skill, which imports it with the freshly installed Modal SDK.
+then `mls --version`, `mls skill path` (the skill the wheel carries), `mls check` on a recipe
+from that installed skill, which imports it with the freshly installed Modal SDK, and `mls local
+command`, which names the extra it needs.
 """
 
 from __future__ import annotations
@@ -50,3 +51,12 @@ def test_one_line_install_into_an_empty_venv_gives_a_working_mls(tmp_path: Path)
                            env=env, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "no findings in 1 file" in check.stdout
+    # `mls local` needs an extra this line leaves out: one line naming it and the pip command
+    # (no `make`: a pip user has no checkout)
+    local = subprocess.run([mls, "local", "command"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert local.returncode != 0 and local.stdout == ""
+    assert local.stderr.count("\n") == 1, local.stderr
+    assert "needs the toolkit's `local` extra" in local.stderr
+    assert "pip install 'modal-llm-serving[local]' --extra-index-url" in local.stderr
+    assert "make" not in local.stderr

