@@ -27,17 +27,28 @@ def skill_path() -> None:
 
 
 @skill.command("install")
-@click.option("--agent", type=click.Choice(["claude", "codex", "agents"]), default="claude",
-              show_default=True, help="Whose user-level skills folder to install into.")
+@click.option("--agent", type=click.Choice(["all", "agents", "claude"]), default="all",
+              show_default=True,
+              help="Whose skills folder: .agents/skills (Codex and the skills CLI's other "
+                   "agents), .claude/skills (Claude Code), or both.")
+@click.option("-g", "--global", "global_", is_flag=True,
+              help="Into the home folder (~/.agents/skills, ~/.claude/skills) instead of the "
+                   "current project's.")
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
-              help="Skills folder to install into instead (e.g. a project's .claude/skills).")
+              help="One skills folder to install into instead.")
 @click.option("--force", is_flag=True, help="Replace an installed copy.")
-def skill_install(agent: str, folder: Path | None, force: bool) -> None:
-    """Install exactly the skill this toolkit carries into an agent's skills folder."""
-    from modal_llm_serving.skill.install import default_skills_dir, install_skill
+def skill_install(agent: str, global_: bool, folder: Path | None, force: bool) -> None:
+    """Install exactly the skill this toolkit carries where agents look for skills.
 
-    installed = install_skill(folder or default_skills_dir(agent), force=force)
-    click.echo(f"installed the modal-llm-serving skill ({__version__}) at {installed}")
+    The folders are the ones `modal skills install` and the skills CLI (`npx skills add`) use:
+    .agents/skills and .claude/skills in this project, or in your home folder with --global.
+    """
+    from modal_llm_serving.skill.install import install_skills, skills_dirs
+
+    targets = [folder] if folder else skills_dirs(agent, global_=global_)
+    installed = install_skills(targets, force=force)
+    click.echo(f"installed the modal-llm-serving skill ({__version__}) at "
+               + " and ".join(str(path) for path in installed))
 
 
 @skill.command("eval")

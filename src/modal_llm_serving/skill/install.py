@@ -16,19 +16,39 @@ from pathlib import Path
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.skill import SKILL_NAME, skill_dir
 
-__all__ = ["default_skills_dir", "install_skill"]
+__all__ = ["AGENT_FOLDERS", "install_skill", "install_skills", "skills_dirs"]
 
-# Where agents look for user-level skills, first match wins for the default.
-_AGENT_DIRS = {"claude": Path("~/.claude/skills"), "codex": Path("~/.codex/skills"),
-               "agents": Path("~/.agents/skills")}
+# Where agents find skills, as `modal skills install` (Modal SDK, modal/cli/skills.py) and the
+# skills CLI (`npx skills add`) put them: `.agents/skills`, the open standard's folder (Codex and
+# the skills CLI's other agents), and `.claude/skills` (Claude Code); in the project, or with
+# --global in the home folder (~/.agents/skills, ~/.claude/skills).
+AGENT_FOLDERS = {"agents": Path(".agents") / "skills", "claude": Path(".claude") / "skills"}
 
 
-def default_skills_dir(agent: str) -> Path:
-    """The user-level skills folder of `agent` (claude, codex or agents)."""
-    if agent not in _AGENT_DIRS:
-        raise UsageError(f"unknown agent {agent!r}; choose one of {', '.join(_AGENT_DIRS)} or "
+def skills_dirs(agent: str, *, global_: bool, cwd: Path | None = None,
+                home: Path | None = None) -> list[Path]:
+    """The skills folders for `agent` (agents, claude, or all of them), in `cwd` [default: the
+    current folder] or, `global_`, in `home` [default: the user's home folder]."""
+    if agent != "all" and agent not in AGENT_FOLDERS:
+        raise UsageError(f"unknown agent {agent!r}; choose all, {', '.join(AGENT_FOLDERS)} or "
                          "give --dir")
-    return _AGENT_DIRS[agent].expanduser()
+    base = (home or Path.home()) if global_ else (cwd or Path.cwd())
+    names = list(AGENT_FOLDERS) if agent == "all" else [agent]
+    return [base / AGENT_FOLDERS[name] for name in names]
+
+
+def install_skills(target_dirs: list[Path], *, force: bool = False) -> list[Path]:
+    """`install_skill` into each folder; without `force`, one installed copy anywhere stops them
+    all before anything is written."""
+    if not force:
+        for target_dir in target_dirs:
+            _refuse_to_replace(target_dir.expanduser() / SKILL_NAME)
+    return [install_skill(target_dir, force=force) for target_dir in target_dirs]
+
+
+def _refuse_to_replace(destination: Path) -> None:
+    if destination.exists():
+        raise UsageError(f"{destination} exists; pass --force to replace it with this version")
 
 
 def install_skill(target_dir: Path, *, force: bool = False) -> Path:
@@ -40,8 +60,8 @@ def install_skill(target_dir: Path, *, force: bool = False) -> Path:
     source = skill_dir()
     target_dir = target_dir.expanduser()
     destination = target_dir / SKILL_NAME
-    if destination.exists() and not force:
-        raise UsageError(f"{destination} exists; pass --force to replace it with this version")
+    if not force:
+        _refuse_to_replace(destination)
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{SKILL_NAME}-", dir=target_dir))
