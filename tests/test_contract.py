@@ -323,6 +323,10 @@ def test_redaction_of_urls_headers_and_known_values(monkeypatch: pytest.MonkeyPa
         "X-Api-Key": "***", "Cookie": "***", "Modal-Secret": "***", "Modal-Session-ID": "id"}
     monkeypatch.setenv("MLS_API_KEY", "sk-very-secret")
     assert redact_text("key sk-very-secret leaked") == "key *** leaked"
+    # Modal's proxy tokens, as a pair and in the combined form its Endpoint docs export
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", "ws-pair-secret")
+    monkeypatch.setenv("MODAL_PROXY_TOKEN", "wk-one.ws-combined")
+    assert redact_text("ws-pair-secret, Bearer wk-one.ws-combined") == "***, Bearer ***"
 
 
 @pytest.mark.parametrize("header", ["X-Trace: a\nb", "X-Name: é", "Bad Name: x"])

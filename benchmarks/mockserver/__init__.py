@@ -18,7 +18,9 @@ Faults, `--fault KIND=N` (every Nth request, counted from 1): 503, 429, reset (c
 after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `--stall-s`
 mid-stream), hang (reads the request, never answers), nodone (no `data: [DONE]`), split (events
 written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 503 for S seconds
-after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint). Scripted: answers a
+after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint). `--proxy-auth
+ID:SECRET`: 401 without Modal's proxy-auth headers (`Modal-Key: ID` and `Modal-Secret: SECRET`,
+or `Authorization: Bearer ID.SECRET`), as a Modal Endpoint or Server answers. Scripted: answers a
 test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests.
 
 The mock's own failures are recorded and shown by GET /mock/stats (`errors`); tests assert there

@@ -22,8 +22,8 @@ from . import scripted
 from .state import COMPLETIONS, MockState, tokenize
 from .ticker import WORDS, Plan
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
-           503: "Service Unavailable"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 class Protocol(asyncio.Protocol):
@@ -35,6 +35,7 @@ class Protocol(asyncio.Protocol):
         self.received_ns = 0
         self.first_ns = 0
         self.session: str | None = None
+        self.headers: dict[str, str] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -78,6 +79,7 @@ class Protocol(asyncio.Protocol):
         if len(self.buffer) < head_end + 4 + length:
             return None
         self.session = headers.get("modal-session-id")
+        self.headers = headers
         body = self.buffer[head_end + 4: head_end + 4 + length]
         self.buffer = self.buffer[head_end + 4 + length:]
         return method, path, body
@@ -111,6 +113,9 @@ class Protocol(asyncio.Protocol):
         state = self.state
         if path.startswith("/mock/"):
             return self._control(path, body)
+        if state.settings.proxy_auth and not self._proxy_authorized(state.settings.proxy_auth):
+            return self._send(401, {"error": {"message": "missing or invalid proxy auth "
+                                              "(Modal-Key and Modal-Secret)"}})
         if state.scripted is not None:  # a test's scripted answers: off the calibration path
             completion = path in COMPLETIONS
             script = state.scripted.answer(path, completion=completion)
@@ -158,6 +163,13 @@ class Protocol(asyncio.Protocol):
                            prompt_len=len(tokenize(json.dumps(request.get("messages")
                                                               or request.get("prompt")))))
         return None
+
+    def _proxy_authorized(self, expected: str) -> bool:
+        """Modal's proxy auth: the pair as two headers, or as one Bearer token `ID.SECRET`."""
+        token_id, _, secret = expected.partition(":")
+        pair = (self.headers.get("modal-key"), self.headers.get("modal-secret"))
+        bearer = self.headers.get("authorization", "")
+        return pair == (token_id, secret) or bearer == f"Bearer {token_id}.{secret}"
 
     def _control(self, path: str, body: bytes) -> None:
         """The routes that steer the mock: its stats, a scale to zero, a test's script."""

@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=N")
     parser.add_argument("--stall-s", type=float, default=5.0)
     parser.add_argument("--cold-s", type=float, default=0.0)
+    parser.add_argument("--proxy-auth", metavar="ID:SECRET",
+                        help="answer 401 without these Modal proxy-auth tokens")
     parser.add_argument("--processes", type=int, default=1,
                         help="serve from N processes on one port (SO_REUSEPORT); request "
                              "counts, faults and /mock/stats are then per process")
@@ -80,6 +82,7 @@ def main() -> None:
         with MockProcess(ttft_ms=settings.ttft_ms, itl_ms=settings.itl_ms, chunk=settings.chunk,
                          model=settings.model, faults=tuple(settings.fault),
                          stall_s=settings.stall_s, cold_s=settings.cold_s,
+                         proxy_auth=settings.proxy_auth,
                          processes=settings.processes) as mock:
             print(f"mock at {mock.url}", file=sys.stderr, flush=True)
             code = subprocess.call([part.replace("{url}", mock.url) for part in command])

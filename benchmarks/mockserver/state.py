@@ -20,6 +20,7 @@ class Settings(argparse.Namespace):
     fault: list[str]
     stall_s: float
     cold_s: float
+    proxy_auth: str | None
     processes: int
     command: list[str]
 

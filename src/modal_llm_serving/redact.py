@@ -26,10 +26,12 @@ _SECRET_HEADER = re.compile(r"auth|key|secret|token|passw|cookie|credential|sign
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]*)@", re.I)
 # Environment variables whose values are credentials, masked wherever they appear in text: the
 # toolkit's and the engines' API keys, Hugging Face tokens, and Modal's tokens (API, proxy auth,
-# OAuth). The one list: `mls doctor` masks its report with it too.
+# OAuth; MODAL_PROXY_TOKEN is the combined `wk-....ws-...` form Modal's Endpoint docs export for
+# OpenAI clients). The one list: `mls doctor` masks its report with it too.
 SECRET_ENV = ("MLS_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "HF_TOKEN",
               "HUGGING_FACE_HUB_TOKEN", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET",
-              "MODAL_PROXY_TOKEN_ID", "MODAL_PROXY_TOKEN_SECRET", "MODAL_OAUTH_REFRESH_TOKEN",
+              "MODAL_PROXY_TOKEN_ID", "MODAL_PROXY_TOKEN_SECRET", "MODAL_PROXY_TOKEN",
+              "MODAL_OAUTH_REFRESH_TOKEN",
               "MODAL_OAUTH_CLIENT_SECRET", "MODAL_OAUTH_JWT_KEY")
 
 

@@ -305,3 +305,40 @@ def test_in_region_app_live(mock: Any) -> None:  # pragma: no cover - needs cred
         result = modal_app.run_in_region.remote(parse_options(url, concurrency="1",
                                                               num_requests=3, output_len="8"))
     assert result["summaries"][0]["completed"] == 3
+
+
+def test_an_endpoint_behind_modal_proxy_auth_is_measured_and_its_tokens_never_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Modal Endpoint (or Server) answers 401 without a proxy token; `mls bench run` sends one
+    from MODAL_PROXY_TOKEN_ID/SECRET as Modal-Key/Modal-Secret (or as given with --header, the
+    single-Bearer form), so an Endpoint and a self-written app run the same workload."""
+    token_id, secret = "wk-benchendpointid1234", "ws-benchendpointsecret5678"
+    monkeypatch.delenv("MODAL_PROXY_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_PROXY_TOKEN_SECRET", raising=False)
+    short = ["-n", "3", "--input-len", "8", "--output-len", "4"]
+    with MockProcess(ttft_ms=5, itl_ms=1, model="qwen3-8b",
+                     proxy_auth=f"{token_id}:{secret}") as endpoint:
+        refused = CliRunner().invoke(cli, ["bench", "run", endpoint.url, "--model", "qwen3-8b",
+                                           *short, "--out", str(tmp_path / "refused")])
+        assert refused.exit_code == 1 and "http_401" in refused.output
+        monkeypatch.setenv("MODAL_PROXY_TOKEN_ID", token_id)
+        monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", secret)
+        paired = CliRunner().invoke(cli, ["bench", "run", endpoint.url, *short,
+                                          "--out", str(tmp_path / "paired")])
+        assert paired.exit_code == 0, paired.output
+        summary = json.loads((tmp_path / "paired" / "summary.json").read_text())
+        assert summary["completed"] == 3 and summary["model_id"] == "qwen3-8b"  # /v1/models
+        monkeypatch.delenv("MODAL_PROXY_TOKEN_ID")
+        monkeypatch.delenv("MODAL_PROXY_TOKEN_SECRET")
+        bearer = CliRunner().invoke(cli, [
+            "bench", "run", endpoint.url, *short, "--out", str(tmp_path / "bearer"),
+            "--header", f"Authorization: Bearer {token_id}.{secret}"])
+        assert bearer.exit_code == 0, bearer.output
+        assert endpoint.stats()["errors"] == []
+    for result in (refused, paired, bearer):
+        assert secret not in result.output and token_id not in result.output
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert len(written) >= 6
+    for path in written:
+        data = path.read_bytes()
+        assert secret.encode() not in data and token_id.encode() not in data, path
