@@ -11,6 +11,8 @@
     ├── RecipeError             a recipe file is missing, or does not build an engine command
     ├── EngineArgsError         an engine's own parser rejects a command line
     ├── BenchDataError          benchmark prompts could not be read or built
+    ├── UntrustedDataError      outside data (an answer, a file read back) breaks a bound; also
+    │                           a ValueError, so a caller's `except ValueError` classifies it
     └── EndpointError           an HTTP endpoint misbehaved
         ├── EndpointTimeout     not ready before the deadline
         └── EndpointStatusError answered with an unexpected HTTP status
@@ -32,6 +34,7 @@ __all__ = [
     "ModelCacheError",
     "PlanRefused",
     "RecipeError",
+    "UntrustedDataError",
     "UsageError",
     "WorkloadError",
 ]
@@ -92,6 +95,10 @@ class EngineArgsError(MlsError):
 
 class BenchDataError(MlsError):
     """Raised when a benchmark's prompts (JSONL, ShareGPT, tokenizer) cannot be used."""
+
+
+class UntrustedDataError(MlsError, ValueError):
+    """Raised when outside data is not JSON, or breaks a bound: depth, size, number, text."""
 
 
 class EndpointError(MlsError):

@@ -16,7 +16,6 @@ at least 1).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ import httpx
 
 from modal_llm_serving.endpoint.wire import MalformedResponse, is_int, parse_object
 from modal_llm_serving.errors import BenchDataError, UsageError
+from modal_llm_serving.untrusted import read_json, read_json_file
 
 __all__ = ["LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt", "make_tokenizer",
            "parse_length", "synthetic_prompts"]
@@ -294,10 +294,10 @@ def load_jsonl(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | Non
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            raise BenchDataError(f"{path}:{number} is not JSON; each line must be an object "
-                                 'like {"prompt": "...", "output_tokens": 128}') from None
+            row = read_json(line, what=f"{path}:{number}")
+        except ValueError as exc:  # not JSON, or past a bound (UntrustedDataError)
+            raise BenchDataError(f"{exc}; each line must be an object like "
+                                 '{"prompt": "...", "output_tokens": 128}') from None
         prompts.append(_jsonl_prompt(row, path, number, tokenizer, output_len, rng))
     if not prompts:
         raise BenchDataError(f"{path} holds no prompts")
@@ -334,8 +334,8 @@ def load_sharegpt(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | 
                   seed: int, limit: int) -> list[Prompt]:
     """ShareGPT JSON: each conversation's first human turn, output = its reply's token count."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        data = read_json_file(path)
+    except (OSError, ValueError) as exc:  # UntrustedDataError is a ValueError
         raise BenchDataError(f"{path} is not a readable ShareGPT JSON file "
                              f"({type(exc).__name__})") from None
     if not isinstance(data, list):

@@ -19,13 +19,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.untrusted import read_json, read_json_file
 
 if TYPE_CHECKING:
     from modal_llm_serving.bench.summary import LevelSummary
 
 __all__ = ["JsonlSink", "new_out_dir", "prepare_out_dir", "read_records", "read_summary",
-           "rebuild_summary", "summary_problem", "sweep_levels", "write_json", "write_summary",
-           "write_sweep"]
+           "read_sweep", "rebuild_summary", "summary_problem", "sweep_levels", "write_json",
+           "write_summary", "write_sweep"]
 
 # At most this much of finished records is lost if the process is killed outright.
 FLUSH_S = 0.2
@@ -235,8 +236,8 @@ def read_summary(folder: Path) -> dict[str, Any]:
     problem: str | None = "it is missing"
     if path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = read_json_file(path)
+        except ValueError as exc:  # not UTF-8, not JSON, or past a bound (UntrustedDataError)
             problem = f"it is not valid JSON ({type(exc).__name__})"
         else:
             if (problem := summary_problem(data)) is None:
@@ -271,14 +272,15 @@ def rebuild_summary(folder: Path, *, why: str = "interrupted") -> dict[str, Any]
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSONL's records, one at a time: a line that is not a JSON object (a half-written
-    last line, stray text, bytes that are not UTF-8) is skipped."""
+    """The JSONL's records, one at a time: a line that is not a JSON object within the bounds of
+    `untrusted.read_json` (a half-written last line, stray text, bytes that are not UTF-8, a
+    number or a nesting out of bounds) is skipped."""
     if not path.is_file():
         return
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with path.open("rb") as handle:
         for line in handle:
             try:
-                data = json.loads(line)
+                data = read_json(line, what=str(path))
             except ValueError:
                 continue
             if isinstance(data, dict):
@@ -292,6 +294,18 @@ def write_sweep(folder: Path, slugs: list[str], summaries: list[LevelSummary]) -
                                        "summaries": [summary.to_dict() for summary in summaries]})
 
 
+def read_sweep(folder: Path) -> Any:
+    """A sweep's saved index (sweep.json) as written, or a UsageError saying why it is unusable."""
+    path = folder / "sweep.json"
+    try:
+        return read_json_file(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or past a bound (UntrustedDataError)
+        raise UsageError(f"{path} is unusable ({exc}); run `mls bench report` without --json "
+                         "to rebuild what its levels hold") from None
+
+
 def sweep_levels(folder: Path) -> list[str] | None:
     """A sweep folder's level folders that hold results, in sweep order; None if not a sweep.
 
@@ -301,8 +315,8 @@ def sweep_levels(folder: Path) -> list[str] | None:
     present = [path.name for path in sorted(folder.iterdir()) if path.is_dir() and (
         (path / "requests.jsonl").is_file() or (path / "summary.json").is_file())]
     try:
-        data = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
-        listed = data["levels"] if isinstance(data, dict) else None
+        data = read_json_file(folder / "sweep.json")
+        listed = data.get("levels") if isinstance(data, dict) else None
     except (OSError, ValueError, KeyError):
         listed = None
     if isinstance(listed, list) and all(isinstance(slug, str) for slug in listed):

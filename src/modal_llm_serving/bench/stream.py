@@ -104,16 +104,19 @@ async def _consume(chunks: Any, spec: RequestSpec, record: RequestRecord, parts:
     chat = spec.chat
     last = None
     now = 0
-    async for stamp, data in chunks:
-        now = stamp - t0_ns  # stamped by the transport as the bytes arrived, before parsing
-        for event in parser.feed(data):
-            last = _handle(event.data, now, chat, record, parts, last)
+    try:
+        async for stamp, data in chunks:
+            now = stamp - t0_ns  # stamped by the transport as the bytes arrived, before parsing
+            for event in parser.feed(data):
+                last = _handle(event.data, now, chat, record, parts, last)
+                if record.error is not None:
+                    return
+        for event in parser.close():
+            last = _handle(event.data, now, chat, record, parts, last)  # bytes of the last read
             if record.error is not None:
                 return
-    for event in parser.close():
-        last = _handle(event.data, now, chat, record, parts, last)  # bytes of the last read
-        if record.error is not None:
-            return
+    except MalformedResponse as exc:  # an event past the parser's bound
+        record.error, record.error_detail = "malformed_chunk", str(exc)
 
 
 def _handle(data: str, now: int, chat: bool, record: RequestRecord, parts: list[str],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -175,12 +174,12 @@ def _bench_progress() -> Callable[[Any, Any], None]:
 def bench_report(folder: Path, json_: bool) -> None:
     """Re-render report.md and plots of a saved run (or sweep) FOLDER."""
     from modal_llm_serving.bench.report import render_report, summary_lines
-    from modal_llm_serving.bench.results import read_summary
+    from modal_llm_serving.bench.results import read_summary, read_sweep
 
     path = render_report(folder)
     if json_:
         sweep = folder / "sweep.json"
-        echo_json(json.loads(sweep.read_text()) if sweep.is_file() else read_summary(folder))
+        echo_json(read_sweep(folder) if sweep.is_file() else read_summary(folder))
         return
     if not (folder / "sweep.json").is_file():
         click.echo("\n".join(summary_lines(read_summary(folder))))

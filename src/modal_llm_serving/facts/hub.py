@@ -46,6 +46,7 @@ from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
 from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.errors import HubUnreachable, UsageError
+from modal_llm_serving.untrusted import read_json_file
 
 __all__ = ["TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
 
@@ -163,9 +164,9 @@ def _config_file(model: str, revision: str, *, endpoint: str, offline: bool) -> 
 def _read_json(path: Path, *, model: str, revision: str) -> dict[str, Any]:
     """A JSON object the repo holds (config.json, the safetensors index), read from the cache."""
     try:
-        content = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path.name} of {model} at {revision[:12]} is not JSON ({exc})") from exc
+        content = read_json_file(path, what=f"{path.name} of {model} at {revision[:12]}")
+    except ValueError as exc:  # not UTF-8, not JSON, or past a bound (UntrustedDataError)
+        raise UsageError(str(exc)) from None
     if not isinstance(content, dict):
         raise UsageError(f"{path.name} of {model} at {revision[:12]} is not a JSON object")
     return content
@@ -207,7 +208,7 @@ def _weights_summary(api: HfApi, model: str, revision: str, *, endpoint: str) ->
 def _load_summary(path: Path) -> dict[str, Any] | None:
     # A summary that cannot be read back whole is treated as absent: the Hub is asked again.
     try:
-        summary = json.loads(path.read_text())
+        summary = read_json_file(path)
     except (OSError, ValueError):
         return None
     fields_ok = (isinstance(summary, dict)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
-import json
 import os
 import re
 import signal
@@ -47,6 +46,7 @@ from modal_llm_serving.local.transforms import (
     for_local_cpu,
 )
 from modal_llm_serving.recipes.files import load_recipe, recipe_command
+from modal_llm_serving.untrusted import read_json_file
 
 __all__ = [
     "DEFAULT_KV_CACHE_GIB",
@@ -153,8 +153,8 @@ def launcher_argv(argv: list[str]) -> list[str]:
 def _model_positions(model: str) -> int | None:
     """The context a local checkpoint supports (config.json), or None if it cannot be read."""
     try:
-        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json_file(Path(model) / "config.json")
+    except (OSError, ValueError):  # ValueError: not JSON, or past a bound
         return None
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
     return positions if isinstance(positions, int) and positions > 0 else None
