@@ -19,7 +19,8 @@ after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `
 mid-stream), hang (reads the request, never answers), nodone (no `data: [DONE]`), split (events
 written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 503 for S seconds
 after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint). Scripted: answers a
-test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests.
+test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests:
+on any route, head included if it likes, trickled a piece at a time or never ending.
 
 The mock's own failures are recorded and shown by GET /mock/stats (`errors`); tests assert there
 are none, so a bug of the mock never passes for a fate of the client.
