@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from modal_llm_serving.bench.data import (
+    PREFLIGHT_S,
     LengthSpec,
     Prompt,
     Tokenizer,
@@ -38,23 +39,22 @@ from modal_llm_serving.bench.results import (
 from modal_llm_serving.bench.runner import Progress
 from modal_llm_serving.bench.shards import choose_workers, run_level
 from modal_llm_serving.bench.summary import Context, LevelSummary
-from modal_llm_serving.endpoint.client import raise_if_client_side
-from modal_llm_serving.endpoint.wire import MalformedResponse, parse_object, read_models
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.endpoint.client import OpenAIClient, raise_if_client_side
+from modal_llm_serving.errors import EndpointError, UsageError
 from modal_llm_serving.redact import redact_url
 
 __all__ = ["prepare_prompts", "resolve_model", "run_bench", "run_benchmark"]
 
 
-def resolve_model(base_url: str, model: str | None, *, headers: dict[str, str]) -> tuple[
-        str, list[str] | None]:
-    """The model to send (given, or the only one served) and the served list, if it answered."""
+def resolve_model(base_url: str, model: str | None, *, headers: dict[str, str],
+                  timeout_s: float = PREFLIGHT_S) -> tuple[str, list[str] | None]:
+    """The model to send (given, or the only one served) and the served list, if it answered
+    within `timeout_s` in all."""
     served: list[str] | None = None
     try:
-        response = httpx.get(f"{base_url}/v1/models", headers=headers, timeout=10.0)
-        if response.status_code == 200:
-            served = read_models(parse_object(response.text, what="/v1/models"))
-    except MalformedResponse:
+        with OpenAIClient(base_url, headers=headers, timeout=timeout_s) as client:
+            served = client.models()
+    except EndpointError:  # an error status, an odd answer, or none by the deadline
         served = None
     except httpx.HTTPError as exc:
         raise_if_client_side(exc, base_url)
@@ -74,7 +74,8 @@ def prepare_prompts(options: BenchOptions, *, model: str, count: int) -> tuple[
         list[Prompt], dict[str, Any]]:
     """The prompt pool and a description of it (tokenizer used, exactness) for the summary."""
     tokenizer = make_tokenizer(base_url=options.base_url, model=model,
-                               headers=options.request_headers(), tokenizer=options.tokenizer)
+                               headers=options.request_headers(), tokenizer=options.tokenizer,
+                               timeout_s=min(PREFLIGHT_S, options.timeout_s))
     try:
         return _prompt_pool(options, tokenizer, count=count)
     finally:
@@ -140,7 +141,8 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
                   on_info: Callable[[str], None] | None = None) -> list[LevelSummary]:
     """Run every level (each to its bounds) and save results; return the level summaries."""
     model, served = resolve_model(options.base_url, options.model,
-                                  headers=options.request_headers())
+                                  headers=options.request_headers(),
+                                  timeout_s=min(PREFLIGHT_S, options.timeout_s))
     say = on_info or (lambda _m: None)
     if served is not None and model not in served:
         say(f"warning: {model!r} is not among the served models ({', '.join(served)}); "

@@ -24,12 +24,17 @@ from typing import Any, Protocol
 
 import httpx
 
-from modal_llm_serving.endpoint.wire import MalformedResponse, is_int, parse_object
-from modal_llm_serving.errors import BenchDataError, UsageError
+from modal_llm_serving.endpoint.client import OpenAIClient
+from modal_llm_serving.endpoint.wire import is_int
+from modal_llm_serving.errors import BenchDataError, EndpointError, EndpointStatusError, UsageError
 from modal_llm_serving.untrusted import read_json, read_json_file
 
-__all__ = ["LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt", "make_tokenizer",
-           "parse_length", "synthetic_prompts"]
+__all__ = ["PREFLIGHT_S", "LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt",
+           "make_tokenizer", "parse_length", "synthetic_prompts"]
+
+# The most one pre-flight request (/v1/models, /tokenize, /detokenize) may take, when --timeout
+# allows that much: they are small answers, and a run should not wait minutes to begin.
+PREFLIGHT_S = 30.0
 
 _WORDS = ('time', 'year', 'people', 'way', 'day', 'man', 'thing', 'woman', 'life', 'child',
     'world', 'school', 'state', 'family', 'student', 'group', 'country', 'problem', 'hand',
@@ -126,10 +131,12 @@ class Tokenizer(Protocol):
 
 
 class ServerTokenizer:
-    """The server's own `/tokenize` and `/detokenize` (vLLM and SGLang serve both)."""
+    """The server's own `/tokenize` and `/detokenize` (vLLM and SGLang serve both); each call
+    ends within `timeout_s` in all."""
 
-    def __init__(self, base_url: str, model: str, headers: dict[str, str]) -> None:
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=30.0)
+    def __init__(self, base_url: str, model: str, headers: dict[str, str], *,
+                 timeout_s: float = PREFLIGHT_S) -> None:
+        self._http = OpenAIClient(base_url, headers=headers, timeout=timeout_s)
         self._model = model
         self.source = f"server /tokenize ({base_url})"
 
@@ -159,16 +166,14 @@ class ServerTokenizer:
         """POST `payload` to `path`; the answer's `key`, or BenchDataError in one line (the
         server is untrusted input, and a partial one may lack either route)."""
         try:
-            response = self._http.post(path, json=payload)
+            body = self._http.post_json(path, payload)
         except httpx.HTTPError as exc:
             raise BenchDataError(f"the server's {path} failed ({type(exc).__name__}); pass "
                                  "--tokenizer") from None
-        if response.status_code != 200:
-            raise BenchDataError(f"the server's {path} answered {response.status_code}; pass "
-                                 "--tokenizer (a folder with tokenizer.json or a Hub id)")
-        try:
-            body = parse_object(response.text, what=f"the answer of {path}")
-        except MalformedResponse as exc:
+        except EndpointStatusError as exc:
+            raise BenchDataError(f"the server's {path} answered {exc.status}; pass "
+                                 "--tokenizer (a folder with tokenizer.json or a Hub id)") from None
+        except EndpointError as exc:  # not JSON, past a bound, or past the deadline
             raise BenchDataError(f"{exc}; pass --tokenizer") from None
         if key not in body:
             raise BenchDataError(f"the server's {path} answered without {key!r}; pass --tokenizer")
@@ -239,11 +244,12 @@ def _word_id(word: str) -> int:
 
 
 def make_tokenizer(*, base_url: str, model: str, headers: dict[str, str],
-                   tokenizer: str | None) -> Tokenizer:
-    """--tokenizer if given, else the server's /tokenize if it answers, else word counts."""
+                   tokenizer: str | None, timeout_s: float = PREFLIGHT_S) -> Tokenizer:
+    """--tokenizer if given, else the server's /tokenize if it answers (each call within
+    `timeout_s`), else word counts."""
     if tokenizer:
         return LocalTokenizer(tokenizer)
-    server = ServerTokenizer(base_url, model, headers)
+    server = ServerTokenizer(base_url, model, headers, timeout_s=timeout_s)
     if server.probe():
         return server
     server.close()

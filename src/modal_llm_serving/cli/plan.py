@@ -11,7 +11,7 @@ import click
 
 from modal_llm_serving.cli.check import render_findings
 from modal_llm_serving.cli.options import P, R, echo_json
-from modal_llm_serving.cli.params import Finite
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 @cli.command("revision")
 @click.argument("model")
 @click.option("--ref", default="main", show_default=True, help="Branch or tag to resolve.")
-def revision_command(model: str, ref: str) -> None:
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=10.0,
+              show_default=True, help="Seconds the Hub may take to answer, in all.")
+def revision_command(model: str, ref: str, timeout: float) -> None:
     """Print the commit hash MODEL's REF points at on the Hub, to pin it (never guessed).
 
     Asks the Hub's API (HF_ENDPOINT if set; HF_TOKEN for gated models). Offline, or on any
@@ -29,7 +31,7 @@ def revision_command(model: str, ref: str) -> None:
     """
     from modal_llm_serving.facts.revision import resolve_revision
 
-    click.echo(resolve_revision(model, ref=ref))
+    click.echo(resolve_revision(model, ref=ref, timeout=timeout))
 
 
 def workload_options(command: Callable[P, R]) -> Callable[P, R]:

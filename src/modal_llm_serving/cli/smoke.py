@@ -20,12 +20,14 @@ from modal_llm_serving.cli.root import cli
 @click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
               help="Extra header on every request (repeatable), e.g. 'Modal-Session-ID: s1'.")
 @click.option("--ready-timeout", type=Finite(0, LONGEST_WAIT_S), default=300.0, show_default=True,
-              help="Seconds to wait for readiness (scale-from-zero can take minutes).")
+              help="Seconds to wait for readiness in all (scale-from-zero can take minutes).")
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=120.0,
+              show_default=True, help="Seconds each later request may take in all.")
 @proxy_auth_options
 @click.option("--json", "json_", is_flag=True, help="Print the report as JSON.")
 def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, ...],
-          ready_timeout: float, proxy_token_id: str | None, proxy_token_secret: str | None,
-          json_: bool) -> None:
+          ready_timeout: float, timeout: float, proxy_token_id: str | None,
+          proxy_token_secret: str | None, json_: bool) -> None:
     """Smoke-test the OpenAI-compatible endpoint at URL (its root, e.g. http://127.0.0.1:8000).
 
     Waits for readiness (retrying refused connections and 502/503/504), then checks /health,
@@ -35,7 +37,7 @@ def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, 
 
     report = run_smoke(url, api_key=api_key, model=model,
                        headers=request_headers(headers, proxy_token_id, proxy_token_secret),
-                       ready_timeout=ready_timeout,
+                       ready_timeout=ready_timeout, request_timeout=timeout,
                        on_wait=lambda message: click.echo(message, err=True))
     if json_:
         echo_json(report.to_dict())

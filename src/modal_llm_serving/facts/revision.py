@@ -3,7 +3,8 @@
 A commit hash cannot be known offline, and an invented one deploys nothing (the download fails
 minutes into the first start). `resolve_revision` asks the Hub's API (`HF_ENDPOINT` if set,
 `HF_TOKEN` for gated models) and returns the 40-character hash it answers; any failure is one
-clear error saying what happened, never a plausible-looking hash.
+clear error saying what happened, never a plausible-looking hash. The question ends within
+`timeout` seconds in all, and its answer is read as untrusted JSON (`untrusted.read_json`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import re
 
 import httpx
 
-from modal_llm_serving.errors import EndpointError, UsageError
+from modal_llm_serving.deadline import DeadlineExceeded, bounded, fetch
+from modal_llm_serving.errors import EndpointError, UntrustedDataError, UsageError
+from modal_llm_serving.untrusted import read_json
 
 __all__ = ["HUB", "resolve_revision"]
 
 HUB = "https://huggingface.co"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_MAX_ANSWER = 1024 * 1024  # the Hub's answer here is a few kilobytes
 
 
 def resolve_revision(model: str, *, ref: str = "main", timeout: float = 10.0) -> str:
@@ -31,7 +35,12 @@ def resolve_revision(model: str, *, ref: str = "main", timeout: float = 10.0) ->
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = f"{endpoint}/api/models/{model}/revision/{ref}"
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout, follow_redirects=True)
+        with bounded(httpx.Client(headers=headers, timeout=timeout,
+                                  follow_redirects=True)) as http:
+            response = fetch(http, "GET", url, seconds=timeout, max_bytes=_MAX_ANSWER)
+    except (DeadlineExceeded, UntrustedDataError) as exc:
+        raise EndpointError(f"{endpoint} did not answer whole within {timeout:g} s ({exc}); "
+                            "try again, or check HF_ENDPOINT") from None
     except httpx.HTTPError as exc:
         raise EndpointError(f"cannot reach {endpoint} ({type(exc).__name__}); a commit hash "
                             "cannot be known offline: do not guess one, resolve it where the "
@@ -45,9 +54,11 @@ def resolve_revision(model: str, *, ref: str = "main", timeout: float = 10.0) ->
     if response.status_code != 200:
         raise EndpointError(f"{url} answered {response.status_code}; try again later")
     try:
-        sha = response.json().get("sha")
-    except (ValueError, AttributeError):
-        sha = None
+        answer = read_json(response.content, what=f"the answer of {url}")
+    except UntrustedDataError:
+        answer = None
+    sha = answer.get("sha") if isinstance(answer, dict) else None
     if not isinstance(sha, str) or not _COMMIT.match(sha):
-        raise EndpointError(f"{url} answered without a commit hash ({response.text[:80]!r})")
+        shown = response.content[:80].decode("utf-8", "replace")
+        raise EndpointError(f"{url} answered without a commit hash ({shown!r})")
     return sha

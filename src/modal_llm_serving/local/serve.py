@@ -31,7 +31,9 @@ from types import TracebackType
 import httpx
 
 from modal_llm_serving.cache import cache_dir
+from modal_llm_serving.endpoint.client import OpenAIClient
 from modal_llm_serving.errors import (
+    EndpointError,
     EngineNotInstalled,
     EngineStartError,
     RecipeError,
@@ -267,18 +269,22 @@ class LocalServer:
 
     def wait_ready(self, *, timeout: float = 300.0,
                    on_wait: Callable[[float, str], None] = lambda _s, _line: None) -> float:
-        """Block until /v1/models lists the served id; return the seconds it took."""
+        """Block until /v1/models lists the served id; return the seconds it took.
+
+        `timeout` bounds the whole wait: each poll ends within 5 s and by the deadline, however
+        the server answers (an engine is ours, but its port may be anyone's).
+        """
         start = time.monotonic()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
+        with OpenAIClient(self.base_url, headers=headers, timeout=5.0) as client:
             while True:
                 if (code := self.process.poll()) is not None:
                     raise EngineStartError(
                         f"the engine exited with code {code} before it was ready",
                         log_tail=self.log_tail(), log_path=str(self.log_path))
-                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-                    listed = http.get("/v1/models").json()["data"]
-                    if any(entry.get("id") == self.served_model_name for entry in listed):
+                poll_s = max(0.1, min(5.0, timeout - (time.monotonic() - start)))
+                with contextlib.suppress(httpx.HTTPError, EndpointError):
+                    if self.served_model_name in client.models(timeout=poll_s):
                         return time.monotonic() - start
                 waited = time.monotonic() - start
                 if waited > timeout:
