@@ -11,18 +11,24 @@ and tests/test_deadlines.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.mockserver import MockProcess, Script
+from modal_llm_serving.bench.api import run_benchmark
 from modal_llm_serving.bench.data import load_jsonl
+from modal_llm_serving.bench.options import parse_options
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.results import read_records, read_summary
 from modal_llm_serving.cli import cli
+from modal_llm_serving.endpoint.smoke import run_smoke
 from modal_llm_serving.endpoint.wire import (
     MAX_TOKEN_COUNT,
     MalformedResponse,
@@ -31,9 +37,11 @@ from modal_llm_serving.endpoint.wire import (
     read_chunk,
 )
 from modal_llm_serving.errors import BenchDataError, UntrustedDataError, UsageError
+from modal_llm_serving.facts.hub import read_hub_model
 from modal_llm_serving.facts.models import model_facts
 from modal_llm_serving.untrusted import MAX_DEPTH, read_json, read_json_file
 from tests.hostile_json import hostile_values, in_document
+from tests.hub_server import HubRepo, running_hub
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
@@ -160,3 +168,101 @@ def test_a_hostile_dataset_line_is_a_bench_data_error(tmp_path_factory: pytest.T
 
     with pytest.raises(BenchDataError, match=r"prompts\.jsonl"):
         load_jsonl(path, tokenizer=Words(), output_len=None, seed=0)
+
+
+# --- the same values from a server, through the readers that talk to one ------------------------
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[MockProcess]:
+    with MockProcess(model="fuzz") as running:
+        yield running
+        assert running.stats()["errors"] == []
+
+
+def _json_answer(body: bytes) -> Script:
+    return Script(framing="length", pieces=(body,), content_type="application/json")
+
+
+GOOD_COMPLETION = json.dumps({"id": "x", "choices": [{"message": {"content": "Paris."}}],
+                              "usage": {"prompt_tokens": 5, "completion_tokens": 2}}).encode()
+GOOD_STREAM = (b'data: {"id": "x", "choices": [{"delta": {"content": "Paris."}}]}\n\n'
+               b'data: {"id": "x", "choices": [], "usage": {"prompt_tokens": 5, '
+               b'"completion_tokens": 2}}\n\ndata: [DONE]\n\n')
+
+
+@SETTINGS
+@given(step=st.sampled_from(["models", "chat", "chat-stream"]),
+       models=in_document(b'{"data": [{"id": "fuzz", "created": @}]}'),
+       completion=in_document(b'{"id": "x", "choices": [{"message": {"content": "P"}}], '
+                              b'"usage": {"prompt_tokens": 5, "completion_tokens": @}}'),
+       chunk=in_document(CHUNK))
+def test_smoke_fails_the_step_that_reads_a_hostile_answer(
+        mock: MockProcess, step: str, models: bytes, completion: bytes, chunk: bytes) -> None:
+    answers = [_json_answer(completion if step == "chat" else GOOD_COMPLETION),
+               Script(pieces=(b"data: " + chunk + b"\n\ndata: [DONE]\n\n",) if step ==
+                      "chat-stream" else (GOOD_STREAM,))]
+    mock.script(answers, models=models if step == "models" else b'{"data": [{"id": "fuzz"}]}')
+    try:
+        report = run_smoke(mock.url, ready_timeout=2.0, request_timeout=3.0)
+    finally:
+        mock.script()
+    assert report.failed is not None and report.failed.name == step, report.to_dict()
+    assert "\n" not in report.failed.detail
+
+
+@SETTINGS
+@given(chunk=in_document(CHUNK), tokenize=in_document(b'{"tokens": [1, @]}'))
+def test_bench_counts_a_hostile_chunk_as_that_requests_failure(
+        mock: MockProcess, tmp_path_factory: pytest.TempPathFactory, chunk: bytes,
+        tokenize: bytes) -> None:
+    good = b'data: {"id": "c", "choices": [{"delta": {"content": "hi"}}]}\n\n'
+    mock.script([Script(pieces=(good + b"data: " + chunk + b"\n\ndata: [DONE]\n\n",))],
+                routes={"/tokenize": _json_answer(tokenize)})
+    out = tmp_path_factory.mktemp("bench")
+    try:
+        options = parse_options(mock.url, model="fuzz", concurrency="2", num_requests=2,
+                                input_len="4", output_len="4", timeout=5.0, stall_timeout=2.0)
+        summary = run_benchmark(options, out_dir=out)[0].to_dict()
+    finally:
+        mock.script()
+    assert summary["failed"] == 2 and summary["error_counts"] == {"malformed_chunk": 2}
+    assert summary["data"]["tokenizer_source"].startswith("none: word counts")  # /tokenize bad
+
+
+@SETTINGS
+@given(answer=in_document(b'{"sha": "' + b"0" * 40 + b'", "n": @}'))
+def test_revision_refuses_a_hostile_hub_answer_in_one_line(mock: MockProcess,
+                                                           answer: bytes) -> None:
+    mock.script(routes={"*": _json_answer(answer)})
+    try:
+        result = CliRunner().invoke(cli, ["revision", "org/model"],
+                                    env={"HF_ENDPOINT": mock.url})
+    finally:
+        mock.script()
+    assert result.exit_code == 1 and not result.stdout, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "commit hash" in result.stderr
+
+
+@SETTINGS
+@given(config=in_document(CONFIG), info=st.booleans())
+def test_a_hostile_hub_answer_is_a_usage_error(tmp_path_factory: pytest.TempPathFactory,
+                                              monkeypatch: pytest.MonkeyPatch, mock: MockProcess,
+                                              config: bytes, info: bool) -> None:
+    home = tmp_path_factory.mktemp("hub")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("MLS_CACHE_DIR", str(home / "mls"))
+    commit = hashlib.sha1(config).hexdigest()
+    if info:  # the Hub's own model-info answer is hostile: huggingface_hub parses it
+        mock.script(routes={"*": _json_answer(config)})
+        monkeypatch.setenv("HF_ENDPOINT", mock.url)
+        try:
+            with pytest.raises(UsageError):
+                read_hub_model("org/model", commit, timeout=10)
+        finally:
+            mock.script()
+        return
+    repo = HubRepo(files={"config.json": config}, commit=commit)
+    with running_hub({"org/model": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(UsageError):
+            read_hub_model("org/model", commit)

@@ -26,11 +26,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2  # huggingface_hub's HTTP client: its connection errors reach us unwrapped
 from huggingface_hub import HfApi, constants, get_session, get_token, hf_hub_download
@@ -57,6 +57,7 @@ from modal_llm_serving.untrusted import read_json_file
 
 __all__ = ["HUB_TIMEOUT_S", "TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
 
+T = TypeVar("T")
 # One model's facts from the Hub: its info, config.json and every shard's header, in all.
 HUB_TIMEOUT_S = 120.0
 
@@ -132,7 +133,8 @@ def read_hub_model(model: str, revision: str, *, timeout: float = HUB_TIMEOUT_S)
         with within(timeout, what=f"reading {model} at {rev} from {endpoint}"):
             if summary is None:
                 api = HfApi(endpoint=endpoint)
-                info = api.model_info(model, revision=revision)
+                info = _answer_of(functools.partial(api.model_info, model, revision=revision),
+                                  what=f"{endpoint}'s model info of {model} at {rev}")
                 config_file = _config_file(model, revision, endpoint=endpoint, offline=False)
                 config = _read_json(config_file, model=model, revision=revision)
                 summary = {"gated": None if info.gated is None else info.gated is not False,
@@ -151,9 +153,6 @@ def read_hub_model(model: str, revision: str, *, timeout: float = HUB_TIMEOUT_S)
         raise HubUnreachable(f"{endpoint} did not answer for {model} at {rev} within "
                              f"{timeout:g} s: check the network and HF_ENDPOINT, then run "
                              "again") from None
-    except (ValueError, RecursionError) as exc:  # the library's own JSON reads of an answer
-        raise UsageError(f"{endpoint} answered for {model} at {rev} with JSON that cannot be "
-                         f"read ({type(exc).__name__}): check HF_ENDPOINT") from None
     key = next((k for k in TEXT_CONFIG_KEYS if isinstance(config.get(k), dict)), None)
     return HubModel(model=model, revision=revision, config=config, text_config_key=key,
                     parameters=summary["parameters"], checkpoint_bytes=summary["checkpoint_bytes"],
@@ -201,7 +200,9 @@ def _weights_summary(api: HfApi, model: str, revision: str, *, endpoint: str) ->
     downloads the index into the cache folder of import time (it takes no cache_dir) and turns an
     unknown repo or revision into "not a safetensors repo".
     """
-    header = functools.partial(api.parse_safetensors_file_metadata, model, revision=revision)
+    header = functools.partial(_answer_of, functools.partial(
+        api.parse_safetensors_file_metadata, model, revision=revision),
+        what=f"a safetensors header of {model} at {revision[:12]}")
     try:
         files = [header(_SINGLE)]
         weights, total_size = _SINGLE, None
@@ -234,6 +235,17 @@ def _weights_summary(api: HfApi, model: str, revision: str, *, endpoint: str) ->
         data_bytes = int(total_size)
     return {"weights": weights, "parameters": dict(sorted(parameters.items())),
             "checkpoint_bytes": data_bytes}
+
+
+def _answer_of(call: Callable[..., T], *args: Any, what: str) -> T:
+    """`call(*args)`, a huggingface_hub read of a Hub answer: the library parses that JSON with
+    no bounds and builds its objects from whatever shape came, so what it raises for an odd
+    answer (RecursionError, KeyError, TypeError, ValueError) is a bad answer, said in one line."""
+    try:
+        return call(*args)
+    except (RecursionError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{what} cannot be read ({type(exc).__name__}): is HF_ENDPOINT a "
+                         "Hugging Face Hub?") from None
 
 
 def _load_summary(path: Path) -> dict[str, Any] | None:
