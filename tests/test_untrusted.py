@@ -11,6 +11,7 @@ and tests/test_deadlines.py.
 
 from __future__ import annotations
 
+import doctest
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.mockserver import MockProcess, Script
+from modal_llm_serving import untrusted
 from modal_llm_serving.bench.api import run_benchmark
 from modal_llm_serving.bench.data import load_jsonl
 from modal_llm_serving.bench.options import parse_options
@@ -56,6 +58,11 @@ SUMMARY = b'{"completed": 1, "failed": 0, "duration": @, "request_throughput": 1
 RECORD = b'{"index": 0, "input_len": 4, "max_tokens": 4, "completion_tokens": @}'
 GOOD_RECORD = RequestRecord(index=1, input_len=4, max_tokens=4, sent_ns=0, first_token_ns=10,
                             last_token_ns=20, end_ns=30, token_events=2, completion_tokens=2)
+
+
+def test_module_examples() -> None:
+    result = doctest.testmod(untrusted)
+    assert result.attempted > 0 and result.failed == 0
 
 
 @SETTINGS

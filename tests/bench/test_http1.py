@@ -11,6 +11,7 @@ parser as bytes (any split), then over loopback from the mock to the real transp
 from __future__ import annotations
 
 import asyncio
+import doctest
 import os
 import re
 import time
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.mockserver import MockProcess, Script
+from modal_llm_serving.bench import http1
 from modal_llm_serving.bench.http1 import MAX_CHUNK_LINE, ChunkedDecoder, parse_head
 from modal_llm_serving.bench.http_types import TransportError
 from modal_llm_serving.bench.rawhttp import RawTransport
@@ -75,6 +77,11 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         parts.append(b"0\r\n" + draw(st.sampled_from([b"", b"X: 1\r\n", b"bad\r\n"])) + b"\r\n")
     return b"".join(parts)
+
+
+def test_module_examples() -> None:
+    result = doctest.testmod(http1)
+    assert result.attempted > 0 and result.failed == 0
 
 
 @QUICK
