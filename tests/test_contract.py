@@ -370,3 +370,15 @@ def test_an_unexpected_error_is_one_line_with_a_log(monkeypatch: pytest.MonkeyPa
     assert line.startswith("Error: internal error: RuntimeError") and "details in" in line
     log = Path(line.split("details in ", 1)[1].split(";", 1)[0])
     assert "Traceback" in log.read_text()
+
+
+@pytest.mark.parametrize("header", ["Host: evil.example", "content-length: 5",
+                                    "Transfer-Encoding: chunked", "Connection: close"])
+@pytest.mark.parametrize("command", [["smoke"], ["bench", "run"],
+                                     ["bench", "cold-start", "--model", "m"]])
+def test_a_header_the_client_sets_is_refused(header: str, command: list[str]) -> None:
+    """Sent twice (ours and the user's), it is a request-smuggling shape: one line, exit 2."""
+    result = invoke([*command, CLOSED, "--header", header])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: header") and "set by the client itself" in line, line
