@@ -39,8 +39,9 @@ _SECRET_NAME = re.compile(r"auth|key|secret|token|passw|cookie|credential|signat
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]*)@", re.I)
 _QUERY_PARAM = re.compile(r"(?P<lead>[?&;](?P<name>[^=&;#\s?'\"]+)=)(?P<value>[^&;#\s'\"<>]*)")
 # Environment variables whose values are credentials: the toolkit's and the engines' API keys,
-# Hugging Face tokens, and Modal's tokens (API, proxy auth, OAuth).
-SECRET_ENV = ("MLS_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "HF_TOKEN",
+# the agent CLIs' keys (`mls skill eval`), Hugging Face tokens, and Modal's tokens (API, proxy
+# auth, OAuth).
+SECRET_ENV = ("MLS_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN",
               "HUGGING_FACE_HUB_TOKEN", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET",
               "MODAL_PROXY_TOKEN_ID", "MODAL_PROXY_TOKEN_SECRET", "MODAL_OAUTH_REFRESH_TOKEN",
               "MODAL_OAUTH_CLIENT_SECRET", "MODAL_OAUTH_JWT_KEY")
