@@ -171,8 +171,8 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
     value; anything that makes no sense is a UsageError naming the option."""
     given_headers = dict(headers or {})
     base_url = normalize_base_url(url)  # a bad URL fails here, before any folder or request
-    check_headers({**given_headers, **({"Authorization": f"Bearer {api_key}"} if api_key
-                                       else {})})
+    check_headers({**given_headers, session_header: "session-id",
+                   **({"Authorization": f"Bearer {api_key}"} if api_key else {})})
     for name, value, minimum, strict in (
             ("--burstiness", burstiness, 0.0, True), ("--duration", duration, 0.0, True),
             ("--warmup", warmup, 0.0, False), ("--cooldown", cooldown, 0.0, False),

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.redact import redact_json
 
 if TYPE_CHECKING:
     from modal_llm_serving.bench.summary import LevelSummary
@@ -46,7 +47,7 @@ class JsonlSink:
         self.count = 0
 
     def __call__(self, record: RequestRecord) -> None:
-        self._handle.write(json.dumps(record.to_dict(), allow_nan=False, default=_clean) + "\n")
+        self._handle.write(redact_json(record.to_dict(), allow_nan=False, default=_clean) + "\n")
         self.count += 1
         now = time.monotonic()
         if now - self._last_flush >= FLUSH_S:
@@ -80,9 +81,10 @@ def _finite(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write atomically (temp file, then rename): a reader never sees half a summary."""
+    """Write atomically (temp file, then rename): a reader never sees half a summary. Every
+    string is redacted (a server's text in an error example, a model id)."""
     temp = path.with_suffix(path.suffix + ".tmp")
-    temp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
+    temp.write_text(redact_json(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
     temp.replace(path)
 
 

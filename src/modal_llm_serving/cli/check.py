@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import dataclasses_asdict, echo_json
+from modal_llm_serving.cli.options import dataclasses_asdict, echo_json, say
 from modal_llm_serving.cli.params import Finite
 from modal_llm_serving.cli.root import cli
 from modal_llm_serving.errors import UsageError
@@ -41,7 +41,7 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
             echo_json([dataclasses_asdict(rule) for rule in RULES])
         else:
             for rule in RULES:
-                click.echo(f"{rule.id} {rule.name}\n    why: {rule.message}\n    fix: {rule.fix}")
+                say(f"{rule.id} {rule.name}", f"    why: {rule.message}", f"    fix: {rule.fix}")
         return
     if not files:
         raise UsageError("name at least one app file or folder (or --list for the rules)")
@@ -58,13 +58,13 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
             raise UsageError(f"{path}: no such file or folder")
     for path in paths:
         if not no_import and (reason := import_skipped_reason(path)):
-            click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
+            say(f"note: {path} not imported ({reason}); static checks only", err=True)
         if unchecked := startup_note(path):  # one line, never a finding: exit codes stay
-            click.echo(f"note: {path}: the startup rules that need these were skipped: "
-                       f"{unchecked}", err=True)
+            say(f"note: {path}: the startup rules that need these were skipped: {unchecked}",
+                err=True)
     if not no_import and len(paths) > 1:
-        click.echo(f"checking {len(paths)} files (each imported with the Modal SDK, about a "
-                   "second apiece)", err=True)
+        say(f"checking {len(paths)} files (each imported with the Modal SDK, about a "
+            "second apiece)", err=True)
     findings = check_files(paths, import_check=not no_import, import_timeout=import_timeout,
                            python=python_)
     if json_:
@@ -77,11 +77,10 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
 
 def render_findings(findings: list[Any], *, files: int) -> None:
     for finding in findings:
-        click.echo(f"{finding.location()}: {finding.rule.id} {finding.rule.name}  "
-                   f"{finding.detail}\n    why: {finding.rule.message}\n"
-                   f"    fix: {finding.rule.fix}")
+        say(f"{finding.location()}: {finding.rule.id} {finding.rule.name}  {finding.detail}",
+            f"    why: {finding.rule.message}", f"    fix: {finding.rule.fix}")
     plural = "s" if files != 1 else ""
     if findings:
-        click.echo(f"mls check: {len(findings)} finding(s) in {files} file{plural}")
+        say(f"mls check: {len(findings)} finding(s) in {files} file{plural}")
     else:
-        click.echo(f"mls check: no findings in {files} file{plural}")
+        say(f"mls check: no findings in {files} file{plural}")

@@ -33,21 +33,31 @@ class MlsGroup(click.Group):
     """The root command: turns every exception a command raises into the contract above."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from modal_llm_serving.redact import forget_secrets, register_environment
+
+        forget_secrets()  # the secrets of this invocation only: its environment now, then
+        register_environment(os.environ)  # its options as click reads them (cli/params.py)
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.Abort, click.ClickException):
-            raise  # click's own: already a message and an exit code
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.ClickException as exc:  # click's own (a bad option value): shown inert
+            raise _inert_click(exc) from None
         except UsageError as exc:
             raise click.UsageError(_message(exc)) from None
         except EngineStartError as exc:
             if exc.log_tail:
-                click.echo(f"--- last lines of {exc.log_path} ---\n{_redacted(exc.log_tail)}"
-                           "\n---", err=True)
+                from modal_llm_serving.cli.options import say
+
+                say(f"--- last lines of {exc.log_path} ---", *exc.log_tail.splitlines(), "---",
+                    err=True)
             raise click.ClickException(_message(exc)) from None
         except MlsError as exc:
             raise click.ClickException(_message(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
+            from modal_llm_serving.cli.options import say
+
+            say("", "interrupted", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:  # `mls ... | head`: the reader left; nothing more to say
             sys.stderr.close()
@@ -56,39 +66,34 @@ class MlsGroup(click.Group):
             raise InternalError(_internal_error(exc)) from None
 
 
+def _inert_click(exc: click.ClickException) -> click.ClickException:
+    """`exc` itself, or the same error with its text made inert (it may quote an option's
+    value: a key, a control character)."""
+    text = exc.format_message()
+    if (inert := _inert(text)) == text:
+        return exc
+    # (click's own errors are usage errors, exit 2, or plain ones, exit 1: both kept)
+    if isinstance(exc, click.UsageError):
+        return click.UsageError(inert, exc.ctx)
+    return click.ClickException(inert)
+
+
 def _message(exc: BaseException) -> str:
-    """An error's text as one redacted line (messages may quote URLs and server bodies)."""
+    """An error's text as one inert line (messages may quote URLs and server bodies)."""
+    return _inert(str(exc))
+
+
+def _inert(text: str) -> str:
+    from modal_llm_serving.display import terminal_text
     from modal_llm_serving.endpoint.wire import one_line
 
-    return one_line(_redacted(str(exc)), 600)
-
-
-def _argv_secrets(argv: list[str]) -> list[str]:
-    """Values given on the command line for options that carry credentials."""
-    from modal_llm_serving.redact import is_secret_header
-
-    found = []
-    for index, word in enumerate(argv):
-        name, eq, inline = word.partition("=")
-        value = inline if eq else (argv[index + 1] if index + 1 < len(argv) else "")
-        if name.startswith("--") and any(part in name for part in ("key", "secret", "token")):
-            found.append(value)
-        if name == "--header":
-            header, _, content = value.partition(":")
-            if is_secret_header(header):
-                found.append(content.strip())
-    return [value for value in found if value]
-
-
-def _redacted(text: str) -> str:
-    from modal_llm_serving.redact import redact_text
-
-    return redact_text(text, _argv_secrets(sys.argv))
+    return terminal_text(one_line(text, 600))
 
 
 def _internal_error(exc: Exception) -> str:
     """Write the traceback (redacted) to a log file; return the one line to show."""
     from modal_llm_serving.cache import cache_dir
+    from modal_llm_serving.redact import redact
 
     summary = _message(exc)[:200]
     try:
@@ -97,7 +102,7 @@ def _internal_error(exc: Exception) -> str:
         path = folder / f"mls-error-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{os.getpid()}.log"
         details = "".join(traceback.format_exception(exc))
         path.write_text(f"mls {__version__}, python {sys.version.split()[0]}\n"
-                        f"command: {_redacted(shlex.join(sys.argv))}\n\n{_redacted(details)}",
+                        f"command: {redact(shlex.join(sys.argv))}\n\n{redact(details)}",
                         encoding="utf-8")
         where = f"details in {path}"
     except OSError as log_error:

@@ -13,6 +13,7 @@ import re
 
 import httpx
 
+from modal_llm_serving.endpoint.wire import one_line
 from modal_llm_serving.errors import EndpointError, UsageError
 
 __all__ = ["HUB", "resolve_revision"]
@@ -49,5 +50,6 @@ def resolve_revision(model: str, *, ref: str = "main", timeout: float = 10.0) ->
     except (ValueError, AttributeError):
         sha = None
     if not isinstance(sha, str) or not _COMMIT.match(sha):
-        raise EndpointError(f"{url} answered without a commit hash ({response.text[:80]!r})")
+        raise EndpointError(f"{url} answered without a commit hash "
+                            f"({one_line(response.text, 80)!r})")
     return sha

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.redact import redact_json
 from modal_llm_serving.skill import SKILL_NAME, skill_dir
 from modal_llm_serving.skill.install import install_skill
 
@@ -194,7 +195,7 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
     summary: dict[str, Any] = {"agent": agent, "date": time.strftime("%Y-%m-%d %H:%M")}
     with (out_dir / "results.jsonl").open("a", encoding="utf-8") as sink:
         def record(row: dict[str, Any]) -> None:
-            sink.write(json.dumps(row) + "\n")
+            sink.write(redact_json(row) + "\n")
             sink.flush()
             on_case(row)
 
@@ -232,5 +233,5 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
                 record({"suite": "tasks", "id": case["id"], "passed": ok,
                         "triggered": transcript.triggered, "expectations": verdicts_})
             summary["tasks"] = {"n": len(cases[:limit]), "passed": passed}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (out_dir / "summary.json").write_text(redact_json(summary, indent=2), encoding="utf-8")
     return summary
