@@ -3,6 +3,7 @@
     MlsError
     ├── UsageError              bad input: a flag, a file, a model id without a revision
     │   ├── WorkloadError       a workload field is invalid (carries the field's name)
+    │   ├── FileError           this machine refused a read or write (disk full, read-only, ...)
     │   └── HubUnreachable      the Hub cannot be asked (offline, no network) and nothing is cached
     ├── PlanRefused             no plan can meet the workload; says what would fit instead
     ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
@@ -27,6 +28,7 @@ __all__ = [
     "EngineArgsError",
     "EngineNotInstalled",
     "EngineStartError",
+    "FileError",
     "HubUnreachable",
     "MlsError",
     "ModelCacheError",
@@ -47,6 +49,10 @@ class BenchWorkerError(MlsError):
 
 class UsageError(MlsError):
     """Raised when the user's input cannot work; the message says how to fix it."""
+
+
+class FileError(UsageError):
+    """Raised when this machine refuses a read or write (disk full, read-only, no permission)."""
 
 
 class HubUnreachable(UsageError):
