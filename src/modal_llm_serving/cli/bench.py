@@ -12,7 +12,7 @@ import click
 
 from modal_llm_serving.cli.options import P, R, echo_json, proxy_auth_options, request_headers
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
-from modal_llm_serving.cli.root import EXIT_INTERRUPTED, cli
+from modal_llm_serving.cli.root import cli, interrupted, say
 
 
 @cli.group()
@@ -132,13 +132,14 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
             bench_options, out_dir=out, overwrite=overwrite, on_out_dir=chosen.append,
             progress=_bench_progress(), on_info=lambda message: click.echo(message, err=True),
             on_level=on_level)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (cli/root.py)
+        words, code = interrupted()
         if chosen and chosen[0].is_dir():
-            click.echo(f"\ninterrupted: finished requests are in {chosen[0]} "
-                       f"(`mls bench report {chosen[0]}` summarizes them)", err=True)
+            say(f"\n{words}: finished requests and their summary are in {chosen[0]} "
+                f"(`mls bench report {chosen[0]}` renders the report)")
         else:
-            click.echo("\ninterrupted before any request finished", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+            say(f"\n{words} before any request finished")
+        sys.exit(code)
     out = chosen[0]
     if not no_report:
         click.echo(f"report: {render_report(out)}", err=True)
@@ -183,7 +184,12 @@ def bench_report(folder: Path, json_: bool) -> None:
         echo_json(json.loads(sweep.read_text()) if sweep.is_file() else read_summary(folder))
         return
     if not (folder / "sweep.json").is_file():
-        click.echo("\n".join(summary_lines(read_summary(folder))))
+        summary = read_summary(folder)
+        click.echo("\n".join(summary_lines(summary)))
+        if skipped := summary.get("skipped_lines"):  # a run cut off mid-write, or an edit
+            one = skipped == 1
+            click.echo(f"note: {skipped} line{'' if one else 's'} of requests.jsonl "
+                       f"{'is' if one else 'are'} not a whole record; left out of the summary")
     click.echo(f"report: {path}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +76,6 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
                              show=lambda message: click.echo(message, err=True))
     server = start_server(command, api_key=api_key, kv_cache_gib=kv_cache_gib,
                           log_path=Path(log_file) if log_file else None)
-    _stop_on_sigterm()
     try:
         click.echo(f"engine log: {server.log_path}", err=True)
         seconds = server.wait_ready(timeout=ready_timeout, on_wait=_show_wait())
@@ -164,13 +162,6 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
         for variable, value in command.env.items():
             say(f"  {variable}={value}: {reasons.get(variable, '')}")
     return command
-
-
-def _stop_on_sigterm() -> None:
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _show_wait() -> Callable[[float, str], None]:

@@ -2,12 +2,15 @@
 
 Exit codes (the README's contract): 0 success; 1 a check, smoke test or run found a problem, or
 an expected failure (shown as one line); 2 bad input (an option, a file, a URL; one line naming
-it); 3 an internal error (a bug: one line, details in a log file); 130 interrupted (Ctrl-C).
+it), or this machine refusing a file (disk full, read-only, no permission); 3 an internal error
+(a bug: one line, details in a log file); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM),
+129 hung up (SIGHUP): SIGTERM and SIGHUP end a command exactly as Ctrl-C does.
 Every error reaches the user through `MlsGroup.invoke`, the one place they become messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shlex
@@ -19,8 +22,19 @@ import click
 
 from modal_llm_serving import __version__
 from modal_llm_serving.errors import EngineStartError, MlsError, UsageError
+from modal_llm_serving.files import ENVIRONMENT_ERRNOS, cannot_write, write_atomic
+from modal_llm_serving.stopping import EXIT_INTERRUPTED, interrupted, stop_signals_as_ctrl_c
 
-EXIT_PROBLEM, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 3, 130  # 2 (bad input) is click's own
+__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_PROBLEM", "cli", "interrupted", "main",
+           "say"]
+
+EXIT_PROBLEM, EXIT_INTERNAL = 1, 3  # 2 (bad input) is click's own; 130 and up: stopping.py
+
+
+def say(message: str) -> None:
+    """One line on stderr that a closed terminal (SIGHUP) cannot turn into an error."""
+    with contextlib.suppress(OSError, ValueError):
+        click.echo(message, err=True)
 
 
 class InternalError(click.ClickException):
@@ -33,6 +47,10 @@ class MlsGroup(click.Group):
     """The root command: turns every exception a command raises into the contract above."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        with stop_signals_as_ctrl_c():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort, click.ClickException):
@@ -47,11 +65,19 @@ class MlsGroup(click.Group):
         except MlsError as exc:
             raise click.ClickException(_message(exc)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
-            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+            words, code = interrupted()
+            say(f"\n{words}")
+            raise click.exceptions.Exit(code) from None
         except BrokenPipeError:  # `mls ... | head`: the reader left; nothing more to say
             sys.stderr.close()
             raise click.exceptions.Exit(EXIT_PROBLEM) from None
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise InternalError(_internal_error(exc)) from None
+            # this machine refused (disk full, read-only, no permission) where no command
+            # expected it: still the user's to fix, never a bug of ours
+            where = exc.filename if exc.filename is not None else "a file"
+            raise click.UsageError(_message(cannot_write(where, exc, what="use"))) from None
         except Exception as exc:  # a bug: one line here, the traceback in a file
             raise InternalError(_internal_error(exc)) from None
 
@@ -96,9 +122,8 @@ def _internal_error(exc: Exception) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"mls-error-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{os.getpid()}.log"
         details = "".join(traceback.format_exception(exc))
-        path.write_text(f"mls {__version__}, python {sys.version.split()[0]}\n"
-                        f"command: {_redacted(shlex.join(sys.argv))}\n\n{_redacted(details)}",
-                        encoding="utf-8")
+        write_atomic(path, f"mls {__version__}, python {sys.version.split()[0]}\n"
+                           f"command: {_redacted(shlex.join(sys.argv))}\n\n{_redacted(details)}")
         where = f"details in {path}"
     except OSError as log_error:
         where = f"(no log file: {log_error.strerror or log_error})"
