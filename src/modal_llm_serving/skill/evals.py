@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.files import write_atomic
 from modal_llm_serving.skill import SKILL_NAME, skill_dir
 from modal_llm_serving.skill.install import install_skill
 
@@ -232,5 +233,5 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
                 record({"suite": "tasks", "id": case["id"], "passed": ok,
                         "triggered": transcript.triggered, "expectations": verdicts_})
             summary["tasks"] = {"n": len(cases[:limit]), "passed": passed}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
