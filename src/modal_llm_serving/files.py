@@ -25,7 +25,7 @@ from types import TracebackType
 from modal_llm_serving.errors import FileError, UsageError
 
 __all__ = ["ENVIRONMENT_ERRNOS", "LOCK_NAME", "FolderClaim", "cannot_write", "read_text_limited",
-           "write_atomic"]
+           "require_regular_file", "write_atomic"]
 
 # What the machine, not the toolkit, makes fail; each with what the user can do about it.
 _SPACE = "free some space or choose another folder"
@@ -84,9 +84,8 @@ def read_text_limited(path: Path, *, limit: int = 16 * 2**20, what: str = "file"
 
     Only a regular file is opened (a FIFO would block, /dev/zero never ends), and the read is
     bounded (a disk image named by mistake)."""
+    require_regular_file(path, what=what)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise UsageError(f"{what} {path} is not a regular file; give a text file")
         with path.open("rb") as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
@@ -99,6 +98,18 @@ def read_text_limited(path: Path, *, limit: int = 16 * 2**20, what: str = "file"
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what} {path} is not UTF-8 text (byte {exc.start}); give a text "
                          "file") from None
+
+
+def require_regular_file(path: Path, *, what: str = "file") -> None:
+    """A one-line UsageError unless `path` is a regular file (a FIFO would block a read,
+    /dev/zero or /dev/urandom never end); an OSError of stat() as a FileError."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise cannot_write(path, exc, what="read") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise UsageError(f"{what} {path} is {kind}; give a text file")
 
 
 LOCK_NAME = ".mls-lock"

@@ -169,9 +169,10 @@ def _run_agent(agent: str, prompt: str, *, workspace: Path, timeout: float) -> l
     argv = [word.replace("{prompt}", prompt) for word in AGENTS[agent]["argv"]]
     try:
         done = subprocess.run(argv, cwd=workspace, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+                              errors="replace", timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:  # (the partial output is bytes, undecoded)
+        out = (exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes)
+               else (exc.stdout or ""))
         return out.splitlines()
     return done.stdout.splitlines()
 
