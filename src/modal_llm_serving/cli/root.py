@@ -46,6 +46,13 @@ class InternalError(click.ClickException):
 class MlsGroup(click.Group):
     """The root command: turns every exception a command raises into the contract above."""
 
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # `mls --bad-option`, `mls nope`: parsed here, before invoke
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         with stop_signals_as_ctrl_c():
             return self._invoke(ctx)
@@ -53,6 +60,8 @@ class MlsGroup(click.Group):
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's option refused by click itself
+            raise _one_line(exc) from None
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise  # click's own: already a message and an exit code
         except UsageError as exc:
@@ -80,6 +89,13 @@ class MlsGroup(click.Group):
             raise click.UsageError(_message(cannot_write(where, exc, what="use"))) from None
         except Exception as exc:  # a bug: one line here, the traceback in a file
             raise InternalError(_internal_error(exc)) from None
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """click's usage error as the contract's one line: the message and where help is (click
+    would print the usage synopsis and a hint on two more lines first)."""
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    return click.UsageError(f"{exc.format_message()}{where}")
 
 
 def _message(exc: BaseException) -> str:
@@ -127,6 +143,8 @@ def _internal_error(exc: Exception) -> str:
         where = f"details in {path}"
     except OSError as log_error:
         where = f"(no log file: {log_error.strerror or log_error})"
+    except MlsError as log_error:  # the cache folder setting itself is wrong
+        where = f"(no log file: {log_error})"
     return (f"internal error: {type(exc).__name__}: {summary} — a bug in mls, not your input; "
             f"{where}; please report it with that file")
 
