@@ -152,15 +152,24 @@ def run_split(options: BenchOptions, containers: int, folder: Path, *,
               run_parts: Callable[[list[BenchOptions]], list[dict[str, Any]]],
               start_margin_s: float = START_MARGIN_S) -> list[LevelSummary]:
     from modal_llm_serving.bench.options import check_split
-    from modal_llm_serving.bench.report import render_report
-    from modal_llm_serving.bench.results import prepare_out_dir, write_sweep
-    from modal_llm_serving.bench.shards import merge_parts
+    from modal_llm_serving.bench.results import prepare_out_dir
     from modal_llm_serving.errors import UsageError
 
     if not 1 <= containers <= MAX_CONTAINERS:
         raise UsageError(f"--containers {containers}: give 1 to {MAX_CONTAINERS}")
     check_split(options, containers)  # every level: at least one stream per container
-    prepare_out_dir(folder)
+    with prepare_out_dir(folder):  # held until every part is merged and reported
+        return _run_split(options, containers, folder, run_parts=run_parts,
+                          start_margin_s=start_margin_s)
+
+
+def _run_split(options: BenchOptions, containers: int, folder: Path, *,
+               run_parts: Callable[[list[BenchOptions]], list[dict[str, Any]]],
+               start_margin_s: float) -> list[LevelSummary]:
+    from modal_llm_serving.bench.report import render_report
+    from modal_llm_serving.bench.results import write_sweep
+    from modal_llm_serving.bench.shards import merge_parts
+
     slugs = [level.slug for level in options.levels]
     summaries: list[LevelSummary] = []
     for level in options.levels:

@@ -19,6 +19,7 @@ from modal_llm_serving.bench.results import read_records, read_summary, sweep_le
 from modal_llm_serving.display import markdown_text
 from modal_llm_serving.endpoint.wire import one_line
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.files import cannot_write, write_atomic
 from modal_llm_serving.redact import redact
 
 __all__ = ["render_report", "summary_lines"]
@@ -97,7 +98,10 @@ def render_report(folder: Path) -> Path:
     parts += ["", "Percentiles: linear interpolation between closest ranks; std is the "
                   "population standard deviation (as `vllm bench serve`).", ""]
     path = folder / "report.md"
-    path.write_text(redact("\n".join(parts) + "\n"))
+    try:  # a reader never sees half a report; a full disk is one line, exit 2
+        write_atomic(path, redact("\n".join(parts) + "\n"))
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     return path
 
 
@@ -224,7 +228,7 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
             axis.set_title(f"{name} (n={len(values)}) {redact(str(summary.get('label', '')))}")
         figure.tight_layout()
         name = f"latency_{slug}.png" if slug else "latency.png"
-        figure.savefig(folder / name, dpi=110)
+        _save_figure(figure, folder / name)
         plt.close(figure)
         made[slug] = [name]
     if len(levels) > 1:
@@ -248,7 +252,19 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
             axis.grid(alpha=0.3)
         figure.suptitle("latency–throughput over the sweep")
         figure.tight_layout()
-        figure.savefig(folder / "latency_throughput.png", dpi=110)
+        _save_figure(figure, folder / "latency_throughput.png")
         plt.close(figure)
         made["curve"] = ["latency_throughput.png"]
     return made
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    """A PNG written whole (through a unique temp file), never through a link of that name."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise cannot_write(path, exc) from None

@@ -21,7 +21,7 @@ from modal_llm_serving.cli.options import (
     say_over,
 )
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, SECRET, URL, Finite
-from modal_llm_serving.cli.root import EXIT_INTERRUPTED, cli
+from modal_llm_serving.cli.root import cli, interrupted
 
 
 @cli.group()
@@ -140,13 +140,14 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
             bench_options, out_dir=out, overwrite=overwrite, on_out_dir=chosen.append,
             progress=_bench_progress(), on_info=lambda message: say(message, err=True),
             on_level=on_level)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (cli/root.py)
+        words, code = interrupted()
         if chosen and chosen[0].is_dir():
-            say("", f"interrupted: finished requests are in {chosen[0]} "
-                f"(`mls bench report {chosen[0]}` summarizes them)", err=True)
+            say("", f"{words}: finished requests and their summary are in {chosen[0]} "
+                f"(`mls bench report {chosen[0]}` renders the report)", err=True)
         else:
-            say("", "interrupted before any request finished", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+            say("", f"{words} before any request finished", err=True)
+        sys.exit(code)
     out = chosen[0]
     if not no_report:
         say(f"report: {render_report(out)}", err=True)
@@ -191,7 +192,12 @@ def bench_report(folder: Path, json_: bool) -> None:
         echo_json(json.loads(sweep.read_text()) if sweep.is_file() else read_summary(folder))
         return
     if not (folder / "sweep.json").is_file():
-        say(*summary_lines(read_summary(folder)))
+        summary = read_summary(folder)
+        say(*summary_lines(summary))
+        if skipped := summary.get("skipped_lines"):  # a run cut off mid-write, or an edit
+            one = skipped == 1
+            say(f"note: {skipped} line{'' if one else 's'} of requests.jsonl "
+                f"{'is' if one else 'are'} not a whole record; left out of the summary")
     say(f"report: {path}")
 
 

@@ -50,8 +50,11 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
                          "interpreter behind your `modal` CLI (see `mls doctor`)")
     paths: list[Path] = []
     for path in files:
-        if path.is_dir():  # a folder: every Python file in it
-            paths += sorted(path.glob("*.py"))
+        if path.is_dir():  # a folder: every Python file in it and in its folders
+            if not (found := python_files(path)):
+                raise UsageError(f"{path} holds no .py file (its hidden folders and "
+                                 "__pycache__ left out); name the app file to check")
+            paths += found
         elif path.is_file():
             paths.append(path)
         else:
@@ -73,6 +76,17 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
         render_findings(findings, files=len(paths))
     if findings:
         sys.exit(1)
+
+
+def python_files(folder: Path) -> list[Path]:
+    """Every .py file under `folder`, sorted; hidden folders (.venv, .git) and __pycache__ are
+    not apps, and symlinked folders are not followed (a loop would never end)."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = sorted(name for name in folders
+                            if not name.startswith(".") and name != "__pycache__")
+        found += [Path(root) / name for name in names if name.endswith(".py")]
+    return sorted(found)
 
 
 def render_findings(findings: list[Any], *, files: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from modal_llm_serving.cli.root import cli
 from modal_llm_serving.cli.smoke import render_smoke
 from modal_llm_serving.display import terminal_text
 from modal_llm_serving.errors import EngineStartError
+from modal_llm_serving.recipes.files import RECIPE_TIMEOUT_S
 from modal_llm_serving.recipes.table import RECIPE_NAMES, recipe_for
 
 
@@ -26,6 +26,10 @@ def local() -> None:
 
 
 def recipe_option(command: Callable[P, R]) -> Callable[P, R]:
+    command = click.option(
+        "--import-timeout", type=Finite(1, 3600), default=RECIPE_TIMEOUT_S, show_default=True,
+        help="Seconds the recipe may take to import and build its command (it runs in a "
+             "child process).")(command)
     return click.option(
         "--recipe", default=recipe_for("online").name, show_default=True, metavar="FILE_OR_NAME",
         help="The app whose engine command to run: a file (e.g. one `mls new` wrote) or a recipe "
@@ -59,7 +63,7 @@ def model_options(command: Callable[P, R]) -> Callable[P, R]:
               help="Seconds to wait for the engine.")
 @click.option("--exit-after-smoke", is_flag=True,
               help="Stop the engine once the smoke test has run; exit with its result.")
-def local_serve(recipe: str, model: str | None, revision: str | None,
+def local_serve(recipe: str, import_timeout: float, model: str | None, revision: str | None,
                 served_model_name: str | None, host: str, port: int | None, kv_cache_gib: int,
                 api_key: str | None, log_file: str | None, ready_timeout: float,
                 exit_after_smoke: bool) -> None:
@@ -75,10 +79,10 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
 
     build = engine_build()
     command = _local_command(recipe, model, revision, served_model_name, host, port, build,
-                             show=lambda message: say(message, err=True))
+                             show=lambda message: say(message, err=True),
+                             import_timeout=import_timeout)
     server = start_server(command, api_key=api_key, kv_cache_gib=kv_cache_gib,
                           log_path=Path(log_file) if log_file else None)
-    _stop_on_sigterm()
     try:
         say(f"engine log: {server.log_path}", err=True)
         seconds = server.wait_ready(timeout=ready_timeout, on_wait=_show_wait())
@@ -105,7 +109,7 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
               help="Parse the recipe's command with the engine's own parser (installed vLLM or "
                    "SGLang).")
 @click.option("--json", "json_", is_flag=True, help="Print the commands as JSON.")
-def local_command_(recipe: str, model: str | None, revision: str | None,
+def local_command_(recipe: str, import_timeout: float, model: str | None, revision: str | None,
                    served_model_name: str | None, host: str, port: int | None, check: bool,
                    json_: bool) -> None:
     """Print a recipe's engine command, the one `mls local serve` runs here, and each change.
@@ -116,10 +120,10 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
     from modal_llm_serving.local.argv import engine_of
     from modal_llm_serving.local.engine_args import parse_command
     from modal_llm_serving.local.serve import engine_build, launcher_argv
-    from modal_llm_serving.recipes.files import load_recipe, recipe_command, resolve_recipe
+    from modal_llm_serving.recipes.files import recipe_commands, resolve_recipe
 
     path = resolve_recipe(recipe)
-    recipe_argv = recipe_command(load_recipe(path))
+    [recipe_argv] = recipe_commands(path, [{}], timeout=import_timeout)
     if check:
         parse_command(recipe_argv)
     if engine_of(recipe_argv) == "sglang":  # nothing runs it here; the parser check is all
@@ -131,7 +135,8 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
                 + ("; SGLang's own parser accepts it" if check else ""))
         return
     command = _local_command(recipe, model, revision, served_model_name, host, port,
-                             engine_build(), show=None if json_ else say)
+                             engine_build(), show=None if json_ else say,
+                             import_timeout=import_timeout)
     if json_:
         echo_json({"recipe": str(path), "recipe_argv": command.recipe_argv,
                    "argv": launcher_argv(command.argv), "env": command.env, "checked": check,
@@ -142,7 +147,8 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
 
 def _local_command(recipe: str, model: str | None, revision: str | None,
                    served_model_name: str | None, host: str, port: int | None,
-                   build: str | None, *, show: Callable[[str], None] | None) -> Any:
+                   build: str | None, *, show: Callable[[str], None] | None,
+                   import_timeout: float) -> Any:
     """Build the command `mls local serve` runs; `show` each step and the result, if given."""
     from modal_llm_serving.local.serve import launcher_argv, local_command
     from modal_llm_serving.recipes.files import resolve_recipe
@@ -151,7 +157,7 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
     path = resolve_recipe(recipe)
     command = local_command(path, model=model, revision=revision,
                             served_model_name=served_model_name, host=host, port=port,
-                            build=build, progress=say)
+                            build=build, progress=say, import_timeout=import_timeout)
     say(f"recipe's command ({path.name}):")
     say(f"  {shlex.join(command.recipe_argv)}")
     say("runs here:")
@@ -167,13 +173,6 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
         for variable, value in command.env.items():
             say(f"  {variable}={value}: {reasons.get(variable, '')}")
     return command
-
-
-def _stop_on_sigterm() -> None:
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _show_wait() -> Callable[[float, str], None]:

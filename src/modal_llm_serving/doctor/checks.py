@@ -101,7 +101,7 @@ def _modal_cli_check(cli_path: str | None, *, env: Mapping[str, str], timeout: f
                          "(then activate it), or call it as `python -m modal`")
     try:
         done = subprocess.run([cli_path, "--version"], env=dict(env), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+                              text=True, errors="replace", timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return Check("modal-cli", title, "fail",
                      f"`{cli_path} --version` did not answer within {timeout:.0f} s",
@@ -369,8 +369,8 @@ def _gpu_check(env: Mapping[str, str], *, timeout: float) -> Check:
                      fix=no_gpu_fix, data={"gpus": []})
     try:
         done = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              env=dict(env), capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              env=dict(env), capture_output=True, text=True, errors="replace",
+                              timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("gpu", title, "warn", f"nvidia-smi did not answer: {exc}", fix=no_gpu_fix,
                      data={"gpus": []})

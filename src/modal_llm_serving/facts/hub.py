@@ -46,6 +46,7 @@ from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
 from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.errors import HubUnreachable, UsageError
+from modal_llm_serving.facts.revision import hub_endpoint
 
 __all__ = ["TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
 
@@ -107,7 +108,7 @@ def read_hub_model(model: str, revision: str) -> HubModel:
     answer: gated without access, unknown model or revision, offline, unreachable, rate-limited.
     """
     _check_pins(model, revision)
-    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    endpoint = hub_endpoint(constants.ENDPOINT)
     offline = constants.is_offline_mode() or _is_true(os.environ.get("HF_HUB_OFFLINE"))
     summary_file = cache_dir() / "hub" / f"models--{model.replace('/', '--')}" / f"{revision}.json"
     summary = _load_summary(summary_file)

@@ -18,6 +18,7 @@ from modal_llm_serving.errors import HubUnreachable, UsageError
 from modal_llm_serving.facts.context import context_limit
 from modal_llm_serving.facts.gpus import GB, builtin_table
 from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, hub_cache, read_hub_model
+from modal_llm_serving.files import read_text_limited
 
 __all__ = [
     "ModelFacts",
@@ -430,11 +431,14 @@ def _from_hub(hub: HubModel) -> ModelFacts:
     return facts
 
 
+CONFIG_LIMIT_BYTES = 16 * 2**20  # a config.json is a few KiB; one past this is not one
+
+
 def _load_config(path: Path, *, name: str, checkpoint: float | None) -> ModelFacts:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
+        config = json.loads(read_text_limited(path, limit=CONFIG_LIMIT_BYTES, what="model config"))
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
     if not isinstance(config, dict):
         raise UsageError(f"{path} is not a JSON object")
     return model_facts_from_config(config, name=name, source=f"config.json at {path}",
