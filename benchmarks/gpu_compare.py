@@ -33,10 +33,10 @@ def catalog_gpu(name: str, gpus: dict[str, GPU]) -> GPU:
     raise SystemExit(f"no catalog GPU for {name!r}")
 
 
-def sizing_at(model: str, context: int) -> Sizing:
-    """The plan's sizing of `model` at bf16, for sequences that attend `context` tokens."""
+def sizing_at(model: str, context: int, precision: str) -> Sizing:
+    """The plan's sizing of `model` at `precision`, for sequences that attend `context` tokens."""
     facts = model_facts(model)
-    w = Workload(model=model, revision="0" * 40, precision="bf16", input_tokens=context,
+    w = Workload(model=model, revision="0" * 40, precision=precision, input_tokens=context,
                  output_tokens=1)
     return dataclasses.replace(size(w, facts), ctx_avg=context, seq_tokens=context)
 
@@ -47,13 +47,13 @@ def rows(result: dict[str, Any], gpus: dict[str, GPU]) -> list[dict[str, Any]]:
     for cell in result["decode"]:
         if "step_ms" not in cell:
             continue
-        s = sizing_at(result["_model"], cell["context"])
+        s = sizing_at(result["_model"], cell["context"], result.get("weights", "bf16"))
         predicted = s.step_seconds(gpu, 1, cell["batch"]) * 1e3
         out.append({"what": f"decode b={cell['batch']} ctx={cell['context']}",
                     "predicted_ms": predicted, "measured_ms": cell["step_ms"],
                     "graph": cell["cuda_graph"]})
     for cell in result["prefill"]:
-        s = sizing_at(result["_model"], cell["tokens"])
+        s = sizing_at(result["_model"], cell["tokens"], result.get("weights", "bf16"))
         predicted = s.prefill_seconds(gpu, 1, cell["tokens"]) * 1e3
         out.append({"what": f"prefill {cell['tokens']}", "predicted_ms": predicted,
                     "measured_ms": cell["ms"], "graph": None})
@@ -77,8 +77,9 @@ def main(paths: list[str]) -> None:
         result = json.loads(Path(path).read_text())
         gpu = catalog_gpu(result["gpu"], gpus)
         card = result["card"]
-        print(f"\n### {result['_model']} on {result['gpu']} ({result['date_utc']}, torch "
-              f"{result['torch']}, transformers {result['transformers']})\n")
+        print(f"\n### {result['_model']}, {result.get('weights', 'bf16')} weights, on "
+              f"{result['gpu']} ({result.get('impl', 'transformers')} decoder; "
+              f"{result['date_utc']}, torch {result['torch']})\n")
         print(card_line(card, gpu) + "\n")
         print("| cell | predicted ms | measured ms | measured / predicted |")
         print("|---|---|---|---|")

@@ -436,22 +436,63 @@ def test_gated_per_the_hub_at_the_pinned_commit(tmp_path: Path,
               "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
     repo = HubRepo(files={"config.json": json_file(config)}, commit=commit, gated=True,
                    granted=frozenset({"hf_granted_token_for_tests"}))
-    for name in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("MLS_CACHE_DIR", str(tmp_path / "mls"))
+    _fresh_hub_caches(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_granted_token_for_tests")
-    source = (FIXTURES / "clean_online.py").read_text().replace(
-        '"Qwen/Qwen3-0.6B"', '"acme/gated-8b"').replace(
-        "c1899de289a04d12100db370d81485cdf75e47ca", commit).replace(
-        '"--port", str(PORT)]', '"--port", str(PORT), "--max-model-len", "8192"]')
+    source = _online_app("acme/gated-8b", commit, max_model_len=8192)
     with running_hub({"acme/gated-8b": repo}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         details = {f.rule.id: f.detail for f in check_source(source)}
     assert set(details) == {"MLS024", "MLS028"}
     assert details["MLS028"].startswith(f"acme/gated-8b is gated (the Hub says so (Hub at "
                                         f"{commit[:12]}))")
-    assert details["MLS024"].endswith(f"(max_position_embeddings; facts: Hub at {commit[:12]})")
+    assert details["MLS024"].endswith(
+        f"(max_position_embeddings 4096; facts: Hub at {commit[:12]})")
+
+
+def _fresh_hub_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing read before: the Hub on loopback is the only source of the model's facts."""
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MLS_CACHE_DIR", str(tmp_path / "mls"))
+
+
+def _online_app(model: str, commit: str, *, max_model_len: int) -> str:
+    """The clean online fixture, serving `model` at `commit` with a --max-model-len."""
+    return (FIXTURES / "clean_online.py").read_text().replace(
+        '"Qwen/Qwen3-0.6B"', f'"{model}"').replace(
+        "c1899de289a04d12100db370d81485cdf75e47ca", commit).replace(
+        '"--port", str(PORT)]', f'"--port", str(PORT), "--max-model-len", "{max_model_len}"]')
+
+
+@pytest.mark.parametrize(("rope", "limit", "fields"), [
+    ({"rope_type": "linear", "factor": 4.0}, 16384,
+     "max_position_embeddings 4096 x linear rope scaling factor 4"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}, 4096,
+     "max_position_embeddings 4096"),  # YaRN's length is already the scaled one
+])
+def test_context_limit_counts_the_models_own_rope_scaling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rope: dict[str, object], limit: int,
+        fields: str) -> None:
+    """MLS024 lets through exactly the context vLLM accepts for the model's own config."""
+    import hashlib
+
+    from tests.hub_server import HubRepo, json_file, running_hub
+
+    commit = hashlib.sha1(b"acme/long-8b").hexdigest()
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+              "max_position_embeddings": 4096, "rope_scaling": rope, "torch_dtype": "bfloat16"}
+    repo = HubRepo(files={"config.json": json_file(config)}, commit=commit)
+    _fresh_hub_caches(tmp_path, monkeypatch)
+    with running_hub({"acme/long-8b": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        within = check_source(_online_app("acme/long-8b", commit, max_model_len=limit))
+        beyond = check_source(_online_app("acme/long-8b", commit, max_model_len=limit + 1))
+    assert [f.rule.id for f in within] == []
+    [finding] = beyond
+    assert finding.rule.id == "MLS024"
+    assert f"> the {limit} positions" in finding.detail and f"({fields}; facts: " in finding.detail
 
 
 # --- plan and check agree: every app `mls new` writes passes `mls check` -----------------------
@@ -491,6 +532,12 @@ MATRIX: dict[str, tuple[dict[str, object], str]] = {
                                    "kv_cache_dtype": "fp8"}, "qwen3_throughput"),
     "server-cold-start": ({"model": "Qwen/Qwen3-0.6B", "cold_start_s": 10, "proxy_auth": True},
                           "vllm_server"),
+    "sliding-wrapper-gated": ({"model": "google/gemma-3-27b-it", "concurrency": 16,
+                               "context_length": 32768}, "vllm_online"),
+    "hybrid-mamba-moe": ({"model": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+                          "concurrency": 32}, "vllm_online"),
+    "block-configs": ({"model": "nvidia/Llama-3_3-Nemotron-Super-49B-v1", "concurrency": 8},
+                      "vllm_online"),
 }
 IMPORTED = ("dense-gated-70b", "server-cold-start")  # these two also imported with the SDK
 

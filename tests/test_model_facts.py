@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,11 @@ def test_a_sliding_window_model_holds_more_requests_than_if_every_layer_were_ful
 
 # --- the catalog: the same parser, verified shapes --------------------------------------------
 
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+AT_COMMIT = re.compile(r"^https://github\.com/[^/\s]+/[^/\s]+/blob/[0-9a-f]{40}/\S+$")
+UNVERIFIED = {"revision", "gated", "params", "figures"}
+
+
 def test_every_catalog_model_gives_facts_and_each_config_entry_names_its_source() -> None:
     for name, entry in builtin_models().items():
         facts = model_facts(name)
@@ -104,6 +110,26 @@ def test_every_catalog_model_gives_facts_and_each_config_entry_names_its_source(
         if "config" in entry:
             assert entry["source"].startswith("https://") and entry["checked"]
             assert entry["source"] in facts.source
+
+
+@pytest.mark.parametrize("name", sorted(builtin_models()))
+def test_each_catalog_entry_says_where_its_pin_comes_from_or_that_it_has_none(name: str) -> None:
+    """A pinned revision is 40 hex with the public file that pins it, at a commit; a copy the
+    figures were read from is a file at a commit with the day; what is missing is listed."""
+    entry = builtin_models()[name]
+    unverified = entry.get("unverified", [])
+    assert isinstance(unverified, list) and set(unverified) <= UNVERIFIED, unverified
+    if "revision" in entry:
+        assert COMMIT.match(entry["revision"]) and AT_COMMIT.match(entry["revision_source"])
+        assert "revision" not in unverified
+    else:
+        assert "revision_source" not in entry and "revision" in unverified
+    assert isinstance(entry["gated"], bool) if "gated" in entry else "gated" in unverified
+    if "source" in entry:
+        assert AT_COMMIT.match(entry["source"]) and re.match(r"^\d{4}-\d{2}-\d{2}$",
+                                                             entry["checked"])
+    else:
+        assert "figures" in unverified
 
 
 @pytest.mark.parametrize("name", [n for n, e in builtin_models().items() if "config" in e])
@@ -190,3 +216,53 @@ def test_an_unreachable_hub_falls_back_to_the_catalog_or_says_so(
     code, output = _plan("acme/not-in-the-catalog", "a" * 40)
     assert code == 2
     assert f"cannot reach {url}" in output and "not cached here" in output
+
+
+# --- the longest context: the engine's own rule ----------------------------------------------
+
+ROPE_CASES = {
+    "no scaling": {"max_position_embeddings": 4096},
+    "linear x4": {"max_position_embeddings": 4096,
+                  "rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+    "dynamic x2 (old key)": {"max_position_embeddings": 4096,
+                             "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+    "yarn: already scaled": {"max_position_embeddings": 40960, "rope_scaling": {
+        "rope_type": "yarn", "factor": 1.25, "original_max_position_embeddings": 32768}},
+    "llama3: already scaled": {"max_position_embeddings": 131072, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0}},
+    "rope_parameters, transformers 5": {"max_position_embeddings": 2048, "rope_parameters": {
+        "rope_type": "linear", "factor": 3.0, "rope_theta": 10000.0}},
+}
+
+
+@pytest.mark.parametrize("fields", ROPE_CASES.values(), ids=ROPE_CASES.keys())
+def test_context_limit_is_what_vllm_accepts(fields: dict[str, object]) -> None:
+    """vLLM's own length check accepts the limit the facts give, and refuses one token more."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+    from vllm.config.model import _get_and_verify_max_len
+
+    from modal_llm_serving.facts.context import context_limit
+
+    limit, fields_used = context_limit({"model_type": "llama", **fields})
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=128, **json.loads(json.dumps(fields)))
+    arch = SimpleNamespace(derived_max_model_len_and_key=(config.max_position_embeddings,
+                                                          "max_position_embeddings"))
+    assert _get_and_verify_max_len(config, arch, None, limit, False, None) == limit
+    with pytest.raises(ValueError, match="max_model_len"):
+        _get_and_verify_max_len(config, arch, None, limit + 1, False, None)
+    assert fields_used.startswith("max_position_embeddings")
+    assert ("factor" in fields_used) == (limit != fields["max_position_embeddings"])
+
+
+def test_context_limit_keys() -> None:
+    from modal_llm_serving.facts.context import DEFAULT_LENGTH, context_limit
+
+    assert context_limit({"max_position_embeddings": 8192, "seq_length": 4096})[0] == 4096
+    assert context_limit({"max_position_embeddings": 8192, "model_max_length": 16384})[0] == 16384
+    assert context_limit({"model_type": "gemma3_text", "max_position_embeddings": 131072,
+                          "rope_scaling": {"rope_type": "linear", "factor": 8.0}})[0] == 131072
+    assert context_limit({})[0] == DEFAULT_LENGTH

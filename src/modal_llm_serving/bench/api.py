@@ -33,6 +33,7 @@ from modal_llm_serving.bench.results import (
     JsonlSink,
     new_out_dir,
     prepare_out_dir,
+    rebuild_summary,
     write_summary,
     write_sweep,
 )
@@ -40,7 +41,7 @@ from modal_llm_serving.bench.runner import Progress
 from modal_llm_serving.bench.shards import choose_workers, run_level
 from modal_llm_serving.bench.summary import Context, LevelSummary
 from modal_llm_serving.endpoint.client import OpenAIClient, raise_if_client_side
-from modal_llm_serving.errors import EndpointError, UsageError
+from modal_llm_serving.errors import EndpointError, MlsError, UsageError
 from modal_llm_serving.redact import redact_url
 
 __all__ = ["prepare_prompts", "resolve_model", "run_bench", "run_benchmark"]
@@ -115,24 +116,27 @@ def run_bench(options: BenchOptions, *, out_dir: Path | None = None, overwrite: 
               progress: Callable[[Level, Progress], None] | None = None,
               on_level: Callable[[Level, LevelSummary], None] | None = None,
               on_info: Callable[[str], None] | None = None) -> list[LevelSummary]:
-    """`mls bench run` as one call: make the output folder ready (`out_dir`, or a new
-    `results/bench-<time>`; told to `on_out_dir`) before any work; then run every level and
-    save it. A run that fails before writing anything leaves no folder behind."""
+    """`mls bench run` as one call: claim the output folder (`out_dir`, or a new
+    `results/bench-<time>`; told to `on_out_dir`) before any work, so no other run writes
+    there while this one does; then run every level and save it. A run that fails before
+    writing anything leaves no folder behind."""
     created = out_dir is None or not out_dir.is_dir()
     if out_dir is None:
         out_dir = new_out_dir(Path("results"), "bench")
-    else:
-        prepare_out_dir(out_dir, overwrite=overwrite)
-    if on_out_dir:
-        on_out_dir(out_dir)
+    claim = prepare_out_dir(out_dir, overwrite=overwrite)
     try:
+        if on_out_dir:
+            on_out_dir(out_dir)
         return run_benchmark(options, out_dir=out_dir, progress=progress, on_level=on_level,
                              on_info=on_info)
     except BaseException:
+        claim.release()
         if created:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if still empty: whatever finished stays
         raise
+    finally:
+        claim.release()
 
 
 def run_benchmark(options: BenchOptions, *, out_dir: Path,
@@ -164,8 +168,12 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
             level_progress = functools.partial(progress, level)
         level_options = dataclasses.replace(options, workers=choose_workers(options, level))
         with JsonlSink(folder / "requests.jsonl") as sink:
-            summary = run_level(level_options, level, prompts, sink=sink,
-                                progress=level_progress)
+            try:
+                summary = run_level(level_options, level, prompts, sink=sink,
+                                    progress=level_progress)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep and summarize what ended
+                _save_interrupted(sink, folder)
+                raise
         summary = dataclasses.replace(summary, context=Context(
             date=dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"), data=data_info,
             python=platform.python_version(), platform=sys.platform))
@@ -176,3 +184,11 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
         if on_level:
             on_level(level, summary)
     return summaries
+
+
+def _save_interrupted(sink: JsonlSink, folder: Path) -> None:
+    """An interrupted level's records on disk and its summary rebuilt from them (marked so)."""
+    with contextlib.suppress(MlsError, OSError):  # the interrupt is what the user hears of
+        sink.close()
+        if sink.count:
+            rebuild_summary(folder, why="interrupted")

@@ -26,7 +26,14 @@ import httpx
 
 from modal_llm_serving.endpoint.client import OpenAIClient
 from modal_llm_serving.endpoint.wire import is_int
-from modal_llm_serving.errors import BenchDataError, EndpointError, EndpointStatusError, UsageError
+from modal_llm_serving.errors import (
+    BenchDataError,
+    DatasetError,
+    EndpointError,
+    EndpointStatusError,
+    UsageError,
+)
+from modal_llm_serving.files import require_regular_file
 from modal_llm_serving.untrusted import read_json, read_json_file
 
 __all__ = ["PREFLIGHT_S", "LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt",
@@ -302,11 +309,11 @@ def load_jsonl(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | Non
         try:
             row = read_json(line, what=f"{path}:{number}")
         except ValueError as exc:  # not JSON, or past a bound (UntrustedDataError)
-            raise BenchDataError(f"{exc}; each line must be an object like "
-                                 '{"prompt": "...", "output_tokens": 128}') from None
+            raise DatasetError(f"{exc}; each line must be an object like "
+                               '{"prompt": "...", "output_tokens": 128}') from None
         prompts.append(_jsonl_prompt(row, path, number, tokenizer, output_len, rng))
     if not prompts:
-        raise BenchDataError(f"{path} holds no prompts")
+        raise DatasetError(f"{path} holds no prompts")
     return prompts
 
 
@@ -314,24 +321,24 @@ def _jsonl_prompt(row: Any, path: Path, number: int, tokenizer: Tokenizer,
                   output_len: LengthSpec | None, rng: random.Random) -> Prompt:
     where = f"{path}:{number}"
     if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
-        raise BenchDataError(f'{where} needs a "prompt" string or a "messages" list')
+        raise DatasetError(f'{where} needs a "prompt" string or a "messages" list')
     out = row.get("output_tokens", row.get("output_len"))
     if output_len is not None:
         out = output_len.sample(rng)
     if not is_int(out) or not 1 <= out <= MAX_TOKENS:
-        raise BenchDataError(f'{where} has no usable "output_tokens"; add it per line or pass '
+        raise DatasetError(f'{where} has no usable "output_tokens"; add it per line or pass '
                              "--output-len")
     if "messages" in row:
         messages = row["messages"]
         if not (isinstance(messages, list) and all(
                 isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
-            raise BenchDataError(f'{where}: "messages" must be a list of {{"role", "content"}}')
+            raise DatasetError(f'{where}: "messages" must be a list of {{"role", "content"}}')
         text = "\n".join(m["content"] for m in messages)
         return Prompt(text=text, input_len=len(tokenizer.encode(text)), output_len=out,
                       messages=tuple({"role": str(m.get("role", "user")),
                                       "content": m["content"]} for m in messages))
     if not isinstance(row["prompt"], str):
-        raise BenchDataError(f'{where}: "prompt" must be a string')
+        raise DatasetError(f'{where}: "prompt" must be a string')
     return Prompt(text=row["prompt"], input_len=len(tokenizer.encode(row["prompt"])),
                   output_len=out)
 
@@ -339,13 +346,14 @@ def _jsonl_prompt(row: Any, path: Path, number: int, tokenizer: Tokenizer,
 def load_sharegpt(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | None,
                   seed: int, limit: int) -> list[Prompt]:
     """ShareGPT JSON: each conversation's first human turn, output = its reply's token count."""
+    require_regular_file(path, what="--dataset")
     try:
         data = read_json_file(path)
     except (OSError, ValueError) as exc:  # UntrustedDataError is a ValueError
-        raise BenchDataError(f"{path} is not a readable ShareGPT JSON file "
+        raise DatasetError(f"{path} is not a readable ShareGPT JSON file "
                              f"({type(exc).__name__})") from None
     if not isinstance(data, list):
-        raise BenchDataError(f"{path}: ShareGPT files are a JSON list of "
+        raise DatasetError(f"{path}: ShareGPT files are a JSON list of "
                              '{"conversations": [{"from", "value"}, ...]}')
     rng = random.Random(seed)
     rng.shuffle(data)
@@ -367,16 +375,17 @@ def load_sharegpt(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | 
         if len(prompts) >= limit:
             break
     if not prompts:
-        raise BenchDataError(f"{path} has no usable conversations (human turn, then a reply)")
+        raise DatasetError(f"{path} has no usable conversations (human turn, then a reply)")
     return prompts
 
 
 def _read_lines(path: Path) -> Iterator[str]:
+    require_regular_file(path, what="--dataset")  # /dev/zero is one line without end
     try:
         with path.open(encoding="utf-8") as handle:
             yield from handle
     except OSError as exc:
-        raise BenchDataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise BenchDataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
                              "JSONL") from None

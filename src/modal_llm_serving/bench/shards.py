@@ -280,8 +280,10 @@ def _worker_main(conn: multiprocessing.connection.Connection,
                  control: multiprocessing.connection.Connection, options: BenchOptions,
                  level: Level, prompts: list[Prompt]) -> None:
     """A worker's whole life; whatever goes wrong is sent to the parent as one line."""
-    # Ctrl-C reaches the whole process group: the parent alone decides, and tells us to stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C (and `timeout`'s SIGTERM, a closed terminal's SIGHUP) reach the whole process
+    # group: the parent alone decides, and tells us to stop
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
     try:
         run_event_loop(_work(conn, control, options, level, prompts))
     except BaseException as exc:  # reported to the parent, which raises it

@@ -34,6 +34,7 @@ class _AiohttpResponse:
     def __init__(self, response: object) -> None:
         self._response = response
         self.status: int = response.status  # type: ignore[attr-defined]
+        self.headers = {name.lower(): value for name, value in response.headers.items()}  # type: ignore[attr-defined]
 
     async def chunks(self) -> AsyncIterator[tuple[int, bytes]]:
         async for data in self._response.content.iter_any():  # type: ignore[attr-defined]
@@ -103,6 +104,7 @@ class _HttpxResponse:
     def __init__(self, response: object) -> None:
         self._response = response
         self.status: int = response.status_code  # type: ignore[attr-defined]
+        self.headers = {name.lower(): value for name, value in response.headers.items()}  # type: ignore[attr-defined]
 
     async def chunks(self) -> AsyncIterator[tuple[int, bytes]]:
         async for data in self._response.aiter_raw():  # type: ignore[attr-defined]

@@ -35,7 +35,7 @@ from modal_llm_serving.check.settings import (
     startup_limit,
     whole,
 )
-from modal_llm_serving.check.source import UNKNOWN, Source, kwarg
+from modal_llm_serving.check.source import UNKNOWN, Source, kwarg, read_python_source
 from modal_llm_serving.errors import MlsError
 from modal_llm_serving.facts.gpus import (
     GB,
@@ -164,7 +164,7 @@ def startup_note(path: Path, *, gpu_catalog: Path | None = None) -> str | None:
     """What the startup rules could not check in the file at `path`, in one line (None: all
     ran, or the file is not Python the checker reads)."""
     try:
-        src = Source(ast.parse(path.read_text(encoding="utf-8")), str(path))
+        src = Source(ast.parse(read_python_source(path)), str(path))
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return None  # the static checks report it
     startup = read_startup(src, model_reference(src), engines(src), gpu_catalog=gpu_catalog)
@@ -254,8 +254,9 @@ def _share(value: Any) -> float | None:
 
 
 def context_beyond_model(src: Source, st: Startup) -> list[Finding]:
-    """MLS024: --max-model-len / --context-length above the model's max_position_embeddings
-    (not checked where the app overrides the model's rope scaling)."""
+    """MLS024: --max-model-len / --context-length above the longest context the engine accepts
+    for the model: its length keys times its own rope scaling, as vLLM derives it (not checked
+    where the app overrides the model's rope scaling)."""
     if st.facts is None or any(m.endswith("context length is not checked") for m in st.missing):
         return []
     found = []
@@ -264,8 +265,8 @@ def context_beyond_model(src: Source, st: Startup) -> list[Finding]:
         if length is not None and length > st.facts.max_position:
             found.append(finding("MLS024", src.path, setting.line,
                                  f"{setting.written} {length} > the {st.facts.max_position} "
-                                 f"positions of {st.facts.name} (max_position_embeddings; facts: "
-                                 f"{_source(st.facts)})"))
+                                 f"positions of {st.facts.name} ({st.facts.context_fields}; "
+                                 f"facts: {_source(st.facts)})"))
     return found
 
 

@@ -7,18 +7,23 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import echo_json, proxy_auth_options, request_headers
-from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
+from modal_llm_serving.cli.options import (
+    echo_json,
+    header_option,
+    proxy_auth_options,
+    request_headers,
+    say,
+)
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, SECRET, URL, Finite
 from modal_llm_serving.cli.root import cli
 
 
 @cli.command()
-@click.argument("url")
-@click.option("--api-key", envvar="MLS_API_KEY",
+@click.argument("url", type=URL)
+@click.option("--api-key", envvar="MLS_API_KEY", type=SECRET,
               help="Bearer key for /v1 routes [env MLS_API_KEY].")
 @click.option("--model", help="Model id to test [default: the only served model].")
-@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-              help="Extra header on every request (repeatable), e.g. 'Modal-Session-ID: s1'.")
+@header_option("Extra header on every request (repeatable), e.g. 'Modal-Session-ID: s1'.")
 @click.option("--ready-timeout", type=Finite(0, LONGEST_WAIT_S), default=300.0, show_default=True,
               help="Seconds to wait for readiness in all (scale-from-zero can take minutes).")
 @click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=120.0,
@@ -38,7 +43,7 @@ def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, 
     report = run_smoke(url, api_key=api_key, model=model,
                        headers=request_headers(headers, proxy_token_id, proxy_token_secret),
                        ready_timeout=ready_timeout, request_timeout=timeout,
-                       on_wait=lambda message: click.echo(message, err=True))
+                       on_wait=lambda message: say(message, err=True))
     if json_:
         echo_json(report.to_dict())
     else:
@@ -48,11 +53,11 @@ def smoke(url: str, api_key: str | None, model: str | None, headers: tuple[str, 
 
 
 def render_smoke(report: Any) -> None:
-    click.echo(f"smoke test of {report.base_url} (model: {report.model or '?'})")
+    say(f"smoke test of {report.base_url} (model: {report.model or '?'})")
     for step in report.steps:
         mark = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}[step.status]
-        click.echo(f"  {mark}  {step.name:<12} {step.seconds:6.2f} s  {step.detail}")
+        say(f"  {mark}  {step.name:<12} {step.seconds:6.2f} s  {step.detail}")
     if failed := report.failed:
-        click.echo(f"failed at '{failed.name}'. Try: {failed.hint}", err=True)
+        say(f"failed at '{failed.name}'. Try: {failed.hint}", err=True)
     else:
-        click.echo("all steps passed")
+        say("all steps passed")

@@ -44,8 +44,8 @@ from modal_llm_serving.errors import (
 )
 from modal_llm_serving.redact import redact_url
 
-__all__ = ["MAX_ANSWER_BYTES", "ChatResult", "OpenAIClient", "StreamResult", "check_headers",
-           "normalize_base_url", "raise_if_client_side", "tls_failure"]
+__all__ = ["CLIENT_HEADERS", "MAX_ANSWER_BYTES", "ChatResult", "OpenAIClient", "StreamResult",
+           "check_headers", "normalize_base_url", "raise_if_client_side", "tls_failure"]
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a non-streamed answer (a /tokenize of a long prompt: ~1 MB)
 
@@ -80,6 +80,12 @@ def normalize_base_url(url: str) -> str:
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a header name (RFC 9110 token)
+# Headers the client sets itself, from the URL and the body, or that change how the connection
+# is used. Given again, the request carries two (two lengths, a length and chunking, two hosts):
+# the shape of request smuggling, which a server and a proxy in front of it read differently.
+CLIENT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                            "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+                            "expect"})
 
 
 def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -87,12 +93,16 @@ def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
     A newline in a value would end the header early (or inject another), and HTTP/1.1 values
     are ASCII: both are the user's mistake, reported now instead of as a server that never
-    answers. Values are never shown (they may be keys).
+    answers. A header the client sets itself (`CLIENT_HEADERS`) is refused. Values are never
+    shown (they may be keys).
     """
     for name, value in headers.items():
         if not isinstance(name, str) or not _TOKEN.match(name):
             raise UsageError(f"header name {name!r} is not a valid HTTP header name (letters, "
                              "digits and -)")
+        if name.lower() in CLIENT_HEADERS:
+            raise UsageError(f"header {name!r} is set by the client itself (from the URL and the "
+                             "body); sent twice it would be a request-smuggling shape: drop it")
         if not isinstance(value, str) or any(
                 ord(char) > 126 or (ord(char) < 32 and char != "\t") for char in value):
             raise UsageError(f"the value of header {name!r} holds a line break, a control "

@@ -140,7 +140,7 @@ def run_smoke(base_url: str, *, api_key: str | None = None, model: str | None = 
                 status = getattr(exc, "status", None)
                 hint = _HINTS.get(status, "") if isinstance(status, int) else ""
                 report.steps.append(SmokeStep(
-                    name, "fail", one_line(redact_url(f"{type(exc).__name__}: {exc}"), 300),
+                    name, "fail", one_line(f"{type(exc).__name__}: {exc}", 300),
                     time.monotonic() - start, hint or _hint_for(name)))
             else:
                 report.steps.append(SmokeStep(name, "pass", detail, time.monotonic() - start))
@@ -191,7 +191,7 @@ def _chat(client: OpenAIClient, report: SmokeReport) -> str:
                             f"completion={result.completion_tokens}")
     if not result.text.strip():
         raise EndpointError("the completion's text is empty")
-    return f"{result.completion_tokens} tokens: {result.text.strip()[:60]!r}"
+    return f"{result.completion_tokens} tokens: {one_line(result.text, 60)!r}"
 
 
 def _chat_stream(client: OpenAIClient, report: SmokeReport) -> str:

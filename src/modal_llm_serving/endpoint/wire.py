@@ -24,6 +24,7 @@ import re
 from typing import Any, TypeGuard
 
 from modal_llm_serving.errors import EndpointError, UntrustedDataError
+from modal_llm_serving.redact import redact
 from modal_llm_serving.untrusted import read_json
 
 __all__ = ["MAX_TOKEN_COUNT", "ChatCompletion", "Chunk", "MalformedResponse", "error_message",
@@ -64,8 +65,9 @@ class ChatCompletion:
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    """Any text (an HTML error page, a multi-line message) as one short line for a table."""
-    flat = re.sub(r"\s+", " ", text).strip()
+    """Any text (an HTML error page, a multi-line message) as one short line for a table;
+    secrets are masked before it is cut, so no part of one is left at the cut."""
+    flat = re.sub(r"\s+", " ", redact(text)).strip()
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 

