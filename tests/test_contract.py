@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.cli import cli
-from modal_llm_serving.redact import redact_headers, redact_text, redact_url
+from modal_llm_serving.redact import (
+    forget_secrets,
+    redact,
+    redact_headers,
+    redact_url,
+    register_environment,
+)
 
 DOCUMENTED_EXITS = {0, 1, 2, 130}
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens, connections are refused at once
@@ -315,18 +321,22 @@ def test_interrupted_sweep_folder_reports(tmp_path: Path) -> None:
 
 # --- secrets and client-side mistakes ----------------------------------------------------------
 
-def test_redaction_of_urls_headers_and_known_values(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redaction_of_urls_headers_and_known_values() -> None:
     assert redact_url("see https://a:b@h.example/v1 and http://t@h") == \
         "see https://***@h.example/v1 and http://***@h"
     assert redact_headers({"X-Api-Key": "k", "Cookie": "c", "Modal-Secret": "s",
                            "Modal-Session-ID": "id"}) == {
         "X-Api-Key": "***", "Cookie": "***", "Modal-Secret": "***", "Modal-Session-ID": "id"}
-    monkeypatch.setenv("MLS_API_KEY", "sk-very-secret")
-    assert redact_text("key sk-very-secret leaked") == "key *** leaked"
-    # Modal's proxy tokens, as a pair and in the combined form its Endpoint docs export
-    monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", "ws-pair-secret")
-    monkeypatch.setenv("MODAL_PROXY_TOKEN", "wk-one.ws-combined")
-    assert redact_text("ws-pair-secret, Bearer wk-one.ws-combined") == "***, Bearer ***"
+    forget_secrets()
+    # Modal's proxy tokens too, as a pair and in the combined form its Endpoint docs export
+    register_environment({"MLS_API_KEY": "sk-very-secret",
+                          "MODAL_PROXY_TOKEN_SECRET": "ws-pair-secret",
+                          "MODAL_PROXY_TOKEN": "wk-one.ws-combined"})
+    try:
+        assert redact("key sk-very-secret leaked") == "key *** leaked"
+        assert redact("ws-pair-secret, Bearer wk-one.ws-combined") == "***, Bearer ***"
+    finally:
+        forget_secrets()
 
 
 @pytest.mark.parametrize("header", ["X-Trace: a\nb", "X-Name: é", "Bad Name: x"])
@@ -364,3 +374,15 @@ def test_an_unexpected_error_is_one_line_with_a_log(monkeypatch: pytest.MonkeyPa
     assert line.startswith("Error: internal error: RuntimeError") and "details in" in line
     log = Path(line.split("details in ", 1)[1].split(";", 1)[0])
     assert "Traceback" in log.read_text()
+
+
+@pytest.mark.parametrize("header", ["Host: evil.example", "content-length: 5",
+                                    "Transfer-Encoding: chunked", "Connection: close"])
+@pytest.mark.parametrize("command", [["smoke"], ["bench", "run"],
+                                     ["bench", "cold-start", "--model", "m"]])
+def test_a_header_the_client_sets_is_refused(header: str, command: list[str]) -> None:
+    """Sent twice (ours and the user's), it is a request-smuggling shape: one line, exit 2."""
+    result = invoke([*command, CLOSED, "--header", header])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: header") and "set by the client itself" in line, line

@@ -97,6 +97,27 @@ def test_gpu_catalog_marks_unverified_prices_and_takes_overrides(tmp_path: Path)
         load_gpu_catalog(override)
 
 
+def test_achievable_shares_measured_assumed_and_overridden(tmp_path: Path) -> None:
+    """A measured card carries its own shares; the others the assumed ones; a user catalog may
+    give a card its own, and a share outside (0, 1] or without a source is refused."""
+    gpus, _ = load_gpu_catalog()
+    assert gpus["H100"].achievable.source.startswith("measured")
+    assert gpus["L4"].achievable.source.startswith("assumed")
+    assert gpus["H100"].hbm_bytes_s == pytest.approx(3.35e12 * gpus["H100"].achievable.hbm)
+    assert gpus["H100"].flops_s(fp8=True) == pytest.approx(1979e12 * gpus["H100"].achievable.fp8)
+    assert gpus["T4"].flops_s(fp8=True) == gpus["T4"].flops_s(fp8=False)  # no FP8 tensor cores
+    override = tmp_path / "gpus.toml"
+    override.write_text('[gpus.L4]\nachievable = { hbm = 0.5, bf16 = 0.5, fp8 = 0.5, '
+                        'source = "measured on my L4" }\n')
+    assert load_gpu_catalog(override)[0]["L4"].hbm_bytes_s == pytest.approx(0.30e12 * 0.5)
+    for bad in ("hbm = 1.5, bf16 = 0.5, fp8 = 0.5, source = 'x'",
+                "hbm = 0.5, bf16 = 0.5, fp8 = 0.5, source = ''",
+                "hbm = 0.5, bf16 = 0.5, source = 'x'"):
+        override.write_text(f"[gpus.L4]\nachievable = {{ {bad} }}\n")
+        with pytest.raises(UsageError, match="achievable"):
+            load_gpu_catalog(override)
+
+
 def test_gpu_catalog_override_changes_the_plan(tmp_path: Path) -> None:
     override = tmp_path / "gpus.toml"
     override.write_text("[gpus.H100]\nprice_per_hour = 0.10\n")
@@ -298,10 +319,11 @@ def test_predictions_follow_their_formulas() -> None:
     plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
                                             "gpu": "H100", "concurrency": 1}))
     weights, kv_token, ctx = 8.2e9 * 2, 2 * 36 * 8 * 128 * 2, 1000 + 250 / 2
-    per_seq = 3.35e12 / (weights + ctx * kv_token)  # memory-bound at batch 1
+    hbm, bf16 = 3.35e12 * 0.89, 989e12 * 0.80  # the H100's datasheet peaks x measured shares
+    per_seq = hbm / (weights + ctx * kv_token)  # memory-bound at batch 1
     assert plan.prediction("decode_tok_s_per_seq").value == pytest.approx(per_seq, rel=1e-6)
     assert plan.prediction("tpot_floor_ms").value == pytest.approx(1e3 / per_seq, rel=1e-6)
-    prefill = max((2 * 8.2e9 * 1000 + 2 * 36 * 1000**2 * 32 * 128) / 989e12, weights / 3.35e12)
+    prefill = max((2 * 8.2e9 * 1000 + 2 * 36 * 1000**2 * 32 * 128) / bf16, weights / hbm)
     assert plan.prediction("ttft_prefill_floor_ms").value == pytest.approx(prefill * 1e3)
     assert plan.prediction("cost_per_mtok_output_usd").value == pytest.approx(
         3.95 / (3600 * per_seq) * 1e6, rel=1e-6)
@@ -315,7 +337,7 @@ def test_predictions_follow_their_formulas() -> None:
 def test_moe_reads_only_the_touched_experts() -> None:
     plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-30B-A3B",
                                             "revision": "abcdef1", "gpu": "H100"}))
-    dense_equivalent = 3.35e12 / (30.5e9 * 2)
+    dense_equivalent = 3.35e12 * 0.89 / (30.5e9 * 2)
     assert plan.prediction("decode_tok_s_per_seq").value > 4 * dense_equivalent
     assert "W_experts" in plan.prediction("decode_tok_s_per_seq").formula
 

@@ -69,10 +69,15 @@ def test_a_chat_completion_needs_its_id_text_and_usage() -> None:
 
 
 def test_one_secret_list_covers_the_doctors_names_too() -> None:
-    """`mls doctor` masks with redact's list: Modal's OAuth values are on it, read from the
-    environment given (not only this process's), longest first."""
+    """`mls doctor` registers redact's list from the environment it is given (not only this
+    process's): Modal's OAuth values are on it; a longer secret is masked whole, never leaving
+    the tail a shorter one it contains would."""
     env = {"MODAL_OAUTH_REFRESH_TOKEN": "oauth-refresh-1234", "VLLM_API_KEY": "vk-123",
            "PATH": "/usr/bin"}
-    secrets = redact.known_secrets(["oauth-refresh"], env=env)
-    assert secrets == ["oauth-refresh-1234", "oauth-refresh", "vk-123"]
-    assert redact.mask("a oauth-refresh-1234 b vk-123 /usr/bin", secrets) == "a *** b *** /usr/bin"
+    redact.forget_secrets()
+    redact.register_secret("oauth-refresh")
+    redact.register_environment(env)
+    try:
+        assert redact.redact("a oauth-refresh-1234 b vk-123 /usr/bin") == "a *** b *** /usr/bin"
+    finally:
+        redact.forget_secrets()

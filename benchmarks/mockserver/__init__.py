@@ -21,7 +21,8 @@ written in 1-7 byte pieces with `: keep-alive` comments between). `--cold-s S`: 
 after start and after POST /mock/scale-to-zero (a scaled-to-zero endpoint). `--proxy-auth
 ID:SECRET`: 401 without Modal's proxy-auth headers (`Modal-Key: ID` and `Modal-Secret: SECRET`,
 or `Authorization: Bearer ID.SECRET`), as a Modal Endpoint or Server answers. Scripted: answers a
-test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests.
+test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests:
+on any route, head included if it likes, trickled a piece at a time or never ending.
 
 The mock's own failures are recorded and shown by GET /mock/stats (`errors`); tests assert there
 are none, so a bug of the mock never passes for a fate of the client.

@@ -62,12 +62,14 @@ class MockProcess:
         self.stop()
 
     def script(self, answers: Sequence[scripted.Script] = (), *, models: bytes | None = None,
-               missing: Iterable[str] = ()) -> None:
+               missing: Iterable[str] = (),
+               routes: dict[str, scripted.Script] | None = None) -> None:
         """From now on, completion requests play `answers` (round robin from the first),
-        /v1/models answers `models`, the `missing` routes answer 404. Called with nothing,
-        the mock answers as itself again. With --processes N, only one process hears it."""
+        /v1/models answers `models`, the `missing` routes answer 404, a path in `routes` (or
+        any path, for `*`) plays its own script. Called with nothing, the mock answers as
+        itself again. With --processes N, only one process hears it."""
         self._call("POST", "/mock/script", scripted.encode(answers, models=models,
-                                                           missing=missing))
+                                                           missing=missing, routes=routes))
 
     def stats(self) -> dict[str, Any]:
         """Completion requests seen, turns per session, and the mock's own errors."""

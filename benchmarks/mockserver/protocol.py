@@ -123,7 +123,7 @@ class Protocol(asyncio.Protocol):
                 if completion:
                     state.count += 1
                 assert self.transport is not None
-                return scripted.play(self.transport, script)
+                return await scripted.play(self.transport, script)
         if path == "/health":
             return self._send(200, {})
         if path == "/v1/models":

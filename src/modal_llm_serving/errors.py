@@ -3,6 +3,8 @@
     MlsError
     ├── UsageError              bad input: a flag, a file, a model id without a revision
     │   ├── WorkloadError       a workload field is invalid (carries the field's name)
+    │   ├── FileError           this machine refused a read or write (disk full, read-only, ...)
+    │   ├── DatasetError        a benchmark's --dataset file cannot be used (names the line)
     │   └── HubUnreachable      the Hub cannot be asked (offline, no network) and nothing is cached
     ├── PlanRefused             no plan can meet the workload; says what would fit instead
     ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
@@ -10,7 +12,9 @@
     ├── ModelCacheError         the embedded model could not be extracted or converted
     ├── RecipeError             a recipe file is missing, or does not build an engine command
     ├── EngineArgsError         an engine's own parser rejects a command line
-    ├── BenchDataError          benchmark prompts could not be read or built
+    ├── BenchDataError          benchmark prompts could not be built (the server's tokenizer)
+    ├── UntrustedDataError      outside data (an answer, a file read back) breaks a bound; also
+    │                           a ValueError, so a caller's `except ValueError` classifies it
     └── EndpointError           an HTTP endpoint misbehaved
         ├── EndpointTimeout     not ready before the deadline
         └── EndpointStatusError answered with an unexpected HTTP status
@@ -21,17 +25,20 @@ from __future__ import annotations
 __all__ = [
     "BenchDataError",
     "BenchWorkerError",
+    "DatasetError",
     "EndpointError",
     "EndpointStatusError",
     "EndpointTimeout",
     "EngineArgsError",
     "EngineNotInstalled",
     "EngineStartError",
+    "FileError",
     "HubUnreachable",
     "MlsError",
     "ModelCacheError",
     "PlanRefused",
     "RecipeError",
+    "UntrustedDataError",
     "UsageError",
     "WorkloadError",
 ]
@@ -47,6 +54,14 @@ class BenchWorkerError(MlsError):
 
 class UsageError(MlsError):
     """Raised when the user's input cannot work; the message says how to fix it."""
+
+
+class DatasetError(UsageError):
+    """Raised when a benchmark's --dataset file cannot be used; the message names the line."""
+
+
+class FileError(UsageError):
+    """Raised when this machine refuses a read or write (disk full, read-only, no permission)."""
 
 
 class HubUnreachable(UsageError):
@@ -92,6 +107,10 @@ class EngineArgsError(MlsError):
 
 class BenchDataError(MlsError):
     """Raised when a benchmark's prompts (JSONL, ShareGPT, tokenizer) cannot be used."""
+
+
+class UntrustedDataError(MlsError, ValueError):
+    """Raised when outside data is not JSON, or breaks a bound: depth, size, number, text."""
 
 
 class EndpointError(MlsError):

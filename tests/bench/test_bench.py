@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modal_llm_serving.bench.data import WordTokenizer, parse_length, synthetic_prompts
+from modal_llm_serving.bench.http1 import ChunkedDecoder
 from modal_llm_serving.bench.metrics import Accumulator, percentile, stats
 from modal_llm_serving.bench.options import Slo, parse_levels, parse_options, parse_slos
-from modal_llm_serving.bench.rawhttp import _ChunkedDecoder
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.runner import arrivals
 from modal_llm_serving.bench.summary import LevelSummary
@@ -222,7 +222,7 @@ def test_chunked_decoder_any_split(payload: bytes, data: st.DataObject) -> None:
         wire += b"%x\r\n%s\r\n" % (len(piece), piece)
         start += size
     wire += b"0\r\n\r\n"
-    decoder, out = _ChunkedDecoder(), b""
+    decoder, out = ChunkedDecoder(), b""
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
     start = 0
     for cut in [*cuts, len(wire)]:

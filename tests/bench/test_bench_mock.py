@@ -204,7 +204,7 @@ def test_bad_dataset_lines_are_explained(mock: Any, tmp_path: Path) -> None:
     data.write_text('{"prompt": "alpha bravo", "output_tokens": 3}\n{"oops": 1}\n')
     result = CliRunner().invoke(cli, ["bench", "run", mock.url, "--dataset", str(data),
                                       "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "prompts.jsonl:2" in result.output
+    assert result.exit_code == 2 and "prompts.jsonl:2" in result.output  # a bad file: 2
 
 
 def test_user_jsonl_and_sharegpt_prompts(mock: Any, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from modal_llm_serving.bench.data import (
+    PREFLIGHT_S,
     LengthSpec,
     Prompt,
     Tokenizer,
@@ -32,29 +33,29 @@ from modal_llm_serving.bench.results import (
     JsonlSink,
     new_out_dir,
     prepare_out_dir,
+    rebuild_summary,
     write_summary,
     write_sweep,
 )
 from modal_llm_serving.bench.runner import Progress
 from modal_llm_serving.bench.shards import choose_workers, run_level
 from modal_llm_serving.bench.summary import Context, LevelSummary
-from modal_llm_serving.endpoint.client import raise_if_client_side
-from modal_llm_serving.endpoint.wire import MalformedResponse, parse_object, read_models
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.endpoint.client import OpenAIClient, raise_if_client_side
+from modal_llm_serving.errors import EndpointError, MlsError, UsageError
 from modal_llm_serving.redact import redact_url
 
 __all__ = ["prepare_prompts", "resolve_model", "run_bench", "run_benchmark"]
 
 
-def resolve_model(base_url: str, model: str | None, *, headers: dict[str, str]) -> tuple[
-        str, list[str] | None]:
-    """The model to send (given, or the only one served) and the served list, if it answered."""
+def resolve_model(base_url: str, model: str | None, *, headers: dict[str, str],
+                  timeout_s: float = PREFLIGHT_S) -> tuple[str, list[str] | None]:
+    """The model to send (given, or the only one served) and the served list, if it answered
+    within `timeout_s` in all."""
     served: list[str] | None = None
     try:
-        response = httpx.get(f"{base_url}/v1/models", headers=headers, timeout=10.0)
-        if response.status_code == 200:
-            served = read_models(parse_object(response.text, what="/v1/models"))
-    except MalformedResponse:
+        with OpenAIClient(base_url, headers=headers, timeout=timeout_s) as client:
+            served = client.models()
+    except EndpointError:  # an error status, an odd answer, or none by the deadline
         served = None
     except httpx.HTTPError as exc:
         raise_if_client_side(exc, base_url)
@@ -74,7 +75,8 @@ def prepare_prompts(options: BenchOptions, *, model: str, count: int) -> tuple[
         list[Prompt], dict[str, Any]]:
     """The prompt pool and a description of it (tokenizer used, exactness) for the summary."""
     tokenizer = make_tokenizer(base_url=options.base_url, model=model,
-                               headers=options.request_headers(), tokenizer=options.tokenizer)
+                               headers=options.request_headers(), tokenizer=options.tokenizer,
+                               timeout_s=min(PREFLIGHT_S, options.timeout_s))
     try:
         return _prompt_pool(options, tokenizer, count=count)
     finally:
@@ -114,24 +116,27 @@ def run_bench(options: BenchOptions, *, out_dir: Path | None = None, overwrite: 
               progress: Callable[[Level, Progress], None] | None = None,
               on_level: Callable[[Level, LevelSummary], None] | None = None,
               on_info: Callable[[str], None] | None = None) -> list[LevelSummary]:
-    """`mls bench run` as one call: make the output folder ready (`out_dir`, or a new
-    `results/bench-<time>`; told to `on_out_dir`) before any work; then run every level and
-    save it. A run that fails before writing anything leaves no folder behind."""
+    """`mls bench run` as one call: claim the output folder (`out_dir`, or a new
+    `results/bench-<time>`; told to `on_out_dir`) before any work, so no other run writes
+    there while this one does; then run every level and save it. A run that fails before
+    writing anything leaves no folder behind."""
     created = out_dir is None or not out_dir.is_dir()
     if out_dir is None:
         out_dir = new_out_dir(Path("results"), "bench")
-    else:
-        prepare_out_dir(out_dir, overwrite=overwrite)
-    if on_out_dir:
-        on_out_dir(out_dir)
+    claim = prepare_out_dir(out_dir, overwrite=overwrite)
     try:
+        if on_out_dir:
+            on_out_dir(out_dir)
         return run_benchmark(options, out_dir=out_dir, progress=progress, on_level=on_level,
                              on_info=on_info)
     except BaseException:
+        claim.release()
         if created:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if still empty: whatever finished stays
         raise
+    finally:
+        claim.release()
 
 
 def run_benchmark(options: BenchOptions, *, out_dir: Path,
@@ -140,7 +145,8 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
                   on_info: Callable[[str], None] | None = None) -> list[LevelSummary]:
     """Run every level (each to its bounds) and save results; return the level summaries."""
     model, served = resolve_model(options.base_url, options.model,
-                                  headers=options.request_headers())
+                                  headers=options.request_headers(),
+                                  timeout_s=min(PREFLIGHT_S, options.timeout_s))
     say = on_info or (lambda _m: None)
     if served is not None and model not in served:
         say(f"warning: {model!r} is not among the served models ({', '.join(served)}); "
@@ -162,8 +168,12 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
             level_progress = functools.partial(progress, level)
         level_options = dataclasses.replace(options, workers=choose_workers(options, level))
         with JsonlSink(folder / "requests.jsonl") as sink:
-            summary = run_level(level_options, level, prompts, sink=sink,
-                                progress=level_progress)
+            try:
+                summary = run_level(level_options, level, prompts, sink=sink,
+                                    progress=level_progress)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep and summarize what ended
+                _save_interrupted(sink, folder)
+                raise
         summary = dataclasses.replace(summary, context=Context(
             date=dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"), data=data_info,
             python=platform.python_version(), platform=sys.platform))
@@ -174,3 +184,11 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
         if on_level:
             on_level(level, summary)
     return summaries
+
+
+def _save_interrupted(sink: JsonlSink, folder: Path) -> None:
+    """An interrupted level's records on disk and its summary rebuilt from them (marked so)."""
+    with contextlib.suppress(MlsError, OSError):  # the interrupt is what the user hears of
+        sink.close()
+        if sink.count:
+            rebuild_summary(folder, why="interrupted")

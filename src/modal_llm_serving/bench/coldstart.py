@@ -53,7 +53,8 @@ async def _trial(number: int, *, spec: RequestSpec, timeout_s: float,
     last_error = ""
     while time.perf_counter_ns() < deadline:
         attempts += 1
-        remaining = max(1.0, (deadline - time.perf_counter_ns()) / 1e9)
+        # each attempt, its whole answer included, ends by the trial's deadline (--timeout)
+        remaining = max(0.001, (deadline - time.perf_counter_ns()) / 1e9)
         record = RequestRecord(index=attempts, input_len=0, max_tokens=1)
         async with make_transport("raw", pool=1, timeout_s=remaining,
                                   stall_timeout_s=remaining) as transport:
@@ -67,7 +68,7 @@ async def _trial(number: int, *, spec: RequestSpec, timeout_s: float,
         if not retryable:
             return ColdStartTrial(number, None, attempts, outcomes,
                                   error=f"not retryable: {last_error}")
-        await asyncio.sleep(RETRY_PAUSE_S)
+        await asyncio.sleep(min(RETRY_PAUSE_S, max(0.0, (deadline - time.perf_counter_ns()) / 1e9)))
     return ColdStartTrial(number, None, attempts, outcomes,
                           error=f"no token within {timeout_s:g} s (last: {last_error})")
 

@@ -16,7 +16,6 @@ at least 1).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -25,11 +24,24 @@ from typing import Any, Protocol
 
 import httpx
 
-from modal_llm_serving.endpoint.wire import MalformedResponse, is_int, parse_object
-from modal_llm_serving.errors import BenchDataError, UsageError
+from modal_llm_serving.endpoint.client import OpenAIClient
+from modal_llm_serving.endpoint.wire import is_int
+from modal_llm_serving.errors import (
+    BenchDataError,
+    DatasetError,
+    EndpointError,
+    EndpointStatusError,
+    UsageError,
+)
+from modal_llm_serving.files import require_regular_file
+from modal_llm_serving.untrusted import read_json, read_json_file
 
-__all__ = ["LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt", "make_tokenizer",
-           "parse_length", "synthetic_prompts"]
+__all__ = ["PREFLIGHT_S", "LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt",
+           "make_tokenizer", "parse_length", "synthetic_prompts"]
+
+# The most one pre-flight request (/v1/models, /tokenize, /detokenize) may take, when --timeout
+# allows that much: they are small answers, and a run should not wait minutes to begin.
+PREFLIGHT_S = 30.0
 
 _WORDS = ('time', 'year', 'people', 'way', 'day', 'man', 'thing', 'woman', 'life', 'child',
     'world', 'school', 'state', 'family', 'student', 'group', 'country', 'problem', 'hand',
@@ -126,10 +138,12 @@ class Tokenizer(Protocol):
 
 
 class ServerTokenizer:
-    """The server's own `/tokenize` and `/detokenize` (vLLM and SGLang serve both)."""
+    """The server's own `/tokenize` and `/detokenize` (vLLM and SGLang serve both); each call
+    ends within `timeout_s` in all."""
 
-    def __init__(self, base_url: str, model: str, headers: dict[str, str]) -> None:
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=30.0)
+    def __init__(self, base_url: str, model: str, headers: dict[str, str], *,
+                 timeout_s: float = PREFLIGHT_S) -> None:
+        self._http = OpenAIClient(base_url, headers=headers, timeout=timeout_s)
         self._model = model
         self.source = f"server /tokenize ({base_url})"
 
@@ -159,16 +173,14 @@ class ServerTokenizer:
         """POST `payload` to `path`; the answer's `key`, or BenchDataError in one line (the
         server is untrusted input, and a partial one may lack either route)."""
         try:
-            response = self._http.post(path, json=payload)
+            body = self._http.post_json(path, payload)
         except httpx.HTTPError as exc:
             raise BenchDataError(f"the server's {path} failed ({type(exc).__name__}); pass "
                                  "--tokenizer") from None
-        if response.status_code != 200:
-            raise BenchDataError(f"the server's {path} answered {response.status_code}; pass "
-                                 "--tokenizer (a folder with tokenizer.json or a Hub id)")
-        try:
-            body = parse_object(response.text, what=f"the answer of {path}")
-        except MalformedResponse as exc:
+        except EndpointStatusError as exc:
+            raise BenchDataError(f"the server's {path} answered {exc.status}; pass "
+                                 "--tokenizer (a folder with tokenizer.json or a Hub id)") from None
+        except EndpointError as exc:  # not JSON, past a bound, or past the deadline
             raise BenchDataError(f"{exc}; pass --tokenizer") from None
         if key not in body:
             raise BenchDataError(f"the server's {path} answered without {key!r}; pass --tokenizer")
@@ -239,11 +251,12 @@ def _word_id(word: str) -> int:
 
 
 def make_tokenizer(*, base_url: str, model: str, headers: dict[str, str],
-                   tokenizer: str | None) -> Tokenizer:
-    """--tokenizer if given, else the server's /tokenize if it answers, else word counts."""
+                   tokenizer: str | None, timeout_s: float = PREFLIGHT_S) -> Tokenizer:
+    """--tokenizer if given, else the server's /tokenize if it answers (each call within
+    `timeout_s`), else word counts."""
     if tokenizer:
         return LocalTokenizer(tokenizer)
-    server = ServerTokenizer(base_url, model, headers)
+    server = ServerTokenizer(base_url, model, headers, timeout_s=timeout_s)
     if server.probe():
         return server
     server.close()
@@ -294,13 +307,13 @@ def load_jsonl(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | Non
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            raise BenchDataError(f"{path}:{number} is not JSON; each line must be an object "
-                                 'like {"prompt": "...", "output_tokens": 128}') from None
+            row = read_json(line, what=f"{path}:{number}")
+        except ValueError as exc:  # not JSON, or past a bound (UntrustedDataError)
+            raise DatasetError(f"{exc}; each line must be an object like "
+                               '{"prompt": "...", "output_tokens": 128}') from None
         prompts.append(_jsonl_prompt(row, path, number, tokenizer, output_len, rng))
     if not prompts:
-        raise BenchDataError(f"{path} holds no prompts")
+        raise DatasetError(f"{path} holds no prompts")
     return prompts
 
 
@@ -308,24 +321,24 @@ def _jsonl_prompt(row: Any, path: Path, number: int, tokenizer: Tokenizer,
                   output_len: LengthSpec | None, rng: random.Random) -> Prompt:
     where = f"{path}:{number}"
     if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
-        raise BenchDataError(f'{where} needs a "prompt" string or a "messages" list')
+        raise DatasetError(f'{where} needs a "prompt" string or a "messages" list')
     out = row.get("output_tokens", row.get("output_len"))
     if output_len is not None:
         out = output_len.sample(rng)
     if not is_int(out) or not 1 <= out <= MAX_TOKENS:
-        raise BenchDataError(f'{where} has no usable "output_tokens"; add it per line or pass '
+        raise DatasetError(f'{where} has no usable "output_tokens"; add it per line or pass '
                              "--output-len")
     if "messages" in row:
         messages = row["messages"]
         if not (isinstance(messages, list) and all(
                 isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
-            raise BenchDataError(f'{where}: "messages" must be a list of {{"role", "content"}}')
+            raise DatasetError(f'{where}: "messages" must be a list of {{"role", "content"}}')
         text = "\n".join(m["content"] for m in messages)
         return Prompt(text=text, input_len=len(tokenizer.encode(text)), output_len=out,
                       messages=tuple({"role": str(m.get("role", "user")),
                                       "content": m["content"]} for m in messages))
     if not isinstance(row["prompt"], str):
-        raise BenchDataError(f'{where}: "prompt" must be a string')
+        raise DatasetError(f'{where}: "prompt" must be a string')
     return Prompt(text=row["prompt"], input_len=len(tokenizer.encode(row["prompt"])),
                   output_len=out)
 
@@ -333,13 +346,14 @@ def _jsonl_prompt(row: Any, path: Path, number: int, tokenizer: Tokenizer,
 def load_sharegpt(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | None,
                   seed: int, limit: int) -> list[Prompt]:
     """ShareGPT JSON: each conversation's first human turn, output = its reply's token count."""
+    require_regular_file(path, what="--dataset")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise BenchDataError(f"{path} is not a readable ShareGPT JSON file "
+        data = read_json_file(path)
+    except (OSError, ValueError) as exc:  # UntrustedDataError is a ValueError
+        raise DatasetError(f"{path} is not a readable ShareGPT JSON file "
                              f"({type(exc).__name__})") from None
     if not isinstance(data, list):
-        raise BenchDataError(f"{path}: ShareGPT files are a JSON list of "
+        raise DatasetError(f"{path}: ShareGPT files are a JSON list of "
                              '{"conversations": [{"from", "value"}, ...]}')
     rng = random.Random(seed)
     rng.shuffle(data)
@@ -361,16 +375,17 @@ def load_sharegpt(path: Path, *, tokenizer: Tokenizer, output_len: LengthSpec | 
         if len(prompts) >= limit:
             break
     if not prompts:
-        raise BenchDataError(f"{path} has no usable conversations (human turn, then a reply)")
+        raise DatasetError(f"{path} has no usable conversations (human turn, then a reply)")
     return prompts
 
 
 def _read_lines(path: Path) -> Iterator[str]:
+    require_regular_file(path, what="--dataset")  # /dev/zero is one line without end
     try:
         with path.open(encoding="utf-8") as handle:
             yield from handle
     except OSError as exc:
-        raise BenchDataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise BenchDataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
                              "JSONL") from None

@@ -26,6 +26,7 @@ class TransportError(Exception):
 
 class Response(Protocol):
     status: int
+    headers: dict[str, str]  # names in lower case
 
     def chunks(self) -> AsyncIterator[tuple[int, bytes]]: ...
 

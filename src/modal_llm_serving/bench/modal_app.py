@@ -83,6 +83,11 @@ def run_here(options: BenchOptions, *, out_dir: Path) -> dict[str, Any]:
     """The function's body, runnable anywhere (tests call it locally against the mock)."""
     from modal_llm_serving.bench.api import run_bench
     from modal_llm_serving.bench.report import render_report
+    from modal_llm_serving.redact import register_headers, register_url
+
+    # this process's start: what it will send is what its results must never show
+    register_headers(options.request_headers())
+    register_url(options.base_url)
 
     summaries = run_bench(options, out_dir=out_dir)
     render_report(out_dir)
@@ -107,6 +112,11 @@ def main(url: str, model: str = "", concurrency: str = "1", rate: str = "",
          num_requests: int = 100, input_len: str = "128", output_len: str = "128",
          out: str = "results/in-region", containers: int = 1) -> None:
     from modal_llm_serving.bench.options import parse_options
+    from modal_llm_serving.display import terminal_text
+    from modal_llm_serving.redact import register_environment, register_url
+
+    register_environment(os.environ)  # this process's start (a CLI of its own)
+    register_url(url)
 
     # parsed and checked here, once: the containers get the value, not these strings
     options = parse_options(url, model=model or None,
@@ -117,11 +127,12 @@ def main(url: str, model: str = "", concurrency: str = "1", rate: str = "",
     if containers > 1:
         run_split(options, containers, folder, run_parts=lambda parts: list(
             run_in_region.map(parts)))
-        print(f"ran in {BENCH_REGION} on {containers} containers; results in {folder}")
+        print(terminal_text(f"ran in {BENCH_REGION} on {containers} containers; results in "
+                            f"{folder}"))
         return
     result = run_in_region.remote(options)
     save_files(result["files"], folder)
-    print(f"ran in {result['region'] or BENCH_REGION}; results in {folder}")
+    print(terminal_text(f"ran in {result['region'] or BENCH_REGION}; results in {folder}"))
 
 
 def save_files(files: dict[str, bytes], folder: Path) -> None:
@@ -141,15 +152,24 @@ def run_split(options: BenchOptions, containers: int, folder: Path, *,
               run_parts: Callable[[list[BenchOptions]], list[dict[str, Any]]],
               start_margin_s: float = START_MARGIN_S) -> list[LevelSummary]:
     from modal_llm_serving.bench.options import check_split
-    from modal_llm_serving.bench.report import render_report
-    from modal_llm_serving.bench.results import prepare_out_dir, write_sweep
-    from modal_llm_serving.bench.shards import merge_parts
+    from modal_llm_serving.bench.results import prepare_out_dir
     from modal_llm_serving.errors import UsageError
 
     if not 1 <= containers <= MAX_CONTAINERS:
         raise UsageError(f"--containers {containers}: give 1 to {MAX_CONTAINERS}")
     check_split(options, containers)  # every level: at least one stream per container
-    prepare_out_dir(folder)
+    with prepare_out_dir(folder):  # held until every part is merged and reported
+        return _run_split(options, containers, folder, run_parts=run_parts,
+                          start_margin_s=start_margin_s)
+
+
+def _run_split(options: BenchOptions, containers: int, folder: Path, *,
+               run_parts: Callable[[list[BenchOptions]], list[dict[str, Any]]],
+               start_margin_s: float) -> list[LevelSummary]:
+    from modal_llm_serving.bench.report import render_report
+    from modal_llm_serving.bench.results import write_sweep
+    from modal_llm_serving.bench.shards import merge_parts
+
     slugs = [level.slug for level in options.levels]
     summaries: list[LevelSummary] = []
     for level in options.levels:

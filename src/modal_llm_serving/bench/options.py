@@ -171,8 +171,8 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
     value; anything that makes no sense is a UsageError naming the option."""
     given_headers = dict(headers or {})
     base_url = normalize_base_url(url)  # a bad URL fails here, before any folder or request
-    check_headers({**given_headers, **({"Authorization": f"Bearer {api_key}"} if api_key
-                                       else {})})
+    check_headers({**given_headers, session_header: "session-id",
+                   **({"Authorization": f"Bearer {api_key}"} if api_key else {})})
     for name, value, minimum, strict in (
             ("--burstiness", burstiness, 0.0, True), ("--duration", duration, 0.0, True),
             ("--warmup", warmup, 0.0, False), ("--cooldown", cooldown, 0.0, False),
@@ -231,6 +231,11 @@ def check_split(options: BenchOptions, parts: int) -> None:
             raise UsageError(f"cannot split this load: {exc}; use fewer parts") from None
 
 
+# Slower than one request in 11 days has no arrival inside any run (and its gaps overflow the
+# clock); faster than this is `inf` in all but name.
+MIN_RATE, MAX_RATE = 1e-6, 1e9
+
+
 def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
     """`--concurrency 1,4,16` or `--rate 2,4,inf`; anything that makes no sense is a UsageError."""
     if concurrency and rate:
@@ -260,6 +265,9 @@ def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
                                  "e.g. --rate 1,2,4 or inf") from None
             if math.isnan(value) or value <= 0:
                 raise UsageError(f"{option} {item!r} must be > 0 requests/s (inf = all at once)")
+            if value < MIN_RATE or (math.isfinite(value) and value > MAX_RATE):
+                raise UsageError(f"{option} {item!r} is outside {MIN_RATE:g} to {MAX_RATE:g} "
+                                 "requests/s (inf = all at once); e.g. --rate 1,2,4")
             levels.append(Level("rate", value))
     if len({level.value for level in levels}) != len(levels):
         raise UsageError(f"{option} {spec!r} repeats a value; each level runs once")

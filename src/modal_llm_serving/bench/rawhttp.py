@@ -7,7 +7,8 @@ single `write`, and chunked bodies are decoded by a small state machine. Keep-al
 are pooled per origin (up to `pool`); TLS via the standard `ssl` module.
 
 It speaks just what an OpenAI-compatible streaming endpoint needs: POST with a body, responses
-framed by Content-Length, chunked transfer encoding, or connection close.
+framed by Content-Length, chunked transfer encoding, or connection close. What the server sends
+is framed by `http1.py`, which believes no framing value it has not checked.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator
 
+from modal_llm_serving.bench.http1 import MAX_HEAD, ChunkedDecoder, Head, parse_head
 from modal_llm_serving.bench.http_types import CONNECT_TIMEOUT_S, TransportError
 from modal_llm_serving.endpoint.client import tls_failure
 
 __all__ = ["RawTransport"]
 
-_MAX_HEAD = 64 * 1024
+MAX_INTERIM = 8  # interim answers (100 Continue, 103 Early Hints) skipped before the real one
 
 
 class _Connection(asyncio.Protocol):
@@ -113,69 +115,24 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _ChunkedDecoder:
-    """Transfer-Encoding: chunked, fed any slices; returns payload bytes as they complete."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._remaining = 0  # payload bytes left in the current chunk
-        self._state = "size"  # size | data | crlf | trailer | done
-
-    @property
-    def done(self) -> bool:
-        return self._state == "done"
-
-    def feed(self, data: bytes) -> bytes:
-        self._buffer += data
-        out = []
-        while self._buffer and self._state != "done":
-            if self._state == "data":
-                piece = self._buffer[: self._remaining]
-                out.append(piece)
-                self._buffer = self._buffer[len(piece):]
-                self._remaining -= len(piece)
-                if self._remaining == 0:
-                    self._state = "crlf"
-                continue
-            line_end = self._buffer.find(b"\r\n")
-            if line_end < 0:
-                if len(self._buffer) > 4096:
-                    raise TransportError("http_protocol", "chunk header too long")
-                break
-            line, self._buffer = self._buffer[:line_end], self._buffer[line_end + 2:]
-            if self._state == "crlf":
-                if line:
-                    raise TransportError("http_protocol", "chunk not followed by CRLF")
-                self._state = "size"
-            elif self._state == "size":
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise TransportError("http_protocol", f"bad chunk size {line[:20]!r}") from None
-                self._remaining = size
-                self._state = "data" if size else "trailer"
-            elif not line:  # trailer section ends with an empty line
-                self._state = "done"
-        return b"".join(out)
-
-
 class _RawResponse:
-    def __init__(self, connection: _Connection, status: int, headers: dict[str, str],
-                 leftover: tuple[int, bytes], stall_s: float) -> None:
-        self.status = status
-        self.headers = headers
+    def __init__(self, connection: _Connection, head: Head, leftover: tuple[int, bytes],
+                 stall_s: float) -> None:
+        self.status = head.status
+        self.headers = head.headers
+        self._framing = head.framing
         self._connection = connection
         self._leftover = leftover
         self._stall = stall_s
         self.complete = False
-        encoding = headers.get("transfer-encoding", "").lower()
-        self._chunked = "chunked" in encoding
-        length = headers.get("content-length")
-        self._length = int(length) if length and length.isdigit() and not self._chunked else None
+        self._length = head.length if head.framing == "length" else None
 
     async def chunks(self) -> AsyncIterator[tuple[int, bytes]]:
         """Body bytes with the stamp of the read that delivered them."""
-        decoder = _ChunkedDecoder() if self._chunked else None
+        if self._framing == "none" or self._length == 0:
+            self.complete = not self._leftover[1]  # bytes past the end: not reusable
+            return
+        decoder = ChunkedDecoder() if self._framing == "chunked" else None
         remaining = self._length
         pending: tuple[int, bytes] | None = self._leftover
         while True:
@@ -339,27 +296,24 @@ class RawTransport:
             raise
 
     async def _read_head(self, connection: _Connection) -> _RawResponse:
-        buffer, stamp = b"", 0
-        while True:
-            item = await connection.read(self._stall)
-            if item is None:
-                detail = "closed before any byte" if not buffer else "closed in the headers"
-                raise TransportError("reset", detail)
-            stamp, data = item
-            buffer += data
-            end = buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(buffer) > _MAX_HEAD:
-                raise TransportError("http_protocol", "response headers too large")
-        lines = buffer[:end].decode("latin-1").split("\r\n")
-        status_line = lines[0].split(" ", 2)
-        if len(status_line) < 2 or not status_line[0].startswith("HTTP/") or \
-                not status_line[1].isdigit():
-            raise TransportError("http_protocol", f"not an HTTP response: {lines[0][:60]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return _RawResponse(connection, int(status_line[1]), headers,
-                            (stamp, buffer[end + 4:]), self._stall)
+        """The response head, past any interim (1xx) answers such as 100 Continue."""
+        buffer, stamp, received = b"", 0, False
+        for _answer in range(MAX_INTERIM + 1):
+            searched = 0
+            while (end := buffer.find(b"\r\n\r\n", searched)) < 0:
+                if len(buffer) > MAX_HEAD:
+                    raise TransportError("http_protocol", "response headers too large")
+                searched = max(0, len(buffer) - 3)  # a trickled head is scanned once, not per byte
+                item = await connection.read(self._stall)
+                if item is None:
+                    detail = "closed in the headers" if received else "closed before any byte"
+                    raise TransportError("reset", detail)
+                stamp, data = item
+                buffer, received = buffer + data, True
+            head = parse_head(buffer[:end])
+            buffer = buffer[end + 4:]
+            if head.status >= 200:
+                return _RawResponse(connection, head, (stamp, buffer), self._stall)
+            if head.status == 101:
+                raise TransportError("http_protocol", "101 Switching Protocols, not asked for")
+        raise TransportError("http_protocol", f"more than {MAX_INTERIM} interim (1xx) answers")

@@ -1,6 +1,8 @@
 """Render a run (or a sweep) as Markdown with PNG plots, from its saved summary and JSONL.
 
 Every number sits beside its formula (peers disagree on names: vLLM's TPOT is AIPerf's ITL).
+A saved summary is input (a server named the model and wrote the errors; anyone may edit the
+file): each of its strings enters the report through `markdown_text`, inert and masked.
 Plots: TTFT and TPOT distributions per level (histogram + CDF) and, for a sweep, the
 latency–throughput curve.
 matplotlib is imported lazily and drawn with the Agg backend (no display needed).
@@ -8,15 +10,17 @@ matplotlib is imported lazily and drawn with the Agg backend (no display needed)
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.metrics import FORMULAS
 from modal_llm_serving.bench.results import read_records, read_summary, sweep_levels
+from modal_llm_serving.display import markdown_text
 from modal_llm_serving.endpoint.wire import one_line
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.files import cannot_write, write_atomic
+from modal_llm_serving.redact import redact
 
 __all__ = ["render_report", "summary_lines"]
 
@@ -29,6 +33,11 @@ def _ms(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.2f}"
+
+
+def _md(value: Any) -> str:
+    """A value of the summary as inert Markdown text."""
+    return markdown_text(str(value))
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -75,8 +84,8 @@ def render_report(folder: Path) -> Path:
         levels = [(slug, read_summary(folder / slug), folder / slug) for slug in slugs]
     else:
         levels = [("", read_summary(folder), folder)]
-    parts = [f"# Benchmark of {levels[0][1].get('model_id', '?')} at "
-             f"{levels[0][1].get('base_url', '?')}", ""]
+    parts = [f"# Benchmark of {_md(levels[0][1].get('model_id', '?'))} at "
+             f"{_md(levels[0][1].get('base_url', '?'))}", ""]
     parts += _context_section(levels[0][1])
     plots = _plots(folder, levels)
     if len(levels) > 1:
@@ -89,7 +98,10 @@ def render_report(folder: Path) -> Path:
     parts += ["", "Percentiles: linear interpolation between closest ranks; std is the "
                   "population standard deviation (as `vllm bench serve`).", ""]
     path = folder / "report.md"
-    path.write_text("\n".join(parts) + "\n")
+    try:  # a reader never sees half a report; a full disk is one line, exit 2
+        write_atomic(path, redact("\n".join(parts) + "\n"))
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     return path
 
 
@@ -97,17 +109,20 @@ def _context_section(summary: dict[str, Any]) -> list[str]:
     data = summary.get("data", {})
     config = summary.get("config", {})
     return [
-        f"- date (UTC): {summary.get('date', '?')}; endpoint: {summary.get('backend', '?')}; "
-        f"transport: {summary.get('client', {}).get('transport', '?')}",
-        f"- prompts: {data.get('dataset', '?')}, input {data.get('input_len', 'from data')} "
-        f"tokens, output {data.get('output_len', '?')} tokens; tokenizer: "
-        f"{data.get('tokenizer_source', '?')}; exact input length for "
+        f"- date (UTC): {_md(summary.get('date', '?'))}; endpoint: "
+        f"{_md(summary.get('backend', '?'))}; transport: "
+        f"{_md(summary.get('client', {}).get('transport', '?'))}",
+        f"- prompts: {_md(data.get('dataset', '?'))}, input "
+        f"{_md(data.get('input_len', 'from data'))} tokens, output "
+        f"{_md(data.get('output_len', '?'))} tokens; tokenizer: "
+        f"{_md(data.get('tokenizer_source', '?'))}; exact input length for "
         f"{data.get('exact_input_fraction') or 1:.0%} of prompts",
-        f"- bounds: {config.get('num_requests') or 'no request limit'}"
+        f"- bounds: {_md(config.get('num_requests') or 'no request limit')}"
         f"{' requests' if config.get('num_requests') else ''}, "
-        f"{str(config.get('duration_s')) + ' s' if config.get('duration_s') else 'no time limit'}; "
-        f"warm-up {config.get('warmup_s')} s and cool-down {config.get('cooldown_s')} s excluded;"
-        f" ignore_eos={config.get('ignore_eos')}; turns per session {config.get('turns')}",
+        f"{_md(config.get('duration_s')) + ' s' if config.get('duration_s') else 'no time limit'};"
+        f" warm-up {_md(config.get('warmup_s'))} s and cool-down {_md(config.get('cooldown_s'))} s"
+        f" excluded; ignore_eos={_md(config.get('ignore_eos'))}; turns per session "
+        f"{_md(config.get('turns'))}",
         "",
     ]
 
@@ -119,7 +134,7 @@ def _sweep_table(levels: list[tuple[str, dict[str, Any], Path]]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _slug, s, _path in levels:
         rows.append(
-            f"| {s.get('label')} | {s['completed']} | {s['failed']} | "
+            f"| {_md(s.get('label'))} | {s['completed']} | {s['failed']} | "
             f"{s['output_throughput']:.1f} | {s['request_throughput']:.2f} | "
             f"{_ms(s.get('p50_ttft_ms'))} | {_ms(s.get('p99_ttft_ms'))} | "
             f"{_ms(s.get('p50_tpot_ms'))} | {_ms(s.get('p99_tpot_ms'))} | "
@@ -130,9 +145,9 @@ def _sweep_table(levels: list[tuple[str, dict[str, Any], Path]]) -> list[str]:
 
 def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list[str]:
     title = summary.get("label") or slug or "run"
-    rows = [f"## {title}", ""]
+    rows = [f"## {_md(title)}", ""]
     warnings = summary.get("harness", {}).get("warnings", [])
-    rows += [f"> **{warning}**" for warning in warnings] + ([""] if warnings else [])
+    rows += [f"> **{_md(warning)}**" for warning in warnings] + ([""] if warnings else [])
     rows += ["| throughput | value | formula |", "|---|---|---|"]
     for key, unit in (("output_throughput", "tok/s"), ("total_token_throughput", "tok/s"),
                       ("request_throughput", "req/s")):
@@ -140,7 +155,7 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
     if summary.get("request_goodput") is not None:
         rows.append(f"| request_goodput | {summary['request_goodput']:.2f} req/s "
                     f"({summary['slo_attainment']:.1%} attainment, SLOs "
-                    f"{summary['goodput_config']} ms) | {FORMULAS['request_goodput']} |")
+                    f"{_md(summary['goodput_config'])} ms) | {FORMULAS['request_goodput']} |")
     rows.append(f"| achieved_concurrency | {summary['achieved_concurrency']:.2f} | "
                 f"{FORMULAS['achieved_concurrency']} |")
     rows.append(f"| duration | {summary['duration']:.2f} s ({summary['completed']} ok, "
@@ -158,9 +173,9 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
     if summary.get("error_counts"):
         rows += ["", "| error | count | example |", "|---|---|---|"]
         for kind, count in summary["error_counts"].items():
-            example = html.escape(one_line(summary.get("error_examples", {}).get(kind, ""),
-                                           120)).replace("|", "\\|")  # text, never markup
-            rows.append(f"| {kind} | {count} | {example} |")
+            example = markdown_text(one_line(summary.get("error_examples", {}).get(kind, "")),
+                                    120)
+            rows.append(f"| {_md(kind)} | {count} | {example} |")
     harness = summary.get("harness", {})
     rows += ["", f"Harness health: {_workers(harness)}client CPU "
                  f"{harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of one core, "
@@ -210,10 +225,10 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
             axis.ticklabel_format(axis="x", useOffset=False, style="plain")
             axis.set_xlabel(f"{name} (ms)")
             axis.set_ylabel("requests")
-            axis.set_title(f"{name} (n={len(values)}) {summary.get('label', '')}")
+            axis.set_title(f"{name} (n={len(values)}) {redact(str(summary.get('label', '')))}")
         figure.tight_layout()
         name = f"latency_{slug}.png" if slug else "latency.png"
-        figure.savefig(folder / name, dpi=110)
+        _save_figure(figure, folder / name)
         plt.close(figure)
         made[slug] = [name]
     if len(levels) > 1:
@@ -227,7 +242,7 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
             axis.plot(xs, ys, marker="o")
             for point in points:
                 if point[index] is not None:
-                    axis.annotate(str(point[3]), (point[0], point[index]), fontsize=7)
+                    axis.annotate(redact(str(point[3])), (point[0], point[index]), fontsize=7)
             # Both axes from zero: a curve that barely moves should look flat, not dramatic.
             axis.set_xlim(left=0, right=max(xs, default=1) * 1.1)
             axis.set_ylim(bottom=0, top=max(ys, default=1) * 1.15)
@@ -237,7 +252,19 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
             axis.grid(alpha=0.3)
         figure.suptitle("latency–throughput over the sweep")
         figure.tight_layout()
-        figure.savefig(folder / "latency_throughput.png", dpi=110)
+        _save_figure(figure, folder / "latency_throughput.png")
         plt.close(figure)
         made["curve"] = ["latency_throughput.png"]
     return made
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    """A PNG written whole (through a unique temp file), never through a link of that name."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise cannot_write(path, exc) from None

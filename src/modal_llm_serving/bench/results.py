@@ -9,23 +9,27 @@ A sweep writes one such folder per load level under OUT/, plus OUT/sweep.json.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from modal_llm_serving.bench.records import RequestRecord
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.errors import FileError, UsageError
+from modal_llm_serving.files import LOCK_NAME, FolderClaim, cannot_write, write_atomic
+from modal_llm_serving.redact import redact_json
+from modal_llm_serving.untrusted import read_json, read_json_file
 
 if TYPE_CHECKING:
     from modal_llm_serving.bench.summary import LevelSummary
 
-__all__ = ["JsonlSink", "new_out_dir", "prepare_out_dir", "read_records", "read_summary",
-           "rebuild_summary", "summary_problem", "sweep_levels", "write_json", "write_summary",
-           "write_sweep"]
+__all__ = ["JsonlSink", "Records", "new_out_dir", "prepare_out_dir", "read_records", "read_summary",
+           "read_sweep", "rebuild_summary", "summary_problem", "sweep_levels", "write_json",
+           "write_summary", "write_sweep"]
 
 # At most this much of finished records is lost if the process is killed outright.
 FLUSH_S = 0.2
@@ -35,33 +39,72 @@ class JsonlSink:
     """Appends one JSON line per finished record; flushes at most every `FLUSH_S` seconds.
 
     A flush per line is a system call per request, paid on the event loop that stamps the other
-    streams (an interrupted run flushes on close).
+    streams (an interrupted run flushes on close). The file only ever ends in a whole line: a
+    write the disk refuses (full, quota, file size limit) is cut back to the last whole record
+    and raises `FileError` once; records after that are dropped (the run is ending).
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handle: IO[str] = path.open("w", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                       | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise cannot_write(path, exc) from None
+        self._pending: list[str] = []
+        self._kept = 0  # bytes on disk, all of them whole lines
         self._last_flush = time.monotonic()
         self.count = 0
+        self.failure: FileError | None = None
 
     def __call__(self, record: RequestRecord) -> None:
-        self._handle.write(json.dumps(record.to_dict(), allow_nan=False, default=_clean) + "\n")
+        if self.failure is not None:
+            return
+        self._pending.append(redact_json(record.to_dict(), allow_nan=False, default=_clean)
+                             + "\n")
         self.count += 1
         now = time.monotonic()
         if now - self._last_flush >= FLUSH_S:
-            self._handle.flush()
             self._last_flush = now
+            self.flush()
+
+    def flush(self) -> None:
+        if self.failure is not None or not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8", "surrogateescape")
+        self._pending.clear()
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._descriptor, data[written:])
+        except OSError as exc:
+            self._kept += data.rfind(b"\n", 0, written) + 1  # the whole lines that got there
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._descriptor, self._kept)
+            self.failure = cannot_write(self.path, exc)
+            raise self.failure from None
+        self._kept += written
 
     def close(self) -> None:
-        self._handle.close()
+        if self._descriptor < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._descriptor)
+            self._descriptor = -1
 
     def __enter__(self) -> JsonlSink:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        if exc_type is not None:  # already failing: keep what can be kept, raise the first
+            with contextlib.suppress(FileError):
+                self.close()
+        else:
+            self.close()
 
 
 def _clean(value: object) -> object:
@@ -80,10 +123,14 @@ def _finite(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write atomically (temp file, then rename): a reader never sees half a summary."""
-    temp = path.with_suffix(path.suffix + ".tmp")
-    temp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
-    temp.replace(path)
+    """Write atomically (a unique temp file, then rename): a reader never sees half a summary;
+    the machine refusing it (disk full, read-only) is a one-line `FileError`. Every string is
+    redacted (a server's text in an error example, a model id)."""
+    try:
+        write_atomic(path, redact_json(_finite(data), indent=2, allow_nan=False, default=str)
+                     + "\n")
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
 
 
 def write_summary(folder: Path, summary: LevelSummary) -> None:
@@ -95,7 +142,8 @@ RESULT_FILES = ("requests.jsonl", "summary.json", "sweep.json", "report.md")
 
 
 def _is_result_file(path: Path) -> bool:
-    return path.is_file() and (path.name in RESULT_FILES or path.suffix in (".png", ".tmp"))
+    return path.is_file() and (path.name in RESULT_FILES or path.name == LOCK_NAME
+                               or path.suffix in (".png", ".tmp"))
 
 
 def _result_files(folder: Path) -> list[Path] | None:
@@ -114,34 +162,42 @@ def _result_files(folder: Path) -> list[Path] | None:
     return found
 
 
-def prepare_out_dir(folder: Path, *, overwrite: bool = False) -> Path:
-    """Make `folder` ready before any work: created, writable, and empty, so results of two runs
+def prepare_out_dir(folder: Path, *, overwrite: bool = False) -> FolderClaim:
+    """Claim `folder` and make it ready before any work: created, writable, held by this run
+    alone (the claim returned; release it when the run ends), and empty, so results of two runs
     never mix. A folder with results is refused unless `overwrite` (then only its result files
-    go); a folder with anything else is always refused."""
+    go); a folder with anything else, or one another run is writing, is always refused."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; give a folder for the results")
-    if folder.is_dir() and any(folder.iterdir()):
-        files = _result_files(folder)
-        if files is None:
-            raise UsageError(f"--out {folder} holds files that are not benchmark results; give "
-                             "an empty or new folder")
-        if not overwrite:
-            raise UsageError(f"--out {folder} already holds results; pass --overwrite to replace "
-                             "them, or give a new folder")
-        for path in files:  # files before their folders (the order _result_files lists them)
-            if path.is_dir():
-                path.rmdir()
-            else:
-                path.unlink()
+    claim = FolderClaim(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        claim.acquire()  # before looking inside: a live run's folder is never judged or cleared
     except OSError as exc:
         raise UsageError(f"--out {folder}: cannot write there ({exc.strerror or exc}); give a "
                          "folder you can write to") from None
-    return folder
+    try:
+        _clear_for_run(folder, overwrite=overwrite)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def _clear_for_run(folder: Path, *, overwrite: bool) -> None:
+    files = _result_files(folder)
+    if files is None:
+        raise UsageError(f"--out {folder} holds files that are not benchmark results; give "
+                         "an empty or new folder")
+    files = [path for path in files if path != folder / LOCK_NAME]
+    if files and not overwrite:
+        raise UsageError(f"--out {folder} already holds results; pass --overwrite to replace "
+                         "them, or give a new folder")
+    for path in files:  # files before their folders (the order _result_files lists them)
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink()
 
 
 def new_out_dir(parent: Path, prefix: str) -> Path:
@@ -235,8 +291,8 @@ def read_summary(folder: Path) -> dict[str, Any]:
     problem: str | None = "it is missing"
     if path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = read_json_file(path)
+        except ValueError as exc:  # not UTF-8, not JSON, or past a bound (UntrustedDataError)
             problem = f"it is not valid JSON ({type(exc).__name__})"
         else:
             if (problem := summary_problem(data)) is None:
@@ -256,13 +312,15 @@ def rebuild_summary(folder: Path, *, why: str = "interrupted") -> dict[str, Any]
 
     accumulator = Accumulator()
     skipped = 0
-    for data in read_records(folder / "requests.jsonl"):
+    records = read_records(folder / "requests.jsonl")
+    for data in records:
         try:
             record = RequestRecord.from_dict(data)
         except ValueError:
             skipped += 1
             continue
         accumulator.add(record)
+    skipped += records.skipped
     summary = LevelSummary(measured=accumulator.summary(), harness={},
                            label=f"{folder.name} ({why}; rebuilt from requests.jsonl)", run=None,
                            skipped_lines=skipped)
@@ -270,19 +328,33 @@ def rebuild_summary(folder: Path, *, why: str = "interrupted") -> dict[str, Any]
     return _sanitized(summary.to_dict())
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSONL's records, one at a time: a line that is not a JSON object (a half-written
-    last line, stray text, bytes that are not UTF-8) is skipped."""
-    if not path.is_file():
-        return
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                yield data
+class Records:
+    """The JSONL's records, one dict at a time; `skipped` counts the lines that were not one
+    within the bounds of `untrusted.read_json` (a half-written last line of a killed run, stray
+    text, bytes that are not UTF-8, a number or a nesting out of bounds)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as handle:
+            for line in handle:
+                try:
+                    data = read_json(line, what=str(self.path))
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    yield data
+                elif line.strip():
+                    self.skipped += 1
+
+
+def read_records(path: Path) -> Records:
+    """The JSONL's records (iterate it), counting the lines that are not records."""
+    return Records(path)
 
 
 def write_sweep(folder: Path, slugs: list[str], summaries: list[LevelSummary]) -> None:
@@ -290,6 +362,18 @@ def write_sweep(folder: Path, slugs: list[str], summaries: list[LevelSummary]) -
     the start and after each level, so an interrupted sweep still names its levels)."""
     write_json(folder / "sweep.json", {"levels": slugs, "complete": len(summaries) == len(slugs),
                                        "summaries": [summary.to_dict() for summary in summaries]})
+
+
+def read_sweep(folder: Path) -> Any:
+    """A sweep's saved index (sweep.json) as written, or a UsageError saying why it is unusable."""
+    path = folder / "sweep.json"
+    try:
+        return read_json_file(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or past a bound (UntrustedDataError)
+        raise UsageError(f"{path} is unusable ({exc}); run `mls bench report` without --json "
+                         "to rebuild what its levels hold") from None
 
 
 def sweep_levels(folder: Path) -> list[str] | None:
@@ -301,8 +385,8 @@ def sweep_levels(folder: Path) -> list[str] | None:
     present = [path.name for path in sorted(folder.iterdir()) if path.is_dir() and (
         (path / "requests.jsonl").is_file() or (path / "summary.json").is_file())]
     try:
-        data = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
-        listed = data["levels"] if isinstance(data, dict) else None
+        data = read_json_file(folder / "sweep.json")
+        listed = data.get("levels") if isinstance(data, dict) else None
     except (OSError, ValueError, KeyError):
         listed = None
     if isinstance(listed, list) and all(isinstance(slug, str) for slug in listed):

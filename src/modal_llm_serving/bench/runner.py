@@ -35,6 +35,8 @@ from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, RetryPolicy, send_streaming
 from modal_llm_serving.bench.summary import LevelRun, LevelSummary
 from modal_llm_serving.bench.transport import Transport, make_transport
+from modal_llm_serving.errors import MlsError
+from modal_llm_serving.stopping import run_stoppable
 
 __all__ = ["LoadRun", "Progress", "arrivals", "run_event_loop", "run_load", "start_instant_ns",
            "summarize"]
@@ -86,6 +88,8 @@ class LoadRun:
         self.transport: Transport | None = None
         self.retry = RetryPolicy(statuses=frozenset(RETRY_STATUSES),
                                  max_retries=options.retries)
+        self.task: asyncio.Task[Any] | None = None  # the task driving run(), to end it early
+        self.failure: Exception | None = None  # why it ended early
 
     # --- budget -------------------------------------------------------------------------------
     def take_slot(self) -> int | None:
@@ -161,7 +165,13 @@ class LoadRun:
             self.out_tokens += record.n_out or 0
         else:
             self.failed += 1
-        self.sink(record)
+        try:
+            self.sink(record)
+        except MlsError as exc:  # results cannot be kept (disk full): end the run, say why
+            if self.failure is None:
+                self.failure = exc
+                if self.task is not None:
+                    self.task.cancel()
 
     # --- load patterns ------------------------------------------------------------------------
     async def closed_loop(self) -> None:
@@ -235,6 +245,7 @@ class LoadRun:
         capped = self.part.concurrency or self.part.max_concurrency
         pool = capped or UNCAPPED_POOL
         monitor = HealthMonitor()
+        self.task = asyncio.current_task()
         async with make_transport(options.transport, pool=pool, timeout_s=options.timeout_s,
                                   stall_timeout_s=options.stall_timeout_s) as transport:
             self.transport = transport
@@ -255,12 +266,17 @@ class LoadRun:
             try:
                 closed = self.level.kind == "concurrency"
                 await (self.closed_loop() if closed else self.open_loop())
+            except asyncio.CancelledError:
+                if self.failure is None:
+                    raise
             finally:
                 await monitor.stop()
                 if reporter is not None:
                     reporter.cancel()
             if self.progress is not None:
                 self.progress(self.snapshot())
+        if self.failure is not None:
+            raise self.failure
         return {**monitor.result(), "start_late_ms": start_late_ms}
 
 
@@ -288,12 +304,9 @@ def start_instant_ns(options: BenchOptions) -> int | None:
 
 
 def run_event_loop(coroutine: Any) -> Any:
-    """asyncio.run on uvloop when it is installed (it ships with vLLM): less client overhead."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
+    """Run `coroutine` on its own event loop (uvloop when installed); SIGTERM and SIGHUP
+    cancel it as Ctrl-C does (see stopping.py), so what finished is kept."""
+    return run_stoppable(coroutine)
 
 
 async def _sleep_until(when_ns: int) -> None:

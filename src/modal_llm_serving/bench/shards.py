@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -50,6 +49,7 @@ from modal_llm_serving.bench.runner import (
 from modal_llm_serving.bench.summary import Context, LevelSummary
 from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
 from modal_llm_serving.local.cpu_info import usable_cores
+from modal_llm_serving.untrusted import read_json_file
 
 __all__ = ["STREAMS_PER_WORKER", "choose_workers", "merge_parts", "run_level"]
 
@@ -97,7 +97,7 @@ def merge_parts(options: BenchOptions, level: Level, parts: list[Path],
     (milliseconds; a latency is always measured on one machine, only throughput's window
     spans them)."""
     accumulator = Accumulator()
-    summaries = [json.loads((folder / "summary.json").read_text()) for folder in parts]
+    summaries = [read_json_file(folder / "summary.json") for folder in parts]
     with JsonlSink(out / "requests.jsonl") as sink:
         for folder in parts:
             for data in read_records(folder / "requests.jsonl"):
@@ -280,8 +280,10 @@ def _worker_main(conn: multiprocessing.connection.Connection,
                  control: multiprocessing.connection.Connection, options: BenchOptions,
                  level: Level, prompts: list[Prompt]) -> None:
     """A worker's whole life; whatever goes wrong is sent to the parent as one line."""
-    # Ctrl-C reaches the whole process group: the parent alone decides, and tells us to stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C (and `timeout`'s SIGTERM, a closed terminal's SIGHUP) reach the whole process
+    # group: the parent alone decides, and tells us to stop
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
     try:
         run_event_loop(_work(conn, control, options, level, prompts))
     except BaseException as exc:  # reported to the parent, which raises it

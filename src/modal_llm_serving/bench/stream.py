@@ -19,6 +19,7 @@ from modal_llm_serving.endpoint.sse import SSEParser
 from modal_llm_serving.endpoint.wire import (
     MalformedResponse,
     error_message,
+    one_line,
     parse_object,
     read_chunk,
 )
@@ -79,6 +80,7 @@ def _reset_for_retry(record: RequestRecord) -> None:
 async def _attempt(transport: Transport, spec: RequestSpec,
                    record: RequestRecord, *, t0_ns: int) -> str:
     parts: list[str] = []
+    not_a_stream = ""
     try:
         async with transport.post(spec.url, spec.body, spec.headers) as response:
             record.status = response.status
@@ -87,6 +89,7 @@ async def _attempt(transport: Transport, spec: RequestSpec,
                 record.error = f"http_{response.status}"
                 record.error_detail = error_message(body)
             else:
+                not_a_stream = _not_an_event_stream(response.headers)
                 await _consume(response.chunks(), spec, record, parts, t0_ns=t0_ns)
     except TransportError as exc:
         if record.error is None:
@@ -94,8 +97,20 @@ async def _attempt(transport: Transport, spec: RequestSpec,
     record.end_ns = time.perf_counter_ns() - t0_ns
     if record.error is None and record.first_token_ns is None:
         record.error = "no_tokens"
-        record.error_detail = "the stream ended without a token-bearing event"
+        record.error_detail = "the stream ended without a token-bearing event" + not_a_stream
     return "".join(parts)
+
+
+def _not_an_event_stream(headers: dict[str, str]) -> str:
+    """What the answer was instead of a plain event stream (an HTML page, a compressed body:
+    its events cannot be read), as a clause for the error; empty if it was one."""
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if kind == "text/event-stream" and encoding in ("", "identity"):
+        return ""
+    what = f"Content-Type {kind or 'missing'}" + (f", Content-Encoding {encoding}"
+                                                  if encoding not in ("", "identity") else "")
+    return f": the answer was not a plain text/event-stream ({one_line(what, 120)})"
 
 
 async def _consume(chunks: Any, spec: RequestSpec, record: RequestRecord, parts: list[str],
@@ -104,16 +119,19 @@ async def _consume(chunks: Any, spec: RequestSpec, record: RequestRecord, parts:
     chat = spec.chat
     last = None
     now = 0
-    async for stamp, data in chunks:
-        now = stamp - t0_ns  # stamped by the transport as the bytes arrived, before parsing
-        for event in parser.feed(data):
-            last = _handle(event.data, now, chat, record, parts, last)
+    try:
+        async for stamp, data in chunks:
+            now = stamp - t0_ns  # stamped by the transport as the bytes arrived, before parsing
+            for event in parser.feed(data):
+                last = _handle(event.data, now, chat, record, parts, last)
+                if record.error is not None:
+                    return
+        for event in parser.close():
+            last = _handle(event.data, now, chat, record, parts, last)  # bytes of the last read
             if record.error is not None:
                 return
-    for event in parser.close():
-        last = _handle(event.data, now, chat, record, parts, last)  # bytes of the last read
-        if record.error is not None:
-            return
+    except MalformedResponse as exc:  # an event past the parser's bound
+        record.error, record.error_detail = "malformed_chunk", str(exc)
 
 
 def _handle(data: str, now: int, chat: bool, record: RequestRecord, parts: list[str],

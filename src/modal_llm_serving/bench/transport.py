@@ -10,6 +10,7 @@ record's fate does not depend on the transport. A response's `chunks()` yields
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 import time
@@ -33,6 +34,7 @@ class _AiohttpResponse:
     def __init__(self, response: object) -> None:
         self._response = response
         self.status: int = response.status  # type: ignore[attr-defined]
+        self.headers = {name.lower(): value for name, value in response.headers.items()}  # type: ignore[attr-defined]
 
     async def chunks(self) -> AsyncIterator[tuple[int, bytes]]:
         async for data in self._response.content.iter_any():  # type: ignore[attr-defined]
@@ -102,6 +104,7 @@ class _HttpxResponse:
     def __init__(self, response: object) -> None:
         self._response = response
         self.status: int = response.status_code  # type: ignore[attr-defined]
+        self.headers = {name.lower(): value for name, value in response.headers.items()}  # type: ignore[attr-defined]
 
     async def chunks(self) -> AsyncIterator[tuple[int, bytes]]:
         async for data in self._response.aiter_raw():  # type: ignore[attr-defined]
@@ -140,14 +143,19 @@ class HttpxTransport:
 
         assert self._client is not None, "use the transport as an async context manager"
         request = self._client.build_request("POST", url, content=body, headers=headers)  # type: ignore[attr-defined]
+        total = self._timeouts[0]
         try:
-            response = await self._client.send(request, stream=True)  # type: ignore[attr-defined]
-            try:
-                yield _HttpxResponse(response)
-            finally:
-                await response.aclose()
+            async with asyncio.timeout(total):  # httpx's timeouts are per read: this one is all
+                response = await self._client.send(request, stream=True)  # type: ignore[attr-defined]
+                try:
+                    yield _HttpxResponse(response)
+                finally:
+                    await response.aclose()
         except TransportError:
             raise
+        except TimeoutError:
+            raise TransportError("timeout", f"no complete answer within {total:g} s (the "
+                                            "request timeout)") from None
         except httpx.TimeoutException as exc:
             raise TransportError("timeout", _timeout_detail(exc, self._timeouts)) from exc
         except httpx.ConnectError as exc:

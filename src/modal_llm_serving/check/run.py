@@ -10,7 +10,7 @@ from modal_llm_serving.check import pinning, regions, security, serving, startup
 from modal_llm_serving.check.app import engines, model_reference, patterns
 from modal_llm_serving.check.imports import import_findings
 from modal_llm_serving.check.rules import Finding, finding
-from modal_llm_serving.check.source import Source
+from modal_llm_serving.check.source import Source, read_python_source
 
 __all__ = ["check_file", "check_files", "check_source"]
 
@@ -72,9 +72,11 @@ def check_file(path: Path, *, import_check: bool = True, import_timeout: float =
                python: str | None = None, gpu_catalog: Path | None = None) -> list[Finding]:
     """All checks of one file: static, then (where safe) an import with the real Modal SDK."""
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_python_source(path)
     except (OSError, UnicodeDecodeError) as exc:
         return [finding("MLS017", str(path), 1, f"cannot read the file: {exc}")]
+    except SyntaxError as exc:  # an unknown PEP 263 coding: Python cannot read it either
+        return [finding("MLS016", str(path), exc.lineno or 1, exc.msg)]
     findings = check_source(source, path=str(path), gpu_catalog=gpu_catalog)
     if import_check and not any(f.rule.id == "MLS016" for f in findings):
         findings += import_findings(path, ast.parse(source), timeout=import_timeout,

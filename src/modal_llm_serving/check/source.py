@@ -8,10 +8,20 @@ the rules judge what a setting says, not how it is spelled; what it cannot work 
 from __future__ import annotations
 
 import ast
+import tokenize
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-__all__ = ["UNKNOWN", "Source", "dotted", "kwarg", "line_of"]
+__all__ = ["UNKNOWN", "Source", "dotted", "kwarg", "line_of", "read_python_source"]
+
+
+def read_python_source(path: Path) -> str:
+    """A Python file's text as Python itself reads it: by its PEP 263 coding line or BOM, else
+    UTF-8 (OSError; SyntaxError for an unknown coding; UnicodeDecodeError for bytes that are not
+    in it). A symlink is read through, as Python imports it."""
+    with tokenize.open(path) as handle:
+        return handle.read()
 
 
 class _Unknown:

@@ -35,7 +35,7 @@ from modal_llm_serving.check.settings import (
     startup_limit,
     whole,
 )
-from modal_llm_serving.check.source import UNKNOWN, Source, kwarg
+from modal_llm_serving.check.source import UNKNOWN, Source, kwarg, read_python_source
 from modal_llm_serving.errors import MlsError
 from modal_llm_serving.facts.gpus import (
     GB,
@@ -164,7 +164,7 @@ def startup_note(path: Path, *, gpu_catalog: Path | None = None) -> str | None:
     """What the startup rules could not check in the file at `path`, in one line (None: all
     ran, or the file is not Python the checker reads)."""
     try:
-        src = Source(ast.parse(path.read_text(encoding="utf-8")), str(path))
+        src = Source(ast.parse(read_python_source(path)), str(path))
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return None  # the static checks report it
     startup = read_startup(src, model_reference(src), engines(src), gpu_catalog=gpu_catalog)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +9,18 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import P, R, echo_json, proxy_auth_options, request_headers
-from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
-from modal_llm_serving.cli.root import EXIT_INTERRUPTED, cli
+from modal_llm_serving.cli.options import (
+    P,
+    R,
+    echo_json,
+    header_option,
+    proxy_auth_options,
+    request_headers,
+    say,
+    say_over,
+)
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, SECRET, URL, Finite
+from modal_llm_serving.cli.root import cli, interrupted
 
 
 @cli.group()
@@ -31,10 +39,9 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
     """Options every bench command shares: who to talk to and how."""
     options: list[Callable[[Any], Any]] = [
         click.option("--model", help="Model id [default: the only served model]."),
-        click.option("--api-key", envvar="MLS_API_KEY",
+        click.option("--api-key", envvar="MLS_API_KEY", type=SECRET,
                      help="Bearer key for /v1 routes [env MLS_API_KEY]."),
-        click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-                     help="Extra header on every request (repeatable)."),
+        header_option("Extra header on every request (repeatable)."),
         proxy_auth_options,
         click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat",
                      show_default=True, help="/v1/chat/completions or /v1/completions."),
@@ -46,7 +53,7 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @bench.command("run")
-@click.argument("url")
+@click.argument("url", type=URL)
 @_bench_common
 @click.option("--concurrency", "-c", metavar="N[,N...]",
               help="Closed loop: requests in flight; a comma list sweeps [default: 1].")
@@ -125,29 +132,30 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
 
     def on_level(level: Any, summary: LevelSummary) -> None:
         if not json_:
-            click.echo("\n" + "\n".join(summary_lines(summary.to_dict())))
+            say("", *summary_lines(summary.to_dict()))
 
     try:
         summaries = run_bench(
             bench_options, out_dir=out, overwrite=overwrite, on_out_dir=chosen.append,
-            progress=_bench_progress(), on_info=lambda message: click.echo(message, err=True),
+            progress=_bench_progress(), on_info=lambda message: say(message, err=True),
             on_level=on_level)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (cli/root.py)
+        words, code = interrupted()
         if chosen and chosen[0].is_dir():
-            click.echo(f"\ninterrupted: finished requests are in {chosen[0]} "
-                       f"(`mls bench report {chosen[0]}` summarizes them)", err=True)
+            say("", f"{words}: finished requests and their summary are in {chosen[0]} "
+                f"(`mls bench report {chosen[0]}` renders the report)", err=True)
         else:
-            click.echo("\ninterrupted before any request finished", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+            say("", f"{words} before any request finished", err=True)
+        sys.exit(code)
     out = chosen[0]
     if not no_report:
-        click.echo(f"report: {render_report(out)}", err=True)
-    click.echo(f"results: {out}", err=True)
+        say(f"report: {render_report(out)}", err=True)
+    say(f"results: {out}", err=True)
     if json_:
         saved = [summary.to_dict() for summary in summaries]
         echo_json(saved[0] if len(saved) == 1 else saved)
     if any(summary.measured.completed == 0 for summary in summaries):
-        click.echo("no request succeeded at some level; see the errors above", err=True)
+        say("no request succeeded at some level; see the errors above", err=True)
         sys.exit(1)
 
 
@@ -161,10 +169,10 @@ def _bench_progress() -> Callable[[Any, Any], None]:
         line = (f"{level.slug}: {snap.elapsed_s:6.1f} s  done {snap.done}{target}  failed "
                 f"{snap.failed}  in flight {snap.in_flight}  {snap.output_tok_s:8.1f} tok/s")
         if interactive:
-            click.echo(f"\r{line:<90}", nl=False, err=True)
+            say_over(f"{line:<90}")
         elif snap.elapsed_s - last[0] >= 10:
             last[0] = snap.elapsed_s
-            click.echo(line, err=True)
+            say(line, err=True)
 
     return show
 
@@ -175,20 +183,25 @@ def _bench_progress() -> Callable[[Any, Any], None]:
 def bench_report(folder: Path, json_: bool) -> None:
     """Re-render report.md and plots of a saved run (or sweep) FOLDER."""
     from modal_llm_serving.bench.report import render_report, summary_lines
-    from modal_llm_serving.bench.results import read_summary
+    from modal_llm_serving.bench.results import read_summary, read_sweep
 
     path = render_report(folder)
     if json_:
         sweep = folder / "sweep.json"
-        echo_json(json.loads(sweep.read_text()) if sweep.is_file() else read_summary(folder))
+        echo_json(read_sweep(folder) if sweep.is_file() else read_summary(folder))
         return
     if not (folder / "sweep.json").is_file():
-        click.echo("\n".join(summary_lines(read_summary(folder))))
-    click.echo(f"report: {path}")
+        summary = read_summary(folder)
+        say(*summary_lines(summary))
+        if skipped := summary.get("skipped_lines"):  # a run cut off mid-write, or an edit
+            one = skipped == 1
+            say(f"note: {skipped} line{'' if one else 's'} of requests.jsonl "
+                f"{'is' if one else 'are'} not a whole record; left out of the summary")
+    say(f"report: {path}")
 
 
 @bench.command("cold-start")
-@click.argument("url")
+@click.argument("url", type=URL)
 @_bench_common
 @click.option("--repeat", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Trials.")
@@ -216,14 +229,14 @@ def bench_cold_start(url: str, model: str | None, api_key: str | None, headers: 
                                                     proxy_token_secret),
                             endpoint=endpoint, repeat=repeat,
                             wait_s=wait, timeout_s=timeout, since_epoch_s=since,
-                            on_event=lambda message: click.echo(message, err=True))
+                            on_event=lambda message: say(message, err=True))
     if json_:
         echo_json(result)
     else:
         seconds = result["seconds_to_first_token"]
         if seconds["n"]:
-            click.echo(f"time to first token (n={seconds['n']}): median {seconds['median']:.2f} s,"
-                       f" min {seconds['min']:.2f} s, max {seconds['max']:.2f} s "
-                       f"({result['definition']})")
+            say(f"time to first token (n={seconds['n']}): median {seconds['median']:.2f} s,"
+                f" min {seconds['min']:.2f} s, max {seconds['max']:.2f} s "
+                f"({result['definition']})")
     if result["failed"]:
         sys.exit(1)

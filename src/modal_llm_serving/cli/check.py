@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import dataclasses_asdict, echo_json
+from modal_llm_serving.cli.options import dataclasses_asdict, echo_json, say
 from modal_llm_serving.cli.params import Finite
 from modal_llm_serving.cli.root import cli
 from modal_llm_serving.errors import UsageError
@@ -41,7 +41,7 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
             echo_json([dataclasses_asdict(rule) for rule in RULES])
         else:
             for rule in RULES:
-                click.echo(f"{rule.id} {rule.name}\n    why: {rule.message}\n    fix: {rule.fix}")
+                say(f"{rule.id} {rule.name}", f"    why: {rule.message}", f"    fix: {rule.fix}")
         return
     if not files:
         raise UsageError("name at least one app file or folder (or --list for the rules)")
@@ -50,21 +50,24 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
                          "interpreter behind your `modal` CLI (see `mls doctor`)")
     paths: list[Path] = []
     for path in files:
-        if path.is_dir():  # a folder: every Python file in it
-            paths += sorted(path.glob("*.py"))
+        if path.is_dir():  # a folder: every Python file in it and in its folders
+            if not (found := python_files(path)):
+                raise UsageError(f"{path} holds no .py file (its hidden folders and "
+                                 "__pycache__ left out); name the app file to check")
+            paths += found
         elif path.is_file():
             paths.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
     for path in paths:
         if not no_import and (reason := import_skipped_reason(path)):
-            click.echo(f"note: {path} not imported ({reason}); static checks only", err=True)
+            say(f"note: {path} not imported ({reason}); static checks only", err=True)
         if unchecked := startup_note(path):  # one line, never a finding: exit codes stay
-            click.echo(f"note: {path}: the startup rules that need these were skipped: "
-                       f"{unchecked}", err=True)
+            say(f"note: {path}: the startup rules that need these were skipped: {unchecked}",
+                err=True)
     if not no_import and len(paths) > 1:
-        click.echo(f"checking {len(paths)} files (each imported with the Modal SDK, about a "
-                   "second apiece)", err=True)
+        say(f"checking {len(paths)} files (each imported with the Modal SDK, about a "
+            "second apiece)", err=True)
     findings = check_files(paths, import_check=not no_import, import_timeout=import_timeout,
                            python=python_)
     if json_:
@@ -75,13 +78,23 @@ def check_command(files: tuple[Path, ...], json_: bool, no_import: bool,
         sys.exit(1)
 
 
+def python_files(folder: Path) -> list[Path]:
+    """Every .py file under `folder`, sorted; hidden folders (.venv, .git) and __pycache__ are
+    not apps, and symlinked folders are not followed (a loop would never end)."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = sorted(name for name in folders
+                            if not name.startswith(".") and name != "__pycache__")
+        found += [Path(root) / name for name in names if name.endswith(".py")]
+    return sorted(found)
+
+
 def render_findings(findings: list[Any], *, files: int) -> None:
     for finding in findings:
-        click.echo(f"{finding.location()}: {finding.rule.id} {finding.rule.name}  "
-                   f"{finding.detail}\n    why: {finding.rule.message}\n"
-                   f"    fix: {finding.rule.fix}")
+        say(f"{finding.location()}: {finding.rule.id} {finding.rule.name}  {finding.detail}",
+            f"    why: {finding.rule.message}", f"    fix: {finding.rule.fix}")
     plural = "s" if files != 1 else ""
     if findings:
-        click.echo(f"mls check: {len(findings)} finding(s) in {files} file{plural}")
+        say(f"mls check: {len(findings)} finding(s) in {files} file{plural}")
     else:
-        click.echo(f"mls check: no findings in {files} file{plural}")
+        say(f"mls check: no findings in {files} file{plural}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import echo_json
+from modal_llm_serving.cli.options import echo_json, say
 from modal_llm_serving.cli.root import cli
 
 
@@ -38,9 +38,9 @@ def doctor(python_: str | None, json_: bool) -> None:
 def render_doctor(report: Any) -> None:
     for check in report.checks:
         mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[check.status]
-        click.echo(f"{mark}  {check.title:<19} {check.summary}")
+        say(f"{mark}  {check.title:<19} {check.summary}")
         if check.fix and check.status != "ok":
-            click.echo(f"      {'':<19} fix: {check.fix}")
+            say(f"      {'':<19} fix: {check.fix}")
     failed = sum(check.status == "fail" for check in report.checks)
     warned = sum(check.status == "warn" for check in report.checks)
-    click.echo(f"{failed} failed, {warned} warnings" if failed or warned else "all checks ok")
+    say(f"{failed} failed, {warned} warnings" if failed or warned else "all checks ok")

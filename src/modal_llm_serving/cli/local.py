@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,11 +10,13 @@ from typing import Any
 
 import click
 
-from modal_llm_serving.cli.options import P, R, dataclasses_asdict, echo_json
-from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
+from modal_llm_serving.cli.options import P, R, dataclasses_asdict, echo_json, say, say_over
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, SECRET, Finite
 from modal_llm_serving.cli.root import cli
 from modal_llm_serving.cli.smoke import render_smoke
+from modal_llm_serving.display import terminal_text
 from modal_llm_serving.errors import EngineStartError
+from modal_llm_serving.recipes.files import RECIPE_TIMEOUT_S
 from modal_llm_serving.recipes.table import RECIPE_NAMES, recipe_for
 
 
@@ -25,6 +26,10 @@ def local() -> None:
 
 
 def recipe_option(command: Callable[P, R]) -> Callable[P, R]:
+    command = click.option(
+        "--import-timeout", type=Finite(1, 3600), default=RECIPE_TIMEOUT_S, show_default=True,
+        help="Seconds the recipe may take to import and build its command (it runs in a "
+             "child process).")(command)
     return click.option(
         "--recipe", default=recipe_for("online").name, show_default=True, metavar="FILE_OR_NAME",
         help="The app whose engine command to run: a file (e.g. one `mls new` wrote) or a recipe "
@@ -50,7 +55,7 @@ def model_options(command: Callable[P, R]) -> Callable[P, R]:
 @model_options
 @click.option("--kv-cache-gib", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="KV cache space for the CPU build (VLLM_CPU_KVCACHE_SPACE).")
-@click.option("--api-key", envvar="MLS_API_KEY",
+@click.option("--api-key", envvar="MLS_API_KEY", type=SECRET,
               help="Require this bearer key on /v1 [env MLS_API_KEY; default: none locally].")
 @click.option("--log-file", type=click.Path(dir_okay=False, writable=True),
               help="Engine log [default: <cache>/logs/vllm-PORT.log].")
@@ -58,7 +63,7 @@ def model_options(command: Callable[P, R]) -> Callable[P, R]:
               help="Seconds to wait for the engine.")
 @click.option("--exit-after-smoke", is_flag=True,
               help="Stop the engine once the smoke test has run; exit with its result.")
-def local_serve(recipe: str, model: str | None, revision: str | None,
+def local_serve(recipe: str, import_timeout: float, model: str | None, revision: str | None,
                 served_model_name: str | None, host: str, port: int | None, kv_cache_gib: int,
                 api_key: str | None, log_file: str | None, ready_timeout: float,
                 exit_after_smoke: bool) -> None:
@@ -74,25 +79,25 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
 
     build = engine_build()
     command = _local_command(recipe, model, revision, served_model_name, host, port, build,
-                             show=lambda message: click.echo(message, err=True))
+                             show=lambda message: say(message, err=True),
+                             import_timeout=import_timeout)
     server = start_server(command, api_key=api_key, kv_cache_gib=kv_cache_gib,
                           log_path=Path(log_file) if log_file else None)
-    _stop_on_sigterm()
     try:
-        click.echo(f"engine log: {server.log_path}", err=True)
+        say(f"engine log: {server.log_path}", err=True)
         seconds = server.wait_ready(timeout=ready_timeout, on_wait=_show_wait())
-        click.echo(f"\nready in {seconds:.1f} s at {server.base_url}", err=True)
+        say("", f"ready in {seconds:.1f} s at {server.base_url}", err=True)
         report = run_smoke(server.base_url, api_key=api_key, model=server.served_model_name)
         render_smoke(report)
         if not report.ok or exit_after_smoke:
             sys.exit(0 if report.ok else 1)
-        click.echo(_usage_examples(server.base_url, server.served_model_name, api_key))
-        click.echo("serving; Ctrl-C stops the engine", err=True)
+        say(*_usage_examples(server.base_url, server.served_model_name, api_key).split("\n"))
+        say("serving; Ctrl-C stops the engine", err=True)
         server.process.wait()
         raise EngineStartError(f"the engine exited with code {server.process.returncode}",
                                log_tail=server.log_tail(), log_path=str(server.log_path))
     except KeyboardInterrupt:
-        click.echo("\nstopping the engine", err=True)
+        say("", "stopping the engine", err=True)
     finally:
         server.stop()
 
@@ -104,7 +109,7 @@ def local_serve(recipe: str, model: str | None, revision: str | None,
               help="Parse the recipe's command with the engine's own parser (installed vLLM or "
                    "SGLang).")
 @click.option("--json", "json_", is_flag=True, help="Print the commands as JSON.")
-def local_command_(recipe: str, model: str | None, revision: str | None,
+def local_command_(recipe: str, import_timeout: float, model: str | None, revision: str | None,
                    served_model_name: str | None, host: str, port: int | None, check: bool,
                    json_: bool) -> None:
     """Print a recipe's engine command, the one `mls local serve` runs here, and each change.
@@ -115,33 +120,35 @@ def local_command_(recipe: str, model: str | None, revision: str | None,
     from modal_llm_serving.local.argv import engine_of
     from modal_llm_serving.local.engine_args import parse_command
     from modal_llm_serving.local.serve import engine_build, launcher_argv
-    from modal_llm_serving.recipes.files import load_recipe, recipe_command, resolve_recipe
+    from modal_llm_serving.recipes.files import recipe_commands, resolve_recipe
 
     path = resolve_recipe(recipe)
-    recipe_argv = recipe_command(load_recipe(path))
+    [recipe_argv] = recipe_commands(path, [{}], timeout=import_timeout)
     if check:
         parse_command(recipe_argv)
     if engine_of(recipe_argv) == "sglang":  # nothing runs it here; the parser check is all
         if json_:
             echo_json({"recipe": str(path), "recipe_argv": recipe_argv, "checked": check})
         else:
-            click.echo(f"recipe's command ({path.name}):\n  {shlex.join(recipe_argv)}")
-            click.echo("SGLang has no CPU build: `mls local serve` cannot run it here"
-                       + ("; SGLang's own parser accepts it" if check else ""))
+            say(f"recipe's command ({path.name}):", f"  {shlex.join(recipe_argv)}")
+            say("SGLang has no CPU build: `mls local serve` cannot run it here"
+                + ("; SGLang's own parser accepts it" if check else ""))
         return
     command = _local_command(recipe, model, revision, served_model_name, host, port,
-                             engine_build(), show=None if json_ else click.echo)
+                             engine_build(), show=None if json_ else say,
+                             import_timeout=import_timeout)
     if json_:
         echo_json({"recipe": str(path), "recipe_argv": command.recipe_argv,
                    "argv": launcher_argv(command.argv), "env": command.env, "checked": check,
                    "changes": [dataclasses_asdict(change) for change in command.changes]})
     elif check:
-        click.echo("vLLM's own parser accepts the recipe's command")
+        say("vLLM's own parser accepts the recipe's command")
 
 
 def _local_command(recipe: str, model: str | None, revision: str | None,
                    served_model_name: str | None, host: str, port: int | None,
-                   build: str | None, *, show: Callable[[str], None] | None) -> Any:
+                   build: str | None, *, show: Callable[[str], None] | None,
+                   import_timeout: float) -> Any:
     """Build the command `mls local serve` runs; `show` each step and the result, if given."""
     from modal_llm_serving.local.serve import launcher_argv, local_command
     from modal_llm_serving.recipes.files import resolve_recipe
@@ -150,9 +157,11 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
     path = resolve_recipe(recipe)
     command = local_command(path, model=model, revision=revision,
                             served_model_name=served_model_name, host=host, port=port,
-                            build=build, progress=say)
-    say(f"recipe's command ({path.name}):\n  {shlex.join(command.recipe_argv)}")
-    say(f"runs here:\n  {shlex.join(launcher_argv(command.argv))}")
+                            build=build, progress=say, import_timeout=import_timeout)
+    say(f"recipe's command ({path.name}):")
+    say(f"  {shlex.join(command.recipe_argv)}")
+    say("runs here:")
+    say(f"  {shlex.join(launcher_argv(command.argv))}")
     say("differences:" if command.changes else "differences: none")
     for change in command.changes:
         say(f"  {change.describe()}")
@@ -166,13 +175,6 @@ def _local_command(recipe: str, model: str | None, revision: str | None,
     return command
 
 
-def _stop_on_sigterm() -> None:
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _show_wait() -> Callable[[float, str], None]:
     """A one-line progress display: seconds waited and the engine's latest log line."""
     interactive = sys.stderr.isatty()
@@ -180,11 +182,11 @@ def _show_wait() -> Callable[[float, str], None]:
 
     def show(waited: float, line: str) -> None:
         if interactive:
-            click.echo(f"\rwaiting for the engine: {waited:4.0f} s  {line[-70:]:<70}",
-                       nl=False, err=True)
+            latest = terminal_text(line)[-70:]  # masked before it is cut: no part of a key
+            say_over(f"waiting for the engine: {waited:4.0f} s  {latest:<70}")
         elif waited - last_shown[0] >= 10:
             last_shown[0] = waited
-            click.echo(f"waiting for the engine: {waited:.0f} s", err=True)
+            say(f"waiting for the engine: {waited:.0f} s", err=True)
 
     return show
 

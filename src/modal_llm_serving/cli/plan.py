@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from modal_llm_serving.cli.check import render_findings
-from modal_llm_serving.cli.options import P, R, echo_json
-from modal_llm_serving.cli.params import Finite
+from modal_llm_serving.cli.options import P, R, echo_json, say
+from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 @cli.command("revision")
 @click.argument("model")
 @click.option("--ref", default="main", show_default=True, help="Branch or tag to resolve.")
-def revision_command(model: str, ref: str) -> None:
+@click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=10.0,
+              show_default=True, help="Seconds the Hub may take to answer, in all.")
+def revision_command(model: str, ref: str, timeout: float) -> None:
     """Print the commit hash MODEL's REF points at on the Hub, to pin it (never guessed).
 
     Asks the Hub's API (HF_ENDPOINT if set; HF_TOKEN for gated models). Offline, or on any
@@ -29,7 +31,7 @@ def revision_command(model: str, ref: str) -> None:
     """
     from modal_llm_serving.facts.revision import resolve_revision
 
-    click.echo(resolve_revision(model, ref=ref))
+    say(resolve_revision(model, ref=ref, timeout=timeout))
 
 
 def workload_options(command: Callable[P, R]) -> Callable[P, R]:
@@ -102,7 +104,7 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     if json_:
         echo_json(result.to_dict())
     else:
-        click.echo(explain(result))
+        say(*explain(result).split("\n"))
 
 
 @cli.command("new")
@@ -121,25 +123,25 @@ def new_command(workload_file: Path | None, assignments: tuple[str, ...],
     """
     from modal_llm_serving.recipes.new import new_app
 
-    click.echo("planning and writing the app; then importing it with the Modal SDK to check "
-               "it", err=True)
+    say("planning and writing the app; then importing it with the Modal SDK to check it",
+        err=True)
     result = new_app(_workload(workload_file, assignments, flags), output, force=force,
                      gpu_catalog=gpu_catalog)
     if json_:
         echo_json(result.to_dict())
     else:
         plan = result.plan
-        click.echo(f"wrote {output} from {result.recipe.name} ({plan.pattern} pattern, "
-                   f"{plan.chosen.label()})")
+        say(f"wrote {output} from {result.recipe.name} ({plan.pattern} pattern, "
+            f"{plan.chosen.label()})")
         for name, (old, new) in result.render.changed.items():
-            click.echo(f"  {name}: {old} -> {new}")
+            say(f"  {name}: {old} -> {new}")
         if result.render.missing:
-            click.echo("  not settings of this recipe (left to its defaults): "
-                       + ", ".join(result.render.missing))
+            say("  not settings of this recipe (left to its defaults): "
+                + ", ".join(result.render.missing))
         for warning in plan.warnings:
-            click.echo(f"  ! {warning}")
+            say(f"  ! {warning}")
         render_findings(result.findings, files=1)
         if not result.findings:
-            click.echo(f"next: modal run {output}   (smoke test)   |   modal deploy {output}")
+            say(f"next: modal run {output}   (smoke test)   |   modal deploy {output}")
     if result.findings:
         sys.exit(1)

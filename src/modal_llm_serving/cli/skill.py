@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from modal_llm_serving import __version__
-from modal_llm_serving.cli.options import echo_json
+from modal_llm_serving.cli.options import echo_json, say
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, Finite
 from modal_llm_serving.cli.root import cli
 
@@ -23,7 +23,7 @@ def skill_path() -> None:
     """Print the folder of the skill this installation carries."""
     from modal_llm_serving.skill import skill_dir
 
-    click.echo(str(skill_dir()))
+    say(str(skill_dir()))
 
 
 @skill.command("install")
@@ -47,8 +47,8 @@ def skill_install(agent: str, global_: bool, folder: Path | None, force: bool) -
 
     targets = [folder] if folder else skills_dirs(agent, global_=global_)
     installed = install_skills(targets, force=force)
-    click.echo(f"installed the modal-llm-serving skill ({__version__}) at "
-               + " and ".join(str(path) for path in installed))
+    say(f"installed the modal-llm-serving skill ({__version__}) at "
+        + " and ".join(str(path) for path in installed))
 
 
 @skill.command("eval")
@@ -74,8 +74,8 @@ def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
 
     found = find_agent(agent)
     if found is None:
-        click.echo(f"evals skipped: no agent CLI with credentials on PATH "
-                   f"({agent or 'claude, codex'}); install one and log in to run them", err=True)
+        say(f"evals skipped: no agent CLI with credentials on PATH "
+            f"({agent or 'claude, codex'}); install one and log in to run them", err=True)
         return
     if out is None:
         from modal_llm_serving.bench.results import new_out_dir
@@ -83,6 +83,6 @@ def skill_eval(agent: str | None, suite: str, limit: int | None, timeout: float,
         out = new_out_dir(Path("results"), "evals")  # never a folder another run has
     suites = ("trigger", "tasks") if suite == "all" else (suite,)
     summary = run_evals(agent=found, out_dir=out, suites=suites, limit=limit, timeout=timeout,
-                        on_case=lambda row: click.echo(json.dumps(row)[:160], err=True))
+                        on_case=lambda row: say(json.dumps(row), limit=160, err=True))
     echo_json(summary)
-    click.echo(f"results: {out}", err=True)
+    say(f"results: {out}", err=True)

@@ -33,7 +33,7 @@ from modal_llm_serving.doctor.probe import (
 from modal_llm_serving.doctor.report import Check, DoctorReport, Status, without_secrets
 from modal_llm_serving.local.cpu_info import FLAGS, CpuInfo, read_cpu_info
 from modal_llm_serving.local.install import checkout_root, engine_install_command
-from modal_llm_serving.redact import known_secrets
+from modal_llm_serving.redact import register_environment, register_secret
 
 __all__ = ["SUPPORTED_MODAL", "SUPPORTED_TEXT", "run_doctor"]
 
@@ -53,7 +53,7 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
     """
     env = dict(os.environ if env is None else env)
     python = python or sys.executable
-    secrets = _secrets(env)
+    _register_secrets(env)
 
     current, current_error = try_probe(python, env=env, timeout=timeout)
     cli_path = shutil.which("modal", path=env.get("PATH", ""))
@@ -79,7 +79,7 @@ def run_doctor(*, env: Mapping[str, str] | None = None, python: str | None = Non
         gpu,
         _cpu_check(),
     ]
-    return DoctorReport(tuple(without_secrets(check, secrets) for check in checks))
+    return DoctorReport(tuple(without_secrets(check) for check in checks))
 
 
 # --- the checks -----------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def _modal_cli_check(cli_path: str | None, *, env: Mapping[str, str], timeout: f
                          "(then activate it), or call it as `python -m modal`")
     try:
         done = subprocess.run([cli_path, "--version"], env=dict(env), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+                              text=True, errors="replace", timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return Check("modal-cli", title, "fail",
                      f"`{cli_path} --version` did not answer within {timeout:.0f} s",
@@ -374,8 +374,8 @@ def _gpu_check(env: Mapping[str, str], *, timeout: float) -> Check:
                      fix=no_gpu_fix, data={"gpus": []})
     try:
         done = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              env=dict(env), capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              env=dict(env), capture_output=True, text=True, errors="replace",
+                              timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("gpu", title, "warn", f"nvidia-smi did not answer: {exc}", fix=no_gpu_fix,
                      data={"gpus": []})
@@ -443,16 +443,15 @@ def _supported(version: str) -> bool:
     return bool(parsed) and low <= parsed < high
 
 
-def _secrets(env: Mapping[str, str]) -> list[str]:
-    """Every token value the report could carry: the secret environment variables (redact's one
-    list) and the tokens in Modal's config file."""
-    values: list[str] = []
+def _register_secrets(env: Mapping[str, str]) -> None:
+    """Register every token value the report could carry: the secret environment variables of
+    `env` (redact's one list; `env` may not be this process's) and the tokens in Modal's config
+    file."""
+    register_environment(env)
     try:
         for settings in tomllib.loads(_config_path(env).read_text(encoding="utf-8")).values():
             if isinstance(settings, dict):
-                values += [str(settings[key]) for key in ("token_id", "token_secret")
-                           if settings.get(key)]
+                for key in ("token_id", "token_secret"):
+                    register_secret(str(settings[key]) if settings.get(key) else None)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         pass
-    # Too-short values would mask ordinary words of the report; real tokens are long.
-    return [value for value in known_secrets(values, env=env) if len(value) >= 8]

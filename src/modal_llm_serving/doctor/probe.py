@@ -92,7 +92,7 @@ def probe_python(python: str, *, env: Mapping[str, str], timeout: float = 30.0) 
     """Ask `python` about itself; raises `ProbeFailed` with a one-line reason."""
     try:
         done = subprocess.run([python, "-c", _PROBE], env=dict(env), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+                              text=True, errors="replace", timeout=timeout, check=False)
     except FileNotFoundError as exc:
         raise ProbeFailed(f"{python} does not exist") from exc
     except PermissionError as exc:
@@ -170,7 +170,7 @@ def _through_pyenv(launcher: str, resolved: str, pyenv: str, *, env: Mapping[str
     name = os.path.basename(launcher)
     try:
         done = subprocess.run([pyenv, "which", name], env=dict(env), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+                              text=True, errors="replace", timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return LauncherInfo(launcher, resolved, "pyenv-shim", None, f"`pyenv which {name}`: {exc}")
     real = done.stdout.strip()

@@ -1,7 +1,8 @@
 """The doctor's report: each question's answer (ok / warn / fail, and the fix), without secrets.
 
-Every string of a check passes through `without_secrets` before it is reported: a second line of
-defence (no check prints a token on purpose, but a broken CLI may echo its environment).
+Every string of a check passes through `without_secrets` (redact's masking) before it is
+reported: a second line of defence (no check prints a token on purpose, but a broken CLI may echo
+its environment).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from modal_llm_serving.redact import mask
+from modal_llm_serving.redact import redact_data
 
 __all__ = ["Check", "DoctorReport", "Status", "without_secrets"]
 
@@ -49,19 +50,7 @@ class DoctorReport:
         return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
 
 
-def without_secrets(check: Check, secrets: list[str]) -> Check:
-    """`check` with each of `secrets` masked in its summary, fix and data."""
-    if not secrets:
-        return check
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            return mask(value, secrets)
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        return value
-
-    return Check(check.id, check.title, check.status, clean(check.summary), clean(check.fix),
-                 clean(check.data))
+def without_secrets(check: Check) -> Check:
+    """`check` with every registered secret masked in its summary, fix and data."""
+    return Check(check.id, check.title, check.status, redact_data(check.summary),
+                 redact_data(check.fix), redact_data(check.data))

@@ -1,8 +1,12 @@
 """A small synchronous client for OpenAI-compatible servers (vLLM, SGLang, Modal endpoints).
 
 It speaks just what the smoke test and the local server need: list models, one chat completion,
-one streamed chat completion (parsed with `SSEParser`, usage included). The benchmark harness has
-its own asynchronous client tuned for measurement.
+one streamed chat completion (parsed with `SSEParser`, usage included), a POST of JSON. The
+benchmark harness has its own asynchronous client tuned for measurement.
+
+`timeout` bounds each call in all (connect to last byte, see `deadline.py`), not each read: a
+server that trickles or never ends its body fails that call with `DeadlineExceeded` when it is
+up. An answer is read to at most `MAX_ANSWER_BYTES`.
 
 >>> client = OpenAIClient("http://127.0.0.1:8000", api_key="sk-...")  # doctest: +SKIP
 >>> client.chat("SmolLM2-135M-Instruct", "What is the capital of France?").text  # doctest: +SKIP
@@ -21,20 +25,29 @@ from typing import Any
 
 import httpx
 
+from modal_llm_serving.deadline import bounded, fetch, within
 from modal_llm_serving.endpoint.sse import SSEParser
 from modal_llm_serving.endpoint.wire import (
     ChatCompletion,
+    MalformedResponse,
     one_line,
     parse_object,
     read_chat_completion,
     read_chunk,
     read_models,
 )
-from modal_llm_serving.errors import EndpointError, EndpointStatusError, UsageError
+from modal_llm_serving.errors import (
+    EndpointError,
+    EndpointStatusError,
+    UntrustedDataError,
+    UsageError,
+)
 from modal_llm_serving.redact import redact_url
 
-__all__ = ["ChatResult", "OpenAIClient", "StreamResult", "check_headers", "normalize_base_url",
-           "raise_if_client_side", "tls_failure"]
+__all__ = ["CLIENT_HEADERS", "MAX_ANSWER_BYTES", "ChatResult", "OpenAIClient", "StreamResult",
+           "check_headers", "normalize_base_url", "raise_if_client_side", "tls_failure"]
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a non-streamed answer (a /tokenize of a long prompt: ~1 MB)
 
 
 def normalize_base_url(url: str) -> str:
@@ -67,6 +80,12 @@ def normalize_base_url(url: str) -> str:
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a header name (RFC 9110 token)
+# Headers the client sets itself, from the URL and the body, or that change how the connection
+# is used. Given again, the request carries two (two lengths, a length and chunking, two hosts):
+# the shape of request smuggling, which a server and a proxy in front of it read differently.
+CLIENT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                            "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+                            "expect"})
 
 
 def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -74,12 +93,16 @@ def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
     A newline in a value would end the header early (or inject another), and HTTP/1.1 values
     are ASCII: both are the user's mistake, reported now instead of as a server that never
-    answers. Values are never shown (they may be keys).
+    answers. A header the client sets itself (`CLIENT_HEADERS`) is refused. Values are never
+    shown (they may be keys).
     """
     for name, value in headers.items():
         if not isinstance(name, str) or not _TOKEN.match(name):
             raise UsageError(f"header name {name!r} is not a valid HTTP header name (letters, "
                              "digits and -)")
+        if name.lower() in CLIENT_HEADERS:
+            raise UsageError(f"header {name!r} is set by the client itself (from the URL and the "
+                             "body); sent twice it would be a request-smuggling shape: drop it")
         if not isinstance(value, str) or any(
                 ord(char) > 126 or (ord(char) < 32 and char != "\t") for char in value):
             raise UsageError(f"the value of header {name!r} holds a line break, a control "
@@ -134,7 +157,8 @@ class StreamResult:
 
 
 class OpenAIClient:
-    """Talks to one server; `api_key` goes in `Authorization: Bearer`, `headers` on every call."""
+    """Talks to one server; `api_key` goes in `Authorization: Bearer`, `headers` on every call,
+    and each call ends within `timeout` seconds in all."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None,
                  headers: Mapping[str, str] | None = None, timeout: float = 60.0) -> None:
@@ -143,7 +167,9 @@ class OpenAIClient:
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
         check_headers(all_headers)
-        self._http = httpx.Client(base_url=self.base_url, headers=all_headers, timeout=timeout)
+        self.timeout = timeout
+        self._http = bounded(httpx.Client(base_url=self.base_url, headers=all_headers,
+                                          timeout=timeout))
 
     def __enter__(self) -> OpenAIClient:
         return self
@@ -156,14 +182,17 @@ class OpenAIClient:
         self._http.close()
 
     def get(self, path: str, *, timeout: float | None = None) -> httpx.Response:
-        """A plain GET, for /health and friends; raises `httpx` transport errors as they come."""
-        if timeout is None:
-            return self._http.get(path)
-        return self._http.get(path, timeout=timeout)
+        """A plain GET, for /health and friends, ending within `timeout` (or the client's);
+        raises `httpx` transport errors as they come, `DeadlineExceeded` at the deadline."""
+        return self._fetch("GET", path, timeout=timeout)
 
-    def models(self) -> list[str]:
-        """The served model ids from GET /v1/models."""
-        return read_models(self._json(self._http.get("/v1/models")))
+    def post_json(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `payload` as JSON; the answer's JSON object (checked as untrusted input)."""
+        return self._json(self._fetch("POST", path, json=payload))
+
+    def models(self, *, timeout: float | None = None) -> list[str]:
+        """The served model ids from GET /v1/models (within `timeout`, or the client's)."""
+        return read_models(self._json(self._fetch("GET", "/v1/models", timeout=timeout)))
 
     def chat(self, model: str, prompt: str, *, max_tokens: int = 32,
              temperature: float = 0.0) -> ChatResult:
@@ -171,7 +200,7 @@ class OpenAIClient:
         payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
                    "max_tokens": max_tokens, "temperature": temperature}
         return read_chat_completion(
-            self._json(self._http.post("/v1/chat/completions", json=payload)))
+            self._json(self._fetch("POST", "/v1/chat/completions", json=payload)))
 
     def chat_stream(self, model: str, prompt: str, *, max_tokens: int = 32,
                     temperature: float = 0.0) -> StreamResult:
@@ -184,7 +213,8 @@ class OpenAIClient:
         text: list[str] = []
         chunks, saw_done = 0, False
         prompt_tokens = completion_tokens = None
-        with self._http.stream("POST", "/v1/chat/completions", json=payload) as response:
+        with within(self.timeout, what="POST /v1/chat/completions (streamed)"), \
+                self._http.stream("POST", "/v1/chat/completions", json=payload) as response:
             if response.status_code != 200:
                 response.read()
                 self._json(response)  # raises with the status and body
@@ -209,10 +239,19 @@ class OpenAIClient:
                             saw_done=saw_done, prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens)
 
+    def _fetch(self, method: str, path: str, *, timeout: float | None = None,
+               **request: Any) -> httpx.Response:
+        """One call, whole, within its deadline; its body read to at most MAX_ANSWER_BYTES."""
+        try:
+            return fetch(self._http, method, path, seconds=self.timeout if timeout is None
+                         else timeout, max_bytes=MAX_ANSWER_BYTES, **request)
+        except UntrustedDataError as exc:  # too large: a bad answer, like any other
+            raise MalformedResponse(str(exc)) from None
+
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code != 200:
             raise EndpointStatusError(
                 f"{response.request.method} {response.request.url.path} answered "
                 f"{response.status_code}: {one_line(response.text)}",
                 status=response.status_code, url=str(response.request.url))
-        return parse_object(response.text, what=f"the answer to {response.request.url.path}")
+        return parse_object(response.content, what=f"the answer to {response.request.url.path}")

@@ -5,6 +5,10 @@ connection refused, 502/503/504; not 401/403/404, which waiting will not fix), t
 GET /v1/models, one chat completion and one streamed chat completion with a usage chunk. Each step
 checks structure, not wording: ids present, usage counts positive and consistent, `[DONE]` seen.
 A failed step stops the ones that depend on it; each failure says what came back and what to try.
+
+Deadlines, not per-read timeouts: the readiness wait ends by `ready_timeout` seconds after it
+starts, the GET it has in flight included; every later step's request ends within
+`request_timeout` in all, however slowly the server sends (`deadline.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from modal_llm_serving.deadline import DeadlineExceeded
 from modal_llm_serving.endpoint.client import OpenAIClient, normalize_base_url, raise_if_client_side
 from modal_llm_serving.endpoint.wire import one_line
 from modal_llm_serving.errors import EndpointError, EndpointStatusError, EndpointTimeout
@@ -70,17 +75,20 @@ def wait_until_ready(client: OpenAIClient, *, timeout: float,
                      on_wait: Callable[[str], None] = lambda _: None) -> float:
     """Poll GET /health with backoff until 200 or `timeout` seconds; return the seconds waited.
 
-    Raises `EndpointTimeout` at the deadline (not before: the last pause is cut to fit it),
+    Raises `EndpointTimeout` at the deadline (not before: the last pause and the last GET are
+    cut to fit it; a first GET gets at least 1 s, so `timeout=0` is one try),
     `EndpointStatusError` at once for a status that waiting cannot change, and `UsageError` at
     once for a mistake on our side (a bad header, TLS to a plain-HTTP server), which no amount
     of waiting fixes.
     """
     start = time.monotonic()
-    delay, last = 0.5, "no answer yet"
+    delay, last, polled = 0.5, "no answer yet", False
     while True:
         remaining = timeout - (time.monotonic() - start)
+        cut = min(30.0, remaining) if polled else max(1.0, min(30.0, remaining))
+        polled = True
         try:
-            response = client.get("/health", timeout=max(1.0, min(30.0, remaining)))
+            response = client.get("/health", timeout=cut)
             if response.status_code == 200:
                 return time.monotonic() - start
             if response.status_code not in RETRYABLE_STATUS:
@@ -91,6 +99,8 @@ def wait_until_ready(client: OpenAIClient, *, timeout: float,
         except httpx.TransportError as exc:
             raise_if_client_side(exc, client.base_url)
             last = type(exc).__name__
+        except DeadlineExceeded:
+            last = f"GET /health unanswered after {cut:.1f} s"
         waited = time.monotonic() - start
         if waited >= timeout:
             raise EndpointTimeout(f"{redact_url(client.base_url)} not ready after {waited:.0f} s "
@@ -105,7 +115,10 @@ def run_smoke(base_url: str, *, api_key: str | None = None, model: str | None = 
               headers: Mapping[str, str] | None = None, ready_timeout: float = 300.0,
               request_timeout: float = 120.0,
               on_wait: Callable[[str], None] = lambda _: None) -> SmokeReport:
-    """Run every step against `base_url` and return the report (it never raises for a failure)."""
+    """Run every step against `base_url` and return the report (it never raises for a failure).
+
+    `ready_timeout` bounds the readiness wait, `request_timeout` each later request, in all.
+    """
     report = SmokeReport(base_url=redact_url(normalize_base_url(base_url)), model=model, steps=[])
     with OpenAIClient(base_url, api_key=api_key, headers=headers,
                       timeout=request_timeout) as client:
@@ -127,7 +140,7 @@ def run_smoke(base_url: str, *, api_key: str | None = None, model: str | None = 
                 status = getattr(exc, "status", None)
                 hint = _HINTS.get(status, "") if isinstance(status, int) else ""
                 report.steps.append(SmokeStep(
-                    name, "fail", one_line(redact_url(f"{type(exc).__name__}: {exc}"), 300),
+                    name, "fail", one_line(f"{type(exc).__name__}: {exc}", 300),
                     time.monotonic() - start, hint or _hint_for(name)))
             else:
                 report.steps.append(SmokeStep(name, "pass", detail, time.monotonic() - start))
@@ -178,7 +191,7 @@ def _chat(client: OpenAIClient, report: SmokeReport) -> str:
                             f"completion={result.completion_tokens}")
     if not result.text.strip():
         raise EndpointError("the completion's text is empty")
-    return f"{result.completion_tokens} tokens: {result.text.strip()[:60]!r}"
+    return f"{result.completion_tokens} tokens: {one_line(result.text, 60)!r}"
 
 
 def _chat_stream(client: OpenAIClient, report: SmokeReport) -> str:

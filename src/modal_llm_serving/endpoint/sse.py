@@ -4,6 +4,8 @@ Bytes go in as they come off the socket, in chunks of any size; whole events com
 frames split anywhere (even inside a UTF-8 character or between CR and LF), `\\r\\n`, `\\r` or `\\n`
 line ends, comment lines (keep-alives such as `: ping`), multi-line `data:` fields, and streams
 that end without `[DONE]` (call `close()` to flush a last event that lacks its blank line).
+An event (or a line) longer than `max_event_chars` is a server's fault, not a reason to grow
+without end: `feed` raises `MalformedResponse`.
 
 >>> parser = SSEParser()
 >>> parser.feed(b'data: {"a": 1}\\n\\nda')
@@ -17,7 +19,11 @@ from __future__ import annotations
 import codecs
 import dataclasses
 
-__all__ = ["SSEEvent", "SSEParser"]
+from modal_llm_serving.endpoint.wire import MalformedResponse
+
+__all__ = ["MAX_EVENT_CHARS", "SSEEvent", "SSEParser"]
+
+MAX_EVENT_CHARS = 16 * 1024 * 1024  # a token event is ~300; a whole answer rarely 1 MB
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: one per token event, and a frozen init is slow
@@ -32,10 +38,13 @@ class SSEEvent:
 class SSEParser:
     """Feed bytes, get events. One parser per response stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_chars: int = MAX_EVENT_CHARS) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending: list[str] = []  # an incomplete line, in the pieces it arrived in
+        self._held = 0  # characters held: the pending line and the event's data so far
+        self._limit = max_event_chars
         self._data: list[str] = []
+        self._data_chars = 0
         self._event = ""
         self._last_id: str | None = None
         self._first_chunk = True
@@ -54,11 +63,15 @@ class SSEParser:
             return []
         if (not self._pending and not self._data and not self._event
                 and text.startswith("data:") and text.endswith("\n\n")
-                and text.count("\n") == 2 and "\r" not in text):
+                and text.count("\n") == 2 and "\r" not in text and len(text) <= self._limit):
             # the common read: exactly one one-line event (`data: {...}` and a blank line)
             value = text[5:-2]
             return [SSEEvent(value[1:] if value.startswith(" ") else value, "message",
                              self._last_id)]
+        self._held += len(text)
+        if self._held > self._limit:
+            raise MalformedResponse(f"a server-sent event is longer than {self._limit} "
+                                    "characters")
         ends_in_cr = bool(self._pending) and self._pending[-1].endswith("\r")
         if not ends_in_cr and "\n" not in text and "\r" not in text:
             self._pending.append(text)
@@ -91,6 +104,7 @@ class SSEParser:
             elif event := self._dispatch():
                 events.append(event)
         self._pending = [buffer[position:]] if position < len(buffer) else []
+        self._held = len(buffer) - position + self._data_chars
         return events
 
     def _process_line(self, line: str) -> None:
@@ -100,6 +114,7 @@ class SSEParser:
         value = value.removeprefix(" ")
         if name == "data":
             self._data.append(value)
+            self._data_chars += len(value)
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:
@@ -112,7 +127,7 @@ class SSEParser:
             return None
         event = SSEEvent(data="\n".join(self._data), event=self._event or "message",
                          id=self._last_id)
-        self._data, self._event = [], ""
+        self._data, self._event, self._data_chars = [], "", 0
         return event
 
 

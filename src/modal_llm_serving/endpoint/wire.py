@@ -1,10 +1,11 @@
 """What an OpenAI-compatible server sends, read as untrusted input.
 
 A server is not ours: any field can be missing, null, or of another type than the API says
-(`usage` a list, a `choices` entry a string, token counts as strings). Every field the toolkit
-uses is read here and type-checked; anything off raises `MalformedResponse` with one line that
-names the field and what came, so the caller fails that one request (the benchmark records it as
-`malformed_chunk` and goes on) instead of the whole run.
+(`usage` a list, a `choices` entry a string, token counts as strings), and the JSON itself may
+nest without end or hold a 400-digit number (read by `untrusted.read_json`, which bounds both).
+Every field the toolkit uses is read here and type-checked; anything off raises
+`MalformedResponse` with one line that names the field and what came, so the caller fails that
+one request (the benchmark records it as `malformed_chunk` and goes on) instead of the whole run.
 
 >>> chunk = read_chunk({"choices": [{"delta": {"content": "Hi"}}]}, chat=True)
 >>> chunk.text, chunk.token_bearing
@@ -22,10 +23,16 @@ import json
 import re
 from typing import Any, TypeGuard
 
-from modal_llm_serving.errors import EndpointError
+from modal_llm_serving.errors import EndpointError, UntrustedDataError
+from modal_llm_serving.redact import redact
+from modal_llm_serving.untrusted import read_json
 
-__all__ = ["ChatCompletion", "Chunk", "MalformedResponse", "error_message", "is_int", "one_line",
-           "parse_object", "read_chat_completion", "read_chunk", "read_models"]
+__all__ = ["MAX_TOKEN_COUNT", "ChatCompletion", "Chunk", "MalformedResponse", "error_message",
+           "is_int", "one_line", "parse_object", "read_chat_completion", "read_chunk",
+           "read_models"]
+
+# More tokens than any model reads or writes in one request: a larger usage count is a bad answer.
+MAX_TOKEN_COUNT = 2**31 - 1
 
 
 class MalformedResponse(EndpointError):
@@ -58,17 +65,19 @@ class ChatCompletion:
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    """Any text (an HTML error page, a multi-line message) as one short line for a table."""
-    flat = re.sub(r"\s+", " ", text).strip()
+    """Any text (an HTML error page, a multi-line message) as one short line for a table;
+    secrets are masked before it is cut, so no part of one is left at the cut."""
+    flat = re.sub(r"\s+", " ", redact(text)).strip()
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
-def parse_object(text: str, *, what: str) -> dict[str, Any]:
+def parse_object(text: str | bytes, *, what: str) -> dict[str, Any]:
     """`text` as a JSON object, or MalformedResponse naming `what` it was meant to be."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        raise MalformedResponse(f"{what} is not JSON: {one_line(text, 120)!r}") from None
+        value = read_json(text, what=what)
+    except UntrustedDataError as exc:  # not JSON, or past a bound (depth, number, size, text)
+        shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        raise MalformedResponse(f"{exc}: {one_line(shown, 80)!r}") from None
     if not isinstance(value, dict):
         raise MalformedResponse(f"{what} is a JSON {_kind(value)}, not an object")
     return value
@@ -146,8 +155,8 @@ def error_message(body: bytes) -> str:
     """The server's error message (OpenAI/vLLM JSON shape) or its body, as one short line."""
     text = body.decode("utf-8", errors="replace").strip()
     try:
-        payload = json.loads(text)
-    except ValueError:
+        payload = read_json(text, what="the error body")
+    except UntrustedDataError:
         return one_line(text) or "(empty body)"
     if isinstance(payload, dict):
         return _error_text(payload.get("error", payload))
@@ -182,7 +191,7 @@ def _count(usage: dict[str, Any], key: str) -> int | None:
     value = usage.get(key)
     if value is None:
         return None
-    if not is_int(value) or value < 0:
+    if not is_int(value) or not 0 <= value <= MAX_TOKEN_COUNT:
         raise MalformedResponse(f"usage.{key} is {value!r:.40}, not a token count")
     return value
 

@@ -17,10 +17,22 @@ from typing import Any, Literal
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.facts.workload import read_toml
 
-__all__ = ["GB", "GPU", "Platform", "builtin_table", "catalog_gpu", "lacks_kernels",
+__all__ = ["GB", "GPU", "Achievable", "Platform", "builtin_table", "catalog_gpu", "lacks_kernels",
            "load_gpu_catalog"]
 
 GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Achievable:
+    """The share of a card's datasheet peaks that real kernels reach: a long copy through HBM,
+    large dense bf16 and fp8 matrix products (benchmarks/gpu_calibrate.py), and where the figures
+    come from (measured on that card, or assumed from another)."""
+
+    hbm: float = 1.0
+    bf16: float = 1.0
+    fp8: float = 1.0
+    source: str = "datasheet peaks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +49,24 @@ class GPU:
     price_verified: bool
     nvlink: bool = False  # GPUs of one container linked by NVLink (else PCIe)
     bf16: bool = True  # native bf16 tensor cores (Turing has none: it would run fp16 instead)
+    achievable: Achievable = Achievable()
 
     def tflops(self, *, fp8: bool) -> float:
-        return self.fp8_tflops if fp8 and self.fp8 and self.fp8_tflops > 0 else self.bf16_tflops
+        """The datasheet's dense tensor-core peak for the precision."""
+        return self.fp8_tflops if fp8 and self._fp8_math(fp8) else self.bf16_tflops
+
+    def flops_s(self, *, fp8: bool) -> float:
+        """FLOP/s the planner counts on: the peak times the achievable share."""
+        share = self.achievable.fp8 if self._fp8_math(fp8) else self.achievable.bf16
+        return self.tflops(fp8=fp8) * 1e12 * share
+
+    @property
+    def hbm_bytes_s(self) -> float:
+        """Memory bytes/s the planner counts on: the datasheet's times the achievable share."""
+        return self.hbm_tb_s * 1e12 * self.achievable.hbm
+
+    def _fp8_math(self, fp8: bool) -> bool:
+        return fp8 and self.fp8 and self.fp8_tflops > 0
 
 
 def lacks_kernels(gpu: GPU, precision: str) -> Literal["fp8", "mxfp4"] | None:
@@ -79,6 +106,7 @@ class Platform:
 
 
 _GPU_FIELDS = {f.name: f for f in dataclasses.fields(GPU) if f.name != "name"}
+_OPTIONAL_GPU_FIELDS = {"nvlink", "bf16", "achievable"}
 _PLATFORM_FIELDS = {f.name for f in dataclasses.fields(Platform)}
 
 
@@ -98,6 +126,22 @@ def builtin_table(name: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+def _achievable(entry: object, where: str) -> Achievable:
+    """An `achievable` table: hbm, bf16 and fp8 shares in (0, 1], and their source."""
+    fields = {f.name for f in dataclasses.fields(Achievable)}
+    if not isinstance(entry, dict) or set(entry) != fields:
+        raise UsageError(f"{where}: achievable must be a table of exactly {sorted(fields)}, "
+                         "e.g. { hbm = 0.9, bf16 = 0.8, fp8 = 0.7, source = \"measured ...\" }")
+    for share in ("hbm", "bf16", "fp8"):
+        if not _positive(entry[share]) or entry[share] > 1:
+            raise UsageError(f"{where}: achievable.{share} must be a share in (0, 1], got "
+                             f"{entry[share]!r}")
+    if not isinstance(entry["source"], str) or not entry["source"].strip():
+        raise UsageError(f"{where}: achievable.source must say where the shares come from")
+    return Achievable(hbm=float(entry["hbm"]), bf16=float(entry["bf16"]),
+                      fp8=float(entry["fp8"]), source=entry["source"].strip())
+
+
 def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Platform]:
     """The GPU catalog and platform figures, with `override` (or $MLS_GPU_CATALOG) applied."""
     data = builtin_table("gpus.toml")
@@ -105,12 +149,13 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
         override = Path(env)
     gpus: dict[str, dict[str, Any]] = {k: dict(v) for k, v in data["gpus"].items()}
     platform: dict[str, Any] = dict(data["platform"])
+    assumed: dict[str, Any] = dict(data["achievable"])
     if override is not None:
         user = read_toml(override, "GPU catalog")
         for key in user:
-            if key not in ("gpus", "platform"):
-                raise UsageError(f"GPU catalog {override}: unknown table [{key}] (use [gpus.NAME] "
-                                 "and [platform])")
+            if key not in ("gpus", "platform", "achievable"):
+                raise UsageError(f"GPU catalog {override}: unknown table [{key}] (use [gpus.NAME], "
+                                 "[platform] and [achievable])")
         if not isinstance(user.get("gpus", {}), dict) or not isinstance(
                 user.get("platform", {}), dict):
             raise UsageError(f"GPU catalog {override}: [gpus.NAME] and [platform] must be "
@@ -121,11 +166,13 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
                                  "fields, e.g. [gpus.{name}] with price_per_hour = 3.95")
             gpus[name] = {**gpus.get(name, {}), **entry}
         platform.update(user.get("platform", {}))
+        if isinstance(user.get("achievable"), dict):
+            assumed.update(user["achievable"])
     source = override or "the built-in GPU catalog"
     catalog: dict[str, GPU] = {}
     for name, entry in gpus.items():
         unknown = set(entry) - set(_GPU_FIELDS)
-        missing = set(_GPU_FIELDS) - set(entry) - {"nvlink", "bf16"}
+        missing = set(_GPU_FIELDS) - set(entry) - _OPTIONAL_GPU_FIELDS
         if unknown or missing:
             raise UsageError(f"{source}: GPU '{name}' has unknown fields {sorted(unknown)} or "
                              f"lacks {sorted(missing)}; every GPU needs {sorted(_GPU_FIELDS)}")
@@ -137,7 +184,8 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
             if field in entry and not isinstance(entry[field], bool):
                 raise UsageError(f"{source}: GPU '{name}' field '{field}' must be true or false, "
                                  f"got {entry[field]!r}")
-        catalog[name] = GPU(name=name, **entry)
+        share = _achievable(entry.get("achievable", assumed), f"{source}: GPU '{name}'")
+        catalog[name] = GPU(name=name, **{**entry, "achievable": share})
     if set(platform) != _PLATFORM_FIELDS:
         raise UsageError(f"{source}: [platform] needs exactly {sorted(_PLATFORM_FIELDS)}")
     for field, value in platform.items():

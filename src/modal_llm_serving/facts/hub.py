@@ -11,23 +11,29 @@ no network at all. A commit never changes, so nothing cached here goes stale.
 huggingface_hub reads those variables once, when it is imported; this module reads them at each
 call and hands them to it, so a long-lived process (or a test) that changes them is obeyed too.
 Every failure is one line (`UsageError`, exit 2) and leaves nothing in the toolkit's cache.
+
+The Hub (or whatever HF_ENDPOINT names) is outside data: one read of a model's facts ends within
+`HUB_TIMEOUT_S` in all, whatever the server trickles (`deadline.py`, applied to huggingface_hub's
+shared client), and what it answers is read with bounds (`untrusted.py`, and the library's own
+JSON errors caught as a bad answer).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2  # huggingface_hub's HTTP client: its connection errors reach us unwrapped
-from huggingface_hub import HfApi, constants, get_token, hf_hub_download
+from huggingface_hub import HfApi, constants, get_session, get_token, hf_hub_download
 from huggingface_hub.errors import (
     FileMetadataError,
     GatedRepoError,
@@ -45,9 +51,16 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
 from modal_llm_serving.cache import cache_dir
+from modal_llm_serving.deadline import DeadlineExceeded, bounded, within
 from modal_llm_serving.errors import HubUnreachable, UsageError
+from modal_llm_serving.facts.revision import hub_endpoint
+from modal_llm_serving.untrusted import read_json_file
 
-__all__ = ["TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
+__all__ = ["HUB_TIMEOUT_S", "TEXT_CONFIG_KEYS", "HubModel", "hub_cache", "read_hub_model"]
+
+T = TypeVar("T")
+# One model's facts from the Hub: its info, config.json and every shard's header, in all.
+HUB_TIMEOUT_S = 120.0
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Where multimodal wrappers keep their language model's config: text_config (Gemma 3, Llama 4,
@@ -100,37 +113,47 @@ def hub_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface" / "hub"
 
 
-def read_hub_model(model: str, revision: str) -> HubModel:
-    """Facts of Hub model `model` at commit `revision`: from the caches, else from the Hub.
+def read_hub_model(model: str, revision: str, *, timeout: float = HUB_TIMEOUT_S) -> HubModel:
+    """Facts of Hub model `model` at commit `revision`: from the caches, else from the Hub,
+    within `timeout` seconds in all.
 
     **Raises:** `UsageError` (one line) when the id or revision is malformed, or the Hub cannot
-    answer: gated without access, unknown model or revision, offline, unreachable, rate-limited.
+    answer: gated without access, unknown model or revision, offline, unreachable, rate-limited,
+    too slow (`HubUnreachable`), or not with JSON a reader can trust.
     """
     _check_pins(model, revision)
-    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    endpoint = hub_endpoint(constants.ENDPOINT)
     offline = constants.is_offline_mode() or _is_true(os.environ.get("HF_HUB_OFFLINE"))
     summary_file = cache_dir() / "hub" / f"models--{model.replace('/', '--')}" / f"{revision}.json"
     summary = _load_summary(summary_file)
     if summary is None and offline:
         raise HubUnreachable(_never_read(model, revision))
+    bounded(get_session())  # huggingface_hub's shared client: its I/O obeys `within` below
+    rev = revision[:12]
     try:
-        if summary is None:
-            api = HfApi(endpoint=endpoint)
-            info = api.model_info(model, revision=revision)
-            config_file = _config_file(model, revision, endpoint=endpoint, offline=False)
-            config = _read_json(config_file, model=model, revision=revision)
-            summary = {"gated": None if info.gated is None else info.gated is not False,
-                       **_weights_summary(api, model, revision, endpoint=endpoint)}
-            _save_summary(summary_file, summary)
-        else:
-            config_file = _config_file(model, revision, endpoint=endpoint, offline=offline)
-            config = _read_json(config_file, model=model, revision=revision)
+        with within(timeout, what=f"reading {model} at {rev} from {endpoint}"):
+            if summary is None:
+                api = HfApi(endpoint=endpoint)
+                info = _answer_of(functools.partial(api.model_info, model, revision=revision),
+                                  what=f"{endpoint}'s model info of {model} at {rev}")
+                config_file = _config_file(model, revision, endpoint=endpoint, offline=False)
+                config = _read_json(config_file, model=model, revision=revision)
+                summary = {"gated": None if info.gated is None else info.gated is not False,
+                           **_weights_summary(api, model, revision, endpoint=endpoint)}
+                _save_summary(summary_file, summary)
+            else:
+                config_file = _config_file(model, revision, endpoint=endpoint, offline=offline)
+                config = _read_json(config_file, model=model, revision=revision)
     except _HUB_ERRORS as exc:
         message = _explain(exc, model=model, revision=revision, endpoint=endpoint,
                            offline=offline)
         cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) else exc
         unreachable = offline or isinstance(cause, httpx2.TransportError | OfflineModeIsEnabled)
         raise (HubUnreachable if unreachable else UsageError)(message) from exc
+    except DeadlineExceeded:
+        raise HubUnreachable(f"{endpoint} did not answer for {model} at {rev} within "
+                             f"{timeout:g} s: check the network and HF_ENDPOINT, then run "
+                             "again") from None
     key = next((k for k in TEXT_CONFIG_KEYS if isinstance(config.get(k), dict)), None)
     return HubModel(model=model, revision=revision, config=config, text_config_key=key,
                     parameters=summary["parameters"], checkpoint_bytes=summary["checkpoint_bytes"],
@@ -163,9 +186,9 @@ def _config_file(model: str, revision: str, *, endpoint: str, offline: bool) -> 
 def _read_json(path: Path, *, model: str, revision: str) -> dict[str, Any]:
     """A JSON object the repo holds (config.json, the safetensors index), read from the cache."""
     try:
-        content = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path.name} of {model} at {revision[:12]} is not JSON ({exc})") from exc
+        content = read_json_file(path, what=f"{path.name} of {model} at {revision[:12]}")
+    except ValueError as exc:  # not UTF-8, not JSON, or past a bound (UntrustedDataError)
+        raise UsageError(str(exc)) from None
     if not isinstance(content, dict):
         raise UsageError(f"{path.name} of {model} at {revision[:12]} is not a JSON object")
     return content
@@ -178,7 +201,9 @@ def _weights_summary(api: HfApi, model: str, revision: str, *, endpoint: str) ->
     downloads the index into the cache folder of import time (it takes no cache_dir) and turns an
     unknown repo or revision into "not a safetensors repo".
     """
-    header = functools.partial(api.parse_safetensors_file_metadata, model, revision=revision)
+    header = functools.partial(_answer_of, functools.partial(
+        api.parse_safetensors_file_metadata, model, revision=revision),
+        what=f"a safetensors header of {model} at {revision[:12]}")
     try:
         files = [header(_SINGLE)]
         weights, total_size = _SINGLE, None
@@ -189,10 +214,19 @@ def _weights_summary(api: HfApi, model: str, revision: str, *, endpoint: str) ->
         except RemoteEntryNotFoundError:
             return {"weights": None, "parameters": {}, "checkpoint_bytes": None}
         index = _read_json(Path(str(index_file)), model=model, revision=revision)
-        shards = sorted(set(index.get("weight_map", {}).values()))
+        weight_map, metadata = index.get("weight_map"), index.get("metadata")
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(name, str) for name in weight_map.values()):
+            raise UsageError(f"{_INDEX} of {model} at {revision[:12]} has no weight_map of "
+                             "file names: is the upload whole?") from None
+        shards = sorted(set(weight_map.values()))
+        # each reader thread runs in a copy of this context: the deadline goes with it
+        contexts = [contextvars.copy_context() for _ in shards]
         with ThreadPoolExecutor(_HEADER_READERS) as pool:
-            files = list(pool.map(header, shards))
-        weights, total_size = _INDEX, (index.get("metadata") or {}).get("total_size")
+            files = list(pool.map(lambda context, shard: context.run(header, shard), contexts,
+                                  shards))
+        total_size = metadata.get("total_size") if isinstance(metadata, dict) else None
+        weights = _INDEX
     parameters: dict[str, int] = {}
     for file in files:
         for dtype, count in file.parameter_count.items():
@@ -204,10 +238,21 @@ def _weights_summary(api: HfApi, model: str, revision: str, *, endpoint: str) ->
             "checkpoint_bytes": data_bytes}
 
 
+def _answer_of(call: Callable[..., T], *args: Any, what: str) -> T:
+    """`call(*args)`, a huggingface_hub read of a Hub answer: the library parses that JSON with
+    no bounds and builds its objects from whatever shape came, so what it raises for an odd
+    answer (RecursionError, KeyError, TypeError, ValueError) is a bad answer, said in one line."""
+    try:
+        return call(*args)
+    except (RecursionError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{what} cannot be read ({type(exc).__name__}): is HF_ENDPOINT a "
+                         "Hugging Face Hub?") from None
+
+
 def _load_summary(path: Path) -> dict[str, Any] | None:
     # A summary that cannot be read back whole is treated as absent: the Hub is asked again.
     try:
-        summary = json.loads(path.read_text())
+        summary = read_json_file(path)
     except (OSError, ValueError):
         return None
     fields_ok = (isinstance(summary, dict)

@@ -8,7 +8,6 @@ built-in catalog `data/models.toml`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path
@@ -18,6 +17,8 @@ from modal_llm_serving.errors import HubUnreachable, UsageError
 from modal_llm_serving.facts.context import context_limit
 from modal_llm_serving.facts.gpus import GB, builtin_table
 from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, HubModel, hub_cache, read_hub_model
+from modal_llm_serving.files import require_regular_file
+from modal_llm_serving.untrusted import read_json_file
 
 __all__ = [
     "ModelFacts",
@@ -379,9 +380,9 @@ def _checkpoint_bytes(folder: Path) -> float | None:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            size = json.loads(index.read_text())["metadata"]["total_size"]
+            size = read_json_file(index)["metadata"]["total_size"]
             return float(size)
-        except (KeyError, ValueError, TypeError):
+        except (OSError, KeyError, ValueError, TypeError):  # a sum of the files' sizes instead
             pass
     files = list(folder.glob("*.safetensors"))
     if files:
@@ -430,11 +431,15 @@ def _from_hub(hub: HubModel) -> ModelFacts:
     return facts
 
 
+CONFIG_LIMIT_BYTES = 16 * 2**20  # a config.json is a few KiB; one past this is not one
+
+
 def _load_config(path: Path, *, name: str, checkpoint: float | None) -> ModelFacts:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
+        require_regular_file(path, what="model config")
+        config = read_json_file(path, max_bytes=CONFIG_LIMIT_BYTES)
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or past a bound
+        raise UsageError(f"cannot read {path}: {exc}") from None
     if not isinstance(config, dict):
         raise UsageError(f"{path} is not a JSON object")
     return model_facts_from_config(config, name=name, source=f"config.json at {path}",

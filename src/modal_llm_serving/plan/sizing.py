@@ -56,16 +56,16 @@ class Sizing:
         return weights + batch * self.ctx_avg * self.kv_bytes_per_token_at(self.ctx_avg)
 
     def step_seconds(self, gpu: GPU, n: int, batch: int) -> float:
-        memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
-        compute = 2 * self.facts.active_params * batch / (n * self._tflops(gpu) * 1e12)
+        memory = self.step_bytes(batch) / (n * gpu.hbm_bytes_s)
+        compute = 2 * self.facts.active_params * batch / (n * self._flops(gpu))
         return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
 
     def full_load_seconds(self, gpu: GPU, n: int, batch: int, prompt_per_output: float) -> float:
         """A decode step at `batch` plus the prefill of `prompt_per_output` prompt tokens per
         output token (continuous batching mixes them), whichever bound is slower."""
-        memory = self.step_bytes(batch) / (n * gpu.hbm_tb_s * 1e12)
+        memory = self.step_bytes(batch) / (n * gpu.hbm_bytes_s)
         compute = (2 * self.facts.active_params * batch * (1 + prompt_per_output)
-                   / (n * self._tflops(gpu) * 1e12))
+                   / (n * self._flops(gpu)))
         return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
 
     def allreduce_seconds(self, gpu: GPU, n: int, batch: int) -> float:
@@ -80,11 +80,11 @@ class Sizing:
         f = self.facts
         flops = (2 * f.active_params * prompt
                  + 2 * f.layers * prompt * prompt * f.heads * min(f.head_dim, 192))
-        return max(flops / (n * self._tflops(gpu) * 1e12),
-                   self.weights_bytes / (n * gpu.hbm_tb_s * 1e12))
+        return max(flops / (n * self._flops(gpu)),
+                   self.weights_bytes / (n * gpu.hbm_bytes_s))
 
-    def _tflops(self, gpu: GPU) -> float:
-        return gpu.tflops(fp8=self.precision == "fp8")
+    def _flops(self, gpu: GPU) -> float:
+        return gpu.flops_s(fp8=self.precision == "fp8")
 
 
 def size(w: Workload, facts: ModelFacts) -> Sizing:
@@ -141,8 +141,8 @@ def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
     `cold` is its `cold_start_seconds`."""
     gpu, n, b = c.gpu, c.n_gpu, c.batch
     load_s, cold_without, cold_with = cold
-    bw = gpu.hbm_tb_s * 1e12
-    tf = gpu.tflops(fp8=s.precision == "fp8") * 1e12
+    bw = gpu.hbm_bytes_s
+    tf = gpu.flops_s(fp8=s.precision == "fp8")
     price = gpu.price_per_hour * n * c.price_multiplier
     decode_inputs = {"W_bytes": s.weights_bytes,
                      "kv_bytes_per_token": s.kv_bytes_per_token_at(s.ctx_avg),

@@ -11,7 +11,6 @@ new file parses, and its syntax tree equals the recipe's except for those values
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import json
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modal_llm_serving.errors import RecipeError, UsageError
+from modal_llm_serving.files import cannot_write, write_atomic
 
 if TYPE_CHECKING:  # annotations only: render_source and write_app need no planner
     from modal_llm_serving.facts.workload import Workload
@@ -170,14 +170,10 @@ def write_app(source_path: Path, settings: dict[str, Any], output: Path, *,
     source = source_path.read_text(encoding="utf-8")
     app_name = "mls-" + re.sub(r"[^a-z0-9-]+", "-", output.stem.lower()).strip("-")
     result = render_source(source, {**settings, "APP_NAME": app_name[:63]})
-    temporary = output.with_name(output.name + ".tmp")
-    try:
-        temporary.write_text(result.text, encoding="utf-8")
-        temporary.replace(output)  # never a half-written app
+    try:  # never a half-written app, never a write through a file or link of that name
+        write_atomic(output, result.text)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
+        raise cannot_write(output, exc) from None
     # APP_NAME is offered to every recipe; only those that name their app by a constant take it
     return dataclasses.replace(result, missing=[m for m in result.missing if m != "APP_NAME"])
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.errors import UsageError
+from modal_llm_serving.files import write_atomic
+from modal_llm_serving.redact import redact_json
 from modal_llm_serving.skill import SKILL_NAME, skill_dir
 from modal_llm_serving.skill.install import install_skill
 
@@ -168,9 +170,10 @@ def _run_agent(agent: str, prompt: str, *, workspace: Path, timeout: float) -> l
     argv = [word.replace("{prompt}", prompt) for word in AGENTS[agent]["argv"]]
     try:
         done = subprocess.run(argv, cwd=workspace, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+                              errors="replace", timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:  # (the partial output is bytes, undecoded)
+        out = (exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes)
+               else (exc.stdout or ""))
         return out.splitlines()
     return done.stdout.splitlines()
 
@@ -194,7 +197,7 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
     summary: dict[str, Any] = {"agent": agent, "date": time.strftime("%Y-%m-%d %H:%M")}
     with (out_dir / "results.jsonl").open("a", encoding="utf-8") as sink:
         def record(row: dict[str, Any]) -> None:
-            sink.write(json.dumps(row) + "\n")
+            sink.write(redact_json(row) + "\n")
             sink.flush()
             on_case(row)
 
@@ -232,5 +235,5 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
                 record({"suite": "tasks", "id": case["id"], "passed": ok,
                         "triggered": transcript.triggered, "expectations": verdicts_})
             summary["tasks"] = {"n": len(cases[:limit]), "passed": passed}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_atomic(out_dir / "summary.json", redact_json(summary, indent=2))
     return summary
