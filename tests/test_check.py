@@ -125,11 +125,18 @@ def test_latest_image_tag_is_unpinned() -> None:
     assert [f.rule.id for f in check_source(source)] == ["MLS013"]
 
 
-def test_dev_mode_behind_proxy_auth_is_not_public() -> None:
-    source = (FIXTURES / "mls009_dev_mode_public.py").read_text().replace(
+def test_dev_mode_behind_proxy_auth_alone_is_still_public() -> None:
+    """Every holder of a workspace proxy token could call /sleep: only a private engine port
+    (behind a forwarder) keeps the dev endpoints in."""
+    web = (FIXTURES / "mls009_dev_mode_public.py").read_text()
+    proxied = web.replace(
         "@modal.web_server(port=PORT, startup_timeout=20 * MINUTES)",
         "@modal.web_server(port=PORT, startup_timeout=20 * MINUTES, requires_proxy_auth=True)")
-    assert check_source(source) == []
+    server = (FIXTURES / "mls009_dev_mode_server_unauthenticated.py").read_text()
+    authenticated = server.replace("    unauthenticated=True,\n", "")
+    for source in (proxied, authenticated):
+        assert source not in (web, server)
+        assert [f.rule.id for f in check_source(source)] == ["MLS009"]
 
 
 # --- the command line -------------------------------------------------------------------------

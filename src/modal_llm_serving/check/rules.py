@@ -62,11 +62,11 @@ RULES: tuple[Rule, ...] = (
          "TypeError at import",
          "use @modal.concurrent(target_inputs=N) only with http_server"),
     Rule("MLS009", "dev-mode-public",
-         "vLLM dev mode (sleep mode) is on behind a public endpoint (@modal.web_server, or "
-         "@app.server with unauthenticated=True): anyone with the URL can call /sleep, "
-         "/wake_up or /collective_rpc",
-         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder, or keep proxy "
-         "auth (requires_proxy_auth=True; a Server's default)"),
+         "vLLM dev mode (sleep mode) is on with the engine on the port Modal exposes "
+         "(@modal.web_server or @app.server): vLLM's key does not guard /sleep, /wake_up or "
+         "/collective_rpc, and proxy auth lets every holder of a workspace proxy token in",
+         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder (the recipes' "
+         "PUBLIC_ROUTES); proxy auth alone is not enough"),
     Rule("MLS010", "low-latency-no-region",
          "a low-latency server without a pinned region: the GPU may run far from the proxy "
          "and clients, adding a round trip to every token",
