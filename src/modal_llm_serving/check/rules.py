@@ -39,8 +39,9 @@ RULES: tuple[Rule, ...] = (
     Rule("MLS003", "compile-cache",
          "engine compilation artifacts (torch.compile, CUDA graphs, DeepGEMM) are not on a "
          "Volume of their own, so each cold start recompiles, or a cache wipe takes the weights",
-         "mount a second Volume at the engine's cache (/root/.cache/vllm for vLLM, "
-         "~/.cache/deepgemm for SGLang), separate from the weights Volume"),
+         "mount a second Volume at the engine's cache (/root/.cache/vllm for vLLM; "
+         "/root/.cache/sglang for SGLang, whose DeepGEMM kernels go to ~/.cache/sglang/deep_gemm), "
+         "separate from the weights Volume"),
     Rule("MLS004", "no-hf-xet",
          "HF_XET_HIGH_PERFORMANCE=1 is not set, so the first weight download runs far below "
          "the network's speed",
@@ -163,6 +164,12 @@ RULES: tuple[Rule, ...] = (
          "pin it: \"revision\" in --speculative-config, --speculative-draft-model-revision, "
          "snapshot_download(repo, revision=HASH); LoRA adapters: download them at a commit to "
          "a Volume and pass that path"),
+    Rule("MLS030", "shell-command",
+         "a command is run through the shell (shell=True, os.system) from joined or interpolated "
+         "text: a value with a space or quote breaks it, a value can inject shell syntax, and "
+         "the shell sits between Modal and the engine's signals",
+         "pass the command as an argv list, subprocess.Popen(argv), without shell=True; keep "
+         "secrets in env=, not in the command"),
 )
 _BY_ID = {rule.id: rule for rule in RULES}
 

@@ -1,5 +1,6 @@
 """Rules on who can reach what: vLLM's dev mode behind a public endpoint (MLS009), secrets
-written in the file (MLS012), and a Server open to anyone with no API key (MLS020).
+written in the file (MLS012), a Server open to anyone with no API key (MLS020), and commands built
+as shell text (MLS030).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from modal_llm_serving.check.app import argv_options, server_calls
 from modal_llm_serving.check.rules import Finding, finding
 from modal_llm_serving.check.source import UNKNOWN, Source, dotted, kwarg, line_of
 
-__all__ = ["dev_mode_public", "secret_in_code", "unauthenticated_without_key"]
+__all__ = ["dev_mode_public", "secret_in_code", "shell_command", "unauthenticated_without_key"]
 
 _TOKEN_PATTERNS = (
     re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face token
@@ -124,4 +125,25 @@ def unauthenticated_without_key(src: Source) -> list[Finding]:
         if src.resolve(kwarg(call, "unauthenticated")) is True and not _requires_api_key(src):
             found.append(finding("MLS020", src.path, line_of(call),
                                  "unauthenticated=True and no API key for the engine"))
+    return found
+
+
+_SUBPROCESS = ("Popen", "run", "call", "check_call", "check_output")
+
+
+def shell_command(src: Source) -> list[Finding]:
+    """MLS030: subprocess.*(..., shell=True) or os.system with a command that is not one literal
+    string: joined, concatenated, formatted or read from a variable."""
+    found = []
+    for call in src.calls:
+        name = dotted(call.func)
+        command = call.args[0] if call.args else kwarg(call, "args")
+        if name.split(".")[-1] in _SUBPROCESS and name.startswith(("subprocess.", *_SUBPROCESS)):
+            if src.resolve(kwarg(call, "shell")) is not True:
+                continue
+        elif name not in ("os.system", "os.popen"):
+            continue
+        if command is not None and not isinstance(command, ast.Constant):
+            found.append(finding("MLS030", src.path, line_of(call),
+                                 f"{name}() runs `{ast.unparse(command)[:60]}` through a shell"))
     return found
