@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from modal_llm_serving.recipes.files import recipe_path
 from modal_llm_serving.recipes.table import RECIPE_NAMES as RECIPES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
+SKILL_FILES = Path(__file__).parent.parent / "skills" / "modal-llm-serving" / "evals" / "files"
 CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py",
          # the startup rules' clean twins: each failing fixture with its setting put right
          "clean_mls022_tp_matches_gpus.py", "clean_mls023_fits.py",
@@ -58,6 +60,8 @@ BAD = {
     "mls027_concurrency_vs_batch.py": {"MLS027"},
     "mls028_gated_no_token.py": {"MLS028"},
     "mls029_unpinned_extra_model.py": {"MLS029"},
+    # how the engine is launched
+    "mls030_shell_command.py": {"MLS030"},
 }
 
 
@@ -119,17 +123,64 @@ def test_placeholder_keys_are_not_secrets() -> None:
     assert check_source(source) == []
 
 
+def test_sglang_compile_cache_where_sglang_reads_it() -> None:
+    """SGLang 0.5 reads DeepGEMM kernels from $SGLANG_CACHE_DIR/deep_gemm (its environ module):
+    a Volume at ~/.cache/deepgemm is never read, unless the image points the variable there."""
+    from sglang.srt.environ import envs
+
+    assert envs.SGLANG_DG_CACHE_DIR.get() == os.path.expanduser("~/.cache/sglang/deep_gemm")
+    source = (FIXTURES / "clean_low_latency.py").read_text()
+    for path, fires in (("/root/.cache/sglang/deep_gemm", False), ("/root/.cache/deepgemm", True)):
+        mounted = source.replace('"/root/.cache/sglang"', f'"{path}"')
+        assert mounted != source
+        assert ("MLS003" in {f.rule.id for f in check_source(mounted)}) is fires, path
+    pointed = source.replace('"/root/.cache/sglang"', '"/root/.cache/deepgemm"').replace(
+        '.env({', '.env({"SGLANG_DG_CACHE_DIR": "/root/.cache/deepgemm", ', 1)
+    assert '"SGLANG_DG_CACHE_DIR"' in pointed
+    assert "MLS003" not in {f.rule.id for f in check_source(pointed)}
+
+
+@pytest.mark.parametrize(("command", "fires"), [
+    ('" ".join(argv)', True), ('f"vllm serve {MODEL_NAME}"', True),
+    ('"vllm serve " + MODEL_NAME', True), ("command", True),
+    ('"vllm serve Qwen/Qwen3-0.6B"', False)])
+def test_shell_true_fires_on_built_commands_only(command: str, fires: bool) -> None:
+    source = (FIXTURES / "clean_online.py").read_text().replace(
+        "subprocess.Popen(argv, ", f"subprocess.Popen({command}, shell=True, ")
+    assert "shell=True" in source
+    assert ("MLS030" in {f.rule.id for f in check_source(source)}) is fires
+
+
+def test_a_second_engine_launched_from_shell_text_is_a_second_pattern() -> None:
+    """The review eval's app: vLLM from an argv list, SGLang from a string run by the shell."""
+    ids = {f.rule.id for f in check_source(
+        (SKILL_FILES / "review_me.py").read_text(), path="review_me.py")}
+    assert {"MLS007", "MLS030", "MLS015"} <= ids
+    source = (FIXTURES / "clean_online.py").read_text()
+    extra = source + ('\n\n@app.function(image=image)\ndef other() -> None:\n'
+                      '    subprocess.Popen(["python", "-m", "sglang.launch_server"])\n')
+    assert "MLS007" in {f.rule.id for f in check_source(extra)}
+    assert "MLS007" not in {f.rule.id for f in check_source(source)}
+
+
 def test_latest_image_tag_is_unpinned() -> None:
     source = (FIXTURES / "clean_low_latency.py").read_text().replace(
         "nvidia/cuda:12.8.1-devel-ubuntu22.04", "lmsysorg/sglang:latest")
     assert [f.rule.id for f in check_source(source)] == ["MLS013"]
 
 
-def test_dev_mode_behind_proxy_auth_is_not_public() -> None:
-    source = (FIXTURES / "mls009_dev_mode_public.py").read_text().replace(
+def test_dev_mode_behind_proxy_auth_alone_is_still_public() -> None:
+    """Every holder of a workspace proxy token could call /sleep: only a private engine port
+    (behind a forwarder) keeps the dev endpoints in."""
+    web = (FIXTURES / "mls009_dev_mode_public.py").read_text()
+    proxied = web.replace(
         "@modal.web_server(port=PORT, startup_timeout=20 * MINUTES)",
         "@modal.web_server(port=PORT, startup_timeout=20 * MINUTES, requires_proxy_auth=True)")
-    assert check_source(source) == []
+    server = (FIXTURES / "mls009_dev_mode_server_unauthenticated.py").read_text()
+    authenticated = server.replace("    unauthenticated=True,\n", "")
+    for source in (proxied, authenticated):
+        assert source not in (web, server)
+        assert [f.rule.id for f in check_source(source)] == ["MLS009"]
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def verify_modal_settings(spied: Spied) -> str:
         assert info.concurrency_info.max_inputs == r.MAX_INPUTS
         assert info.concurrency_info.target_inputs == r.TARGET_INPUTS
         enters = {args[0]: kwargs.get("snap") for args, kwargs in spied.calls["enter"]}
-        assert enters == {"start_and_sleep": True, "wake": False}
+        assert enters == {"start_and_sleep": r.ENABLE_MEMORY_SNAPSHOT, "wake": False}
         assert spied.one("web_server")["port"] == r.PORT
         assert info.method_names == ["serve"]
         assert spied.image_env()["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
@@ -192,7 +192,7 @@ def verify_modal_settings(spied: Spied) -> str:
         assert deco["experimental_options"] == {"enable_gpu_snapshot": r.ENABLE_GPU_SNAPSHOT}
         assert r.N_GPU == 1 or not r.ENABLE_GPU_SNAPSHOT
         enters = {args[0]: kwargs.get("snap") for args, kwargs in spied.calls["enter"]}
-        assert enters == {"start_and_sleep": True, "wake": False}
+        assert enters == {"start_and_sleep": r.ENABLE_MEMORY_SNAPSHOT, "wake": False}
         assert spied.image_env()["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
     else:
         info = r.Worker._get_class_service_function().info()

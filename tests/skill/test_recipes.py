@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import inspect
 import json
 import os
 import py_compile
@@ -21,8 +22,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -50,7 +52,9 @@ HERE = Path(__file__).resolve().parent
 RECIPES = table.RECIPE_NAMES
 VLLM_RECIPES = tuple(r.name for r in table.RECIPES if r.engine == "vllm")
 SERVERS = tuple(r.name for r in table.RECIPES if r.engine == "vllm" and r.primitive)
-FORWARDING = tuple(r.name for r in table.RECIPES if r.primitive == "web_server")  # /v1 forwarders
+# the recipes whose engine listens on loopback behind a route allow-list forwarder
+FORWARDING = tuple(r.name for r in table.RECIPES
+                   if any(s.name == "PUBLIC_ROUTES" for s in r.settings))
 # what each file is, in verify.pattern_of's words: its pattern, or "server" for the Server form
 PATTERNS = {r.name: "server" if r.proxy_auth else r.patterns[0] for r in table.RECIPES}
 
@@ -97,10 +101,12 @@ def test_recipe_gives_modal_its_settings(name: str, spy_modal: Callable[[Path], 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_plain_and_within_its_size(name: str) -> None:
-    """Nothing generated or copied from the toolkit; ≤ 300 lines, the online one ≤ 250."""
+    """Nothing generated or copied from the toolkit; the online one ≤ 270 lines, the Server
+    form (forwarder, snapshots and sessions in one file) ≤ 360, the others ≤ 330."""
     source = recipe_path(name).read_text()
     assert "# BEGIN" not in source and "modal_llm_serving" not in source
-    assert len(source.splitlines()) <= (250 if name == "vllm_online" else 300)
+    limit = {"vllm_online": 270, "vllm_server": 360}.get(name, 330)
+    assert len(source.splitlines()) <= limit
 
 
 # --- the engine command, through the engine's own parser ---------------------------------------
@@ -226,10 +232,12 @@ def test_online_recipe_server_passes_the_smoke_test(tiny_server: LocalServer,
 def test_recipe_own_smoke_client_passes_through_its_forwarder(
         name: str, fronts: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     recipe = load_recipe(recipe_path(name))
-    recipe.run_smoke(fronts[name], api_key=TINY_API_KEY, model="tiny", ready_timeout=30)
+    no_proxy = {"proxy_auth": False} if name == "vllm_server" else {}  # no Modal proxy here
+    recipe.run_smoke(fronts[name], api_key=TINY_API_KEY, model="tiny", ready_timeout=30,
+                     **no_proxy)
     out = capsys.readouterr().out
     assert "smoke test passed" in out
-    if name == "vllm_cold_start":
+    if name in ("vllm_cold_start", "vllm_server"):  # dev mode on: the smoke test proves it hidden
         assert "dev endpoints: hidden (404)" in out
 
 
@@ -374,21 +382,33 @@ def test_low_latency_recipe_smoke_passes_against_a_real_server(
     assert "smoke test passed" in capsys.readouterr().out
 
 
+class ScalingUp(NamedTuple):
+    url: str
+    seen: list[tuple[str, Mapping[str, str]]]  # (path, headers) of each request
+    script: list[int]  # statuses /health answers first
+    scripts: dict[str, list[int]]  # path -> statuses it answers first
+
+
 @pytest.fixture
-def scaling_up_server() -> Iterator[tuple[str, list[tuple[str, str | None]], list[int]]]:
+def scaling_up_server() -> Iterator[ScalingUp]:
     """Fault injection: /health answers the statuses in `script` first, then 200; the /v1 routes
-    answer like a tiny OpenAI server. Records (path, Modal-Session-ID) of every request."""
+    answer like a tiny OpenAI server, each first answering the statuses `scripts[path]` holds;
+    any other path is 404. Records (path, headers) of every request."""
 
     from aiohttp import web
 
-    seen: list[tuple[str, str | None]] = []
+    seen: list[tuple[str, Mapping[str, str]]] = []
     script: list[int] = []
+    scripts: dict[str, list[int]] = {}
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        seen.append((request.path, request.headers.get("Modal-Session-ID")
-                     or request.headers.get("Modal-Key")))
+        seen.append((request.path, request.headers.copy()))  # names case-insensitive
         if request.path == "/health":
             return web.Response(status=script.pop(0) if script else 200)
+        if scripts.get(request.path):
+            return web.Response(status=scripts[request.path].pop(0))
+        if request.path not in ("/v1/models", "/v1/chat/completions"):
+            return web.Response(status=404)
         if request.path == "/v1/models":
             return web.json_response({"data": [{"id": "m"}]})
         body = await request.json()
@@ -419,31 +439,30 @@ def scaling_up_server() -> Iterator[tuple[str, list[tuple[str, str | None]], lis
 
     threading.Thread(target=run, daemon=True).start()
     assert ready.wait(10)
-    yield f"http://127.0.0.1:{port}", seen, script
+    yield ScalingUp(f"http://127.0.0.1:{port}", seen, script, scripts)
     loop.call_soon_threadsafe(loop.stop)
 
 
 
 def test_low_latency_smoke_retries_503_with_one_session_id(
-        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    url, seen, script = scaling_up_server
+        scaling_up_server: ScalingUp, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url, seen, script, _ = scaling_up_server
     recipe = load_recipe(recipe_path("sglang_low_latency"))
     monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
     script += [503, 503, 503]  # a scaled-to-zero http_server while the first replica starts
     recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
     assert "smoke test passed" in capsys.readouterr().out
     assert [path for path, _ in seen].count("/health") == 4
-    sessions = {session for _, session in seen}
+    sessions = {headers.get("Modal-Session-ID") for _, headers in seen}
     assert len(sessions) == 1 and None not in sessions  # every request, one sticky session
 
 
 def test_low_latency_smoke_does_not_retry_other_errors(
-        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        scaling_up_server: ScalingUp, monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib.error
 
-    url, seen, script = scaling_up_server
+    url, seen, script, _ = scaling_up_server
     recipe = load_recipe(recipe_path("sglang_low_latency"))
     monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
     script += [500]
@@ -636,32 +655,107 @@ def test_server_recipe_smoke_passes_against_a_real_server(
     assert "smoke test passed" in capsys.readouterr().out
 
 
-def test_server_smoke_sends_proxy_auth_and_retries_503(
-        scaling_up_server: tuple[str, list[tuple[str, str | None]], list[int]],
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    url, seen, script = scaling_up_server
+def test_server_smoke_sends_each_header_to_its_layer_and_retries_503(
+        scaling_up_server: ScalingUp, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every smoke request: the proxy token as Modal-Key/Modal-Secret, vLLM's key as the bearer,
+    one Modal-Session-ID; 503 (no live replica) retried on each step; the dev endpoint 404s."""
+    import urllib.error
+
+    url, seen, script, scripts = scaling_up_server
     recipe = load_recipe(recipe_path("vllm_server"))
     monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
     monkeypatch.setenv("MODAL_PROXY_TOKEN_ID", "wk-test")
     monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", "ws-test")
     script += [503, 503]  # a Server's container still starting
+    scripts |= {"/v1/models": [503], "/v1/chat/completions": [503, 503]}
     recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
-    assert "smoke test passed" in capsys.readouterr().out
-    assert [path for path, _ in seen].count("/health") == 3
-    assert {key for _, key in seen} == {"wk-test"}  # every request carried the proxy token
-    script += [401]  # proxy auth refused: not retried
-    import urllib.error
-
+    out = capsys.readouterr().out
+    assert "dev endpoints: hidden (404)" in out and "smoke test passed" in out
+    paths = [path for path, _ in seen]
+    assert paths.count("/health") == 3 and paths.count("/v1/models") == 2
+    assert paths.count("/v1/chat/completions") == 4  # one chat, one stream, each after a 503
+    assert paths[-1] == "/sleep"
+    for _, headers in seen:
+        assert (headers["Modal-Key"], headers["Modal-Secret"]) == ("wk-test", "ws-test")
+        assert headers["Authorization"] == "Bearer k"  # vLLM's key, never the proxy token
+    assert len({headers["Modal-Session-ID"] for _, headers in seen}) == 1
+    # bounded: 503 past the bound fails, and other errors (proxy auth refused) never retry
+    scripts["/v1/models"] = [503] * 3
+    with pytest.raises(urllib.error.HTTPError, match="503"):
+        recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60, retry_for=0)
+    script += [401]
     with pytest.raises(urllib.error.HTTPError, match="401"):
         recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
 
 
-def test_server_recipe_with_proxy_auth_off_is_flagged(tmp_path: Path) -> None:
-    """The dev endpoints are on the Server's own port: turning proxy auth off exposes them."""
+def test_proxy_token_and_engine_key_reach_different_readers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from the pinned SDK: Modal's proxy takes a proxy token as Modal-Key/Modal-Secret or
+    as `Authorization: Bearer wk-….ws-…`; vLLM's middleware reads only Authorization. The recipe
+    sends the token in the first form, so the bearer stays vLLM's and both locks pass."""
+    from modal._partial_function import _web_server
+    from modal.cli.workspace import PROXY_TOKENS_HELP_TEXT
+    from starlette.datastructures import Headers
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    assert "Modal-Key: wk-123\nModal-Secret: ws-456" in PROXY_TOKENS_HELP_TEXT
+    assert "Authorization: Bearer wk-123.ws-456" in PROXY_TOKENS_HELP_TEXT  # the colliding form
+    assert "Require Modal-Key and Modal-Secret" in inspect.getsource(_web_server)
+    vllm_auth = AuthenticationMiddleware(app=None, tokens=["engine-key"])  # type: ignore[arg-type]
+    recipe = load_recipe(recipe_path("vllm_server"))
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_ID", "wk-123")
+    monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", "ws-456")
+    sent = recipe.request_headers("engine-key", proxy_auth=True, session_id="s")
+    assert (sent["Modal-Key"], sent["Modal-Secret"]) == ("wk-123", "ws-456")
+    assert vllm_auth.verify_token(Headers(headers=sent))
+    # the bearer form of the proxy token would take vLLM's header: vLLM refuses the request
+    collided = {**sent, "Authorization": "Bearer wk-123.ws-456"}
+    assert not vllm_auth.verify_token(Headers(headers=collided))
+
+
+def test_server_recipe_with_the_engine_on_its_port_is_flagged(tmp_path: Path) -> None:
+    """One posture: vLLM's dev endpoints behind proxy auth alone are still flagged (MLS009)."""
     from modal_llm_serving.check import check_file
 
-    source = recipe_path("vllm_server").read_text().replace(
-        "    port=PORT,\n", "    port=PORT,\n    unauthenticated=True,\n", 1)
+    source = recipe_path("vllm_server").read_text()
+    assert source.count("port: int = ENGINE_PORT") == 1
     app = tmp_path / "open_server.py"
-    app.write_text(source)
+    app.write_text(source.replace("port: int = ENGINE_PORT", "port: int = PORT"))
     assert {f.rule.id for f in check_file(app)} == {"MLS009"}
+
+
+# --- both snapshot recipes with snapshots off: the comparison deploy ---------------------------
+
+
+SNAPSHOTTING = {r.name: "VLLMServer" if r.proxy_auth else "VLLMColdStart"
+                for r in table.RECIPES if r.snapshots}
+
+
+@pytest.mark.parametrize("name", sorted(SNAPSHOTTING))
+def test_snapshot_recipe_imports_and_starts_with_snapshots_off(
+        name: str, tmp_path: Path, spy_modal: Callable[[Path], Spied]) -> None:
+    """Both settings False: the real SDK accepts the file, and runs start then wake at each start
+    (none before a snapshot). The unconditional `snap=True` it replaced is refused."""
+    from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
+
+    from modal_llm_serving.recipes.files import RecipeError
+    from modal_llm_serving.recipes.new import render_source
+
+    off = render_source(recipe_path(name).read_text(), {
+        "ENABLE_MEMORY_SNAPSHOT": False, "ENABLE_GPU_SNAPSHOT": False,
+        "APP_NAME": f"{name}-no-snapshots"}).text
+    path = tmp_path / f"{name}_off.py"
+    path.write_text(off)
+    spied = spy_modal(path)
+    assert verify_modal_settings(spied) == PATTERNS[name]
+    user_cls = getattr(spied.recipe, SNAPSHOTTING[name])._get_user_cls()
+    flags = _PartialFunctionFlags
+    assert not _find_partial_methods_for_user_cls(user_cls, flags.ENTER_PRE_SNAPSHOT)
+    after = _find_partial_methods_for_user_cls(user_cls, flags.ENTER_POST_SNAPSHOT)
+    assert list(after) == ["start_and_sleep", "wake"]
+    assert off.count("@modal.enter(snap=ENABLE_MEMORY_SNAPSHOT)") == 1
+    path.write_text(off.replace("@modal.enter(snap=ENABLE_MEMORY_SNAPSHOT)",
+                                "@modal.enter(snap=True)"))
+    with pytest.raises(RecipeError, match="enable_memory_snapshot=True"):
+        load_recipe(path, module_name=f"unconditional_{name}")

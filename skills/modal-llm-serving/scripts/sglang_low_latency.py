@@ -291,9 +291,19 @@ def smoke(ready_timeout: int = 25 * MINUTES) -> None:
 
 def run_smoke(base_url: str, *, api_key: str, ready_timeout: float,
               model: str = SERVED_MODEL_NAME) -> None:
-    """/health (503 retried), then one streamed chat must give text and usage; one session id."""
+    """/health (503 retried), /v1/models, one chat, then one streamed chat must give text and
+    usage; one session id."""
     headers = request_headers(api_key, session_id=f"smoke-{uuid.uuid4()}")
     wait_until_ready(base_url, timeout=ready_timeout, headers=headers)
+    models = urllib.request.Request(f"{base_url}/v1/models", headers=headers)
+    with urllib.request.urlopen(models, timeout=150) as answer:
+        if model not in (listed := [m["id"] for m in json.load(answer)["data"]]):
+            raise RuntimeError(f"/v1/models lists {listed}, not {model!r}")
+    body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi."}]}
+    chat = urllib.request.Request(f"{base_url}/v1/chat/completions", json.dumps(body).encode(),
+                                  headers)
+    with urllib.request.urlopen(chat, timeout=150) as answer:
+        print(f"chat: {json.load(answer)['usage']['completion_tokens']} tokens")
     text, usage, first = stream_chat(base_url, headers=headers, model=model)
     if not (text and usage and usage["completion_tokens"] > 0):
         raise RuntimeError(f"the stream gave no text or no usage: {text!r}, {usage}")

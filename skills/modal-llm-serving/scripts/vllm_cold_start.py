@@ -39,7 +39,8 @@ N_GPU = 1
 REGION = None
 
 # The CPU memory snapshot is stable; the GPU snapshot (alpha) also keeps compiled kernels and CUDA
-# graphs. Turn it off if restores fail (they exit 222; Modal retries without the snapshot).
+# graphs. Turn it off if restores fail (they exit 222; Modal retries without the snapshot). Both
+# False is the plain-start comparison: the file still deploys, and every start loads vLLM.
 
 ENABLE_MEMORY_SNAPSHOT = True
 ENABLE_GPU_SNAPSHOT = True
@@ -191,7 +192,8 @@ app = modal.App(APP_NAME)
 )
 @modal.concurrent(max_inputs=MAX_INPUTS, target_inputs=TARGET_INPUTS)  # requests per replica
 class VLLMColdStart:
-    @modal.enter(snap=True)
+    # Before the snapshot, if there is one (the SDK refuses snap=True without); else at each start.
+    @modal.enter(snap=ENABLE_MEMORY_SNAPSHOT)
     def start_and_sleep(self) -> None:
         self.api_key = os.environ[API_KEY_ENV]
         env = {**os.environ, "VLLM_API_KEY": self.api_key, "VLLM_SERVER_DEV_MODE": "1"}
@@ -239,6 +241,14 @@ def post(url: str) -> None:
     urllib.request.urlopen(request, timeout=120).close()
 
 
+def get_json(url: str, *, api_key: str, body: dict | None = None) -> dict:
+    """GET `url`, or POST `body` to it, with the API key; the JSON answer."""
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    data = json.dumps(body).encode() if body else None
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=150) as answer:
+        return json.load(answer)
+
+
 def first_token_seconds(base_url: str, *, api_key: str, model: str = SERVED_MODEL_NAME) -> float:
     """Seconds from sending one streamed chat request to its first content-bearing event."""
     body = {"model": model, "max_tokens": 16, "stream": True,
@@ -259,8 +269,9 @@ def first_token_seconds(base_url: str, *, api_key: str, model: str = SERVED_MODE
 
 # `modal deploy skills/modal-llm-serving/scripts/vllm_cold_start.py`; the first container takes
 # the snapshot. `modal run` on this file checks a temporary copy (`MLS_API_KEY` in your shell);
-# `--mode cold-start` times the *deployed* app's first token from zero replicas, `--rounds` times
-# (deploy a copy without snapshots under another APP_NAME and pass `--app-name` to compare).
+# `--mode cold-start` times the *deployed* app's first token from zero replicas, `--rounds` times.
+# To compare, deploy a copy with both snapshot settings False and another APP_NAME, and pass
+# that name as `--app-name`.
 
 
 @app.local_entrypoint()
@@ -282,13 +293,21 @@ def main(mode: str = "smoke", rounds: int = 3, app_name: str = APP_NAME) -> None
             time.sleep(15)
         seconds.append(first_token_seconds(deployed().serve.get_web_url(), api_key=api_key))
         print(f"round {round_}/{rounds}: {seconds[-1]:.2f} s from request to first token")
-    print(f"{app_name}: median {sorted(seconds)[len(seconds) // 2]:.2f} s over {rounds} rounds")
+    low, median, high = min(seconds), sorted(seconds)[len(seconds) // 2], max(seconds)
+    print(f"{app_name}: min {low:.2f}, median {median:.2f}, max {high:.2f} s over {rounds} rounds")
 
 
 def run_smoke(base_url: str, *, api_key: str, ready_timeout: float,
               model: str = SERVED_MODEL_NAME) -> None:
-    """/health, one streamed chat through the forwarder, and a dev endpoint hidden (404)."""
+    """/health, /v1/models, one chat and one streamed chat through the forwarder, and a dev
+    endpoint hidden (404)."""
     wait_until_healthy(base_url, timeout=ready_timeout, per_try=150)  # Modal's request limit
+    listed = [m["id"] for m in get_json(f"{base_url}/v1/models", api_key=api_key)["data"]]
+    if model not in listed:
+        raise RuntimeError(f"/v1/models lists {listed}, not {model!r}")
+    reply = get_json(f"{base_url}/v1/chat/completions", api_key=api_key, body={
+        "model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Say hi."}]})
+    print(f"chat: {reply['usage']['completion_tokens']} tokens")
     seconds = first_token_seconds(base_url, api_key=api_key, model=model)
     print(f"stream: {model} gave its first token after {seconds:.2f} s")
     try:

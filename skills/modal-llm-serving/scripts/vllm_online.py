@@ -230,9 +230,19 @@ def smoke(ready_timeout: int = 25 * MINUTES) -> None:
 
 def run_smoke(base_url: str, *, api_key: str, ready_timeout: float,
               model: str = SERVED_MODEL_NAME) -> None:
-    """/health until ready, then one streamed chat completion must give text and usage."""
+    """/health until ready, /v1/models lists the model, then one chat completion and one streamed
+    one must give text and usage."""
     wait_until_healthy(base_url, timeout=ready_timeout, per_try=150)  # Modal's request limit
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    models = urllib.request.Request(f"{base_url}/v1/models", headers=headers)
+    with urllib.request.urlopen(models, timeout=150) as answer:
+        if model not in (listed := [m["id"] for m in json.load(answer)["data"]]):
+            raise RuntimeError(f"/v1/models lists {listed}, not {model!r}")
+    body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi."}]}
+    chat = urllib.request.Request(f"{base_url}/v1/chat/completions", json.dumps(body).encode(),
+                                  headers)
+    with urllib.request.urlopen(chat, timeout=150) as answer:
+        print(f"chat: {json.load(answer)['usage']['completion_tokens']} tokens")
     body = {"model": model, "max_tokens": 64, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}

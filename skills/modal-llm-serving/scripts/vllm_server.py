@@ -10,21 +10,28 @@
 #
 # 1. Requests go through Modal's proxy in ROUTING_REGION to containers in COMPUTE_REGION, the
 #    two in the same part of the world, and the proxy requires Modal proxy auth by default:
-#    clients send a proxy token's `Modal-Key` and `Modal-Secret` headers. So vLLM's dev endpoints
-#    (sleep/wake) are reachable only by holders of such a token, and vLLM serves the port itself,
-#    with no forwarder in front.
-# 2. The same CPU + GPU memory snapshot of a warmed-up, sleeping engine, woken after a restore.
-# 3. Autoscaling from `target_concurrency`; above `max_concurrency` a container answers 429.
+#    clients send a proxy token as `Modal-Key` and `Modal-Secret`, and vLLM's own key as
+#    `Authorization: Bearer`. Each lock reads its own header.
+# 2. The same CPU + GPU memory snapshot of a warmed-up, sleeping engine, woken after a restore,
+#    and the same forwarder: vLLM's dev endpoints (sleep/wake) stay inside the container, since
+#    any holder of a workspace proxy token could otherwise put the engine to sleep.
+# 3. Sticky routing: requests with the same `Modal-Session-ID` header go to the same container
+#    while the set of containers holds (best effort), so a conversation reuses its KV cache.
+# 4. Autoscaling from `target_concurrency`; above `max_concurrency` a container answers 429.
 #
 # Choose it when clients can carry proxy-auth headers (your own backend, not a public browser
 # app). Snapshots are made by `modal deploy` only, and pay off after a few cold starts.
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import modal
 
@@ -44,7 +51,8 @@ ROUTING_REGION = "us-east"
 REGION = "us-east"  # compute_region: pinning costs 1.75x the GPU price (narrow region)
 
 # The CPU memory snapshot is stable; the GPU snapshot (alpha) also keeps compiled kernels and CUDA
-# graphs. Turn it off if restores fail (they exit 222; Modal retries without the snapshot).
+# graphs. Turn it off if restores fail (they exit 222; Modal retries without the snapshot). Both
+# False is the plain-start comparison: the file still deploys, and every start loads vLLM.
 
 ENABLE_MEMORY_SNAPSHOT = True
 ENABLE_GPU_SNAPSHOT = True
@@ -81,12 +89,13 @@ MAX_NUM_SEQS = 32
 KV_CACHE_GIB = 8
 GPU_MEMORY_UTILIZATION = 0.90  # for everything else; KV_CACHE_GIB takes precedence
 KV_CACHE_DTYPE = "auto"
-PORT = 8000
+ENGINE_PORT = 8001  # vLLM listens here, on loopback only
+PORT = 8000  # the Server's port: the forwarder
 
 
 def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVISION,
-                   served_model_name: str = SERVED_MODEL_NAME, host: str = "0.0.0.0",
-                   port: int = PORT) -> list[str]:
+                   served_model_name: str = SERVED_MODEL_NAME, host: str = "127.0.0.1",
+                   port: int = ENGINE_PORT) -> list[str]:
     """The `vllm serve` command line. The keywords let it run elsewhere (`mls local serve`)."""
     command = [
         "vllm", "serve", model,
@@ -104,13 +113,61 @@ def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVI
     return command
 
 
+# ## Expose only what clients need
+
+# The forwarder passes exactly PUBLIC_ROUTES and 404s the rest without contacting the engine, so
+# the dev endpoints, /docs and /metrics stay private, for one loopback hop (1–3 ms, measured).
+
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
+                 ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "te"}
+
+
+def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT) -> None:
+    """Serve PUBLIC_ROUTES on `port` from a background thread, streaming answers through."""
+    from aiohttp import ClientError, ClientSession, ClientTimeout, web  # ships with vLLM
+
+    session = None
+
+    def passable(headers) -> dict:  # headers about one connection are not passed on
+        return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        nonlocal session
+        # Exact match on the decoded path: "/v1/../sleep" or "//sleep" match nothing.
+        if (request.method, request.path) not in PUBLIC_ROUTES:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        # No total timeout: a long generation streams for as long as it takes.
+        session = session or ClientSession(engine_url, auto_decompress=False,
+                                           timeout=ClientTimeout(total=None, sock_connect=10))
+        try:
+            answer = await session.request(request.method, request.path_qs,
+                                           headers=passable(request.headers),
+                                           data=await request.read())
+        except ClientError as exc:  # the engine is down or waking up
+            return web.json_response({"error": f"engine down: {type(exc).__name__}"}, status=502)
+        async with answer:
+            response = web.StreamResponse(status=answer.status, headers=passable(answer.headers))
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():  # events pass as they are produced
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_route("*", "/{path:.*}", forward)
+    listener = socket.create_server((host, port))  # bound here, so a taken port fails here
+    threading.Thread(target=web.run_app, args=(app,), daemon=True, kwargs={
+        "sock": listener, "handle_signals": False, "print": None, "access_log": None,
+        "loop": asyncio.new_event_loop()}).start()
+
+
 # ## Keep the API private
 
-# Two locks: Modal's proxy auth (on by default; never set `unauthenticated=True` here, since the
-# dev endpoints are on this port) and vLLM's own key on /v1, from a Modal Secret (made as in
-# `vllm_online.py`; read while the snapshot is taken: after rotating it, redeploy). Clients also
-# need a proxy auth token from Modal's dashboard, kept in their environment:
-# `MODAL_PROXY_TOKEN_ID` and `MODAL_PROXY_TOKEN_SECRET`.
+# Two locks: Modal's proxy auth (on by default) and vLLM's own key on /v1, from a Modal Secret
+# (made as in `vllm_online.py`; read while the snapshot is taken: after rotating it, redeploy).
+# Clients also need a proxy token (`modal workspace proxy-tokens create`), kept in their
+# environment as `MODAL_PROXY_TOKEN_ID` and `MODAL_PROXY_TOKEN_SECRET`.
 
 API_KEY_SECRET = "mls-api-key"
 API_KEY_ENV = "MLS_API_KEY"
@@ -157,12 +214,13 @@ app = modal.App(APP_NAME)
     experimental_options={"enable_gpu_snapshot": ENABLE_GPU_SNAPSHOT},
 )
 class VLLMServer:
-    @modal.enter(snap=True)
+    # Before the snapshot, if there is one (the SDK refuses snap=True without); else at each start.
+    @modal.enter(snap=ENABLE_MEMORY_SNAPSHOT)
     def start_and_sleep(self) -> None:
         self.api_key = os.environ[API_KEY_ENV]
         env = {**os.environ, "VLLM_API_KEY": self.api_key, "VLLM_SERVER_DEV_MODE": "1"}
         self.engine = subprocess.Popen(engine_command(), env=env)  # an argv list, no shell
-        self.url = url = f"http://127.0.0.1:{PORT}"
+        self.url = url = f"http://127.0.0.1:{ENGINE_PORT}"
         wait_until_ready(url, headers={}, timeout=STARTUP_TIMEOUT, process=self.engine)
         for _ in range(3):  # lazy initialization happens now, not on a user's first request
             stream_chat(url, headers=request_headers(self.api_key))
@@ -176,6 +234,7 @@ class VLLMServer:
             with urllib.request.urlopen(f"{self.url}/is_sleeping", timeout=10) as answer:
                 if json.load(answer).get("is_sleeping"):
                     raise RuntimeError("vLLM still reports sleeping after /wake_up")
+        start_forwarder(self.url)  # after any restore: a listening socket is not snapshotted
 
     @modal.exit()
     def stop(self) -> None:
@@ -183,8 +242,8 @@ class VLLMServer:
 
 
 def wait_until_ready(url: str, *, headers: dict, timeout: float, process=None) -> None:
-    """Poll /health until 200, retrying 503 (a container starting) and connection errors;
-    any other status fails at once, as does `process` exiting."""
+    """Poll /health until 200, retrying 503 (a container starting, or no live replica yet) and
+    connection errors; any other status fails at once, as does `process` exiting."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process and (code := process.poll()) is not None:
@@ -207,24 +266,43 @@ def post(url: str) -> None:
     urllib.request.urlopen(request, timeout=120).close()
 
 
-def request_headers(api_key: str, *, proxy_auth: bool = False) -> dict[str, str]:
-    """The engine's key, and Modal's proxy-auth pair from the environment when asked."""
+def request_headers(api_key: str, *, proxy_auth: bool = False,
+                    session_id: str | None = None) -> dict[str, str]:
+    """vLLM's key as `Authorization: Bearer`; Modal's proxy token, when asked, only as
+    `Modal-Key`/`Modal-Secret`: the proxy also takes it as `Authorization: Bearer wk-….ws-…`, but
+    that header is vLLM's here. `Modal-Session-ID` keeps a conversation on one container."""
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     if proxy_auth:
         headers |= {"Modal-Key": os.environ["MODAL_PROXY_TOKEN_ID"],
                     "Modal-Secret": os.environ["MODAL_PROXY_TOKEN_SECRET"]}
+    if session_id:
+        headers["Modal-Session-ID"] = session_id  # sticky routing, best effort
     return headers
 
 
-def stream_chat(url: str, *, headers: dict, model: str = SERVED_MODEL_NAME) -> tuple:
+def urlopen(url: str, *, headers: dict, body: dict | None = None, retry_for: float = 0):
+    """Open `url` (POST `body` if given), retrying 503 for up to `retry_for` seconds: Modal's
+    proxy answers 503 while a Server has no live replica."""
+    data = None if body is None else json.dumps(body).encode()
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=150)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(2)
+
+
+def stream_chat(url: str, *, headers: dict, model: str = SERVED_MODEL_NAME,
+                retry_for: float = 0) -> tuple:
     """One streamed chat completion: (text, usage, seconds to the first token)."""
     body = {"model": model, "max_tokens": 64, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}
-    request = urllib.request.Request(f"{url}/v1/chat/completions", headers=headers,
-                                     data=json.dumps(body).encode())
     sent, first, text, usage = time.perf_counter(), None, "", None
-    with urllib.request.urlopen(request, timeout=150) as response:
+    with urlopen(f"{url}/v1/chat/completions", headers=headers, body=body,
+                 retry_for=retry_for) as response:
         for line in response:
             if line.startswith(b"data: {"):
                 chunk = json.loads(line[6:])
@@ -239,8 +317,9 @@ def stream_chat(url: str, *, headers: dict, model: str = SERVED_MODEL_NAME) -> t
 
 # `modal deploy skills/modal-llm-serving/scripts/vllm_server.py`; the URL is
 # `modal.Server.from_name(APP_NAME, "VLLMServer").get_url()`. An OpenAI client passes the
-# proxy-auth pair as `default_headers`. `modal run` on this file starts a temporary copy and runs
-# the smoke test below (`MLS_API_KEY`, `MODAL_PROXY_TOKEN_ID`, `MODAL_PROXY_TOKEN_SECRET` set).
+# proxy-auth pair and a `Modal-Session-ID` (one per conversation) as `default_headers`, and retries
+# 503. `modal run` on this file starts a temporary copy and runs the smoke test below
+# (`MLS_API_KEY`, `MODAL_PROXY_TOKEN_ID`, `MODAL_PROXY_TOKEN_SECRET` set).
 
 
 @app.local_entrypoint()
@@ -254,11 +333,27 @@ def smoke(ready_timeout: int = 25 * MINUTES) -> None:
 
 
 def run_smoke(url: str, *, api_key: str, ready_timeout: float, proxy_auth: bool = True,
-              model: str = SERVED_MODEL_NAME) -> None:
-    """/health (503 retried up to the deadline), then one streamed chat with text and usage."""
-    headers = request_headers(api_key, proxy_auth=proxy_auth)
+              model: str = SERVED_MODEL_NAME, retry_for: float = 5 * MINUTES) -> None:
+    """/health, /v1/models, one chat, one streamed chat, all in one session and each retrying
+    503 up to its bound; then a dev endpoint must be hidden (404)."""
+    headers = request_headers(api_key, proxy_auth=proxy_auth, session_id=f"smoke-{uuid.uuid4()}")
     wait_until_ready(url, headers=headers, timeout=ready_timeout)
-    text, usage, first = stream_chat(url, headers=headers, model=model)
+    with urlopen(f"{url}/v1/models", headers=headers, retry_for=retry_for) as answer:
+        listed = [m["id"] for m in json.load(answer)["data"]]
+    if model not in listed:
+        raise RuntimeError(f"/v1/models lists {listed}, not {model!r}")
+    body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi."}]}
+    with urlopen(f"{url}/v1/chat/completions", headers=headers, body=body,
+                 retry_for=retry_for) as answer:
+        print(f"chat: {json.load(answer)['usage']['completion_tokens']} tokens")
+    text, usage, first = stream_chat(url, headers=headers, model=model, retry_for=retry_for)
     if not (text and usage and usage["completion_tokens"] > 0):
         raise RuntimeError(f"the stream gave no text or no usage: {text!r}, {usage}")
-    print(f"{model} answered {text!r}, first token after {first * 1000:.0f} ms: smoke test passed")
+    print(f"{model} answered {text!r}, first token after {first * 1000:.0f} ms")
+    try:
+        urlopen(f"{url}/sleep?level=1", headers=headers, body={}).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            print("dev endpoints: hidden (404)\nsmoke test passed")
+            return
+    raise RuntimeError(f"{url}/sleep did not answer 404: the dev endpoints are exposed")

@@ -29,6 +29,10 @@ HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name
 # the argv reader could read: matching the text is all there is.
 _MODEL_IN_COMMAND = re.compile(r"(?:vllm\s+serve|--model(?:-path)?)[ =]+([\w.-]+/[\w.-]+)")
 
+# An engine started from a command line written as text (a shell string, or one word of a list).
+_ENGINE_LAUNCH = {"vllm": re.compile(r"\bvllm\s+serve\b|\bvllm\.entrypoints\b"),
+                  "sglang": re.compile(r"\bsglang\.launch_server\b")}
+
 Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
@@ -104,6 +108,10 @@ def engines(src: Source) -> set[str]:
     for call in src.calls:
         if dotted(call.func).split(".")[-1] == "LLM":
             found.add("vllm")
+    for string in src.strings:  # launched from shell text: "python -m sglang.launch_server ..."
+        for engine, launch in _ENGINE_LAUNCH.items():
+            if launch.search(str(string.value)):
+                found.add(engine)
     return found
 
 

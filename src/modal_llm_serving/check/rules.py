@@ -39,8 +39,9 @@ RULES: tuple[Rule, ...] = (
     Rule("MLS003", "compile-cache",
          "engine compilation artifacts (torch.compile, CUDA graphs, DeepGEMM) are not on a "
          "Volume of their own, so each cold start recompiles, or a cache wipe takes the weights",
-         "mount a second Volume at the engine's cache (/root/.cache/vllm for vLLM, "
-         "~/.cache/deepgemm for SGLang), separate from the weights Volume"),
+         "mount a second Volume at the engine's cache (/root/.cache/vllm for vLLM; "
+         "/root/.cache/sglang for SGLang, whose DeepGEMM kernels go to ~/.cache/sglang/deep_gemm), "
+         "separate from the weights Volume"),
     Rule("MLS004", "no-hf-xet",
          "HF_XET_HIGH_PERFORMANCE=1 is not set, so the first weight download runs far below "
          "the network's speed",
@@ -62,11 +63,11 @@ RULES: tuple[Rule, ...] = (
          "TypeError at import",
          "use @modal.concurrent(target_inputs=N) only with http_server"),
     Rule("MLS009", "dev-mode-public",
-         "vLLM dev mode (sleep mode) is on behind a public endpoint (@modal.web_server, or "
-         "@app.server with unauthenticated=True): anyone with the URL can call /sleep, "
-         "/wake_up or /collective_rpc",
-         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder, or keep proxy "
-         "auth (requires_proxy_auth=True; a Server's default)"),
+         "vLLM dev mode (sleep mode) is on with the engine on the port Modal exposes "
+         "(@modal.web_server or @app.server): vLLM's key does not guard /sleep, /wake_up or "
+         "/collective_rpc, and proxy auth lets every holder of a workspace proxy token in",
+         "bind vLLM to 127.0.0.1 on its own port behind an allow-list forwarder (the recipes' "
+         "PUBLIC_ROUTES); proxy auth alone is not enough"),
     Rule("MLS010", "low-latency-no-region",
          "a low-latency server without a pinned region: the GPU may run far from the proxy "
          "and clients, adding a round trip to every token",
@@ -163,6 +164,12 @@ RULES: tuple[Rule, ...] = (
          "pin it: \"revision\" in --speculative-config, --speculative-draft-model-revision, "
          "snapshot_download(repo, revision=HASH); LoRA adapters: download them at a commit to "
          "a Volume and pass that path"),
+    Rule("MLS030", "shell-command",
+         "a command is run through the shell (shell=True, os.system) from joined or interpolated "
+         "text: a value with a space or quote breaks it, a value can inject shell syntax, and "
+         "the shell sits between Modal and the engine's signals",
+         "pass the command as an argv list, subprocess.Popen(argv), without shell=True; keep "
+         "secrets in env=, not in the command"),
 )
 _BY_ID = {rule.id: rule for rule in RULES}
 

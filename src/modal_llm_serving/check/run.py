@@ -49,6 +49,7 @@ def _static_findings(src: Source, *, gpu_catalog: Path | None) -> list[Finding]:
         *startup.concurrency_vs_batch(src, can_start),  # MLS027
         *startup.gated_without_token(src, can_start),  # MLS028
         *startup.unpinned_extra_models(src, can_start),  # MLS029
+        *security.shell_command(src),  # MLS030
     ]
 
 

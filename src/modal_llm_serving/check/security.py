@@ -1,5 +1,6 @@
 """Rules on who can reach what: vLLM's dev mode behind a public endpoint (MLS009), secrets
-written in the file (MLS012), and a Server open to anyone with no API key (MLS020).
+written in the file (MLS012), a Server open to anyone with no API key (MLS020), and commands built
+as shell text (MLS030).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from modal_llm_serving.check.app import argv_options, server_calls
 from modal_llm_serving.check.rules import Finding, finding
 from modal_llm_serving.check.source import UNKNOWN, Source, dotted, kwarg, line_of
 
-__all__ = ["dev_mode_public", "secret_in_code", "unauthenticated_without_key"]
+__all__ = ["dev_mode_public", "secret_in_code", "shell_command", "unauthenticated_without_key"]
 
 _TOKEN_PATTERNS = (
     re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face token
@@ -30,7 +31,8 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def dev_mode_public(src: Source) -> list[Finding]:
-    """MLS009: sleep mode / VLLM_SERVER_DEV_MODE with the engine on a public port."""
+    """MLS009: sleep mode / VLLM_SERVER_DEV_MODE with the engine on a web_server's or
+    Server's port, whatever auth is in front."""
     dev = any(src.resolve(kwarg(c, "enable_sleep_mode")) is True for c in src.calls)
     dev = dev or any(s.value == "--enable-sleep-mode" for s in src.strings)
     for node in ast.walk(src.tree):
@@ -48,28 +50,19 @@ def dev_mode_public(src: Source) -> list[Finding]:
         elif option.flag == "--port" and option.value is not None:
             ports.add(option.value)
     loopback = bool(hosts) and hosts <= _LOOPBACK
+    public = [(line_of(d), src.resolve((kwarg(d, "port") or (d.args[0] if d.args else None))
+                                       if isinstance(d, ast.Call) else None), "web_server")
+              for _, d in src.decorators("web_server")]
+    public += [(line_of(call), src.resolve(kwarg(call, "port")) if kwarg(call, "port")
+                else 8000, "Server") for _, call in server_calls(src)]
     found = []
-    for _, decorator in src.decorators("web_server"):
-        call = decorator if isinstance(decorator, ast.Call) else None
-        if call is not None and src.resolve(kwarg(call, "requires_proxy_auth")) is True:
-            continue
-        port = src.resolve((kwarg(call, "port") or (call.args[0] if call.args else None))
-                           if call else None)
-        if loopback and port is not UNKNOWN and port not in ports:
+    # One posture, proxy auth or not: a proxy token is the workspace's, so every holder of one
+    # could reach the dev endpoints; only an engine kept off the public port is private.
+    for line, port, kind in public:
+        if loopback and port is not UNKNOWN and str(port) not in {str(p) for p in ports}:
             continue  # the engine is private; the public port is something in front of it
-        found.append(finding("MLS009", src.path, line_of(decorator), "sleep mode / "
-                             "VLLM_SERVER_DEV_MODE with the engine reachable on the public "
-                             "web_server port"))
-    for _, call in server_calls(src):  # a Server is public only if unauthenticated
-        if src.resolve(kwarg(call, "unauthenticated")) is not True:
-            continue
-        port_node = kwarg(call, "port")
-        port = src.resolve(port_node) if port_node is not None else 8000
-        if loopback and port is not UNKNOWN and port not in ports:
-            continue
-        found.append(finding("MLS009", src.path, line_of(call), "sleep mode / "
-                             "VLLM_SERVER_DEV_MODE on a Server with unauthenticated=True, the "
-                             "engine on its public port"))
+        found.append(finding("MLS009", src.path, line, "sleep mode / VLLM_SERVER_DEV_MODE with "
+                             f"the engine reachable on the {kind}'s public port"))
     return found
 
 
@@ -132,4 +125,25 @@ def unauthenticated_without_key(src: Source) -> list[Finding]:
         if src.resolve(kwarg(call, "unauthenticated")) is True and not _requires_api_key(src):
             found.append(finding("MLS020", src.path, line_of(call),
                                  "unauthenticated=True and no API key for the engine"))
+    return found
+
+
+_SUBPROCESS = ("Popen", "run", "call", "check_call", "check_output")
+
+
+def shell_command(src: Source) -> list[Finding]:
+    """MLS030: subprocess.*(..., shell=True) or os.system with a command that is not one literal
+    string: joined, concatenated, formatted or read from a variable."""
+    found = []
+    for call in src.calls:
+        name = dotted(call.func)
+        command = call.args[0] if call.args else kwarg(call, "args")
+        if name.split(".")[-1] in _SUBPROCESS and name.startswith(("subprocess.", *_SUBPROCESS)):
+            if src.resolve(kwarg(call, "shell")) is not True:
+                continue
+        elif name not in ("os.system", "os.popen"):
+            continue
+        if command is not None and not isinstance(command, ast.Constant):
+            found.append(finding("MLS030", src.path, line_of(call),
+                                 f"{name}() runs `{ast.unparse(command)[:60]}` through a shell"))
     return found

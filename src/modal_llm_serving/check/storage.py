@@ -63,8 +63,12 @@ def volumes(src: Source, model: Model | None, engines: set[str]) -> list[Finding
                              "Hugging Face cache (or a models/weights folder)"))
     if not engines:
         return found
-    compile_mounts = [m for m in mounts if re.search(r"vllm|compile|inductor|triton|deepgemm|"
-                                                     r"sglang|torch", m[0], re.I)]
+    # SGLang 0.5 keeps DeepGEMM kernels in $SGLANG_CACHE_DIR/deep_gemm (~/.cache/sglang/deep_gemm):
+    # a folder named "deepgemm" elsewhere is one SGLang never reads, unless the image points a
+    # cache variable at it.
+    pointed = _cache_env_paths(src)
+    compile_mounts = [m for m in mounts if re.search(r"vllm|compile|inductor|triton|sglang|torch",
+                                                     m[0], re.I) or m[0].rstrip("/") in pointed]
     broad = [m for m in mounts if m[0].rstrip("/") in ("/root/.cache", "/root", "/cache")]
     if broad:
         return [*found, finding("MLS003", src.path, broad[0][2], f"one Volume at {broad[0][0]} "
@@ -78,6 +82,18 @@ def volumes(src: Source, model: Model | None, engines: set[str]) -> list[Finding
             found.append(finding("MLS003", src.path, line, f"the compile cache at {path} shares "
                                  f"the weights Volume {ident!r}"))
     return found
+
+
+def _cache_env_paths(src: Source) -> set[str]:
+    """Folders the image's environment names as a cache (SGLANG_DG_CACHE_DIR, VLLM_CACHE_ROOT)."""
+    paths = set()
+    for call in src.calls_named("env"):
+        for arg in call.args:
+            mapping = src.resolve(arg)
+            if isinstance(mapping, dict):
+                paths |= {str(v).rstrip("/") for k, v in mapping.items()
+                          if re.search(r"CACHE_(DIR|ROOT)$", str(k)) and isinstance(v, str)}
+    return paths
 
 
 def _xet_on(src: Source) -> bool:

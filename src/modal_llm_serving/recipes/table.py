@@ -132,7 +132,8 @@ RECIPES: tuple[Recipe, ...] = (
                Setting("TARGET_CONCURRENCY", int, "target_inputs"),
                Setting("MAX_CONCURRENCY", int, "max_inputs"),
                *_AUTOSCALING[1:], *_KV_CACHE_GIB,
-               *_KEPT, *_VLLM, *_HTTP, *_SNAPSHOT, Setting("EXIT_GRACE_PERIOD", int))),
+               *_KEPT, *_VLLM, *_HTTP, *_FORWARDER, *_SNAPSHOT,
+               Setting("EXIT_GRACE_PERIOD", int))),
 )
 RECIPE_NAMES = tuple(recipe.name for recipe in RECIPES)
 
