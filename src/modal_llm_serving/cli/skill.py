@@ -33,7 +33,7 @@ def skill_path() -> None:
               help="Skills folder to install into instead (e.g. a project's .claude/skills).")
 @click.option("--force", is_flag=True, help="Replace an installed copy.")
 def skill_install(agent: str, folder: Path | None, force: bool) -> None:
-    """Install exactly the skill this toolkit carries into an agent's skills folder."""
+    """Install the skill this toolkit carries (less its evals) into an agent's skills folder."""
     from modal_llm_serving.skill.install import default_skills_dir, install_skill
 
     installed = install_skill(folder or default_skills_dir(agent), force=force)
