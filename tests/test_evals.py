@@ -12,8 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
+from modal_llm_serving.errors import UsageError
+from modal_llm_serving.skill import skill_dir
 from modal_llm_serving.skill.evals import (
     find_agent,
+    input_files,
     judge_prompt,
     parse_transcript,
     parse_verdicts,
@@ -76,17 +79,25 @@ def test_judge_prompt_carries_task_expectations_and_evidence() -> None:
 
 
 FAKE_AGENT = """#!{python}
-import json, pathlib, sys
+import json, pathlib, re, sys
 prompt = sys.argv[sys.argv.index("-p") + 1]
 skill = pathlib.Path(".claude/skills/modal-llm-serving/SKILL.md")
 assert skill.is_file(), "the runner installs the skill into the workspace"
+# What a careless agent could find: its own grading criteria beside the skill.
+seen = sorted(str(p) for p in pathlib.Path(".").rglob("*.json"))
+# Every file path the prompt names (folder/file.py) must be there to read.
+named = re.findall(r"[\\w.-]+/[\\w./-]+\\.py", prompt)
+missing = [name for name in named if not pathlib.Path(name).is_file()]
 if prompt.startswith("You grade"):
+    ok = "NO-INPUT" not in prompt and "GRADES-VISIBLE" not in prompt
     print(json.dumps({{"type": "result", "result": json.dumps(
-        [{{"passed": True, "evidence": "ok"}}] * 20)}}))
-elif "Modal" in prompt or "modal" in prompt:
+        [{{"passed": ok, "evidence": "ok"}}] * 20)}}))
+elif "Modal" in prompt or "modal" in prompt or named:
     print(json.dumps({{"type": "assistant", "message": {{"content": [{{"type": "tool_use",
         "name": "Read", "input": {{"file_path": str(skill.resolve())}}}}]}}}}))
-    print(json.dumps({{"type": "result", "result": "done"}}))
+    answer = "done" + (" NO-INPUT " + " ".join(missing) if missing else "")
+    answer += " GRADES-VISIBLE " + " ".join(seen) if seen else ""
+    print(json.dumps({{"type": "result", "result": answer}}))
 else:
     print(json.dumps({{"type": "result", "result": "not mine"}}))
 """
@@ -113,6 +124,40 @@ def test_runner_end_to_end_with_a_stand_in_agent(fake_claude: Path, tmp_path: Pa
     assert len(rows) == 8 and {row["suite"] for row in rows} == {"trigger", "tasks"}
     assert summary["trigger"]["n"] == 4 and summary["tasks"] == {"n": 4, "passed": 4}
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def cases_with_inputs() -> list[dict]:
+    cases = json.loads((skill_dir() / "evals" / "evals.json").read_text())["evals"]
+    return [case for case in cases if case["files"]]
+
+
+def test_a_case_gets_its_input_where_its_prompt_says_and_never_its_grades(
+        fake_claude: Path, tmp_path: Path) -> None:
+    """The stand-in agent fails the case when a file its prompt names is missing from the
+    workspace, or when any evals JSON (the grading criteria) is readable there."""
+    cases = json.loads((skill_dir() / "evals" / "evals.json").read_text())["evals"]
+    with_input = [i for i, case in enumerate(cases) if case["files"]]
+    assert with_input, "some case should give the agent an input file"
+    last = with_input[-1] + 1
+    summary = run_evals(agent="claude", out_dir=tmp_path / "r", suites=("tasks",), limit=last)
+    results = (tmp_path / "r" / "results.jsonl").read_text()
+    rows = [json.loads(line) for line in results.splitlines()]
+    failed = [row["id"] for row in rows if not row["passed"]]
+    assert failed == [] and summary["tasks"] == {"n": last, "passed": last}
+    for case in cases_with_inputs():
+        assert all(name in case["prompt"] for name in case["files"]), case["id"]
+
+
+def test_a_missing_input_file_is_an_error_not_a_skip(tmp_path: Path) -> None:
+    (tmp_path / "evals" / "files").mkdir(parents=True)
+    (tmp_path / "evals" / "files" / "app.py").write_text("print()")
+    assert input_files({"id": "ok", "files": ["evals/files/app.py"]}, tmp_path) == [
+        "evals/files/app.py"]
+    for wrong in ("evals/evals/files/app.py", "files/app.py", "../app.py", "/etc/hostname"):
+        with pytest.raises(UsageError, match=r"names input file .* not a file under"):
+            input_files({"id": "review", "files": [wrong]}, tmp_path)
+    for case in cases_with_inputs():  # the shipped cases name files that exist
+        assert input_files(case) == case["files"]
 
 
 def test_cli_skips_in_one_line_without_an_agent(monkeypatch: pytest.MonkeyPatch,

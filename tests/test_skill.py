@@ -18,14 +18,20 @@ def test_path_is_the_carried_skill() -> None:
     assert (skill_dir() / "SKILL.md").is_file()
 
 
-def test_install_copies_it_whole_and_refuses_to_overwrite(tmp_path: Path) -> None:
+def test_install_copies_all_but_the_evals_and_refuses_to_overwrite(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["skill", "install", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     installed = tmp_path / "modal-llm-serving"
     carried = sorted(p.relative_to(skill_dir()) for p in skill_dir().rglob("*")
                      if p.is_file() and "__pycache__" not in p.parts)
-    assert sorted(p.relative_to(installed) for p in installed.rglob("*") if p.is_file()) == carried
+    # the grading criteria and eval inputs stay behind: an agent under test must not read them
+    assert (skill_dir() / "evals" / "evals.json").is_file()
+    expected = [path for path in carried if path.parts[0] != "evals"]
+    assert len(expected) < len(carried)
+    assert sorted(p.relative_to(installed) for p in installed.rglob("*") if p.is_file()) == expected
+    assert not (installed / "evals").exists()
+    assert not list(installed.rglob("evals.json")) and not list(installed.rglob("review_me.py"))
     (installed / "SKILL.md").write_text("edited")
     again = runner.invoke(cli, ["skill", "install", "--dir", str(tmp_path)])
     assert again.exit_code == 2 and "--force" in again.output

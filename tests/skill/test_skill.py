@@ -7,6 +7,7 @@ folder alone, since that is how it is installed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import py_compile
@@ -396,9 +397,64 @@ def test_evals_cover_every_sibling_and_out_of_scope_case() -> None:
     for category, words in OUT_OF_SCOPE.items():
         assert re.search(words, text, re.IGNORECASE), f"SKILL.md should rule out {category}"
         assert [case for case in cases if case["category"] == category], category
-    known = set(PATTERN_CATEGORIES.values()) | found | set(OUT_OF_SCOPE) | {"environment",
-                                                                             "review"}
+    known = set(PATTERN_CATEGORIES.values()) | found | set(OUT_OF_SCOPE) | {
+        "environment", "review", "managed-endpoint"}
     assert {case["category"] for case in cases} <= known
+
+
+def test_routing_answers_agree_across_skill_references_and_evals() -> None:
+    """Voice agents go to the SGLang row, LLM-prompted classification to the throughput row, a
+    catalog model with default settings to a managed Endpoint: in SKILL.md's table, in the
+    references that discuss the choice, and in the evals that grade it."""
+    table = {recipe: row for row in skill_text().splitlines() if row.startswith("|")
+             for recipe in re.findall(r"`scripts/([a-z0-9_]+\.py)`", row)}
+    assert "voice agents" in table["sglang_low_latency.py"]
+    assert "voice" not in table["vllm_server.py"]
+    assert "classification" in table["qwen3_throughput.py"]
+    primitives = (SKILL / "references" / "modal-primitives.md").read_text(encoding="utf-8")
+    assert re.search(r"voice agent[^.]*SGLang recipe", primitives)
+    cases = {case["id"]: case for case in load_evals()["evals"]}
+    assert "sglang_low_latency.py" in cases["low-latency-voice-agent"]["expected_output"]
+    classify = cases["throughput-llm-classification"]
+    assert classify["category"] == "throughput"
+    assert "qwen3_throughput.py" in classify["expected_output"]
+    assert "modal endpoint create" in skill_text()
+    assert any("modal endpoint create" in " ".join(case["expectations"])
+               for case in cases.values() if case["category"] == "managed-endpoint")
+
+
+def test_one_concurrency_rule_matching_mls027() -> None:
+    """`target_inputs` < `max_inputs` ≤ `--max-num-seqs` wherever the skill states the order, and
+    the range SKILL.md quotes for MLS027 is the rule's own."""
+    from modal_llm_serving.check.rules import RULES
+
+    stated = []
+    for path in markdown_files():
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        stated += re.findall(r"`target_inputs` [<≤] `max_inputs` [<≤] [^;.(]+", text)
+    assert stated and all(s.startswith("`target_inputs` < `max_inputs` ≤ `--max-num-seqs`")
+                          for s in stated), stated
+    rule = {r.id: r for r in RULES}["MLS027"]
+    assert "a quarter of and twice" in rule.fix
+    assert "MLS027: `max_inputs` from a quarter of to twice it" in " ".join(skill_text().split())
+
+
+def test_modal_cli_commands_the_skill_names_exist_in_the_pinned_sdk() -> None:
+    """`modal endpoint create --model`, `modal skills install`, ...: read from the installed
+    SDK's own --help, so a command or option Modal renames fails here."""
+    named = set()
+    for path in markdown_files():
+        named |= set(re.findall(r"`(modal (?:endpoint|skills|workspace|server)\b[^`]*)`",
+                                path.read_text(encoding="utf-8")))
+    assert any(command.startswith("modal endpoint create") for command in named)
+    for command in sorted(named):
+        words = command.split()
+        path = list(itertools.takewhile(lambda w: re.fullmatch(r"[a-z][a-z-]*", w), words[1:]))
+        done = subprocess.run([sys.executable, "-m", "modal", *path, "--help"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{command}: {done.stderr[-300:]}"
+        for flag in {w.split("=")[0] for w in words if w.startswith("--")} - {"--help"}:
+            assert flag in done.stdout, f"{command}: the SDK's --help has no {flag}"
 
 
 def test_trigger_evals_have_enough_positives_and_near_misses() -> None:
@@ -458,9 +514,12 @@ def test_npx_skills_lists_the_skill_and_skips_none() -> None:
     assert re.search(r"^\W*modal-llm-serving\s*$", output, re.MULTILINE), output
 
 
-def test_the_skill_folder_copied_alone_installs_and_validates(tmp_path: Path) -> None:
-    copy = tmp_path / "agent" / "skills" / "modal-llm-serving"
-    shutil.copytree(SKILL, copy, ignore=shutil.ignore_patterns("__pycache__"))
+def test_the_skill_as_installed_validates_and_lists(tmp_path: Path) -> None:
+    """What `mls skill install` puts in an agent's folder (the skill alone, less its evals)."""
+    from modal_llm_serving.skill.install import install_skill
+
+    copy = install_skill(tmp_path / "agent" / "skills")
+    assert not (copy / "evals").exists()
     assert validate(copy) == []
     assert broken_links(copy) == []
     count, output = list_skills(tmp_path / "agent")

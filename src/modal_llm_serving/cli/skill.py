@@ -38,7 +38,7 @@ def skill_path() -> None:
               help="One skills folder to install into instead.")
 @click.option("--force", is_flag=True, help="Replace an installed copy.")
 def skill_install(agent: str, global_: bool, folder: Path | None, force: bool) -> None:
-    """Install exactly the skill this toolkit carries where agents look for skills.
+    """Install the skill this toolkit carries (less its evals) where agents look for skills.
 
     The folders are the ones `modal skills install` and the skills CLI (`npx skills add`) use:
     .agents/skills and .claude/skills in this project, or in your home folder with --global.

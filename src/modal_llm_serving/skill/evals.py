@@ -35,7 +35,7 @@ from modal_llm_serving.redact import redact_json
 from modal_llm_serving.skill import SKILL_NAME, skill_dir
 from modal_llm_serving.skill.install import install_skill
 
-__all__ = ["AGENTS", "Transcript", "find_agent", "judge_prompt", "parse_transcript",
+__all__ = ["AGENTS", "Transcript", "find_agent", "input_files", "judge_prompt", "parse_transcript",
            "parse_verdicts", "run_evals", "score_triggers"]
 
 # How each agent CLI runs one prompt non-interactively with a JSON-lines transcript, and where
@@ -178,13 +178,29 @@ def _run_agent(agent: str, prompt: str, *, workspace: Path, timeout: float) -> l
     return done.stdout.splitlines()
 
 
+def input_files(case: dict[str, Any], skill: Path | None = None) -> list[str]:
+    """The input files a task case names (paths relative to the skill folder, which is also
+    where its prompt finds them in the workspace); one that is missing is an error, since a case
+    run without its input grades the agent on a task it was never given."""
+    skill = skill or skill_dir()
+    names = case.get("files", [])
+    for name in names:
+        path = Path(name)
+        if path.is_absolute() or ".." in path.parts or not (skill / path).is_file():
+            raise UsageError(f"eval {case.get('id', '?')!r} names input file {name!r}, which is "
+                             f"not a file under {skill}; fix its \"files\" in evals/evals.json")
+    return list(names)
+
+
 def _workspace(agent: str, files: list[str]) -> Path:
+    """A scratch folder with the skill installed where `agent` looks (without its evals: the
+    installer leaves them out) and each input file at the path the case's prompt names."""
     folder = Path(tempfile.mkdtemp(prefix="mls-eval-"))
     install_skill(folder / AGENTS[agent]["skills"])
     for name in files:
-        source = skill_dir() / "evals" / name
-        if source.is_file():
-            (folder / source.name).write_bytes(source.read_bytes())
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((skill_dir() / name).read_bytes())
     return folder
 
 
@@ -192,8 +208,11 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
               limit: int | None = None, timeout: float = 900.0,
               on_case: Callable[[dict[str, Any]], None] = lambda _c: None) -> dict[str, Any]:
     """Run the suites through `agent`; write results as they come; return the summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     folder = skill_dir() / "evals"
+    cases = json.loads((folder / "evals.json").read_text(encoding="utf-8"))["evals"][:limit] \
+        if "tasks" in suites else []
+    inputs = {case["id"]: input_files(case) for case in cases}  # all found before any run
+    out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"agent": agent, "date": time.strftime("%Y-%m-%d %H:%M")}
     with (out_dir / "results.jsonl").open("a", encoding="utf-8") as sink:
         def record(row: dict[str, Any]) -> None:
@@ -217,10 +236,9 @@ def run_evals(*, agent: str, out_dir: Path, suites: tuple[str, ...] = ("trigger"
                         "should_trigger": query["should_trigger"], "triggered": got})
             summary["trigger"] = score_triggers(verdicts)
         if "tasks" in suites:
-            cases = json.loads((folder / "evals.json").read_text(encoding="utf-8"))["evals"]
             passed = 0
-            for case in cases[:limit]:
-                workspace = _workspace(agent, case.get("files", []))
+            for case in cases:
+                workspace = _workspace(agent, inputs[case["id"]])
                 try:
                     transcript = parse_transcript(_run_agent(
                         agent, case["prompt"], workspace=workspace, timeout=timeout))

@@ -1,9 +1,9 @@
-"""Installing the skill this toolkit carries: that very copy, whole, into a skills folder.
+"""Installing the skill this toolkit carries: that very copy, less its evals, into a skills folder.
 
 The package ships the skill folder (`skills/modal-llm-serving/` in a checkout, package data
 `modal_llm_serving/_skill` in a wheel), so the skill an agent reads and the toolkit it runs come
-from one release: `install_skill` copies that folder into an agent's skills directory, whole and
-atomically (a half-copied skill is never left behind).
+from one release: `install_skill` copies that folder into an agent's skills directory, atomically
+(a half-copied skill is never left behind), all of it but its evals.
 """
 
 from __future__ import annotations
@@ -11,12 +11,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.skill import SKILL_NAME, skill_dir
 
-__all__ = ["AGENT_FOLDERS", "install_skill", "install_skills", "skills_dirs"]
+__all__ = ["AGENT_FOLDERS", "NOT_INSTALLED", "install_skill", "install_skills", "skills_dirs"]
+
+# Left out of an installed skill: the evals' grading criteria and inputs, which an agent under
+# test must not read (`mls skill eval` reads them from the carried copy).
+NOT_INSTALLED = ("evals",)
 
 # Where agents find skills, as `modal skills install` (Modal SDK, modal/cli/skills.py) and the
 # skills CLI (`npx skills add`) put them: `.agents/skills`, the open standard's folder (Codex and
@@ -51,8 +56,19 @@ def _refuse_to_replace(destination: Path) -> None:
         raise UsageError(f"{destination} exists; pass --force to replace it with this version")
 
 
+def _ignore(source: Path) -> Callable[[str, list[str]], set[str]]:
+    """What `copytree` skips: bytecode anywhere, NOT_INSTALLED at the top of the skill."""
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {name for name in names if name == "__pycache__" or name.endswith(".pyc")}
+        if Path(folder) == source:
+            skipped |= set(NOT_INSTALLED) & set(names)
+        return skipped
+    return ignore
+
+
 def install_skill(target_dir: Path, *, force: bool = False) -> Path:
-    """Copy the carried skill to `target_dir/modal-llm-serving`; return the installed folder.
+    """Copy the carried skill (less NOT_INSTALLED) to `target_dir/modal-llm-serving`; return the
+    installed folder.
 
     An existing copy is replaced only with `force`. The new copy is assembled beside the target
     and renamed into place, so a reader never sees half a skill.
@@ -69,7 +85,7 @@ def install_skill(target_dir: Path, *, force: bool = False) -> Path:
         raise UsageError(f"cannot write to {target_dir}: {exc.strerror}") from exc
     try:
         copy = staging / SKILL_NAME
-        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(source, copy, ignore=_ignore(source))
         if destination.exists():
             old = staging / "old"
             os.replace(destination, old)
