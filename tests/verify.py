@@ -199,12 +199,17 @@ def verify_modal_settings(spied: Spied) -> str:
         deco = spied.one("App.cls")
         assert COMMIT.match(r.MODEL_REVISION), r.MODEL_REVISION
         assert info.gpus == [(r.GPU_TYPE, r.N_GPU)]
-        assert set(info.volumes) == {r.HF_CACHE_PATH, r.VLLM_CACHE_PATH}
-        assert len({mount.name for mount in info.volumes.values()}) == 2
+        assert set(info.volumes) == {r.HF_CACHE_PATH, r.VLLM_CACHE_PATH, r.DATA_PATH}
+        assert len({mount.name for mount in info.volumes.values()}) == 3
         assert _secret_names(info) == ({r.HF_SECRET} if r.HF_SECRET else set())
         assert deco["max_containers"] == r.N_CONTAINERS
         assert info.timeout == r.TIMEOUT and info.startup_timeout == r.STARTUP_TIMEOUT
-        assert info.method_names == ["generate"]
+        assert info.method_names == ["label"]
+        # the job's loop: no GPU, the same data Volume, up to a day
+        loop = r.label_file.info()
+        assert not loop.gpus and list(loop.volumes) == [r.DATA_PATH]
+        assert loop.volumes[r.DATA_PATH].name == info.volumes[r.DATA_PATH].name
+        assert loop.timeout == r.JOB_TIMEOUT == 24 * 3600
         assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
     return pattern
 

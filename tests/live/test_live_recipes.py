@@ -111,17 +111,24 @@ def test_low_latency_recipe_live(deployed: Callable[[str], str], api_key: str,
 
 
 @pytest.mark.live
-def test_throughput_recipe_live() -> None:
-    done = run([str(BIN / "modal"), "run", str(recipe_path("qwen3_throughput")),
-                "--n-batches", "2"], timeout=DEPLOY_TIMEOUT)
-    counts = re.search(r"(\d+) requests, (\d+) input \+ (\d+) output tokens", done.stdout)
-    assert counts, done.stdout[-3000:]
+def test_throughput_recipe_live(tmp_path: Path) -> None:
+    """Label the sample records from a local file, then run again: the rerun has nothing left."""
+    import json
+    import uuid
+
     recipe = load_recipe(recipe_path("qwen3_throughput"))
-    requests, input_tokens, output_tokens = map(int, counts.groups())
-    assert requests == 2 * recipe.BATCH_SIZE
-    assert input_tokens == requests * recipe.INPUT_LEN
-    assert output_tokens == requests * recipe.OUTPUT_LEN
-    assert re.search(r"\$[0-9.]+ per million output tokens", done.stdout)
+    data = tmp_path / f"live-{uuid.uuid4().hex[:8]}.jsonl"  # results of its own on the Volume
+    data.write_text("".join(json.dumps(row) + "\n" for row in recipe.sample_tickets))
+    argv = [str(BIN / "modal"), "run", str(recipe_path("qwen3_throughput")),
+            "--input-file", str(data)]
+    n = len(recipe.sample_tickets)
+    first = run(argv, timeout=DEPLOY_TIMEOUT).stdout
+    assert f"{n} records in inputs/{data.name}, 0 already labeled" in first, first[-3000:]
+    counts = re.search(r"(\d+) requests, (\d+) input \+ (\d+) output tokens", first)
+    assert counts and int(counts.group(1)) == n, first[-3000:]
+    assert re.search(r"\$[0-9.]+ per million tokens \(input \+ output\)", first)
+    again = run(argv, timeout=DEPLOY_TIMEOUT).stdout
+    assert f"{n} already labeled in results/{data.stem}, 0 batches to run" in again, again
 
 
 @pytest.mark.live

@@ -1,17 +1,17 @@
-"""Run the throughput recipe's generation and accounting on local vLLM `LLM` with a tiny model.
+"""Run the throughput recipe's labelling and accounting on local vLLM `LLM` with a small model.
 
-    python tests/recipe_throughput_child.py MODEL_DIR OUT_JSON N INPUT_LEN OUTPUT_LEN
+    python tests/skill/recipe_throughput_child.py MODEL_DIR RESULTS_DIR OUT_JSON N
 
 A file of its own, run in a subprocess, because vLLM's engine core is a spawned child that
 re-imports the main module: it must be an importable file with a `__main__` guard, and the
 version shim must be imported first so the child gets it too. The recipe's own functions do the
-work (`llm_kwargs`, `make_prompts`, `run_batch`, `summarize`); only the model, the CPU
-transforms and the workload size differ from what runs on Modal.
+work (`llm_kwargs`, `label_batch` with its structured-output choice, `write_results`,
+`done_ids`, `summarize`, `report_lines`) on its first N sample records; only the model and the
+CPU transforms differ from what runs on Modal.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -20,7 +20,7 @@ from pathlib import Path
 import modal_llm_serving.local.launcher  # noqa: F401  (must come before vLLM)
 
 
-def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> None:
+def main(model_dir: str, results_dir: str, out: str, n: int) -> None:
     from cpu_llm_kwargs import llm_kwargs_for_local_cpu  # this folder: see its docstring
     from vllm import LLM
 
@@ -31,25 +31,21 @@ def main(model_dir: str, out: str, n: int, input_len: int, output_len: int) -> N
     start = time.perf_counter()
     llm = LLM(**kwargs)
     init_seconds = time.perf_counter() - start
-    vocab = llm.get_tokenizer().vocab_size
-    warmup = recipe.make_prompts(4, input_len=input_len, vocab_size=vocab, seed=-1)
-    warm_stats, _ = recipe.run_batch(llm, warmup, output_len=output_len)
-    prompts = recipe.make_prompts(n, input_len=input_len, vocab_size=vocab, seed=0)
-    stats, outputs = recipe.run_batch(llm, prompts, output_len=output_len)
-    per_request = [{"prompt_ids": len(output.prompt_token_ids),
-                    "output_ids": sum(len(sample.token_ids) for sample in output.outputs)}
-                   for output in outputs]
-    batch = dataclasses.asdict(stats)
-    summary = recipe.summarize([batch], price_per_hour=recipe.GPU_PRICE_PER_HOUR,
+    records = recipe.sample_tickets[:n]
+    warm, _ = recipe.label_batch(llm, records[:1])  # as the worker's warm-up
+    stats, rows = recipe.label_batch(llm, records)
+    written = recipe.write_results(Path(results_dir), rows)
+    batch = {**stats, "init_seconds": init_seconds, "warmup_seconds": warm["seconds"],
+             "worker": "local"}
+    summary = recipe.summarize([stats], price_per_hour=recipe.GPU_PRICE_PER_HOUR,
                                n_gpu=recipe.N_GPU)
-    report = recipe.report_lines([{**batch, "init_seconds": init_seconds, "worker": "local",
-                                   "warmup_seconds": warm_stats.seconds}],
-                                 wall_seconds=time.perf_counter() - start)
+    report = recipe.report_lines([batch], wall_seconds=time.perf_counter() - start)
     Path(out).write_text(json.dumps({
-        "stats": batch, "per_request": per_request, "summary": summary, "report": report,
-        "init_seconds": init_seconds, "warmup_requests": warm_stats.requests}))
+        "records": records, "labels": recipe.LABELS, "stats": stats, "rows": rows,
+        "written": written.read_text(), "done": sorted(recipe.done_ids(Path(results_dir))),
+        "summary": summary, "report": report}))
 
 
 if __name__ == "__main__":
-    model_dir, out, n, input_len, output_len = sys.argv[1:6]
-    main(model_dir, out, int(n), int(input_len), int(output_len))
+    model_dir, results_dir, out, n = sys.argv[1:5]
+    main(model_dir, results_dir, out, int(n))

@@ -2,22 +2,27 @@
 # cmd: ["modal", "run", "skills/modal-llm-serving/scripts/qwen3_throughput.py"]
 # ---
 
-# # Offline batch inference at maximum tokens per dollar with vLLM on Modal
+# # Classify a dataset with an LLM at maximum tokens per dollar with vLLM on Modal
 
-# Choose this pattern when the job is "generate for these N prompts as cheaply and quickly as
-# possible", not "answer each request fast": no HTTP server, no per-request latency, just vLLM's
-# Python `LLM` engine packing as many sequences into each GPU step as memory allows, in batch
-# workers that Modal fans out over several containers.
+# Choose this pattern when the job is "label (or generate for) these N records as cheaply and
+# quickly as possible", not "answer each request fast": no HTTP server, no per-request latency,
+# just vLLM's Python `LLM` engine packing as many sequences into each GPU step as memory allows,
+# in batch workers that Modal fans out over several containers.
+#
+# The job here labels support tickets: each line of a JSONL file, `{"id": ..., "text": ...}`,
+# gets one label from a fixed list. vLLM's structured outputs make every answer one of the
+# labels, one shared instruction opens every prompt so the prefix cache computes it once, and
+# results land on a Volume batch by batch, so a rerun after a crash skips the ids already done.
 #
 # The numbers it prints are counted the way `vllm bench throughput` counts them: token ids taken
-# from the outputs (not from the requested lengths), a warm-up batch excluded, engine start-up
-# timed separately. Input, output and total tokens per second, and the cost per million tokens
-# from the GPU's hourly price.
+# from the outputs, a warm-up batch excluded, engine start-up timed separately. Input, output and
+# total tokens per second, and the cost per million tokens from the GPU's hourly price.
 
-import dataclasses
+import json
 import os
-import random
 import time
+import uuid
+from pathlib import Path
 
 import modal
 
@@ -74,11 +79,20 @@ vllm_image = vllm_image.env({"HF_HOME": HF_CACHE_PATH, "VLLM_CACHE_ROOT": VLLM_C
 HF_SECRET = None
 secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
 
+# ## Keep the data and the results in a Volume
+
+# Inputs live under `inputs/` of the `mls-batch-data` Volume (`modal run` uploads a local file
+# there, or put one yourself: `modal volume put mls-batch-data tickets.jsonl /inputs/`), and the
+# results of `inputs/NAME.jsonl` under `results/NAME/`: one JSONL file per finished batch.
+
+DATA_PATH = "/data"
+data_volume = modal.Volume.from_name("mls-batch-data", create_if_missing=True)
+
 # ## Configure the engine
 
 # Throughput wants big batches: many sequences decoded together and many tokens per scheduler
-# step (long prefills are chunked into steps of this size). Context length covers the workload's
-# prompt + output, no more, so the KV cache holds more sequences.
+# step (long prefills are chunked into steps of this size). Context length covers the shared
+# instruction, the longest text and the label, no more, so the KV cache holds more sequences.
 
 MAX_MODEL_LEN = 4096
 MAX_NUM_SEQS = 512
@@ -86,24 +100,49 @@ MAX_NUM_BATCHED_TOKENS = 16384
 GPU_MEMORY_UTILIZATION = 0.92
 KV_CACHE_DTYPE = "auto"  # "fp8" halves the KV cache: more sequences per step
 
-# ## The workload
+# ## Define the task
 
-# Synthetic prompts of fixed length (random token ids, as `vllm bench throughput --dataset-name
-# random` makes them) and a fixed output length (`ignore_eos`), so runs are comparable. Replace
-# `make_prompts` with your own data for real jobs.
+# Every answer is one of these labels: vLLM's structured outputs mask every other token at
+# each step, so no answer needs parsing or retrying.
+
+LABELS = ["billing", "bug report", "feature request", "account access", "other"]
+
+# The instruction, with the label list, is the system message of every prompt, and the record's
+# text comes after it. vLLM V1 turns prefix caching on by default, so the instruction's KV blocks
+# are computed once per worker and reused by every later prompt: keep all that varies after it.
+
+INSTRUCTION = ("You label customer support tickets. Read the ticket and answer with exactly one "
+               "of the labels below, nothing else.")
+
+# Qwen3 thinks before it answers unless its chat template is told not to; a label needs no
+# reasoning tokens. (vLLM drops keywords a model's template does not use.)
+
+CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+
+# Texts longer than INPUT_LEN tokens are cut to it, so every prompt fits MAX_MODEL_LEN; OUTPUT_LEN
+# bounds the answer (a label ends sooner). Each call to a worker labels BATCH_SIZE records and
+# writes them, so a crash loses at most one batch per worker.
 
 INPUT_LEN = 1024
 OUTPUT_LEN = 128
-BATCH_SIZE = 2048  # prompts per call to a worker
-N_BATCHES = 8  # calls in all
+BATCH_SIZE = 2048  # records per call to a worker
 N_CONTAINERS = 4  # workers at most, each one GPU
-WARMUP_PROMPTS = 16  # run once per worker after start-up, excluded from the numbers
 
-# One batch of BATCH_SIZE prompts takes well under a minute on an H100; the first start also
-# downloads the weights. Bound both generously.
+# One batch of BATCH_SIZE records takes well under a minute on an H100; the first start also
+# downloads the weights. Bound both generously, and the whole job by Modal's 24-hour ceiling.
 
 STARTUP_TIMEOUT = 20 * MINUTES
 TIMEOUT = 30 * MINUTES
+JOB_TIMEOUT = 24 * 60 * MINUTES
+
+# What `modal run` labels when given no file, and what each worker warms up on.
+
+sample_tickets = [
+    {"id": "t1", "text": "I was charged twice for my subscription this month."},
+    {"id": "t2", "text": "The export button crashes the app on Android 14."},
+    {"id": "t3", "text": "Please add a dark mode to the dashboard."},
+    {"id": "t4", "text": "I can't log in: the reset link in the email has expired."},
+]
 
 # The engine's settings, as `vllm.LLM(...)` keyword arguments (the same names as `vllm serve`'s
 # flags, with underscores). The keywords let it run elsewhere (the test suite runs it on a CPU).
@@ -122,57 +161,104 @@ def llm_kwargs(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVISION
     }
 
 
-# ## Generate and count
+# ## Read the records, write the results
 
-# Plain functions of an `LLM` and a list of prompts, so the Modal worker below and the test
-# suite (which runs them on a local CPU build of vLLM with a tiny model) share them.
-
-
-@dataclasses.dataclass
-class BatchStats:
-    """Token counts and time of one timed `generate`, counted as `vllm bench throughput` does."""
-
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    seconds: float
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+# Plain Python on files, so the job's loop reads the mounted Volume like a local folder (and the
+# test suite runs the same functions on a local folder). A results file is written under a
+# temporary name and renamed, so it is complete or absent: every id in it is done.
 
 
-def make_prompts(n: int, *, input_len: int, vocab_size: int, seed: int) -> list[dict]:
-    """`n` prompts of exactly `input_len` random token ids (vLLM `TokensPrompt` dicts)."""
-    rng = random.Random(seed)
-    return [{"prompt_token_ids": [rng.randrange(vocab_size) for _ in range(input_len)]}
-            for _ in range(n)]
+def read_records(path: Path) -> list[dict]:
+    """The records of a JSONL file, one `{"id": ..., "text": ...}` object per line."""
+    records, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not (isinstance(record, dict) and type(record.get("id")) in (str, int)
+                and isinstance(record.get("text"), str)):
+            raise ValueError(f'{path}:{number}: want {{"id": ..., "text": "..."}}, got {line[:60]}')
+        if record["id"] in seen:  # a result names its record by id: two would be one
+            raise ValueError(f"{path}:{number}: id {record['id']!r} appears twice")
+        seen.add(record["id"])
+        records.append({"id": record["id"], "text": record["text"]})
+    return records
 
 
-def sampling_params(output_len: int):  # -> vllm.SamplingParams
-    from vllm import SamplingParams
+def done_ids(results_dir: Path) -> set:
+    """The ids that already have a result: every line of every finished results file."""
+    return {json.loads(line)["id"] for part in sorted(results_dir.glob("*.jsonl"))
+            for line in part.read_text(encoding="utf-8").splitlines() if line}
 
-    # ignore_eos: every request decodes exactly output_len tokens, as in vllm bench throughput
-    return SamplingParams(temperature=1.0, top_p=1.0, max_tokens=output_len, ignore_eos=True)
+
+def pending_batches(records: list[dict], done: set, batch_size: int) -> list[list[dict]]:
+    """The records without a result, in file order, cut into batches of `batch_size`."""
+    todo = [record for record in records if record["id"] not in done]
+    return [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
 
 
-def run_batch(llm, prompts: list[dict], *, output_len: int) -> tuple[BatchStats, list]:
-    """Generate for `prompts` and count tokens from what came back; returns (stats, outputs)."""
-    params = sampling_params(output_len)
+def write_results(results_dir: Path, rows: list[dict]) -> Path:
+    """One batch's `{"id", "label"}` rows as a new JSONL file in `results_dir`."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    final = results_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+    temporary = final.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    temporary.replace(final)
+    return final
+
+
+def chat_messages(text: str, labels: list[str]) -> list[dict]:
+    """One record's conversation: the shared instruction and labels first, then its text."""
+    system = f"{INSTRUCTION}\nLabels: {', '.join(labels)}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
+def clip(text: str, tokenizer, max_tokens: int) -> str:
+    """`text` cut to its first `max_tokens` tokens (the instruction before it is never cut)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+# ## Label and count
+
+# A plain function of an `LLM` and a batch of records, so the Modal worker below and the test
+# suite (which runs it on a local CPU build of vLLM with a small model) share it.
+
+
+def label_batch(llm, records: list[dict], *, labels: list[str] = LABELS,
+                input_len: int = INPUT_LEN, output_len: int = OUTPUT_LEN) -> tuple[dict, list]:
+    """Label `records`: returns the batch's counts (tokens counted from the outputs, as
+    `vllm bench throughput` counts them, and the seconds of `chat`) and its `{"id", "label"}`
+    rows."""
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+    # temperature 0: the most likely label, not a sample from the distribution
+    params = SamplingParams(temperature=0.0, max_tokens=output_len,
+                            structured_outputs=StructuredOutputsParams(choice=labels))
+    tokenizer = llm.get_tokenizer()
+    conversations = [chat_messages(clip(r["text"], tokenizer, input_len), labels) for r in records]
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = llm.chat(conversations, params, use_tqdm=False,
+                       chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     seconds = time.perf_counter() - start
-    stats = BatchStats(
-        requests=len(outputs),
-        input_tokens=sum(len(output.prompt_token_ids) for output in outputs),
-        output_tokens=sum(len(sample.token_ids) for output in outputs for sample in output.outputs),
-        seconds=seconds,
-    )
-    return stats, outputs
+    stats = {
+        "requests": len(outputs),
+        "input_tokens": sum(len(output.prompt_token_ids) for output in outputs),
+        "output_tokens": sum(len(s.token_ids) for output in outputs for s in output.outputs),
+        "seconds": seconds,
+    }
+    # an answer cut short by max_tokens is no label: stored as null, counted, never guessed
+    answers = [output.outputs[0].text.strip() for output in outputs]
+    rows = [{"id": record["id"], "label": answer if answer in labels else None}
+            for record, answer in zip(records, answers, strict=True)]
+    return stats, rows
 
 
 def summarize(batches: list[dict], *, price_per_hour: float, n_gpu: int) -> dict:
-    """Aggregate per-batch results (dicts of BatchStats fields) into rates and cost.
+    """Aggregate per-batch counts (`label_batch`'s) into rates and cost.
 
     Rates are per GPU-second of generation summed over workers, so they do not depend on how
     many batches overlapped; the cost per million tokens follows from the GPU's price.
@@ -206,7 +292,8 @@ app = modal.App(APP_NAME)
 @app.cls(
     image=vllm_image,
     gpu=f"{GPU_TYPE}:{N_GPU}",
-    volumes={HF_CACHE_PATH: hf_cache_volume, VLLM_CACHE_PATH: vllm_cache_volume},
+    volumes={HF_CACHE_PATH: hf_cache_volume, VLLM_CACHE_PATH: vllm_cache_volume,
+             DATA_PATH: data_volume},
     secrets=secrets,
     region=REGION,
     timeout=TIMEOUT,  # how long may one batch take?
@@ -222,42 +309,91 @@ class Worker:
         start = time.perf_counter()
         self.llm = LLM(**llm_kwargs())
         self.init_seconds = time.perf_counter() - start  # reported, never mixed into the rates
-        vocab_size = self.llm.get_tokenizer().vocab_size
-        warmup = make_prompts(WARMUP_PROMPTS, input_len=INPUT_LEN, vocab_size=vocab_size, seed=-1)
-        warm, _ = run_batch(self.llm, warmup, output_len=OUTPUT_LEN)  # excluded from the rates
-        self.warmup_seconds = warm.seconds
+        warm, _ = label_batch(self.llm, sample_tickets)  # excluded from the rates
+        self.warmup_seconds = warm["seconds"]
 
     @modal.method()
-    def generate(self, seed: int) -> dict:
-        vocab_size = self.llm.get_tokenizer().vocab_size
-        prompts = make_prompts(BATCH_SIZE, input_len=INPUT_LEN, vocab_size=vocab_size, seed=seed)
-        stats, _ = run_batch(self.llm, prompts, output_len=OUTPUT_LEN)
+    def label(self, records: list[dict], results_dir: str) -> dict:
+        stats, rows = label_batch(self.llm, records)
+        write_results(Path(results_dir), rows)
+        data_volume.commit()  # durable now: a rerun skips these ids
         # which container ran it, so start-up is counted once per container in the cost
         worker = os.environ.get("MODAL_TASK_ID") or f"pid-{os.getpid()}"
-        return {**dataclasses.asdict(stats), "init_seconds": self.init_seconds,
-                "warmup_seconds": self.warmup_seconds, "worker": worker}
+        return {**stats, "init_seconds": self.init_seconds,
+                "warmup_seconds": self.warmup_seconds, "worker": worker,
+                "unlabeled": sum(row["label"] is None for row in rows)}
+
+
+# ## The job's loop, next to the data
+
+# A small CPU function reads the input and the results from the Volume, leaves out the ids that
+# are done, and fans the rest out over the GPU workers, yielding each batch's counts as it
+# finishes. It runs in Modal, so `modal run --detach` keeps a long job going without your laptop.
+
+
+@app.function(image=modal.Image.debian_slim(python_version="3.12"),
+              volumes={DATA_PATH: data_volume}, timeout=JOB_TIMEOUT)
+def label_file(input_path: str, results_dir: str):
+    records = read_records(Path(input_path))
+    done = done_ids(Path(results_dir))
+    batches = pending_batches(records, done, BATCH_SIZE)
+    yield {"records": len(records), "done": len(records) - sum(map(len, batches)),
+           "batches": len(batches)}
+    yield from Worker().label.map(batches, kwargs={"results_dir": results_dir},
+                                  order_outputs=False)
 
 
 # ## Run it
 
 # ```bash
-# modal run skills/modal-llm-serving/scripts/qwen3_throughput.py
+# modal run skills/modal-llm-serving/scripts/qwen3_throughput.py      # the built-in sample
+# modal run skills/modal-llm-serving/scripts/qwen3_throughput.py --input-file tickets.jsonl
+# modal run skills/modal-llm-serving/scripts/qwen3_throughput.py --volume-file inputs/t.jsonl
+# modal volume get mls-batch-data results/tickets   # the labels, one JSONL file per batch
 # ```
 #
-# Fans N_BATCHES batches out over up to N_CONTAINERS GPUs with `.map`, then prints the counts,
-# the rates and the cost. (Deploying is not needed for a batch job; `modal deploy` plus
-# `modal.Cls.from_name("mls-qwen3-throughput", "Worker")` lets other code submit batches.)
+# The same command again resumes: ids with a result are skipped. It prints each batch, then the
+# counts, the rates and the cost.
 
 
 @app.local_entrypoint()
-def main(n_batches: int = N_BATCHES) -> None:
+def main(input_file: str = "", volume_file: str = "") -> None:
+    if input_file and volume_file:
+        raise SystemExit("give --input-file (a local JSONL file) or --volume-file (a path on "
+                         "the mls-batch-data Volume), not both")
+    remote = volume_file.lstrip("/") or upload(input_file)
+    results = f"results/{Path(remote).stem}"
     wall = time.perf_counter()
     batches = []
-    for batch in Worker().generate.map(range(n_batches)):
-        batches.append(batch)
-        print(f"batch {len(batches)}/{n_batches}: {batch['output_tokens']} output tokens in "
-              f"{batch['seconds']:.1f} s (engine start {batch['init_seconds']:.0f} s)")
-    print("\n".join(report_lines(batches, wall_seconds=time.perf_counter() - wall)))
+    for event in label_file.remote_gen(f"{DATA_PATH}/{remote}", f"{DATA_PATH}/{results}"):
+        if "batches" in event:
+            print(f"{event['records']} records in {remote}, {event['done']} already labeled "
+                  f"in {results}, {event['batches']} batches to run")
+            continue
+        batches.append(event)
+        print(f"batch {len(batches)}: {event['requests']} records in {event['seconds']:.1f} s, "
+              f"{event['unlabeled']} unlabeled (engine start {event['init_seconds']:.0f} s)")
+    if batches:
+        print("\n".join(report_lines(batches, wall_seconds=time.perf_counter() - wall)))
+    print(f"results: modal volume get mls-batch-data {results}")
+
+
+def upload(input_file: str) -> str:
+    """Put a local JSONL file (none: the sample) on the data Volume; returns its path there."""
+    import io
+
+    if input_file:
+        try:
+            read_records(Path(input_file))  # refuse a bad file here, before uploading it
+        except (OSError, ValueError) as exc:
+            raise SystemExit(str(exc)) from None  # one line that names the file
+        source, name = Path(input_file), Path(input_file).name
+    else:
+        lines = "".join(json.dumps(ticket) + "\n" for ticket in sample_tickets)
+        source, name = io.BytesIO(lines.encode()), "sample.jsonl"
+    with data_volume.batch_upload(force=True) as batch:
+        batch.put_file(source, f"/inputs/{name}")
+    return f"inputs/{name}"
 
 
 def report_lines(batches: list[dict], *, wall_seconds: float) -> list[str]:

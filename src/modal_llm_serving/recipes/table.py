@@ -123,7 +123,10 @@ RECIPES: tuple[Recipe, ...] = (
         Setting("OUTPUT_LEN", int, "workload.output_tokens"),
         *_KEPT, *_VLLM,
         Setting("MAX_NUM_BATCHED_TOKENS", int), Setting("BATCH_SIZE", int),
-        Setting("N_BATCHES", int), Setting("WARMUP_PROMPTS", int), Setting("TIMEOUT", int))),
+        Setting("TIMEOUT", int), Setting("JOB_TIMEOUT", int),
+        # the task: what it labels, how it asks, where the records and results live
+        Setting("LABELS", list), Setting("INSTRUCTION", str),
+        Setting("CHAT_TEMPLATE_KWARGS", dict), Setting("DATA_PATH", str))),
     # The Server form of the low-latency and cold-start patterns, for proxy-auth clients.
     Recipe("vllm_server", ("low-latency", "cold-start"), "vllm", "app.server", proxy_auth=True,
            snapshots=True, settings=(
