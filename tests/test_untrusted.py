@@ -38,7 +38,7 @@ from modal_llm_serving.endpoint.wire import (
     parse_object,
     read_chunk,
 )
-from modal_llm_serving.errors import BenchDataError, UntrustedDataError, UsageError
+from modal_llm_serving.errors import DatasetError, UntrustedDataError, UsageError
 from modal_llm_serving.facts.hub import read_hub_model
 from modal_llm_serving.facts.models import model_facts
 from modal_llm_serving.untrusted import MAX_DEPTH, read_json, read_json_file
@@ -156,7 +156,7 @@ def test_a_hostile_sweep_index_is_refused_in_one_line(tmp_path_factory: pytest.T
 
 @SETTINGS
 @given(line=in_document(b'{"prompt": "hi", "output_tokens": @}'))
-def test_a_hostile_dataset_line_is_a_bench_data_error(tmp_path_factory: pytest.TempPathFactory,
+def test_a_hostile_dataset_line_is_a_dataset_error(tmp_path_factory: pytest.TempPathFactory,
                                                       line: bytes) -> None:
     path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
     path.write_bytes(line + b"\n")
@@ -173,7 +173,7 @@ def test_a_hostile_dataset_line_is_a_bench_data_error(tmp_path_factory: pytest.T
         def close(self) -> None:
             pass
 
-    with pytest.raises(BenchDataError, match=r"prompts\.jsonl"):
+    with pytest.raises(DatasetError, match=r"prompts\.jsonl"):
         load_jsonl(path, tokenizer=Words(), output_len=None, seed=0)
 
 

@@ -161,21 +161,31 @@ def redact_data(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, dict):
-        return {key: redact_data(item) for key, item in value.items()}
+        return {_LONE_SURROGATE.sub("\ufffd", key) if isinstance(key, str) else key:
+                redact_data(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [redact_data(item) for item in value]
-    return redact(value if isinstance(value, str) else str(value))
+    return _LONE_SURROGATE.sub("\ufffd", redact(value if isinstance(value, str) else str(value)))
+
+
+# A surrogate code point in a Python string is always a lone one (a pair is one character); JSON
+# would write it as an escape that no strict reader (ours: untrusted.py) takes back.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAY_HOLD_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
 
 def redact_json(data: Any, **dumps: Any) -> str:
-    """`json.dumps(data, **dumps)` with every string redacted.
+    """`json.dumps(data, **dumps)` with every string redacted and lone surrogates replaced by
+    U+FFFD, so what the toolkit writes it can read back.
 
-    The JSON text is made first and walked again only if it may hold a secret: a string holding
-    one holds it JSON-escaped (a form `register_secret` knows), and URL credentials need an `@`
-    or an `=`. Most benchmark records hold neither, and they are written on the measuring loop.
+    The JSON text is made first and walked again only if it may hold a secret or a surrogate: a
+    string holding a secret holds it JSON-escaped (a form `register_secret` knows), and URL
+    credentials need an `@` or an `=`. Most benchmark records hold none, and they are written on
+    the measuring loop.
     """
     text = json.dumps(data, **dumps)
-    if "@" in text or "=" in text or any(form in text for form in _forms):
+    if ("@" in text or "=" in text or any(form in text for form in _forms)
+            or _MAY_HOLD_SURROGATE.search(text)):
         text = json.dumps(redact_data(data), **dumps)
     return text
 

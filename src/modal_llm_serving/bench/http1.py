@@ -24,6 +24,7 @@ import dataclasses
 import re
 
 from modal_llm_serving.bench.http_types import TransportError
+from modal_llm_serving.redact import redact
 
 __all__ = ["MAX_HEAD", "ChunkedDecoder", "Head", "parse_head"]
 
@@ -39,6 +40,14 @@ _NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # a token (RFC 9110)
 _LENGTH = re.compile(r"[0-9]{1,13}\Z")  # Content-Length: digits only, no sign or space
 # chunk-size [ chunk-ext ]: ASCII hex, then ;name[=value] extensions of visible ASCII
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,10})[ \t]*(?:;[\t\x20-\x7e]*)?\Z")
+
+
+def _shown(text: str | bytes, limit: int) -> str:
+    """A piece of a server's framing for an error message: secrets masked before it is cut (a
+    cut first could leave part of a key), then quoted."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")  # one character a byte: nothing raises, nothing merges
+    return repr(redact(text)[:limit])
 
 
 def _refuse(detail: str) -> TransportError:
@@ -62,7 +71,7 @@ def parse_head(block: bytes) -> Head:
         raise _refuse("response headers too large")
     lines = block.split(b"\r\n")
     if not (status := _STATUS.match(lines[0])):
-        raise _refuse(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
+        raise _refuse(f"not an HTTP/1.1 status line: {_shown(lines[0], 60)}")
     if len(lines) - 1 > MAX_HEADERS:
         raise _refuse(f"more than {MAX_HEADERS} header lines")
     headers: dict[str, str] = {}
@@ -70,7 +79,7 @@ def parse_head(block: bytes) -> Head:
         name, colon, value = line.partition(b":")
         if len(line) > MAX_LINE or not colon or not _NAME.match(name) or any(
                 byte in value for byte in b"\r\n\0"):
-            raise _refuse(f"bad header line {line[:40]!r}")  # folded lines included
+            raise _refuse(f"bad header line {_shown(line, 40)}")  # folded lines included
         key, text = name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     code = int(status[1])
@@ -87,12 +96,12 @@ def _framing(status: int, headers: dict[str, str]) -> tuple[str, int | None]:
         if length is not None:
             raise _refuse("both Transfer-Encoding and Content-Length (ambiguous framing)")
         if encoding.strip().lower() != "chunked":
-            raise _refuse(f"unsupported Transfer-Encoding {encoding[:40]!r}")
+            raise _refuse(f"unsupported Transfer-Encoding {_shown(encoding, 40)}")
         return "chunked", None
     if length is not None:
         values = {value.strip() for value in length.split(",")}
         if len(values) != 1 or not _LENGTH.match(value := values.pop()) or int(value) > MAX_BODY:
-            raise _refuse(f"bad Content-Length {length[:40]!r}")
+            raise _refuse(f"bad Content-Length {_shown(length, 40)}")
         return "length", int(value)
     return "close", None
 
@@ -143,7 +152,7 @@ class ChunkedDecoder:
             self._state = "size"
         elif self._state == "size":
             if not (match := _CHUNK_SIZE.match(line)) or int(match[1], 16) > MAX_BODY:
-                raise _refuse(f"bad chunk size {line[:20]!r}")
+                raise _refuse(f"bad chunk size {_shown(line, 20)}")
             self._remaining = int(match[1], 16)
             self._state = "data" if self._remaining else "trailer"
         elif not line:  # the trailer section ends with an empty line
@@ -151,4 +160,4 @@ class ChunkedDecoder:
         else:
             self._trailers += 1
             if self._trailers > MAX_TRAILERS or b":" not in line:
-                raise _refuse(f"bad trailer line {line[:20]!r}")
+                raise _refuse(f"bad trailer line {_shown(line, 20)}")
