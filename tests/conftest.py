@@ -41,6 +41,18 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["MLS_CACHE_DIR"] = saved
 
 
+@pytest.fixture(autouse=True)
+def no_secrets_from_other_tests() -> Iterator[None]:
+    """Each test starts with an empty secret registry: a secret one test registers (a random
+    short key, say) must not mask another test's output. Commands clear it on each run; library
+    calls in tests do not."""
+    from modal_llm_serving.redact import forget_secrets
+
+    forget_secrets()
+    yield
+    forget_secrets()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen2 chat checkpoint (head_dim 32, vocab ~2k), built in seconds."""

@@ -51,8 +51,12 @@ def test_install_into_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
 
 
 def _installed_files(folder: Path) -> list[Path]:
+    """The skill's files under `folder`, less what is never installed (its evals)."""
+    from modal_llm_serving.skill.install import NOT_INSTALLED
+
     return sorted(p.relative_to(folder) for p in folder.rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts)
+                  if p.is_file() and "__pycache__" not in p.parts
+                  and p.relative_to(folder).parts[0] not in NOT_INSTALLED)
 
 
 def test_install_goes_where_modal_and_the_skills_cli_put_skills(

@@ -251,7 +251,8 @@ def get_json(url: str, *, api_key: str, body: dict | None = None) -> dict:
 
 def first_token_seconds(base_url: str, *, api_key: str, model: str = SERVED_MODEL_NAME) -> float:
     """Seconds from sending one streamed chat request to its first content-bearing event."""
-    body = {"model": model, "max_tokens": 16, "stream": True,
+    # min_tokens (a vLLM sampling field): a reply that ends at once (EOS first) has no text
+    body = {"model": model, "max_tokens": 16, "min_tokens": 4, "stream": True,
             "messages": [{"role": "user", "content": "Count to five."}]}
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     request = urllib.request.Request(f"{base_url}/v1/chat/completions", headers=headers,

@@ -243,7 +243,8 @@ def run_smoke(base_url: str, *, api_key: str, ready_timeout: float,
                                   headers)
     with urllib.request.urlopen(chat, timeout=150) as answer:
         print(f"chat: {json.load(answer)['usage']['completion_tokens']} tokens")
-    body = {"model": model, "max_tokens": 64, "stream": True,
+    # min_tokens (a vLLM sampling field): a reply that ends at once (EOS first) has no text
+    body = {"model": model, "max_tokens": 64, "min_tokens": 4, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     request = urllib.request.Request(f"{base_url}/v1/chat/completions", headers=headers,

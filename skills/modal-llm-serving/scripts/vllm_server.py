@@ -297,7 +297,8 @@ def urlopen(url: str, *, headers: dict, body: dict | None = None, retry_for: flo
 def stream_chat(url: str, *, headers: dict, model: str = SERVED_MODEL_NAME,
                 retry_for: float = 0) -> tuple:
     """One streamed chat completion: (text, usage, seconds to the first token)."""
-    body = {"model": model, "max_tokens": 64, "stream": True,
+    # min_tokens (a vLLM sampling field): a reply that ends at once (EOS first) has no text
+    body = {"model": model, "max_tokens": 64, "min_tokens": 4, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     sent, first, text, usage = time.perf_counter(), None, "", None
