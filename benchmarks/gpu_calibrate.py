@@ -113,11 +113,18 @@ def kv_bytes(config: dict[str, Any], batch: int, context: int) -> int:
     return per_token * batch * context
 
 
+def random_ids(model: Any, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Random token ids: with one id everywhere every token of a MoE layer would choose the same
+    experts, and a step would read k experts' weights however large the batch."""
+    vocab = model[1].vocab_size if isinstance(model, tuple) else model.embed.shape[0]
+    return torch.randint(0, vocab, shape, device=device)
+
+
 def decode_step(model: Any, *, batch: int, context: int,
                 device: torch.device) -> Callable[[], object]:
     """One decode step of `batch` sequences at position `context - 1` over a static KV cache of
     `context` tokens."""
-    ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+    ids = random_ids(model, (batch, 1), device)
     position = torch.tensor([context - 1], device=device)
     if isinstance(model, tuple):  # transformers: its StaticCache
         from transformers import StaticCache
@@ -155,7 +162,7 @@ def decode_step_ms(step: Callable[[], object], device: torch.device) -> tuple[fl
 @torch.inference_mode()
 def prefill_ms(model: Any, *, tokens: int, device: torch.device) -> float:
     """One forward pass over a `tokens`-token prompt (no cache kept)."""
-    ids = torch.zeros((1, tokens), dtype=torch.long, device=device)
+    ids = random_ids(model, (1, tokens), device)
     if isinstance(model, tuple):
         hf_model = model[0]
         return timed_ms(lambda: hf_model(input_ids=ids, use_cache=False, logits_to_keep=1),
