@@ -25,19 +25,9 @@ from modal_llm_serving.errors import EngineStartError, MlsError, UsageError
 from modal_llm_serving.files import ENVIRONMENT_ERRNOS, cannot_write, write_atomic
 from modal_llm_serving.stopping import EXIT_INTERRUPTED, interrupted, stop_signals_as_ctrl_c
 
-__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_PROBLEM", "cli", "interrupted", "main",
-           "say"]
+__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_PROBLEM", "cli", "interrupted", "main"]
 
 EXIT_PROBLEM, EXIT_INTERNAL = 1, 3  # 2 (bad input) is click's own; 130 and up: stopping.py
-
-
-def say(message: str) -> None:
-    """Inert lines on stderr that a closed terminal (SIGHUP) cannot turn into an error."""
-    from modal_llm_serving.display import terminal_text
-
-    with contextlib.suppress(OSError, ValueError):
-        for line in message.split("\n"):
-            click.echo(terminal_text(line), err=True)
 
 
 class InternalError(click.ClickException):
@@ -85,8 +75,11 @@ class MlsGroup(click.Group):
         except MlsError as exc:
             raise click.ClickException(_message(exc)) from None
         except KeyboardInterrupt:
+            from modal_llm_serving.cli.options import say
+
             words, code = interrupted()
-            say(f"\n{words}")
+            with contextlib.suppress(OSError, ValueError):  # a closed terminal (SIGHUP): silent
+                say("", words, err=True)
             raise click.exceptions.Exit(code) from None
         except BrokenPipeError:  # `mls ... | head`: the reader left; nothing more to say
             sys.stderr.close()
