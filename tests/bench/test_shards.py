@@ -111,24 +111,26 @@ def test_unbounded_parts_never_share_an_index() -> None:
     assert len(set(everything)) == len(everything) and everything[:1200] == list(range(1200))
 
 
-def test_workers_are_chosen_from_streams_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shards, "usable_cores", lambda: 16)
+def test_workers_are_chosen_from_streams_and_cores() -> None:
     config = parse_options("http://x", model="m")
 
-    def choose(level: Level, workers: int | None = None, cap: int | None = None) -> int:
+    def choose(level: Level, workers: int | None = None, cap: int | None = None, *,
+               cores: int = 16) -> int:
         options = dataclasses.replace(config, workers=workers, max_concurrency=cap)
-        return shards.choose_workers(options, level)
+        return shards.choose_workers(options, level, cores=cores)
 
     assert choose(Level("concurrency", 1)) == 1
     assert choose(Level("concurrency", 128)) == 1
     assert choose(Level("concurrency", 129)) == 2
     assert choose(Level("concurrency", 2048)) == 16
-    monkeypatch.setattr(shards, "usable_cores", lambda: 2)
-    assert choose(Level("concurrency", 2048)) == 2
-    # asked for: as given, but never more processes than streams
+    assert choose(Level("concurrency", 2048), cores=2) == 2
+    # asked for: as given, but never more processes than streams (or than cores: that is
+    # for the health warnings to point out, not for this to overrule)
     assert choose(Level("concurrency", 3), 8) == 3
-    assert choose(Level("rate", 5.0), 4) == 4
-    assert choose(Level("rate", 5.0), cap=600) == 2
+    assert choose(Level("rate", 5.0), 4, cores=2) == 4
+    # an open loop: its cap is its streams
+    assert choose(Level("rate", 5.0), cap=600) == 5
+    assert choose(Level("rate", 5.0), cap=600, cores=2) == 2
 
 
 @pytest.fixture(scope="module")

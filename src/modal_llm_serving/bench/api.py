@@ -42,6 +42,7 @@ from modal_llm_serving.bench.shards import choose_workers, run_level
 from modal_llm_serving.bench.summary import Context, LevelSummary
 from modal_llm_serving.endpoint.client import OpenAIClient, raise_if_client_side
 from modal_llm_serving.errors import EndpointError, MlsError, UsageError
+from modal_llm_serving.local.cpu_info import usable_cores
 from modal_llm_serving.redact import redact_url
 
 __all__ = ["prepare_prompts", "resolve_model", "run_bench", "run_benchmark"]
@@ -166,7 +167,8 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
         level_progress = None
         if progress is not None:
             level_progress = functools.partial(progress, level)
-        level_options = dataclasses.replace(options, workers=choose_workers(options, level))
+        workers = choose_workers(options, level, cores=usable_cores())
+        level_options = dataclasses.replace(options, workers=workers)
         with JsonlSink(folder / "requests.jsonl") as sink:
             try:
                 summary = run_level(level_options, level, prompts, sink=sink,

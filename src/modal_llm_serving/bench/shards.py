@@ -48,7 +48,6 @@ from modal_llm_serving.bench.runner import (
 )
 from modal_llm_serving.bench.summary import Context, LevelSummary
 from modal_llm_serving.errors import BenchWorkerError, MlsError, UsageError
-from modal_llm_serving.local.cpu_info import usable_cores
 from modal_llm_serving.untrusted import read_json_file
 
 __all__ = ["STREAMS_PER_WORKER", "choose_workers", "merge_parts", "run_level"]
@@ -64,9 +63,10 @@ BATCH_S = 0.05  # a worker sends its finished records this often
 PROGRESS_S = 0.5
 
 
-def choose_workers(options: BenchOptions, level: Level) -> int:
+def choose_workers(options: BenchOptions, level: Level, *, cores: int) -> int:
     """How many processes run this level: `options.workers` (never more than its streams), or
-    one per `STREAMS_PER_WORKER` streams and at most one per usable core."""
+    one per `STREAMS_PER_WORKER` streams and at most one per core of the `cores` this process
+    may use (`local.cpu_info.usable_cores()`, cgroup quota included)."""
     part = options.share(level)  # a container's part of the load is split again
     streams = part.concurrency or part.max_concurrency
     requested = options.workers
@@ -74,7 +74,7 @@ def choose_workers(options: BenchOptions, level: Level) -> int:
         return max(1, min(requested, streams)) if streams else requested
     if not streams:
         return 1  # an uncapped open loop: its streams are unknown in advance (see --workers)
-    return max(1, min(usable_cores(), math.ceil(streams / STREAMS_PER_WORKER)))
+    return max(1, min(cores, math.ceil(streams / STREAMS_PER_WORKER)))
 
 
 def run_level(options: BenchOptions, level: Level, prompts: list[Prompt], *,

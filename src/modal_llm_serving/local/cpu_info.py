@@ -18,7 +18,8 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["FLAGS", "CpuInfo", "parse_cpuinfo", "read_cpu_info", "usable_cores"]
+__all__ = ["FLAGS", "CpuInfo", "cpu_quota", "parse_cpuinfo", "read_cpu_info",
+           "usable_cores"]
 
 # The flags that decide vLLM's CPU kernels, in /proc/cpuinfo's spelling.
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -79,18 +80,78 @@ def parse_cpuinfo(text: str, *, arch: str, cores: int) -> CpuInfo:
     return CpuInfo(model=model, arch=arch, cores=cores, flags=flags)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (a
-    container given 4 CPUs on a 64-core host sees 64 in its mask, and may use 4)."""
+def usable_cores(root: str | os.PathLike[str] = "/") -> int:
+    """CPU cores this process may use: its affinity mask, capped by its cgroup's CPU quota (a
+    container given 4 CPUs on a 64-core host sees 64 in its mask, and may use 4). A fractional
+    quota rounds up: 1.5 CPUs is 2 cores, the second one half-used rather than idle.
+
+    `root` is the folder /proc and /sys/fs/cgroup are read under: "/" on this machine, or a
+    folder laid out like them (how the tests show a quota)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
+    quota = cpu_quota(root)
+    return cores if quota is None else min(cores, max(1, math.ceil(quota)))
+
+
+def cpu_quota(root: str | os.PathLike[str] = "/") -> float | None:
+    """The CPU time this process's cgroup allows, in cores (quota / period; 1.5 is one and a half
+    cores' worth), or None: no quota set, or none readable. Read from cgroup v2's `cpu.max` or
+    v1's `cpu.cfs_quota_us` and `cpu.cfs_period_us`, in the process's own cgroup and every
+    parent up to the mount: the tightest counts, since a parent's quota caps its children."""
+    quotas = [quota for folder in _cpu_cgroup_folders(Path(root))
+              if (quota := _quota_in(folder)) is not None]
+    return min(quotas, default=None)
+
+
+def _cpu_cgroup_folders(root: Path) -> list[Path]:
+    """The cgroup folders that may hold this process's CPU quota, its own first, then each
+    parent up to the mount; without a readable /proc/self/cgroup, the mounts' roots (what a
+    container sees as its own cgroup)."""
+    mount = root / "sys/fs/cgroup"
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota: the mask is the limit
-    return cores
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    found: tuple[Path, str] | None = None
+    for line in lines:  # "ID:CONTROLLERS:PATH"; cgroup v2's one tree has no controllers
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue  # not a cgroup line
+        number, controllers, path = fields
+        if "cpu" in controllers.split(","):  # v1's CPU hierarchy: it alone holds the quota
+            by_name = mount / "cpu"  # usually a link to "cpu,cpuacct"
+            found = (by_name if by_name.is_dir() else mount / controllers, path)
+            break
+        if number == "0" and controllers == "":  # v2, unless a v1 CPU line follows (hybrid)
+            found = (mount, path)
+    if found is None:
+        return [mount, mount / "cpu"]
+    hierarchy, path = found
+    folder = hierarchy / path.lstrip("/")
+    if ".." in Path(path).parts or not folder.is_dir():
+        # the path as the host names it: a container sees its own cgroup at the mount
+        return [hierarchy]
+    folders = [folder]
+    while folders[-1] != hierarchy:
+        folders.append(folders[-1].parent)
+    return folders
+
+
+def _quota_in(folder: Path) -> float | None:
+    """The quota one cgroup folder sets, in cores; None where it sets none, or it is unreadable
+    or malformed (a limit we cannot read is one we cannot honour)."""
+    try:
+        if (folder / "cpu.max").exists():  # v2: "150000 100000", or "max 100000" for none
+            quota, period = (folder / "cpu.max").read_text().split()
+        else:  # v1: a quota of -1 is none
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        cores = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return cores if cores > 0 else None
 
 
 def read_cpu_info() -> CpuInfo:
