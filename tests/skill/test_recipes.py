@@ -450,7 +450,7 @@ def test_low_latency_smoke_retries_503_with_one_session_id(
         capsys: pytest.CaptureFixture[str]) -> None:
     url, seen, script, _ = scaling_up_server
     recipe = load_recipe(recipe_path("sglang_low_latency"))
-    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    monkeypatch.setattr(recipe, "RETRY_INTERVAL", 0)  # the server answers at once
     script += [503, 503, 503]  # a scaled-to-zero http_server while the first replica starts
     recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
     assert "smoke test passed" in capsys.readouterr().out
@@ -459,13 +459,11 @@ def test_low_latency_smoke_retries_503_with_one_session_id(
     assert len(sessions) == 1 and None not in sessions  # every request, one sticky session
 
 
-def test_low_latency_smoke_does_not_retry_other_errors(
-        scaling_up_server: ScalingUp, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_low_latency_smoke_does_not_retry_other_errors(scaling_up_server: ScalingUp) -> None:
     import urllib.error
 
     url, seen, script, _ = scaling_up_server
     recipe = load_recipe(recipe_path("sglang_low_latency"))
-    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
     script += [500]
     with pytest.raises(urllib.error.HTTPError, match="500"):
         recipe.run_smoke(url, api_key="k", model="m", ready_timeout=60)
@@ -665,7 +663,7 @@ def test_server_smoke_sends_each_header_to_its_layer_and_retries_503(
 
     url, seen, script, scripts = scaling_up_server
     recipe = load_recipe(recipe_path("vllm_server"))
-    monkeypatch.setattr(recipe.time, "sleep", lambda _seconds: None)
+    monkeypatch.setattr(recipe, "RETRY_INTERVAL", 0)  # the server answers at once
     monkeypatch.setenv("MODAL_PROXY_TOKEN_ID", "wk-test")
     monkeypatch.setenv("MODAL_PROXY_TOKEN_SECRET", "ws-test")
     script += [503, 503]  # a Server's container still starting

@@ -189,6 +189,7 @@ MAX_CONTAINERS = 4
 BUFFER_CONTAINERS = 0
 SCALEDOWN_WINDOW = 10 * MINUTES
 STARTUP_TIMEOUT = 20 * MINUTES
+RETRY_INTERVAL = 2  # seconds between health checks while a replica starts (503, or none)
 EXIT_GRACE_PERIOD = 20  # seconds a stopping replica serves in-flight requests (at most 25)
 
 # ## Serve it
@@ -243,7 +244,7 @@ def wait_until_ready(base_url: str, *, timeout: float, process=None, headers=Non
                 raise
         except OSError:  # refused or timed out: still starting
             pass
-        time.sleep(2)
+        time.sleep(RETRY_INTERVAL)
     raise TimeoutError(f"{base_url}/health did not answer 200 within {timeout:.0f} seconds")
 
 

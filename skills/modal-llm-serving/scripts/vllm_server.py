@@ -187,6 +187,7 @@ MAX_CONTAINERS = 4
 BUFFER_CONTAINERS = 0
 SCALEDOWN_WINDOW = 5 * MINUTES
 STARTUP_TIMEOUT = 20 * MINUTES
+RETRY_INTERVAL = 2  # seconds between tries while a container starts (503, or no answer)
 EXIT_GRACE_PERIOD = 30  # seconds a stopping container finishes in-flight requests
 
 # ## Serve it: start, warm up and sleep before the snapshot; wake after the restore
@@ -257,7 +258,7 @@ def wait_until_ready(url: str, *, headers: dict, timeout: float, process=None) -
                 raise
         except OSError:  # refused or timed out: still starting
             pass
-        time.sleep(2)
+        time.sleep(RETRY_INTERVAL)
     raise TimeoutError(f"{url}/health did not answer 200 within {timeout:.0f} seconds")
 
 
@@ -291,7 +292,7 @@ def urlopen(url: str, *, headers: dict, body: dict | None = None, retry_for: flo
         except urllib.error.HTTPError as exc:
             if exc.code != 503 or time.monotonic() > deadline:
                 raise
-        time.sleep(2)
+        time.sleep(RETRY_INTERVAL)
 
 
 def stream_chat(url: str, *, headers: dict, model: str = SERVED_MODEL_NAME,

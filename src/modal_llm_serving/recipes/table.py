@@ -114,7 +114,8 @@ RECIPES: tuple[Recipe, ...] = (
         Setting("SPECULATIVE_DRAFT_MODEL", str | None),
         Setting("SPECULATIVE_DRAFT_REVISION", str | None),
         Setting("SPECULATIVE_NUM_STEPS", int), Setting("SPECULATIVE_EAGLE_TOPK", int),
-        Setting("SPECULATIVE_NUM_DRAFT_TOKENS", int), Setting("EXIT_GRACE_PERIOD", int))),
+        Setting("SPECULATIVE_NUM_DRAFT_TOKENS", int), Setting("EXIT_GRACE_PERIOD", int),
+        Setting("RETRY_INTERVAL", int))),
     Recipe("qwen3_throughput", ("throughput",), "vllm", None, settings=(
         *_MODEL, *_ENGINE,  # no server, so no served name and no autoscaling
         Setting("GPU_PRICE_PER_HOUR", float, "gpu.price_per_hour"),  # for tokens per dollar
@@ -136,7 +137,7 @@ RECIPES: tuple[Recipe, ...] = (
                Setting("MAX_CONCURRENCY", int, "max_inputs"),
                *_AUTOSCALING[1:], *_KV_CACHE_GIB,
                *_KEPT, *_VLLM, *_HTTP, *_FORWARDER, *_SNAPSHOT,
-               Setting("EXIT_GRACE_PERIOD", int))),
+               Setting("EXIT_GRACE_PERIOD", int), Setting("RETRY_INTERVAL", int))),
 )
 RECIPE_NAMES = tuple(recipe.name for recipe in RECIPES)
 
