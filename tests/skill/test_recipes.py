@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import py_compile
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import httpx
@@ -36,6 +38,7 @@ from modal_llm_serving.local.engine_args import parse_sglang
 from modal_llm_serving.local.serve import LocalServer, engine_build, free_port, launcher_argv
 from modal_llm_serving.recipes import table
 from modal_llm_serving.recipes.files import load_recipe, recipe_path
+from modal_llm_serving.recipes.new import render_source
 
 from ..conftest import TINY_API_KEY, tiny_local_command
 from ..verify import (
@@ -45,6 +48,7 @@ from ..verify import (
     verify_local_command,
     verify_modal_settings,
 )
+from .standin import sglang_standin
 
 __all__ = ["spy_modal"]  # a fixture, used by name
 
@@ -528,29 +532,95 @@ def test_sglang_admin_endpoints_are_locked_to_api_key_holders() -> None:
         assert not allowed(path, "user-key") and not allowed(path, None), path
 
 
-def test_sglang_container_start_passes_a_fresh_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The @enter method itself, run with Popen recorded: two containers, two unknown keys."""
-    recipe = load_recipe(recipe_path("sglang_low_latency"))
-    launched: list[list[str]] = []
+def sglang_recipe_on(port: int, folder: Path, **settings: int) -> ModuleType:
+    """The low-latency recipe as `mls new` writes it, with PORT = `port` (the engine command's
+    default port is bound when the file is read, so the constant itself is set) and no pause
+    between health checks unless `settings` say otherwise."""
+    text = render_source(recipe_path("sglang_low_latency").read_text(),
+                         {"PORT": port, "RETRY_INTERVAL": 0, **settings}).text
+    path = folder / f"sglang_on_{port}.py"
+    path.write_text(text)
+    return load_recipe(path, module_name=path.stem)
 
-    class Engine:
-        def __init__(self, argv: list[str]) -> None:
-            launched.append(argv)
 
-        def poll(self) -> None:
-            return None
-
-    monkeypatch.setenv(recipe.API_KEY_ENV, "user-key")
-    monkeypatch.setattr(recipe.subprocess, "Popen", Engine)
-    monkeypatch.setattr(recipe, "wait_until_ready", lambda *a, **k: None)
-    monkeypatch.setattr(recipe, "stream_chat", lambda *a, **k: ("", None, None))
+def container_methods(recipe: ModuleType) -> tuple[object, Callable[..., None],
+                                                   Callable[..., None]]:
+    """A fresh container instance, and its @modal.enter and @modal.exit methods as Modal calls
+    them."""
     user_cls = recipe.SGLangServer._get_user_cls()
-    start = user_cls.start._get_raw_f()  # the @modal.enter method, as the container calls it
-    for _ in range(2):
-        start(object.__new__(user_cls))
-    keys = [parse_sglang(argv).admin_api_key for argv in launched]
+    return (object.__new__(user_cls), user_cls.start._get_raw_f(),
+            user_cls.stop._get_raw_f())
+
+
+def stop_engine(container: object, stop: Callable[..., None]) -> int:
+    """The recipe's @modal.exit, then the engine's exit code (killed if it outlives it)."""
+    engine: subprocess.Popen[bytes] = container.engine  # type: ignore[attr-defined]
+    stop(container)
+    try:
+        return engine.wait(timeout=30)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+
+
+def test_sglang_container_start_waits_for_health_then_warms_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's @enter runs its own engine command, which starts a stand-in SGLang process
+    (standin/sglang/launch_server.py: SGLang's /health and chat protocol on loopback). It waits
+    through /health's 503s, then warms up with three streamed chats under the user's key, and
+    the engine serves on PORT (the port http_server exposes, test_recipe_gives_modal_its_settings);
+    @exit stops it. Two containers: two fresh admin keys nobody knows."""
+    monkeypatch.setenv("MLS_API_KEY", "user-key")
+    launched: list[list[str]] = []
+    with sglang_standin(monkeypatch, tmp_path, health=(503, 503)) as engine:
+        recipe = sglang_recipe_on(engine.port, tmp_path)
+        for _ in range(2):
+            container, start, stop = container_methods(recipe)
+            try:
+                start(container)
+                seen = engine.requests()
+                assert [(r["path"], r["status"]) for r in seen] == [
+                    ("/health", 503), ("/health", 503), ("/health", 200),
+                    *[("/v1/chat/completions", 200)] * 3]
+                assert {r["authorization"] for r in seen[3:]} == {"Bearer user-key"}
+                assert httpx.get(f"http://127.0.0.1:{recipe.PORT}/health").status_code == 200
+                assert engine.requests() == [{"method": "GET", "path": "/health", "status": 200,
+                                              "authorization": None}]
+            finally:
+                assert stop_engine(container, stop) == -signal.SIGTERM
+            launched.append(container.engine.args)  # type: ignore[attr-defined]
+    args = [parse_sglang(argv) for argv in launched]
+    assert all((a.host, a.port, a.api_key) == ("0.0.0.0", engine.port, "user-key") for a in args)
+    keys = [a.admin_api_key for a in args]
     assert len(set(keys)) == 2 and all(key and len(key) >= 32 for key in keys)
-    assert all(parse_sglang(argv).api_key == "user-key" for argv in launched)
+
+
+def test_sglang_container_start_fails_when_the_engine_exits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that exits while loading is one clear error, not a wait to the timeout."""
+    monkeypatch.setenv("MLS_API_KEY", "user-key")
+    with sglang_standin(monkeypatch, tmp_path, exit_code=3) as engine:
+        recipe = sglang_recipe_on(engine.port, tmp_path, STARTUP_TIMEOUT=60)  # bounds a failure
+        container, start, _stop = container_methods(recipe)
+        with pytest.raises(RuntimeError, match=r"SGLang exited with code 3 before http://"):
+            start(container)
+
+
+def test_sglang_container_start_times_out_when_the_engine_never_gets_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/health answers 503 forever: the start ends at STARTUP_TIMEOUT, with no warm-up sent."""
+    monkeypatch.setenv("MLS_API_KEY", "user-key")
+    with sglang_standin(monkeypatch, tmp_path, health="never") as engine:
+        recipe = sglang_recipe_on(engine.port, tmp_path, STARTUP_TIMEOUT=1, RETRY_INTERVAL=1)
+        container, start, stop = container_methods(recipe)
+        try:
+            with pytest.raises(TimeoutError, match="/health did not answer 200 within 1 seconds"):
+                start(container)
+        finally:
+            assert stop_engine(container, stop) == -signal.SIGTERM
+        seen = engine.requests()
+        assert seen and {(r["path"], r["status"]) for r in seen} == {("/health", 503)}
 
 
 # --- the throughput recipe: its code on real vLLM LLM, its arithmetic --------------------------
