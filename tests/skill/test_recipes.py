@@ -12,21 +12,22 @@ rest; the smoke clients pass against it; the throughput code runs on vLLM's `LLM
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import inspect
 import json
 import os
 import py_compile
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
 import pytest
@@ -35,7 +36,7 @@ from click.testing import CliRunner
 from modal_llm_serving.cli import cli
 from modal_llm_serving.endpoint.smoke import run_smoke
 from modal_llm_serving.local.engine_args import parse_sglang
-from modal_llm_serving.local.serve import LocalServer, engine_build, free_port, launcher_argv
+from modal_llm_serving.local.serve import LocalServer, engine_build, launcher_argv
 from modal_llm_serving.recipes import table
 from modal_llm_serving.recipes.files import load_recipe, recipe_path
 from modal_llm_serving.recipes.new import render_source
@@ -48,7 +49,10 @@ from ..verify import (
     verify_local_command,
     verify_modal_settings,
 )
-from .standin import sglang_standin
+from .standin import refusing_port, sglang_standin
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["spy_modal"]  # a fixture, used by name
 
@@ -106,11 +110,11 @@ def test_recipe_gives_modal_its_settings(name: str, spy_modal: Callable[[Path], 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_plain_and_within_its_size(name: str) -> None:
     """Nothing generated or copied from the toolkit; the online one ≤ 270 lines, the Server
-    form (forwarder, snapshots and sessions in one file) ≤ 360, the batch job (which also reads,
+    form (forwarder, snapshots and sessions in one file) ≤ 365, the batch job (which also reads,
     resumes and writes a dataset) ≤ 420, the others ≤ 330."""
     source = recipe_path(name).read_text()
     assert "# BEGIN" not in source and "modal_llm_serving" not in source
-    limit = {"vllm_online": 270, "vllm_server": 360, "qwen3_throughput": 420}.get(name, 330)
+    limit = {"vllm_online": 270, "vllm_server": 365, "qwen3_throughput": 420}.get(name, 330)
     assert len(source.splitlines()) <= limit
 
 
@@ -209,14 +213,34 @@ def test_the_session_server_runs_the_online_recipe_command(tiny_server: LocalSer
 # --- the online recipe as deployed: forwarder in front of real vLLM -----------------------------
 
 
+@contextlib.contextmanager
+def serving(app: web.Application) -> Iterator[str]:
+    """An aiohttp `app` on a port bound here, served from a thread while this lasts; its URL."""
+    from aiohttp import web
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.SockSite(runner, listener).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=120)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=120)
+        loop.close()
+
+
 @pytest.fixture(scope="module")
 def fronts(tiny_server: LocalServer) -> dict[str, str]:
     """Each forwarding recipe's own forwarder on a public port, the real engine behind it."""
     urls = {}
     for name in FORWARDING:
-        port = free_port()
-        load_recipe(recipe_path(name)).start_forwarder(tiny_server.base_url, host="127.0.0.1",
-                                                       port=port)
+        port = load_recipe(recipe_path(name)).start_forwarder(tiny_server.base_url,
+                                                              host="127.0.0.1", port=0)
         urls[name] = f"http://127.0.0.1:{port}"  # a daemon thread: it ends with the tests
     return urls
 
@@ -277,13 +301,12 @@ def test_forwarder_passes_v1_and_streams(forwarder: str) -> None:
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=24,
         stream=True, stream_options={"include_usage": True},
         extra_body={"ignore_eos": True})  # random weights may pick EOS early
-    arrivals, usage = [], None
+    # (that events pass one by one, not as one buffered body, is
+    # test_forwarder_passes_each_event_on_as_the_engine_sends_it)
+    usage = None
     for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.perf_counter())
         usage = chunk.usage or usage
     assert usage is not None and usage.completion_tokens == 24
-    assert len(arrivals) > 1  # chunks arrived one by one, not as one buffered body
     completion = client.completions.create(model="tiny", prompt="a b c", max_tokens=4,
                                            extra_body={"ignore_eos": True})
     assert completion.usage is not None and completion.usage.completion_tokens == 4
@@ -325,23 +348,15 @@ def test_forwarder_never_forwards_dev_endpoints(name: str) -> None:
 
     upstream = web.Application()
     upstream.router.add_route("*", "/{path:.*}", record)
+    with serving(upstream) as engine_url:
+        port = recipe.start_forwarder(engine_url, host="127.0.0.1", port=0)
+        base = f"http://127.0.0.1:{port}"
+        blocked_requests_reach_nothing(base, seen)
 
-    upstream_port = free_port()
-    ready = threading.Event()
 
-    def run_upstream() -> None:
-        loop = asyncio.new_event_loop()
-        runner = web.AppRunner(upstream)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", upstream_port).start())
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=run_upstream, daemon=True).start()
-    assert ready.wait(10)
-    port = free_port()
-    recipe.start_forwarder(f"http://127.0.0.1:{upstream_port}", host="127.0.0.1", port=port)
-    base = f"http://127.0.0.1:{port}"
+def blocked_requests_reach_nothing(base: str, seen: list[str]) -> None:
+    """Every blocked path answers 404 from the forwarder at `base` and never reaches the
+    upstream recording into `seen`; an allowed one does."""
     blocked = [("POST", "/sleep?level=1"), ("POST", "/wake_up"), ("GET", "/is_sleeping"),
                ("POST", "/collective_rpc"), ("POST", "/reset_prefix_cache"),
                ("GET", "/server_info"), ("POST", "/pause"), ("GET", "/docs"),
@@ -368,12 +383,48 @@ def test_forwarder_never_forwards_dev_endpoints(name: str) -> None:
 def test_forwarder_answers_502_when_the_engine_is_down_and_refuses_a_taken_port(
         name: str) -> None:
     recipe = load_recipe(recipe_path(name))
-    port = free_port()
-    recipe.start_forwarder(f"http://127.0.0.1:{free_port()}", host="127.0.0.1", port=port)
+    down = f"http://127.0.0.1:{refusing_port()}"
+    port = recipe.start_forwarder(down, host="127.0.0.1", port=0)
     answer = httpx.get(f"http://127.0.0.1:{port}/health")
     assert answer.status_code == 502 and "engine down" in answer.text
     with pytest.raises(OSError):  # the port is taken now: it fails where it starts
-        recipe.start_forwarder("http://127.0.0.1:9", host="127.0.0.1", port=port)
+        recipe.start_forwarder(down, host="127.0.0.1", port=port)
+
+
+@pytest.mark.parametrize("name", FORWARDING)
+def test_forwarder_passes_each_event_on_as_the_engine_sends_it(name: str) -> None:
+    """The engine sends its first event, then waits until the client has read that event
+    through the forwarder before it sends the rest. A forwarder that held the answer back
+    until its end would keep the first event from the client; the engine would give up
+    waiting (after 30 s, so a busy machine is never the reason) and the test fail."""
+    from aiohttp import web
+
+    first, rest = b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\ndata: [DONE]\n\n'
+    client_has_first = threading.Event()
+    released: list[bool] = []  # whether the client had the first event when the engine went on
+
+    async def engine(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        released.append(await asyncio.to_thread(client_has_first.wait, 30))
+        await response.write(rest)
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", engine)
+    received = b""
+    with serving(upstream) as engine_url:
+        port = load_recipe(recipe_path(name)).start_forwarder(engine_url, host="127.0.0.1",
+                                                              port=0)
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                          json={"stream": True}, timeout=120) as answer:
+            for data in answer.iter_raw():
+                received += data
+                if received.startswith(first):
+                    client_has_first.set()
+    assert released == [True], "the first event reached the client only with the whole answer"
+    assert received == first + rest
 
 
 # --- the low-latency recipe: its smoke client, its locked admin endpoints ----------------------
@@ -431,22 +482,8 @@ def scaling_up_server() -> Iterator[ScalingUp]:
 
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", handle)
-    port = free_port()
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    def run() -> None:
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=run, daemon=True).start()
-    assert ready.wait(10)
-    yield ScalingUp(f"http://127.0.0.1:{port}", seen, script, scripts)
-    loop.call_soon_threadsafe(loop.stop)
-
+    with serving(app) as url:
+        yield ScalingUp(url, seen, script, scripts)
 
 
 def test_low_latency_smoke_retries_503_with_one_session_id(

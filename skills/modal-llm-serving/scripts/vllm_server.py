@@ -123,8 +123,8 @@ PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "te"}
 
 
-def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT) -> None:
-    """Serve PUBLIC_ROUTES on `port` from a background thread, streaming answers through."""
+def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT) -> int:
+    """Serve PUBLIC_ROUTES on `port` in a background thread, streaming through; return the port."""
     from aiohttp import ClientError, ClientSession, ClientTimeout, web  # ships with vLLM
 
     session = None
@@ -160,6 +160,7 @@ def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT)
     threading.Thread(target=web.run_app, args=(app,), daemon=True, kwargs={
         "sock": listener, "handle_signals": False, "print": None, "access_log": None,
         "loop": asyncio.new_event_loop()}).start()
+    return listener.getsockname()[1]  # the OS's pick when `port` is 0
 
 
 # ## Keep the API private
