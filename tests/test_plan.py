@@ -264,10 +264,10 @@ def test_concurrency_beyond_one_container_adds_replicas() -> None:
 
 def test_tpot_slo_caps_the_batch() -> None:
     one_h100 = {"concurrency": 64, "gpu": "H100", "max_gpus": 1}
-    loose, tight = plan_of(**one_h100), plan_of(**one_h100, tpot_ms=5)
+    loose, tight = plan_of(**one_h100), plan_of(**one_h100, tpot_ms=8)
     assert tight.target_inputs < loose.target_inputs
     assert tight.max_containers > loose.max_containers  # the rest goes to more replicas
-    assert tight.prediction("tpot_floor_ms").value <= 5 * SLO_MARGIN
+    assert tight.prediction("tpot_floor_ms").value <= 8 * SLO_MARGIN
 
 
 def test_model_that_fits_nowhere_says_what_would() -> None:
@@ -319,11 +319,14 @@ def test_predictions_follow_their_formulas() -> None:
     plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-8B", "revision": "abcdef1",
                                             "gpu": "H100", "concurrency": 1}))
     weights, kv_token, ctx = 8.2e9 * 2, 2 * 36 * 8 * 128 * 2, 1000 + 250 / 2
+    # Untied embeddings: the input table (vocab x hidden, bf16) is gathered, not read whole.
+    read = weights - 151936 * 4096 * 2
     hbm, bf16 = 3.35e12 * 0.89, 989e12 * 0.80  # the H100's datasheet peaks x measured shares
-    per_seq = hbm / (weights + ctx * kv_token)  # memory-bound at batch 1
+    step = (read + ctx * kv_token) / hbm + 36 * 45e-6  # memory-bound at batch 1, + 36 layers
+    per_seq = 1 / step
     assert plan.prediction("decode_tok_s_per_seq").value == pytest.approx(per_seq, rel=1e-6)
     assert plan.prediction("tpot_floor_ms").value == pytest.approx(1e3 / per_seq, rel=1e-6)
-    prefill = max((2 * 8.2e9 * 1000 + 2 * 36 * 1000**2 * 32 * 128) / bf16, weights / hbm)
+    prefill = max((2 * 8.2e9 * 1000 + 2 * 36 * 1000**2 * 32 * 128) / bf16, read / hbm)
     assert plan.prediction("ttft_prefill_floor_ms").value == pytest.approx(prefill * 1e3)
     assert plan.prediction("cost_per_mtok_output_usd").value == pytest.approx(
         3.95 / (3600 * per_seq) * 1e6, rel=1e-6)
@@ -337,8 +340,9 @@ def test_predictions_follow_their_formulas() -> None:
 def test_moe_reads_only_the_touched_experts() -> None:
     plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-30B-A3B",
                                             "revision": "abcdef1", "gpu": "H100"}))
-    dense_equivalent = 3.35e12 * 0.89 / (30.5e9 * 2)
-    assert plan.prediction("decode_tok_s_per_seq").value > 4 * dense_equivalent
+    fixed = 48 * (45e-6 + 70e-6)  # 48 layers' kernels, MoE routing included
+    dense_equivalent = 1 / (30.5e9 * 2 / (3.35e12 * 0.89) + fixed)  # every weight read
+    assert plan.prediction("decode_tok_s_per_seq").value > 3 * dense_equivalent
     assert "W_experts" in plan.prediction("decode_tok_s_per_seq").formula
 
 

@@ -62,6 +62,13 @@ class ModelFacts:
     attention_free_layers: int = 0  # no attention at all (MLP-only blocks): nothing cached
     gated: bool | None = None  # the Hub's word on access (None: not asked, e.g. the catalog)
     context_fields: str = "max_position_embeddings"  # where max_position comes from
+    tied_embeddings: bool = False  # the LM head is the input embedding table (one matrix)
+
+    @property
+    def embedding_params(self) -> float:
+        """The vocabulary matrices: the input embedding table and the LM head, one matrix when
+        tied. Engines keep them at 16 bits whatever the checkpoint's quantization."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
 
     @property
     def is_moe(self) -> bool:
@@ -245,7 +252,8 @@ def _facts_from_config(config: dict[str, Any], *, name: str, source: str,
         max_position=max_position, context_fields=context_fields,
         native_precision=_dtype_name(config), experts=experts,
         experts_per_token=per_token, kv_lora_rank=kv_lora, qk_rope_head_dim=rope_dim,
-        checkpoint_bytes=checkpoint_bytes, source=source, gated=None, **kinds)
+        checkpoint_bytes=checkpoint_bytes, source=source, gated=None, tied_embeddings=tied,
+        **kinds)
 
 
 # How configs name their layers' kinds (`layer_types`, one word a layer), by what they cache.

@@ -61,6 +61,7 @@ from modal_llm_serving.plan.sizing import (
     longest_sequence_fits,
     predictions,
     size,
+    weights_bytes_at,
 )
 from modal_llm_serving.plan.types import (
     Basis,
@@ -304,7 +305,7 @@ def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
     smaller = []
     for precision in ("fp8", "int4"):
         if PRECISIONS[precision] < s.bytes_per_param:
-            weights = s.facts.total_params * PRECISIONS[precision]
+            weights = weights_bytes_at(s.facts, precision)
             if weights + sequence < node:
                 smaller.append((precision, weights))
     return TooBig(need_bytes=need, tp=tp, biggest=biggest, usable_bytes=node, smaller=smaller,

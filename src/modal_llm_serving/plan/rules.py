@@ -37,6 +37,17 @@ KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, pre
 # call 8 GPUs 8x faster, which no engine reaches) plus the message over the link. Estimates:
 # NVLink ~10 us and ~300 GB/s per GPU; PCIe ~25 us and ~25 GB/s.
 ALLREDUCE = {True: (10e-6, 300e9), False: (25e-6, 25e9)}  # nvlink -> (latency s, bytes/s)
+# A decode step's fixed cost per layer, however few bytes it reads: the kernels one layer launches
+# (norms, projections, attention, activation), each with a floor. Fitted on an H100 to an
+# engine-shaped decoder replayed from a CUDA graph (docs/PERFORMANCE.md, "The plan beside an
+# engine-shaped decoder"): 41-50 us a layer for Qwen3-8B and Llama-3.1-8B in bf16 at batch 1-128
+# (a little less at long contexts, where attention overlaps it). FP8 (W8A8) layers quantize the
+# activations before each projection (62-66 us a layer measured for Qwen3-8B); MoE layers add a
+# router, top-k, sort and scatter around two grouped GEMMs (115 us a layer for Qwen3-30B-A3B at
+# batch 1, the one MoE cell measured so far).
+LAYER_STEP_S = 45e-6
+FP8_LAYER_EXTRA_S = 17e-6
+MOE_LAYER_EXTRA_S = 70e-6
 # Without latency SLOs, a low-latency plan takes the cheapest setup whose decode floor is within
 # this factor of the fastest single-GPU setup: near the best one card can do, without paying
 # 2-8x the price for tensor parallelism's last milliseconds (give SLOs to ask for those).

@@ -2,7 +2,10 @@
 
 Predictions are rooflines, so they are ceilings (floors for times) that real engines approach but
 do not reach: decode reads all touched weights and the KV cache once per step at the card's HBM
-bandwidth, or is bound by tensor-core FLOP/s, whichever is slower.
+bandwidth, or is bound by tensor-core FLOP/s, whichever is slower, plus a fixed cost per layer
+(the kernels a layer launches, each with a floor however few bytes it reads). The input embedding
+table is only gathered from (a row per token), so a step reads it only where it is also the LM
+head.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ import dataclasses
 from modal_llm_serving.facts.gpus import GB, GPU, Platform
 from modal_llm_serving.facts.models import ModelFacts, experts_touched_fraction
 from modal_llm_serving.facts.workload import PRECISIONS, Workload
-from modal_llm_serving.plan.rules import ALLREDUCE, KV_HEADROOM
+from modal_llm_serving.plan.rules import (
+    ALLREDUCE,
+    FP8_LAYER_EXTRA_S,
+    KV_HEADROOM,
+    LAYER_STEP_S,
+    MOE_LAYER_EXTRA_S,
+)
 from modal_llm_serving.plan.types import Candidate, Prediction
 
 __all__ = ["Sizing", "cold_start_seconds", "engine_bytes", "longest_sequence_bytes",
-           "longest_sequence_fits", "predictions", "size"]
+           "longest_sequence_fits", "predictions", "size", "weights_bytes_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +37,8 @@ class Sizing:
     precision: str
     kv_bytes_per_elem: float
     weights_bytes: float
-    expert_params: float  # all routed experts (0 for dense)
-    common_params: float  # everything else
+    expert_bytes: float  # all routed experts' weights (0 for dense)
+    gathered_bytes: float  # the input embedding table when it is not also the LM head
     ctx_avg: float  # average context a decoding sequence attends to
     seq_tokens: int  # KV tokens one typical request holds at its end
 
@@ -51,14 +60,25 @@ class Sizing:
         return self.weights_bytes / self.facts.total_params
 
     def step_bytes(self, batch: int) -> float:
-        touched = experts_touched_fraction(self.facts, batch)
-        weights = (self.common_params + self.expert_params * touched) * self.bytes_per_param
+        """What one decode step reads: every weight but the untouched experts and the gathered
+        embedding table, and each sequence's KV cache."""
+        untouched = 1 - experts_touched_fraction(self.facts, batch)
+        weights = self.weights_bytes - self.gathered_bytes - self.expert_bytes * untouched
         return weights + batch * self.ctx_avg * self.kv_bytes_per_token_at(self.ctx_avg)
+
+    @property
+    def fixed_step_seconds(self) -> float:
+        """What a decode step costs however small: each layer's kernels (rules.LAYER_STEP_S),
+        more where FP8 quantizes activations or a router picks experts."""
+        per_layer = (LAYER_STEP_S + (FP8_LAYER_EXTRA_S if self.precision == "fp8" else 0.0)
+                     + (MOE_LAYER_EXTRA_S if self.facts.is_moe else 0.0))
+        return self.facts.layers * per_layer
 
     def step_seconds(self, gpu: GPU, n: int, batch: int) -> float:
         memory = self.step_bytes(batch) / (n * gpu.hbm_bytes_s)
         compute = 2 * self.facts.active_params * batch / (n * self._flops(gpu))
-        return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
+        return (max(memory, compute) + self.fixed_step_seconds
+                + self.allreduce_seconds(gpu, n, batch))
 
     def full_load_seconds(self, gpu: GPU, n: int, batch: int, prompt_per_output: float) -> float:
         """A decode step at `batch` plus the prefill of `prompt_per_output` prompt tokens per
@@ -66,7 +86,8 @@ class Sizing:
         memory = self.step_bytes(batch) / (n * gpu.hbm_bytes_s)
         compute = (2 * self.facts.active_params * batch * (1 + prompt_per_output)
                    / (n * self._flops(gpu)))
-        return max(memory, compute) + self.allreduce_seconds(gpu, n, batch)
+        return (max(memory, compute) + self.fixed_step_seconds
+                + self.allreduce_seconds(gpu, n, batch))
 
     def allreduce_seconds(self, gpu: GPU, n: int, batch: int) -> float:
         """2 all-reduces per layer of `batch` x hidden activations (2 bytes), ring algorithm."""
@@ -81,10 +102,21 @@ class Sizing:
         flops = (2 * f.active_params * prompt
                  + 2 * f.layers * prompt * prompt * f.heads * min(f.head_dim, 192))
         return max(flops / (n * self._flops(gpu)),
-                   self.weights_bytes / (n * gpu.hbm_bytes_s))
+                   (self.weights_bytes - self.gathered_bytes) / (n * gpu.hbm_bytes_s))
 
     def _flops(self, gpu: GPU) -> float:
         return gpu.flops_s(fp8=self.precision == "fp8")
+
+
+def weights_bytes_at(facts: ModelFacts, precision: str) -> float:
+    """The weights' bytes at `precision`: the checkpoint's own size when that is its precision
+    and the size is known; otherwise every parameter at the precision's width, but the
+    vocabulary matrices, which quantized formats (FP8, INT4, MXFP4) leave at 16 bits."""
+    if precision == facts.native_precision and facts.checkpoint_bytes:
+        return facts.checkpoint_bytes
+    width = PRECISIONS[precision]
+    embedding = min(facts.embedding_params, facts.total_params)
+    return (facts.total_params - embedding) * width + embedding * max(width, 2.0)
 
 
 def size(w: Workload, facts: ModelFacts) -> Sizing:
@@ -92,18 +124,20 @@ def size(w: Workload, facts: ModelFacts) -> Sizing:
     precision = w.precision or facts.native_precision
     if precision not in PRECISIONS:
         precision = "bf16"
-    if precision == facts.native_precision and facts.checkpoint_bytes:
-        weights = facts.checkpoint_bytes
-    else:
-        weights = facts.total_params * PRECISIONS[precision]
+    weights = weights_bytes_at(facts, precision)
+    embedding = min(facts.embedding_params, facts.total_params)
+    # Bytes per parameter of the layers themselves (the vocabulary matrices are 16-bit).
+    body = max(weights - 2 * embedding, 0.0) / max(facts.total_params - embedding, 1.0)
     expert = 0.0
     if facts.is_moe and facts.experts > facts.experts_per_token:
         e, k = facts.experts, facts.experts_per_token
         expert = (facts.total_params - facts.active_params) * e / (e - k)
+    # Untied, the input table is only gathered from (a row per token); tied, it is the LM head.
+    gathered = 0.0 if facts.tied_embeddings else facts.vocab * facts.hidden * 2.0
     return Sizing(facts=facts, precision=precision,
                   kv_bytes_per_elem=1.0 if w.kv_cache_dtype == "fp8" else 2.0,
-                  weights_bytes=weights, expert_params=expert,
-                  common_params=facts.total_params - expert,
+                  weights_bytes=weights, expert_bytes=expert * body,
+                  gathered_bytes=gathered,
                   ctx_avg=w.input_tokens + w.output_tokens / 2,
                   seq_tokens=w.input_tokens + w.output_tokens)
 
@@ -149,12 +183,19 @@ def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
                      "ctx_avg": s.ctx_avg, "n_gpu": n, "hbm_bytes_s": bw,
                      "active_params": s.facts.active_params, "flops_s": tf}
     decode_inputs["allreduce_s"] = s.allreduce_seconds(gpu, n, b)
+    decode_inputs["W_gathered"] = s.gathered_bytes
+    decode_inputs["fixed_s"] = s.fixed_step_seconds
     step_formula = ("step(B) = max((W_touched(B) + B*ctx_avg*kv_bytes_per_token) / "
-                    "(n_gpu*hbm_bytes_s), 2*active_params*B / (n_gpu*flops_s)) + allreduce_s; "
+                    "(n_gpu*hbm_bytes_s), 2*active_params*B / (n_gpu*flops_s)) + fixed_s + "
+                    f"allreduce_s; fixed_s = layers*({LAYER_STEP_S * 1e6:.0f} us + "
+                    f"{FP8_LAYER_EXTRA_S * 1e6:.0f} us with FP8 activations + "
+                    f"{MOE_LAYER_EXTRA_S * 1e6:.0f} us for MoE routing), the kernels' floor "
+                    "measured on an H100; "
                     "allreduce_s = 2*layers*(latency + 2*(n_gpu-1)/n_gpu*B*hidden*2/link_bytes_s)"
-                    " when n_gpu > 1 (NVLink 10 us, 300 GB/s; PCIe 25 us, 25 GB/s)"
-                    + ("; MoE: W_touched(B) = W_common + W_experts*(1-(1-k/E)^B)"
-                       if s.facts.is_moe else "; W_touched = W_bytes"))
+                    " when n_gpu > 1 (NVLink 10 us, 300 GB/s; PCIe 25 us, 25 GB/s); "
+                    "W_gathered: the untied input embedding table, read a row per token"
+                    + ("; MoE: W_touched(B) = W_bytes - W_gathered - W_experts*(1-k/E)^B"
+                       if s.facts.is_moe else "; W_touched = W_bytes - W_gathered"))
     agg = b / c.step_s
     full = c.container_tok_s
     ratio = w.input_tokens / w.output_tokens
@@ -166,10 +207,12 @@ def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
         Prediction("tpot_floor_ms", c.step_s * 1e3, "ms", "step(B) * 1000", {"B": b}),
         Prediction("ttft_prefill_floor_ms", c.prefill_s * 1e3, "ms",
                    "max((2*active_params*L_in + 2*layers*L_in^2*heads*head_dim) / "
-                   "(n_gpu*flops_s), W_bytes / (n_gpu*hbm_bytes_s)) * 1000; excludes queueing "
+                   "(n_gpu*flops_s), (W_bytes - W_gathered) / (n_gpu*hbm_bytes_s)) * 1000; "
+                   "excludes queueing "
                    "and network", {"L_in": w.input_tokens, "active_params":
                                    s.facts.active_params, "n_gpu": n, "flops_s": tf,
-                                   "W_bytes": s.weights_bytes, "hbm_bytes_s": bw}),
+                                   "W_bytes": s.weights_bytes, "hbm_bytes_s": bw,
+                                   "W_gathered": s.gathered_bytes}),
         Prediction("output_tok_s_full_load", full, "tok/s",
                    "B / max(step_memory(B), 2*active_params*B*(1 + L_in/L_out) / "
                    "(n_gpu*flops_s)) + allreduce_s: decode plus each request's prompt prefill "
