@@ -3,6 +3,8 @@
 It answers what `HfApi.model_info`, `hf_hub_download` and `parse_safetensors_file_metadata` ask:
 
 - `GET /api/models/{repo}/revision/{rev}`: the model's JSON (`id`, `sha`, `gated`, `siblings`);
+- `GET /api/models/{repo}/tree/{rev}`: its files as `list_repo_files` reads them (vLLM lists a
+  repo before it downloads the weights); one page, folders not listed;
 - `HEAD` and `GET` (with `Range`) on `/{repo}/resolve/{rev}/{file}`, with the headers the library
   reads: `X-Repo-Commit`, `ETag` (and `X-Linked-Etag` / `X-Linked-Size` for weights, as the Hub
   sends for LFS files), `Content-Length`, `Content-Range`;
@@ -34,6 +36,7 @@ __all__ = ["HubRepo", "HubServer", "Seen", "json_file", "running_hub", "safetens
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                 "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)$")
+_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$")
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _RANGE = re.compile(r"^bytes=(?P<start>\d+)-(?P<end>\d*)$")
 
@@ -125,6 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(429, b'{"error": "rate limited"}', body=body, headers={"Retry-After": "7"})
         elif api := _API.match(path):
             self._model_info(api["repo"], api["rev"], body=body)
+        elif tree := _TREE.match(path):
+            self._tree(tree["repo"], tree["rev"], body=body)
         elif resolve := _RESOLVE.match(path):
             self._file(resolve["repo"], resolve["rev"], resolve["file"], body=body)
         else:
@@ -149,6 +154,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "private": False, "gated": "manual" if repo.gated else False,
                 "siblings": [{"rfilename": name} for name in sorted(repo.files)]}
         self._send(200, json.dumps(info).encode(), body=body)
+
+    def _tree(self, repo_id: str, revision: str, *, body: bool) -> None:
+        if (repo := self._repo(repo_id, revision, body=body)) is None:
+            return
+        entries = [{"type": "file", "path": name, "size": len(content),
+                    "oid": hashlib.sha1(content).hexdigest()}
+                   for name, content in sorted(repo.files.items())]
+        self._send(200, json.dumps(entries).encode(), body=body)
 
     def _file(self, repo_id: str, revision: str, name: str, *, body: bool) -> None:
         if (repo := self._repo(repo_id, revision, body=body)) is None:

@@ -1,14 +1,16 @@
 """`mls local serve` / `mls local command` and the local engine.
 
 Bad input, a dying engine, the command read from a recipe (any server recipe, any `mls new`
-output, SGLang refused in one line), the cold-start recipe's command served and smoke-tested
-through the CLI, and the real SmolLM2 serving the online recipe's command.
+output, SGLang refused in one line), the Server recipe's command and the cold-start one's (a Hub
+model, a KV cache size) served and smoke-tested through the CLI, and the real SmolLM2 serving the
+online recipe's command: its processes, each CPU environment setting at work, and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +32,7 @@ from modal_llm_serving.local.serve import free_port, local_command, resolve_mode
 from modal_llm_serving.recipes.files import recipe_path
 
 from .conftest import TINY_API_KEY
+from .hub_server import HubRepo, running_hub
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -134,11 +137,14 @@ def test_engine_dying_at_start_shows_its_log(tmp_path: Path, tiny_model_path: Pa
 
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`mls local serve` with its defaults, as `make local` runs it. vLLM's cache starts empty, so
+    this start inspects the model class (MLS_VLLM_INSPECT_MODEL_IN_PROCESS has work to do)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--port", str(port),
          "--log-file", str(tmp_path / "smollm2.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")})
     yield process, port
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
@@ -147,8 +153,14 @@ def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]
     process.stdout.close()
 
 
+def describe(process: psutil.Process) -> str:
+    """An engine process by what it runs: our launcher (vLLM's API server) or vLLM's title."""
+    words = process.cmdline()
+    return "api-server" if "modal_llm_serving.local.launcher" in words else " ".join(words).strip()
+
+
 @pytest.mark.engine
-def test_smollm2_answers_paris_and_sigterm_leaves_no_orphans(
+def test_smollm2_answers_paris_and_ctrl_c_leaves_no_orphans(
         serve_process: tuple[subprocess.Popen[str], int]) -> None:
     from openai import OpenAI
 
@@ -175,17 +187,29 @@ def test_smollm2_answers_paris_and_sigterm_leaves_no_orphans(
     assert "Paris" in (reply.choices[0].message.content or "")
 
     engine = psutil.Process(process.pid).children(recursive=True)
-    # on the CPU build the API server and its engine core (CPU_ENVIRONMENT: no worker process)
-    assert len(engine) >= 2, "the API server and its engine core"
+    # VLLM_ENABLE_V1_MULTIPROCESSING=0: the API server and its engine core, nothing else (vLLM's
+    # default on a CPU adds a worker process and a multiprocessing resource tracker)
+    assert sorted(map(describe, engine)) == ["VLLM::EngineCore", "api-server"]
+    server = next(p for p in engine if describe(p) == "api-server")
+    [core] = server.children()
     # MLS_VLLM_FORK_ENGINE_CORE: the engine core was forked, never exec'd, so it still has the
     # environment the API server started with; a spawned one would carry the platform's
     # VLLM_WORKER_MULTIPROC_METHOD=spawn
-    core = [p for p in engine if "EngineCore" in " ".join(p.cmdline())]
-    assert core and all(p.environ().get("VLLM_WORKER_MULTIPROC_METHOD") is None for p in core)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
+    assert core.environ().get("VLLM_WORKER_MULTIPROC_METHOD") is None
+    # MLS_VLLM_INSPECT_MODEL_IN_PROCESS: the model class was inspected in the API server. vLLM's
+    # own way runs a fresh Python for it, which the server waits for, so its CPU time (importing
+    # torch and vLLM: 9 s on 2 cores) would count in the server's finished children's time
+    finished = server.cpu_times()
+    assert finished.children_user + finished.children_system < 1.0, finished
+
+    # Ctrl-C (the terminal sends SIGINT to `mls`; the engine runs in a session of its own)
+    process.send_signal(signal.SIGINT)
+    after = process.stdout.read()
+    assert process.wait(timeout=60) == 130, after
+    assert [line for line in after.splitlines() if line] == [
+        "stopping the engine", "interrupted"]  # the exit-code table's line, and nothing else
     _, alive = psutil.wait_procs(engine, timeout=10)
-    assert alive == [], f"processes left after SIGTERM: {alive}"
+    assert alive == [], f"processes left after Ctrl-C: {alive}"
 
 
 # --- the command read from a recipe ---------------------------------------------------------
@@ -238,19 +262,63 @@ def test_local_command_reports_a_flag_the_engine_does_not_know(tmp_path: Path) -
     assert code == 1 and "does not know --max-num-sequences" in output
 
 
+def serve_and_smoke(recipe: str, model: list[str], log: Path,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`mls local serve --recipe RECIPE` with `model`'s options, an API key and
+    --exit-after-smoke: the CLI process, real vLLM, the smoke test."""
+    return subprocess.run(
+        [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--recipe", recipe,
+         *model, "--api-key", TINY_API_KEY, "--exit-after-smoke", "--log-file", str(log)],
+        capture_output=True, text=True, timeout=600, env=env)
+
+
 @pytest.mark.engine
-@pytest.mark.parametrize("recipe", ["vllm_cold_start", "vllm_server"])
-def test_snapshot_recipe_commands_serve_and_pass_the_smoke_test(
-        recipe: str, tiny_model_path: Path, tmp_path: Path) -> None:
-    """`mls local serve --recipe R` for the cold-start recipe and its Server form: the CLI
-    process, real vLLM, the smoke test."""
-    done = subprocess.run(
-        [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--recipe",
-         recipe, "--model", str(tiny_model_path), "--served-model-name", "tiny",
-         "--api-key", TINY_API_KEY, "--exit-after-smoke", "--log-file",
-         str(tmp_path / "cold.log")],
-        capture_output=True, text=True, timeout=600)
+def test_server_recipe_command_serves_and_passes_the_smoke_test(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    """The Server form (snapshots and sleep mode, like the cold-start recipe) on a local folder."""
+    done = serve_and_smoke("vllm_server", ["--model", str(tiny_model_path),
+                                           "--served-model-name", "tiny"], tmp_path / "engine.log")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "all steps passed" in done.stdout
     assert "--enable-sleep-mode dropped" in done.stderr
     assert TINY_API_KEY not in done.stdout + done.stderr  # the key is never printed
+
+
+HUB_ID = "mls-test/tiny-qwen2"
+
+
+@pytest.mark.engine
+def test_cold_start_recipe_serves_a_hub_model_with_the_kv_cache_asked(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    """`--model ORG/NAME --revision C --kv-cache-gib 2` on the cold-start recipe: vLLM downloads
+    the model at that commit from the Hub (a loopback one, through HF_ENDPOINT), serves it under
+    its Hub id, and its KV cache holds 2 GiB."""
+    files = {path.name: path.read_bytes() for path in tiny_model_path.iterdir() if path.is_file()}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    with running_hub({HUB_ID: HubRepo(files=files, commit=REV)}) as hub:
+        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}  # an empty Hub cache
+        done = serve_and_smoke("vllm_cold_start", ["--model", HUB_ID, "--revision", REV,
+                                                   "--kv-cache-gib", "2"],
+                               tmp_path / "engine.log", env)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert f"(model: {HUB_ID})" in done.stdout and "all steps passed" in done.stdout
+    assert "--enable-sleep-mode dropped" in done.stderr
+    assert TINY_API_KEY not in done.stdout + done.stderr  # the key is never printed
+    # the weights came from this Hub, and the engine ran the pinned commit
+    weights = f"/{HUB_ID}/resolve/{REV}/model.safetensors"
+    assert any(seen.method == "GET" and seen.path == weights for seen in hub.requests)
+    log = (tmp_path / "engine.log").read_text()
+    engine = re.search(r"Initializing a V1 LLM engine .* with config: (.*)", log)
+    assert engine is not None, log[-3000:]
+    assert f"model='{HUB_ID}'" in engine[1] and f"revision={REV}," in engine[1]
+    # --kv-cache-gib 2: the cache holds 2 GiB of this model's tokens; a token takes a key and a
+    # value of head_dim numbers per layer and KV head, in the dtype the engine chose
+    model = json.loads(files["config.json"])
+    dtype = re.search(r"\bdtype=torch\.(\w+)", engine[1])
+    assert dtype is not None
+    per_token = (2 * model["num_hidden_layers"] * model["num_key_value_heads"]
+                 * model["hidden_size"] // model["num_attention_heads"]
+                 * {"bfloat16": 2, "float16": 2, "float32": 4}[dtype[1]])
+    tokens = re.search(r"CPU KV cache size: ([\d,]+) tokens", log)
+    assert tokens is not None, log[-3000:]
+    assert int(tokens[1].replace(",", "")) * per_token == pytest.approx(2 * 2**30, rel=0.01)

@@ -106,6 +106,15 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 ALL = sorted([*GOALS, *OURS])
 
 
+def test_the_readme_counts_the_workloads_written_here_and_checked_in_test_check() -> None:
+    from .test_check import MATRIX
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    counts = re.search(r"A test writes apps from (\d+) workloads .*?; another writes (\d+) ", text)
+    assert counts is not None, "README no longer says how many workloads the tests write"
+    assert (int(counts[1]), int(counts[2])) == (len(ALL), len(MATRIX))
+
+
 def recipe_of(written: Path) -> Path:
     """The skill recipe a written app came from (`mls new` keeps the recipe's structure)."""
     text = written.read_text()

