@@ -79,3 +79,16 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
     with start_server(command, api_key=TINY_API_KEY, kv_cache_gib=1) as server:
         server.wait_ready(timeout=300)
         yield server
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Work that mostly waits on the network starts as soon as the tests are known, so it runs
+    beside the others: the Python-version resolves (tests/test_python_versions.py), when any of
+    their tests is selected. Whatever is still running when the session ends is stopped."""
+    from tests import test_python_versions as versions
+
+    if any(item.module is versions and item.get_closest_marker("index")
+           for item in session.items if isinstance(item, pytest.Function)):
+        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+        versions.start_early(factory.mktemp("resolves"))
+        session.config.add_cleanup(versions.stop_early)

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -62,26 +61,51 @@ def index_reachable() -> None:
         pytest.skip(f"the package index is not reachable here ({exc})")
 
 
-@pytest.fixture(scope="module")
-def reports(index_reachable: None, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, tuple[subprocess.CompletedProcess[str], dict[str, object]]]]:
-    """One full resolve per Python, run side by side (each is mostly waiting on the index)."""
+# The three full resolves, started once (by `start_early`) and read by the `reports` fixture.
+_RESOLVES: dict[str, tuple[Path, subprocess.Popen[str]]] = {}
+
+
+def start_early(folder: Path) -> None:
+    """Start one full resolve per Python now, side by side, writing into `folder`. Each mostly
+    waits on the index, so conftest.py calls this as soon as the tests are collected and the
+    resolves run beside the rest of the suite instead of after it (they take minutes)."""
+    if _RESOLVES:
+        return
     project = _project()["project"]
     assert isinstance(project, dict)
     extras = project["optional-dependencies"]
     requirements = [*project["dependencies"], *extras["local-gpu"], *extras["dev"]]
-    running = {}
     for python in PYTHONS:
-        report = tmp_path_factory.mktemp(f"py{python}") / "report.json"
-        running[python] = (report, subprocess.Popen(
-            _dry_run(python, requirements, report), env=_index_env(), text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        report = folder / f"py{python}" / "report.json"
+        report.parent.mkdir(parents=True)
+        with (report.parent / "pip.log").open("w") as log:  # the child holds its own copy
+            _RESOLVES[python] = (report, subprocess.Popen(
+                _dry_run(python, requirements, report), env=_index_env(), text=True,
+                stdout=log, stderr=subprocess.STDOUT))
+
+
+def stop_early() -> None:
+    """Stop whatever resolve is still running (the session ends, or the index tests were
+    skipped): nothing outlives the suite."""
+    for _report, process in _RESOLVES.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def reports(index_reachable: None, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, tuple[subprocess.CompletedProcess[str], dict[str, object]]]:
+    """The resolves' outcomes: started early by conftest.py, or here when this module runs
+    alone some other way."""
+    start_early(tmp_path_factory.mktemp("resolves"))
     results = {}
-    for python, (report, process) in running.items():
-        output, _ = process.communicate(timeout=600)
+    for python, (report, process) in _RESOLVES.items():
+        process.wait(timeout=900)
+        output = (report.parent / "pip.log").read_text(encoding="utf-8", errors="replace")
         done = subprocess.CompletedProcess(process.args, process.returncode, output, "")
         results[python] = (done, json.loads(report.read_text()) if report.exists() else {})
-    yield results
+    return results
 
 
 def _installs(report: dict[str, object]) -> dict[str, dict[str, object]]:
