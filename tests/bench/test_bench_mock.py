@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +56,27 @@ def test_one_stream_measures_the_known_truth(mock: Any, tmp_path: Path) -> None:
     records = _records(tmp_path)
     assert len(records) == 6 and all(r["n_out"] == 20 and r["token_events"] == 20
                                      for r in records)
+
+
+def test_128_streams_read_ttft_within_the_lag_they_report(tmp_path: Path) -> None:
+    """README's promise at 128 streams on a 2-core client: TTFT p50 never below the truth and
+    at most 1 ms plus the event-loop lag p99 the same summary reports above it, on any load.
+
+    The truth of each request is what the mock says it did: its first token 50 ms after it
+    read the request, plus however late it wrote it (`server_timing`; a busy mock is not the
+    client's error). A fixed bound would not do: on this shared 2-core machine the error was
+    +0.5 ms idle, +4 ms with one core busy elsewhere, +70 ms with three busy processes, and
+    the loop lag the harness reports rose with it every time (docs/PERFORMANCE.md).
+    """
+    with MockProcess(ttft_ms=50, itl_ms=10) as server:
+        summary = _run(server.url, tmp_path, concurrency="128", num_requests=256,
+                       input_len="8", output_len="10")
+    assert summary["completed"] == 256
+    errors = sorted(record["ttft_ms"] - 50 - record["server_timing"]["first_late_ns"] / 1e6
+                    for record in _records(tmp_path))
+    assert errors[0] >= 0, errors[:3]  # a stamp can be late, never early
+    lag = summary["harness"]["loop_lag_p99_ms"]
+    assert statistics.median(errors) <= 1 + lag, (statistics.median(errors), lag)
 
 
 def test_chunked_streams_keep_tpot_per_token(tmp_path: Path) -> None:
