@@ -25,7 +25,9 @@ test writes byte for byte (`MockProcess.script`, scripted.py), the hostile serve
 on any route, head included if it likes, trickled a piece at a time or never ending.
 
 The mock's own failures are recorded and shown by GET /mock/stats (`errors`); tests assert there
-are none, so a bug of the mock never passes for a fate of the client.
+are none, so a bug of the mock never passes for a fate of the client. GET /mock/requests shows the
+latest completion requests as read (path, headers, body, when, on which connection since when),
+so a test checks what the client sent, not what it says it sent.
 
 Modules: state (what one process knows), protocol (one connection: routes, faults), ticker (the
 fault-free streams' schedule: the hot path), scripted (scripted answers), serve (command line,

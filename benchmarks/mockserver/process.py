@@ -72,9 +72,18 @@ class MockProcess:
                                                            missing=missing, routes=routes))
 
     def stats(self) -> dict[str, Any]:
-        """Completion requests seen, turns per session, and the mock's own errors."""
+        """Completion requests seen, connections accepted, turns per session, and the mock's own
+        errors."""
         stats: dict[str, Any] = json.loads(self._call("GET", "/mock/stats"))
         return stats
+
+    def requests(self, *, after: int = 0) -> list[dict[str, Any]]:
+        """The completion requests read after the `after`-th (the latest 1000 at most): each
+        one's `number`, `path`, `headers` (lower-case names), `body` (text), `received_ns`,
+        and its connection's `connection` number and `connected_ns` (perf_counter_ns: the
+        client's clock too, CLOCK_MONOTONIC)."""
+        seen: list[dict[str, Any]] = json.loads(self._call("GET", "/mock/requests"))
+        return [request for request in seen if request["number"] > after]
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> bytes:
         host, _, port = self.url.removeprefix("http://").rpartition(":")

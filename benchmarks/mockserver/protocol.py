@@ -36,9 +36,14 @@ class Protocol(asyncio.Protocol):
         self.first_ns = 0
         self.session: str | None = None
         self.headers: dict[str, str] = {}
+        self.connection = 0  # this connection's number in the process, from 1
+        self.connected_ns = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.connected_ns = time.perf_counter_ns()
+        self.state.connections += 1
+        self.connection = self.state.connections
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -121,7 +126,7 @@ class Protocol(asyncio.Protocol):
             script = state.scripted.answer(path, completion=completion)
             if script is not None:
                 if completion:
-                    state.count += 1
+                    self._remember(path, body, received)
                 assert self.transport is not None
                 return await scripted.play(self.transport, script)
         if path == "/health":
@@ -140,7 +145,7 @@ class Protocol(asyncio.Protocol):
             return self._send(404, {"error": {"message": f"no route {path}"}})
         if time.monotonic() < state.cold_until:
             return self._send(503, {"error": {"message": "scaled to zero; starting"}})
-        state.count += 1
+        self._remember(path, body, received)
         faults = state.fault_for(state.count)
         if "hang" in faults:
             await asyncio.sleep(3600)
@@ -164,6 +169,10 @@ class Protocol(asyncio.Protocol):
                                                               or request.get("prompt")))))
         return None
 
+    def _remember(self, path: str, body: bytes, received: int) -> None:
+        self.state.remember(path, self.headers, body, received_ns=received,
+                            connection=self.connection, connected_ns=self.connected_ns)
+
     def _proxy_authorized(self, expected: str) -> bool:
         """Modal's proxy auth: the pair as two headers, or as one Bearer token `ID.SECRET`."""
         token_id, _, secret = expected.partition(":")
@@ -176,6 +185,8 @@ class Protocol(asyncio.Protocol):
         state = self.state
         if path == "/mock/stats":
             return self._send(200, state.stats())
+        if path == "/mock/requests":
+            return self._send(200, list(state.seen))
         if path == "/mock/scale-to-zero":
             state.cold_until = time.monotonic() + state.settings.cold_s
             return self._send(200, {"cold_s": state.settings.cold_s})

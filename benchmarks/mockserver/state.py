@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import deque
 
 from .scripted import Scripted
 from .ticker import WORDS, Ticker
 
 FAULTS = ("503", "429", "reset", "malformed", "stall", "hang", "nodone", "split")
 COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
+SEEN = 1000  # the latest completion requests GET /mock/requests shows
 
 
 class Settings(argparse.Namespace):
@@ -33,6 +35,9 @@ class MockState:
         self.errors: list[str] = []
         self.ticker = Ticker(self.errors)
         self.count = 0
+        self.connections = 0
+        # what a test checks of what the client sent: the latest completion requests as read
+        self.seen: deque[dict[str, object]] = deque(maxlen=SEEN)
         self.faults: dict[str, int] = {}
         for spec in settings.fault or []:
             kind, _, every = spec.partition("=")
@@ -45,11 +50,21 @@ class MockState:
         # answers a test scripted (POST /mock/script); None: the mock answers as itself
         self.scripted: Scripted | None = None
 
+    def remember(self, path: str, headers: dict[str, str], body: bytes, *, received_ns: int,
+                 connection: int, connected_ns: int) -> None:
+        """Count a completion request and keep it as read (stamps on the client's clock,
+        perf_counter_ns: when it was read, and when its connection was opened)."""
+        self.count += 1
+        self.seen.append({"number": self.count, "path": path, "headers": headers,
+                          "body": body.decode("utf-8", "replace"), "received_ns": received_ns,
+                          "connection": connection, "connected_ns": connected_ns})
+
     def fault_for(self, number: int) -> set[str]:
         return {kind for kind, every in self.faults.items() if number % every == 0}
 
     def stats(self) -> dict[str, object]:
-        return {"requests": self.count, "sessions": self.sessions, "errors": self.errors}
+        return {"requests": self.count, "connections": self.connections,
+                "sessions": self.sessions, "errors": self.errors}
 
 
 def tokenize(text: str) -> list[int]:

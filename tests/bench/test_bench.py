@@ -259,3 +259,20 @@ def test_shared_summary_keys_are_the_ones_vllm_bench_serve_writes() -> None:
     expected |= {f"{stat}_{metric}_ms" for stat in ("mean", "median", "std", "p99")
                  for metric in ("ttft", "tpot", "itl", "e2el")}
     assert expected <= set(summary)
+
+
+def test_a_sweep_whose_tokens_came_in_one_read_reports_without_a_warning(
+        tmp_path: Any) -> None:
+    """A short stream read in one piece has TPOT 0 (every token the same stamp): the sweep's
+    plot must not ask for an axis from 0 to 0 (matplotlib warns; the suite makes that an
+    error), as a Ctrl-C'd sweep of 4-token requests did."""
+    from modal_llm_serving.bench.report import render_report
+    from modal_llm_serving.bench.results import JsonlSink, write_json
+
+    for slug in ("c1", "c2"):
+        with JsonlSink(tmp_path / slug / "requests.jsonl") as sink:
+            sink(_record(0, sent=0, first=5, gaps=[0, 0, 0], n_out=4))
+    write_json(tmp_path / "sweep.json", {"levels": ["c1", "c2"], "complete": False,
+                                         "summaries": []})
+    assert render_report(tmp_path).is_file()
+    assert (tmp_path / "latency_throughput.png").is_file()

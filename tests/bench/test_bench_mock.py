@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -42,19 +44,58 @@ def _records(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines()]
 
 
+def _ttft_as_promised(summary: dict[str, Any], truth_ms: float) -> None:
+    """README's promise, on any load: TTFT p50 never below the truth, and at most 1 ms plus the
+    event-loop lag (p99) the same run reported above it."""
+    ttft, lag = summary["median_ttft_ms"], summary["harness"]["loop_lag_p99_ms"]
+    assert truth_ms <= ttft <= truth_ms + 1 + lag, (ttft, lag)
+
+
+def _per_token_as_promised(value_ms: float, truth_ms: float, summary: dict[str, Any],
+                           folder: Path, gaps: int) -> None:
+    """A time measured between two stamps `gaps` token times apart: each stamp is late by at
+    most the loop's worst lag plus the mock's own (it says how late it wrote), so the error
+    is at most that over `gaps` (1 ms more for what neither measures), on any load."""
+    late = summary["harness"]["loop_lag_max_ms"] + max(
+        record["server_timing"]["max_late_ns"] for record in _records(folder)
+        if record["ok"]) / 1e6
+    assert abs(value_ms - truth_ms) <= (1 + late) / gaps, (value_ms, late)
+
+
 def test_one_stream_measures_the_known_truth(mock: Any, tmp_path: Path) -> None:
     summary = _run(mock.url, tmp_path, concurrency="1", num_requests=6, input_len="16",
                    output_len="20")
     assert summary["completed"] == 6 and summary["failed"] == 0
-    # truth: TTFT 30 ms, 5 ms per token; generous bounds (the CPU is shared), not a timing test
-    assert 29.5 <= summary["median_ttft_ms"] <= 40
-    assert 4.8 <= summary["mean_tpot_ms"] <= 5.5
+    # truth: TTFT 30 ms, 5 ms per token (19 tokens after the first)
+    _ttft_as_promised(summary, 30)
+    _per_token_as_promised(summary["mean_tpot_ms"], 5, summary, tmp_path, gaps=19)
     assert summary["total_output_tokens"] == 120  # from usage, 20 per request
     assert summary["data"]["tokenizer_source"].startswith("server /tokenize")
     assert summary["data"]["exact_input_fraction"] == 1.0
     records = _records(tmp_path)
     assert len(records) == 6 and all(r["n_out"] == 20 and r["token_events"] == 20
                                      for r in records)
+
+
+def test_128_streams_read_ttft_within_the_lag_they_report(tmp_path: Path) -> None:
+    """README's promise at 128 streams on a 2-core client: TTFT p50 never below the truth and
+    at most 1 ms plus the event-loop lag p99 the same summary reports above it, on any load.
+
+    The truth of each request is what the mock says it did: its first token 50 ms after it
+    read the request, plus however late it wrote it (`server_timing`; a busy mock is not the
+    client's error). A fixed bound would not do: on this shared 2-core machine the error was
+    +0.5 ms idle, +4 ms with one core busy elsewhere, +70 ms with three busy processes, and
+    the loop lag the harness reports rose with it every time (docs/PERFORMANCE.md).
+    """
+    with MockProcess(ttft_ms=50, itl_ms=10) as server:
+        summary = _run(server.url, tmp_path, concurrency="128", num_requests=256,
+                       input_len="8", output_len="10")
+    assert summary["completed"] == 256
+    errors = sorted(record["ttft_ms"] - 50 - record["server_timing"]["first_late_ns"] / 1e6
+                    for record in _records(tmp_path))
+    assert errors[0] >= 0, errors[:3]  # a stamp can be late, never early
+    lag = summary["harness"]["loop_lag_p99_ms"]
+    assert statistics.median(errors) <= 1 + lag, (statistics.median(errors), lag)
 
 
 def test_chunked_streams_keep_tpot_per_token(tmp_path: Path) -> None:
@@ -64,8 +105,9 @@ def test_chunked_streams_keep_tpot_per_token(tmp_path: Path) -> None:
                        output_len="24")
     record = _records(tmp_path)[0]
     assert record["token_events"] == 6 and record["n_out"] == 24
-    assert 9.7 <= summary["mean_tpot_ms"] <= 11.0  # (t_last − t_first) / (24 − 4)
-    assert 38 <= summary["median_itl_ms"] <= 45  # ITL stays a gap between events
+    # (t_last − t_first) / (24 − 4); ITL stays a gap between events (40 ms)
+    _per_token_as_promised(summary["mean_tpot_ms"], 10, summary, tmp_path, gaps=20)
+    _per_token_as_promised(summary["median_itl_ms"], 40, summary, tmp_path, gaps=1)
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
@@ -74,7 +116,11 @@ def test_every_transport_gives_the_same_fates(transport: str, tmp_path: Path) ->
         summary = _run(server.url, tmp_path, concurrency="2", num_requests=12, input_len="8",
                        output_len="10", transport=transport)
     assert summary["error_counts"] == {"reset": 3, "http_503": 3}  # #12 is both: 503 wins
-    assert 19.5 <= summary["median_ttft_ms"] <= 35
+    # these libraries stamp a chunk when their reader hands it over, after their own parsing,
+    # not as it arrives (docs/PERFORMANCE.md: +1.6% at 1 stream, +38% at 128): the README's
+    # promise is the raw transport's; here never early, and not far off
+    ttft, lag = summary["median_ttft_ms"], summary["harness"]["loop_lag_p99_ms"]
+    assert 20 <= ttft <= 35 + lag, (ttft, lag)
 
 
 def test_each_fault_gets_its_fate_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -108,6 +154,8 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
         summary = _run(server.url, tmp_path, concurrency="2", num_requests=2, input_len="4",
                        output_len="4", timeout=1.5, stall_timeout=1.0)
     assert summary["error_counts"] == {"timeout": 2}
+    # the 1.5 s timeout ended it: a run without one would wait out the mock's hour-long hang
+    # (30 s is 20x the timeout: room for a loaded machine, far from the hour)
     assert time.monotonic() - started < 30
 
 
@@ -123,10 +171,11 @@ def test_open_loop_reports_latency_from_the_schedule(mock: Any, tmp_path: Path) 
 
 
 def test_duration_bound_and_capped_open_loop(mock: Any, tmp_path: Path) -> None:
-    started = time.monotonic()
     summary = _run(mock.url, tmp_path, rate="inf", max_concurrency=3, duration=1.0,
                    input_len="4", output_len="10")
-    assert time.monotonic() - started < 10
+    # no new request starts after the duration (on the run's own clock; without the bound this
+    # run would never end, and the suite's timeout would say so)
+    assert max(record["sent_ns"] for record in _records(tmp_path)) < 1_000_000_000
     assert summary["completed"] > 5 and summary["max_concurrency"] == 3
     assert summary["achieved_concurrency"] <= 3.05
 
@@ -191,11 +240,15 @@ def test_cli_wrong_model_records_404s(mock: Any, tmp_path: Path) -> None:
 
 
 def test_cli_unreachable_server_records_connect_errors(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["bench", "run", "http://127.0.0.1:9", "--model", "m",
-                                      "-n", "2", "--out", str(tmp_path)])
+    # a port held bound but not listening: refused, and nothing else can take it meanwhile
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        result = CliRunner().invoke(cli, ["bench", "run", url, "--model", "m", "-n", "2",
+                                          "--out", str(tmp_path)])
+        no_model = CliRunner().invoke(cli, ["bench", "run", url])
     assert result.exit_code == 1 and "connect" in result.output
     assert [r["error"] for r in _records(tmp_path)] == ["connect", "connect"]
-    no_model = CliRunner().invoke(cli, ["bench", "run", "http://127.0.0.1:9"])
     assert no_model.exit_code == 2 and "pass --model" in no_model.output
 
 
@@ -267,7 +320,9 @@ def test_cold_start_clock_can_start_at_a_given_moment() -> None:
         future = CliRunner().invoke(cli, ["bench", "cold-start", server.url, "--model", "mock",
                                           "--since", str(time.time() + 60)])
     assert result.exit_code == 0, result.output
-    assert 30 <= json.loads(result.stdout)["trials"][0]["seconds_to_first_token"] < 40
+    # from the given moment, 30 s ago (the upper bound only catches a clock read in the wrong
+    # unit or from the wrong moment: 60 s of room for a loaded machine)
+    assert 30 <= json.loads(result.stdout)["trials"][0]["seconds_to_first_token"] < 90
     assert future.exit_code == 2 and "in the future" in future.output
 
 

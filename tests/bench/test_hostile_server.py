@@ -164,15 +164,19 @@ def test_wrong_types_in_chunks_are_counted_not_fatal(server: MockProcess, tmp_pa
     assert summary["error_counts"] == {"malformed_chunk": 4}
 
 
+GOOD_MODELS = {"data": [{"id": "fuzz"}]}
+GOOD_COMPLETION = {"id": "x", "choices": [{"message": {"content": "Paris."}}],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(plays=st.lists(scripts(), min_size=1, max_size=3),
-       completion=st.one_of(json_values, st.fixed_dictionaries({
-           "id": st.one_of(st.just("x"), json_values),
-           "choices": st.one_of(st.just([{"message": {"content": "Paris."}}]), json_values),
-           "usage": st.one_of(st.just({"prompt_tokens": 5, "completion_tokens": 2}),
-                              json_values)})),
-       models=st.one_of(st.just({"data": [{"id": "fuzz"}]}), json_values))
+       # right, or JSON that cannot be right: no top-level "choices" / "data" at all
+       completion=st.one_of(st.just(GOOD_COMPLETION), json_values.filter(
+           lambda value: not (isinstance(value, dict) and "choices" in value))),
+       models=st.one_of(st.just(GOOD_MODELS), json_values.filter(
+           lambda value: not (isinstance(value, dict) and "data" in value))))
 def test_smoke_reports_every_step_whatever_comes(server: MockProcess, plays: list[Script],
                                                  completion: Any, models: Any) -> None:
     body = json.dumps(completion).encode()
@@ -182,10 +186,33 @@ def test_smoke_reports_every_step_whatever_comes(server: MockProcess, plays: lis
         report = run_smoke(server.url, ready_timeout=1.0, request_timeout=3.0)
     finally:
         server.script()
-    assert [step.name for step in report.steps] == ["ready", "health", "models", "chat",
-                                                    "chat-stream"]
+    steps = {step.name: step for step in report.steps}
+    assert list(steps) == ["ready", "health", "models", "chat", "chat-stream"]
     assert all("\n" not in step.detail for step in report.steps)
-    assert report.ok == all(step.status == "pass" for step in report.steps)
+    # the mock answers /health itself: the first two always pass; then the first wrong answer
+    # fails its step, with what came back and the step's hint, and every later step is skipped
+    wrong = ("models" if models != GOOD_MODELS else "chat" if completion != GOOD_COMPLETION
+             else None)
+    reached = ["ready", "health", "models", "chat", "chat-stream"]
+    if wrong is not None:
+        reached = reached[:reached.index(wrong)]
+        failed = steps[wrong]
+        # why: the key it lacks, or what the answer to its route was instead
+        key, route = {"models": ("data", "/v1/models"),
+                      "chat": ("choices", "/v1/chat/completions")}[wrong]
+        assert failed.status == "fail" and failed.hint, failed
+        assert failed.detail.startswith("MalformedResponse: "), failed
+        assert f"{key} is missing" in failed.detail or route in failed.detail, failed
+    assert all(steps[name].status == "pass" for name in reached[:4]), report.steps
+    later = list(steps)[len(reached) + (wrong is not None):]
+    assert all(steps[name].status == "skip" for name in later), report.steps
+    if "chat-stream" in reached:  # what a generated stream gets depends on all of it, except:
+        stream = steps["chat-stream"]
+        if plays[0].status != 200:
+            assert stream.status == "fail", stream
+            if plays[0].framing != "short-length" and plays[0].drop_after is None:
+                assert f"answered {plays[0].status}" in stream.detail, stream  # whole: read
+    assert report.ok == (wrong is None and steps["chat-stream"].status == "pass")
 
 
 def test_cli_smoke_on_a_broken_server_is_one_table_and_exit_1(server: MockProcess) -> None:

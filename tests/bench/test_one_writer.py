@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,20 @@ def start(url: str, out: Path, *extra: str, requests: int = 100_000,
                             preexec_fn=limit_file_size)
 
 
+def wait_for(done: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
+    """Poll `done` until it holds (a state to reach, not a time to wait); 60 s is only there
+    to fail a hung run instead of waiting for the suite's timeout."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
 def wait_for_records(out: Path, count: int, *, timeout: float = 60) -> None:
     jsonl = out / "requests.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if jsonl.is_file() and jsonl.read_bytes().count(b"\n") >= count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {count} records in {jsonl} within {timeout} s")
+    wait_for(lambda: jsonl.is_file() and jsonl.read_bytes().count(b"\n") >= count,
+             what=f"{count} records in {jsonl}", timeout=timeout)
 
 
 def whole_lines(path: Path) -> list[dict[str, Any]]:
@@ -176,3 +182,41 @@ def test_a_half_written_last_line_is_counted_and_reported(tmp_path: Path) -> Non
     result = CliRunner().invoke(cli, ["bench", "report", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "1 line of requests.jsonl is not a whole record" in result.output
+
+
+def test_ctrl_c_mid_sweep_keeps_the_finished_levels_and_the_one_it_stopped(
+        tmp_path: Path) -> None:
+    """`-c 1,4,16`, stopped in its second level: the first level whole, the second's records
+    and rebuilt summary, no third level, sweep.json saying so, and no half-written file."""
+    # the 5th completion request hangs: the first level's 3 requests pass, then the second
+    # level cannot end by itself (one of its 3 requests waits forever)
+    with MockProcess(ttft_ms=5, itl_ms=1, faults=("hang=5",)) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", server.url, "-c",
+             "1,4,16", "-n", "3", "--output-len", "4", "--input-len", "4", "--out",
+             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_for(lambda: server.stats()["requests"] >= 6, what="the second level's 3 requests")
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: finished requests"), err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c1", "c4", "sweep.json"]
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert sweep["levels"] == ["c1", "c4", "c16"] and sweep["complete"] is False
+    assert [summary["completed"] for summary in sweep["summaries"]] == [3]  # c1 only
+    first = json.loads((tmp_path / "c1" / "summary.json").read_text())
+    assert first["completed"] == 3 and "interrupted" not in first["label"]
+    assert [r["ok"] for r in whole_lines(tmp_path / "c1" / "requests.jsonl")] == [True] * 3
+    stopped = whole_lines(tmp_path / "c4" / "requests.jsonl")
+    assert sorted(r["index"] for r in stopped) == [0, 1, 2]  # all it sent, each with its fate
+    assert all(r["ok"] or r["error"] == "cancelled" for r in stopped)
+    assert any(r["error"] == "cancelled" for r in stopped)  # the hung one, at least
+    rebuilt = json.loads((tmp_path / "c4" / "summary.json").read_text())
+    assert "interrupted" in rebuilt["label"]
+    assert rebuilt["completed"] + rebuilt["failed"] == 3
+    # nothing half-written: no temporaries, no claim left, every file whole
+    left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")
+                  if path.is_file())
+    assert left == ["c1/requests.jsonl", "c1/summary.json", "c4/requests.jsonl",
+                    "c4/summary.json", "sweep.json"], left  # the report is left to `report`

@@ -35,7 +35,7 @@ from modal_llm_serving.bench.partition import resolve, shares
 from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import UsageError
 from tests.bench.test_bench import arrival_times
-from tests.bench.test_bench_mock import _records, _run
+from tests.bench.test_bench_mock import _records, _run, _ttft_as_promised
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 splits = st.lists(st.integers(1, 6), min_size=1, max_size=3)  # e.g. [containers, workers]
@@ -135,11 +135,24 @@ def test_workers_are_chosen_from_streams_and_cores() -> None:
 
 @pytest.fixture(scope="module")
 def mock() -> Any:
-    with MockProcess(ttft_ms=20, itl_ms=4, processes=2) as server:
+    # one process: GET /mock/requests then shows every request (one of several sees its own)
+    with MockProcess(ttft_ms=20, itl_ms=4) as server:
         yield server
 
 
+def _first_wave_spread_ms(requests: list[dict[str, Any]], streams: int) -> float:
+    """How far apart the mock read each stream's first request: the first on each of the
+    pools' connections (one per stream). Its own clock: each part stamps relative to its own
+    start, so a part that started late looks on time in its records; only the mock can tell."""
+    first: dict[int, int] = {}
+    for request in requests:  # in the order the mock read them
+        first.setdefault(request["connection"], request["received_ns"])
+    assert len(first) == streams
+    return (max(first.values()) - min(first.values())) / 1e6
+
+
 def test_a_split_closed_loop_is_one_run(mock: Any, tmp_path: Path) -> None:
+    before = mock.stats()["requests"]
     summary = _run(mock.url, tmp_path, concurrency="12", num_requests=60, input_len="8",
                    output_len="16", workers=3)
     records = _records(tmp_path)
@@ -147,12 +160,11 @@ def test_a_split_closed_loop_is_one_run(mock: Any, tmp_path: Path) -> None:
     assert summary["completed"] == 60 and summary["workers"] == 3
     assert summary["num_prompts"] == 60 and summary["total_output_tokens"] == 60 * 16
     assert len(summary["harness"]["shards"]) == 3 and summary["harness"]["workers"] == 3
-    # one timeline: every stamp is relative to the shared start, so the merged run's streams
-    # overlap (12 in flight, not 3 runs of 4 one after another)
-    assert summary["achieved_concurrency"] > 6
-    assert 19.5 <= summary["median_ttft_ms"] <= 60  # truth 20 ms; bounds for a busy 2-core CI
-    first_sent = sorted(r["sent_ns"] for r in records)[:12]
-    assert (first_sent[-1] - first_sent[0]) / 1e6 < 200  # all workers started together
+    _ttft_as_promised(summary, 20)  # the busiest worker's loop lag bounds the error
+    # all workers started together: the mock read the 12 streams' first requests within 200 ms
+    # plus however late the latest worker says it started (a busy machine may wake one late)
+    late_ms = summary["harness"]["start_late_ms"]
+    assert _first_wave_spread_ms(mock.requests(after=before), 12) < 200 + late_ms, late_ms
 
 
 def test_a_split_open_loop_sends_on_the_one_schedule(mock: Any, tmp_path: Path) -> None:
@@ -267,17 +279,20 @@ def test_in_region_app_splits_a_level_over_containers(mock: Any, tmp_path: Path)
             return list(pool.map(lambda options: modal_app.run_in_region.local(options), parts))
 
     options = {"concurrency": "6,9", "num_requests": 36, "input_len": "4", "output_len": "8"}
+    before = mock.stats()["requests"]
     summaries = [summary.to_dict() for summary in modal_app.run_split(
         parse_options(mock.url, **options), 3, tmp_path, run_parts=containers,
         start_margin_s=3.0)]
     assert [s["completed"] for s in summaries] == [36, 36]
-    for slug, summary in zip(("c6", "c9"), summaries, strict=True):
+    read = mock.requests(after=before)
+    for slug, summary, streams, requests in zip(("c6", "c9"), summaries, (6, 9),
+                                                (read[:36], read[36:]), strict=True):
         records = _records(tmp_path / slug)
         assert sorted(r["index"] for r in records) == list(range(36))
         assert summary["containers"] == 3 and len(summary["harness"]["shards"]) == 3
-        # one shared start: the three containers' first requests went out together
-        first = sorted(r["sent_ns"] for r in records)[:6]
-        assert (first[-1] - first[0]) / 1e6 < 300
+        # one shared start: the mock read the three containers' first requests together
+        late_ms = summary["harness"]["start_late_ms"]  # the latest container's own report
+        assert _first_wave_spread_ms(requests, streams) < 300 + late_ms, late_ms
         assert (tmp_path / slug / "parts" / "2" / "requests.jsonl").is_file()
     assert json.loads((tmp_path / "sweep.json").read_text())["complete"] is True
     assert (tmp_path / "report.md").is_file()

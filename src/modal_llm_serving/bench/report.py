@@ -244,8 +244,9 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
                 if point[index] is not None:
                     axis.annotate(redact(str(point[3])), (point[0], point[index]), fontsize=7)
             # Both axes from zero: a curve that barely moves should look flat, not dramatic.
-            axis.set_xlim(left=0, right=max(xs, default=1) * 1.1)
-            axis.set_ylim(bottom=0, top=max(ys, default=1) * 1.15)
+            # All zeros (TPOT of streams read in one piece) still get an axis: 0 to 0 is none.
+            axis.set_xlim(left=0, right=(max(xs, default=0) or 1) * 1.1)
+            axis.set_ylim(bottom=0, top=(max(ys, default=0) or 1) * 1.15)
             axis.ticklabel_format(useOffset=False, style="plain")
             axis.set_xlabel("output throughput (tok/s)")
             axis.set_ylabel(name)
