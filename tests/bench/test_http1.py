@@ -32,7 +32,9 @@ from tests.bench.test_hostile_server import split
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "200"))
 # A parse is microseconds; a spin or a quadratic scan would blow this by orders of magnitude.
-QUICK = settings(max_examples=EXAMPLES, deadline=timedelta(milliseconds=500))
+# The bound leaves room for a 2-core machine busy with other tests (500 ms was once exceeded
+# there by a scheduling stall alone).
+QUICK = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5))
 
 NUMBERS = ["0", "1", "2", "200", "404", "-1", "+5", " 5", "5 ", "0x10", "1e3", "1_000", "٢٠٠",
            "²", "２００", "9" * 30, "", "5, 5", "5, 6", "5,", "18446744073709551616", "\x00",
