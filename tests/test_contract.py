@@ -27,9 +27,10 @@ from modal_llm_serving.redact import (
     redact_url,
     register_environment,
 )
+from tests.ports import REFUSING_PORT, REFUSING_URL
 
 DOCUMENTED_EXITS = {0, 1, 2, 130}
-CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens, connections are refused at once
+CLOSED = REFUSING_URL  # a port we hold and never listen on: connections are refused at once
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
@@ -145,7 +146,8 @@ BENCH_NUMERIC = ["--burstiness", "--duration", "--warmup", "--cooldown", "--time
                                 st.one_of(numbers, words)), max_size=3),
        url=st.one_of(st.just(CLOSED), st.sampled_from([
            "http://127.0.0.1:99999", "http://127.0.0.1:0", "ftp://x", "http://", "http:// x",
-           "http://user:pw@127.0.0.1:9", "https://127.0.0.1:9/v1?x=1", "127.0.0.1:9"]),
+           f"http://user:pw@127.0.0.1:{REFUSING_PORT}", f"https://127.0.0.1:{REFUSING_PORT}/v1?x=1",
+                f"127.0.0.1:{REFUSING_PORT}"]),
            st.text(max_size=10)))
 def test_bench_run_any_options(tmp_path_factory: pytest.TempPathFactory,
                                picks: list[tuple[str, str]], url: str) -> None:
@@ -165,7 +167,7 @@ def test_bench_run_any_options(tmp_path_factory: pytest.TempPathFactory,
 @SETTINGS
 @given(timeout=st.one_of(numbers, st.sampled_from(["0", "0.2", "1"])),
        header=st.one_of(st.none(), words),
-       url=st.sampled_from([CLOSED, "http://127.0.0.1:99999", "https://x:y@127.0.0.1:9"]))
+       url=st.sampled_from([CLOSED, "http://127.0.0.1:99999", f"https://x:y@127.0.0.1:{REFUSING_PORT}"]))
 def test_smoke_any_options(timeout: str, header: str | None, url: str) -> None:
     try:  # a valid timeout longer than a second would only wait; the invalid ones must fail
         if 1 < float(timeout) < float("inf"):
