@@ -23,6 +23,7 @@ from skills_ref.parser import parse_frontmatter
 from skills_ref.validator import validate
 
 from modal_llm_serving.recipes.table import RECIPES
+from tests.network import NPM_REGISTRY, require_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
 SKILL = ROOT / "skills" / "modal-llm-serving"
@@ -497,6 +498,7 @@ def list_skills(folder: Path) -> tuple[int, str]:
     npx = shutil.which("npx")
     if npx is None:
         pytest.fail("npx (Node 20) is needed to check that `npx skills add` lists the skill")
+    require_reachable(f"{NPM_REGISTRY}/skills", "the npm registry (npx fetches the skills CLI)")
     env = {**os.environ, "CI": "true", "NO_COLOR": "1", "DO_NOT_TRACK": "1",
            "DISABLE_TELEMETRY": "1"}
     done = subprocess.run([npx, "-y", SKILLS_CLI, "add", ".", "--list"], cwd=folder, env=env,
@@ -509,6 +511,7 @@ def list_skills(folder: Path) -> tuple[int, str]:
     return int(found.group(1)), output
 
 
+@pytest.mark.index
 def test_npx_skills_lists_the_skill_and_skips_none() -> None:
     count, output = list_skills(ROOT)
     # The CLI skips an invalid SKILL.md silently: every one in the repo must be counted.
@@ -517,6 +520,7 @@ def test_npx_skills_lists_the_skill_and_skips_none() -> None:
     assert re.search(r"^\W*modal-llm-serving\s*$", output, re.MULTILINE), output
 
 
+@pytest.mark.index
 def test_the_skill_as_installed_validates_and_lists(tmp_path: Path) -> None:
     """What `mls skill install` puts in an agent's folder (the skill alone, less its evals)."""
     from modal_llm_serving.skill.install import install_skill
