@@ -19,6 +19,7 @@ from modal_llm_serving.local.serve import (
     local_command,
     start_server,
 )
+from tests.ports import REFUSING_URL
 from tests.tiny_model import build_tiny_model
 
 TINY_API_KEY = "test-key-not-a-secret"
@@ -32,7 +33,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("mls-cache")
     saved = os.environ.get("MLS_CACHE_DIR")
     os.environ["MLS_CACHE_DIR"] = str(cache)
-    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: refused at once
+    os.environ["HF_ENDPOINT"] = REFUSING_URL  # a port we hold unlistened: refused at once
     os.environ.pop("MLS_API_KEY", None)
     yield cache
     if saved is None:

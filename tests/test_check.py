@@ -337,7 +337,23 @@ def test_static_checks_never_crash_on_real_python() -> None:
     assert len(files) > 20
     for path in files:
         check_source(path.read_text(encoding="utf-8"), path=str(path))
-    assert check_source("x = {(1, 2): 3, **{}}\nrequests = [[1]]\n") is not None
+    # a dict with an unhashable resolved key (the tuple reads as a list) and a ** spread: no
+    # crash, and no finding but the one any file with no smoke path gets
+    odd = check_source("x = {(1, 2): 3, **{}}\nrequests = [[1]]\n")
+    assert [(f.rule.id, f.line) for f in odd] == [("MLS006", 1)]
+
+
+def test_a_dict_with_an_unhashable_key_still_gives_its_other_keys() -> None:
+    """The clean app's image environment with an odd key and a spread beside the one MLS004
+    looks for: that key is still read, so MLS004 stays quiet."""
+    source = (FIXTURES / "clean_online.py").read_text()
+    odd = source.replace('.env({"HF_XET_HIGH_PERFORMANCE": "1"})',
+                         '.env({(1, 2): "x", **{}, "HF_XET_HIGH_PERFORMANCE": "1"})')
+    assert odd != source
+    assert check_source(odd) == []
+    assert [f.rule.id for f in check_source(odd.replace('"HF_XET_HIGH_PERFORMANCE": "1"',
+                                                        '"HF_XET_HIGH_PERFORMANCE": "0"'))] == [
+        "MLS004"]
 
 
 # --- whether the app can start (MLS022-MLS029) ------------------------------------------------

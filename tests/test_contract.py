@@ -27,9 +27,10 @@ from modal_llm_serving.redact import (
     redact_url,
     register_environment,
 )
+from tests.ports import REFUSING_PORT, REFUSING_URL
 
 DOCUMENTED_EXITS = {0, 1, 2, 130}
-CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens, connections are refused at once
+CLOSED = REFUSING_URL  # a port we hold and never listen on: connections are refused at once
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
@@ -145,7 +146,8 @@ BENCH_NUMERIC = ["--burstiness", "--duration", "--warmup", "--cooldown", "--time
                                 st.one_of(numbers, words)), max_size=3),
        url=st.one_of(st.just(CLOSED), st.sampled_from([
            "http://127.0.0.1:99999", "http://127.0.0.1:0", "ftp://x", "http://", "http:// x",
-           "http://user:pw@127.0.0.1:9", "https://127.0.0.1:9/v1?x=1", "127.0.0.1:9"]),
+           f"http://user:pw@127.0.0.1:{REFUSING_PORT}", f"https://127.0.0.1:{REFUSING_PORT}/v1?x=1",
+                f"127.0.0.1:{REFUSING_PORT}"]),
            st.text(max_size=10)))
 def test_bench_run_any_options(tmp_path_factory: pytest.TempPathFactory,
                                picks: list[tuple[str, str]], url: str) -> None:
@@ -165,7 +167,7 @@ def test_bench_run_any_options(tmp_path_factory: pytest.TempPathFactory,
 @SETTINGS
 @given(timeout=st.one_of(numbers, st.sampled_from(["0", "0.2", "1"])),
        header=st.one_of(st.none(), words),
-       url=st.sampled_from([CLOSED, "http://127.0.0.1:99999", "https://x:y@127.0.0.1:9"]))
+       url=st.sampled_from([CLOSED, "http://127.0.0.1:99999", f"https://x:y@127.0.0.1:{REFUSING_PORT}"]))
 def test_smoke_any_options(timeout: str, header: str | None, url: str) -> None:
     try:  # a valid timeout longer than a second would only wait; the invalid ones must fail
         if 1 < float(timeout) < float("inf"):
@@ -361,19 +363,37 @@ def test_https_to_a_plain_http_server_is_said_at_once(tmp_path: Path) -> None:
         server.shutdown()
 
 
-def test_an_unexpected_error_is_one_line_with_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    import modal_llm_serving.facts.revision as revision
+# Real-looking credentials (the shapes of a Hugging Face token and an OpenAI-style key).
+HF_SECRET = "hf_T9xQw3LmZ8rKvB2nYp5sJd7GfH4cA6eRtU"
+API_SECRET = "sk-proj-4fJ9kL2mN8pQ1rS6tV3wX7yZ0aB5cD"
 
-    def boom(*_args: Any, **_kwargs: Any) -> str:
-        raise RuntimeError("secret-token-123 went wrong")
 
-    monkeypatch.setattr(revision, "resolve_revision", boom)
-    result = invoke(["revision", "org/model", "--ref", "secret-token-123"])
+@pytest.mark.parametrize(("args", "env", "secret"), [
+    (["revision", "org/model"], {"HF_TOKEN": HF_SECRET}, HF_SECRET),  # from the environment
+    (["smoke", CLOSED, "--api-key", API_SECRET], {}, API_SECRET),  # from an option
+])
+def test_an_unexpected_error_is_one_line_with_a_log_and_credentials_masked(
+        args: list[str], env: dict[str, str], secret: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 3: one line, the traceback in a log, and the credential the command sent masked in
+    both. The bug is planted below our code: httpx's transport raises an unexpected error that
+    quotes the request's Authorization header, as a library's message may."""
+    import httpx
+
+    def boom(_transport: Any, request: httpx.Request) -> httpx.Response:
+        raise RuntimeError(f"proxy refused {request.headers['authorization']!r}")
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", boom)
+    result = invoke(args, env=env)
     assert result.exit_code == 3
-    line = result.output.strip().splitlines()[-1]
-    assert line.startswith("Error: internal error: RuntimeError") and "details in" in line
-    log = Path(line.split("details in ", 1)[1].split(";", 1)[0])
-    assert "Traceback" in log.read_text()
+    shown = result.stdout + result.stderr
+    assert secret not in shown and secret[4:20] not in shown
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: internal error: RuntimeError: proxy refused 'Bearer ***'")
+    assert "details in" in line
+    log = Path(line.split("details in ", 1)[1].split(";", 1)[0]).read_text()
+    assert "Traceback" in log and "RuntimeError: proxy refused 'Bearer ***'" in log
+    assert secret not in log and secret[4:20] not in log
 
 
 @pytest.mark.parametrize("header", ["Host: evil.example", "content-length: 5",

@@ -11,6 +11,7 @@ says what happened; never a hang, a spin or a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -175,3 +176,40 @@ def test_the_deadline_reaches_the_pools_it_guards() -> None:
         client: Any = bounded(module.Client())
         assert isinstance(client._transport._pool._network_backend, _Backend)
         client.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A loopback server that accepts every connection and never sends a byte."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # so the accepting thread sees `stop`
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+        for connection in accepted:
+            connection.close()
+
+
+@pytest.mark.timeout(120)  # a read the deadline cannot cut hangs: fail here, not at 900 s
+def test_a_server_that_never_answers_is_cut_at_the_deadline(silent: str) -> None:
+    """Every read blocks (no byte ever comes): the deadline must cut the read itself."""
+    code, line = _smoke(silent, Path())
+    assert code == 1 and line.startswith("failed at 'ready'"), line
+    code, line = _revision(silent, Path())
+    assert code == 1 and "did not answer whole within 1.5 s" in line, line

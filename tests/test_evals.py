@@ -88,11 +88,27 @@ seen = sorted(str(p) for p in pathlib.Path(".").rglob("*.json"))
 # Every file path the prompt names (folder/file.py) must be there to read.
 named = re.findall(r"[\\w.-]+/[\\w./-]+\\.py", prompt)
 missing = [name for name in named if not pathlib.Path(name).is_file()]
+# A task whose prompt holds the text of the file "careless" beside this script is skipped.
+careless = pathlib.Path(__file__).with_name("careless")
+skip = careless.is_file() and careless.read_text() in prompt
 if prompt.startswith("You grade"):
-    ok = "NO-INPUT" not in prompt and "GRADES-VISIBLE" not in prompt
+    # The judge reads the prompt as a judge would: one verdict per expectation, from the
+    # evidence (did the run read the skill, did it finish, with its input and without its grades)
+    graded = prompt.split("EXPECTATIONS:\\n", 1)[1]
+    expectations = json.loads(graded.split("\\n\\nTOOL CALLS", 1)[0])
+    calls = prompt.split("TOOL CALLS (last 60):\\n", 1)[1].split("\\n\\nFINAL ANSWER:", 1)[0]
+    final = prompt.split("FINAL ANSWER:\\n", 1)[1].strip()
+    problems = [why for why, bad in (
+        ("the skill was never read", "SKILL.md" not in calls),
+        ("the run did not finish", not final.startswith("done")),
+        ("an input file was missing", "NO-INPUT" in final),
+        ("the grading criteria were readable", "GRADES-VISIBLE" in final)) if bad]
     print(json.dumps({{"type": "result", "result": json.dumps(
-        [{{"passed": ok, "evidence": "ok"}}] * 20)}}))
-elif "Modal" in prompt or "modal" in prompt or named:
+        [{{"expectation": e, "passed": not problems, "evidence": "; ".join(problems) or "met"}}
+         for e in expectations])}}))
+elif skip:
+    print(json.dumps({{"type": "result", "result": "I did something else"}}))
+elif "modal" in prompt.lower() or "Model: " in prompt or named:
     print(json.dumps({{"type": "assistant", "message": {{"content": [{{"type": "tool_use",
         "name": "Read", "input": {{"file_path": str(skill.resolve())}}}}]}}}}))
     answer = "done" + (" NO-INPUT " + " ".join(missing) if missing else "")
@@ -124,6 +140,28 @@ def test_runner_end_to_end_with_a_stand_in_agent(fake_claude: Path, tmp_path: Pa
     assert len(rows) == 8 and {row["suite"] for row in rows} == {"trigger", "tasks"}
     assert summary["trigger"]["n"] == 4 and summary["tasks"] == {"n": 4, "passed": 4}
     assert json.loads((out / "summary.json").read_text()) == summary
+    cases = json.loads((skill_dir() / "evals" / "evals.json").read_text())["evals"][:4]
+    tasks = [row for row in rows if row["suite"] == "tasks"]
+    for case, row in zip(cases, tasks, strict=True):  # one verdict per expectation, in order
+        assert [v["expectation"] for v in row["expectations"]] == case["expectations"]
+        assert all(v["passed"] and v["evidence"] == "met" for v in row["expectations"])
+
+
+def test_the_judge_fails_a_run_that_did_not_do_the_task(fake_claude: Path,
+                                                        tmp_path: Path) -> None:
+    """The stand-in agent skips the second case (no skill read, no "done"): the judge fails
+    each of its expectations with the reason, the others pass, and the summary counts it."""
+    cases = json.loads((skill_dir() / "evals" / "evals.json").read_text())["evals"][:3]
+    fake_claude.with_name("careless").write_text(cases[1]["prompt"])
+    summary = run_evals(agent="claude", out_dir=tmp_path / "r", suites=("tasks",), limit=3)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "results.jsonl").read_text()
+            .splitlines()]
+    assert [row["passed"] for row in rows] == [True, False, True]
+    failed = rows[1]["expectations"]
+    assert len(failed) == len(cases[1]["expectations"]) > 0
+    assert all(not v["passed"] and v["evidence"] == "the skill was never read; the run did "
+               "not finish" for v in failed), failed
+    assert summary["tasks"] == {"n": 3, "passed": 2}
 
 
 def cases_with_inputs() -> list[dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.facts.hub import HubModel, read_hub_model
 from tests.hub_server import HubRepo, HubServer, json_file, running_hub, safetensors_file
+from tests.ports import REFUSING_URL
 
 
 def _commit(name: str) -> str:
@@ -219,12 +219,6 @@ def test_offline_with_summary_but_no_config(caches: Path, monkeypatch: pytest.Mo
 
 # --- errors: one line each, nothing cached, no token shown ----------------------------------
 
-def _closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
-
-
 def _no_token(mp: pytest.MonkeyPatch, hub: HubServer) -> None:
     mp.delenv("HF_TOKEN", raising=False)
 
@@ -234,7 +228,7 @@ def _offline(mp: pytest.MonkeyPatch, hub: HubServer) -> None:
 
 
 def _unreachable(mp: pytest.MonkeyPatch, hub: HubServer) -> None:
-    mp.setenv("HF_ENDPOINT", _closed_port_url())
+    mp.setenv("HF_ENDPOINT", REFUSING_URL)
 
 
 def _limit_api(mp: pytest.MonkeyPatch, hub: HubServer) -> None:

@@ -3,7 +3,7 @@
 A fresh, empty virtualenv, the one `pip install` line pointed at this checkout, and nothing else:
 then `mls --version`, `mls skill path` (the skill the wheel carries), `mls check` on a recipe
 from that installed skill, which imports it with the freshly installed Modal SDK, and `mls local
-command`, which names the extra it needs.
+command`, which names the extra it needs. Without the package index it is skipped (except in CI).
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.network import PYPI_INDEX, require_reachable
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.index  # pip resolves the toolkit's dependencies from the index
 
 
 def one_line_install() -> str:
@@ -29,6 +34,7 @@ def one_line_install() -> str:
 
 def test_one_line_install_into_an_empty_venv_gives_a_working_mls(tmp_path: Path) -> None:
     line = one_line_install()
+    require_reachable(f"{PYPI_INDEX}/pip/", "the package index")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(venv),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modal_llm_serving.cli import cli
@@ -20,6 +21,7 @@ from modal_llm_serving.facts.gpus import load_gpu_catalog
 from modal_llm_serving.facts.models import builtin_models, model_facts, model_facts_from_config
 from modal_llm_serving.facts.workload import load_workload, workload_from_mapping
 from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, explain, make_plan
+from modal_llm_serving.plan.rules import MAX_PLANNED_GPUS
 
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
 BASE = {"model": "Qwen/Qwen3-8B-FP8", "revision": REV}
@@ -407,8 +409,26 @@ WORKLOADS = st.fixed_dictionaries(
               "region": st.sampled_from(["us", "us-east", "eu-west"])})
 
 
+# One workload per kind of refusal, so that each kind is checked on every run.
+REFUSED = [
+    {"model": "Qwen/Qwen3-8B-FP8", "concurrency": 64, "budget_per_hour": 0.5},  # budget
+    {"model": "meta-llama/Llama-3.1-405B-Instruct", "concurrency": 8,  # SLO (floor 16.8 ms)
+     "tpot_ms": 20},
+    {"model": "Qwen/Qwen3.5-122B-A10B", "goal": "cold-start", "concurrency": 356,  # memory,
+     "input_tokens": 130, "output_tokens": 2274},  # fits at fp8 or int4
+    {"model": "meta-llama/Llama-3.1-405B-Instruct", "goal": "cold-start"},  # fits at none
+    {"model": "Qwen/Qwen3.5-35B-A3B", "goal": "online", "concurrency": 2589,  # GPU cap
+     "input_tokens": 667, "output_tokens": 431, "tpot_ms": 1.5, "kv_cache_dtype": "fp8"},
+]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(WORKLOADS)
+@example({"revision": "abcdef1", **REFUSED[0]})
+@example({"revision": "abcdef1", **REFUSED[1]})
+@example({"revision": "abcdef1", **REFUSED[2]})
+@example({"revision": "abcdef1", **REFUSED[3]})
+@example({"revision": "abcdef1", **REFUSED[4]})
 def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, Any]) -> None:
     try:
         workload = workload_from_mapping(data)
@@ -418,7 +438,7 @@ def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, An
     try:
         plan = make_plan(workload)
     except PlanRefused as exc:
-        assert len(str(exc)) > 40  # says why, and what would fit
+        assert_refusal_is_right(data, str(exc))
         return
     c = plan.chosen
     assert plan.n_gpu in TP_SIZES and plan.model.heads % plan.n_gpu == 0
@@ -440,6 +460,61 @@ def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, An
         assert plan.max_containers * plan.target_inputs >= workload.concurrency
     for prediction in plan.predictions:
         assert prediction.value > 0 and prediction.formula
+
+
+def _number(pattern: str, text: str) -> float:
+    found = re.search(pattern, text)
+    assert found, (pattern, text)
+    return float(found.group(1).replace(",", ""))
+
+
+def _refused(data: dict[str, Any]) -> str | None:
+    try:
+        make_plan(workload_from_mapping(data))
+    except PlanRefused as exc:
+        return str(exc)
+    return None
+
+
+def assert_refusal_is_right(data: dict[str, Any], message: str) -> None:
+    """The refusal names the limit and the numbers past it, and they are past it: the budget
+    below the cheapest setup (which plans at its own price and not a cent below), an SLO
+    tighter than the best floor allows with the margin, more memory than the biggest card
+    offers, more GPUs than the planner's cap."""
+    gpus, _platform = load_gpu_catalog()
+    if message.startswith("no plan fits budget_per_hour"):
+        budget = data["budget_per_hour"]
+        cheapest = _number(r"costs \$([\d,.]+)/h at peak", message)
+        assert cheapest > budget, message
+        assert _refused({**data, "budget_per_hour": cheapest + 0.01}) is None
+        if cheapest - 0.01 > budget:
+            assert (_refused({**data, "budget_per_hour": cheapest - 0.01}) or "").startswith(
+                "no plan fits budget_per_hour"), "a setup cheaper than the cheapest named"
+    elif message.startswith("no GPU setup meets these SLOs"):
+        named = 0
+        for kind, field in (("decode", "tpot_ms"), ("prefill", "ttft_ms")):
+            if f"best {kind} floor" in message:
+                floor = _number(rf"best {kind} floor is ([\d.]+) ms", message)  # to 0.1 ms
+                need = _number(rf"{field} needs >= (\d+)", message)
+                assert floor + 0.05 > data[field] * SLO_MARGIN, message  # the SLO is missed
+                assert data[field] < need, message  # and what it needs is more than it is
+                assert floor / SLO_MARGIN - 0.1 < need < (floor + 0.05) / SLO_MARGIN + 1
+                named += 1
+        assert named, message
+    elif " needs about " in message and " GB usable) in one container" in message:
+        need, usable = _number(r"needs about ([\d,]+) GB", message), _number(
+            r"\(([\d,]+) GB usable\)", message)
+        tp, card = re.search(r"more than (\d+)x (\S+) \(", message).groups()  # type: ignore
+        assert need > usable and usable <= int(tp) * gpus[card].memory_gb, message
+        assert gpus[card].memory_gb == max(gpu.memory_gb for gpu in gpus.values())
+        for precision in re.findall(r"precision = '(\w+)' \(\d+ GB of weights\)", message):
+            again = _refused({**data, "precision": precision}) or ""  # what would fit, fits
+            assert " GB usable) in one container" not in again, (precision, again)
+    elif message.startswith("serving concurrency"):
+        assert _number(r"needs (\d+) GPUs", message) > _number(r"stops at (\d+) GPUs", message)
+        assert f"stops at {MAX_PLANNED_GPUS} GPUs" in message
+    else:
+        raise AssertionError(f"a refusal this test does not know how to check: {message}")
 
 
 def test_cli_plan_json_refusal_is_json() -> None:

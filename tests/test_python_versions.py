@@ -21,13 +21,14 @@ import sys
 import tomllib
 from pathlib import Path
 
-import httpx
 import pytest
 from packaging.specifiers import SpecifierSet
 
+from tests.network import PYPI_INDEX, require_reachable
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = ("3.11", "3.12", "3.13")
-INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+INDEX = PYPI_INDEX
 
 pytestmark = pytest.mark.index
 
@@ -53,12 +54,7 @@ def _dry_run(python: str, requirements: list[str], report: Path, *extra: str) ->
 
 @pytest.fixture(scope="module")
 def index_reachable() -> None:
-    try:
-        httpx.head(f"{INDEX}/pip/", timeout=10, follow_redirects=True).raise_for_status()
-    except httpx.HTTPError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must reach the package index to prove the Python versions: {exc}")
-        pytest.skip(f"the package index is not reachable here ({exc})")
+    require_reachable(f"{INDEX}/pip/", "the package index")
 
 
 # The three full resolves, started once (by `start_early`) and read by the `reports` fixture.

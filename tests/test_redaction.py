@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from modal_llm_serving.cli import cli
 from tests.echo_server import echo_server
+from tests.ports import REFUSING_PORT, REFUSING_URL
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "2"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
@@ -166,14 +167,14 @@ def test_basic_auth_from_userinfo_is_masked_as_httpx_encodes_it() -> None:
                                      ["bench", "cold-start", "--model", "m"]])
 def test_a_refused_url_never_shows_its_credentials(query: str, command: list[str]) -> None:
     secret = "Q7-url-cred"
-    url = f"http://user:{secret}x@127.0.0.1:9/v1?{query}={secret}&page=2"
+    url = f"http://user:{secret}x@127.0.0.1:{REFUSING_PORT}/v1?{query}={secret}&page=2"
     result = run([*command, url], {})
     assert result.exit_code == 2 and "query" in result.output, result.output
     assert secret not in result.output and "page=2" in result.output, result.output
 
 
 def test_the_tokenizer_option_is_not_taken_for_a_secret(tmp_path: Path) -> None:
-    result = run(["bench", "run", "http://127.0.0.1:9", "--model", "m", "--tokenizer",
+    result = run(["bench", "run", REFUSING_URL, "--model", "m", "--tokenizer",
                   str(tmp_path / "tok-X1"), "--out", str(tmp_path / "o")], {})
     assert result.exit_code == 2 and "tok-X1" in result.output, result.output
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from modal_llm_serving.cli import cli
-from modal_llm_serving.local.serve import free_port
+from tests.ports import REFUSING_URL
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -38,7 +38,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str | None]
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # bound here, once
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -70,7 +70,7 @@ def test_gated_unknown_and_odd_answers_give_no_hash(hub: list[tuple[str, str | N
 
 
 def test_offline_refuses_to_guess(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("HF_ENDPOINT", REFUSING_URL)  # a port that refuses
     code, output = run("org/public")
     assert code == 1 and "cannot be known offline: do not guess" in output
     code, output = run("not-a-hub-id")

@@ -15,8 +15,9 @@ import pytest
 
 from benchmarks.mockserver import MockProcess
 from tests.hostile.corpus import CASES, REV, Case
+from tests.ports import REFUSING_URL
 
-CLOSED = "http://127.0.0.1:9"  # the discard port: connections are refused at once
+CLOSED = REFUSING_URL  # a port we hold and never listen on: connections are refused at once
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from skills_ref.parser import parse_frontmatter
 from skills_ref.validator import validate
 
 from modal_llm_serving.recipes.table import RECIPES
+from tests.network import NPM_REGISTRY, require_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
 SKILL = ROOT / "skills" / "modal-llm-serving"
@@ -275,20 +276,19 @@ def test_every_recipe_has_a_row_in_the_workflow_table_and_a_reference() -> None:
 
 
 def recipe_constants(recipe: Path) -> dict[str, object]:
-    """Module-level UPPER_CASE constants of a recipe whose value is a literal (or N * MINUTES)."""
+    """Every module-level UPPER_CASE constant of a recipe, with the value the recipe itself
+    gives it (imported with the Modal SDK, as `mls` loads a recipe): `SERVED_MODEL_NAME =
+    MODEL_NAME` and `20 * MINUTES` included, and none left out for being hard to evaluate."""
     import ast
 
-    values: dict[str, object] = {}
-    for node in ast.parse(recipe.read_text(encoding="utf-8")).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()):
-            continue
-        try:  # literals, and `N * MINUTES` (the recipes' time unit)
-            values[node.targets[0].id] = eval(ast.unparse(node.value),
-                                              {"__builtins__": {}, "MINUTES": 60})
-        except Exception:
-            continue
-    return values
+    from modal_llm_serving.recipes.files import load_recipe
+
+    names = [node.targets[0].id for node in ast.parse(recipe.read_text(encoding="utf-8")).body
+             if isinstance(node, ast.Assign) and len(node.targets) == 1
+             and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()]
+    module = load_recipe(recipe, module_name=f"constants_{recipe.stem}")
+    assert all(hasattr(module, name) for name in names), (recipe, names)
+    return {name: getattr(module, name) for name in names}
 
 
 def documented_values(text: str) -> list[tuple[str, str]]:
@@ -329,10 +329,14 @@ def test_settings_quoted_in_references_match_the_recipes() -> None:
             documented = parse_documented(value)
             if isinstance(constants.get(name), str) and documented is UNPARSED:
                 documented = value.strip().strip("`")  # a bare string in a table: H100!
-            if name in constants and documented is not UNPARSED:
-                assert documented == constants[name], (
-                    f"{reference}: {name} is {constants[name]!r} in {recipe}, not {value!r}")
-                checked += 1
+            if name not in constants:
+                continue  # named in the recipe, not one of its settings (a function, a class)
+            assert documented is not UNPARSED, (
+                f"{reference}: the value given for {name} ({value!r}) cannot be read as a "
+                f"Python value to compare with {recipe}'s {constants[name]!r}")
+            assert documented == constants[name], (
+                f"{reference}: {name} is {constants[name]!r} in {recipe}, not {value!r}")
+            checked += 1
     assert checked >= 20
 
 
@@ -494,6 +498,7 @@ def list_skills(folder: Path) -> tuple[int, str]:
     npx = shutil.which("npx")
     if npx is None:
         pytest.fail("npx (Node 20) is needed to check that `npx skills add` lists the skill")
+    require_reachable(f"{NPM_REGISTRY}/skills", "the npm registry (npx fetches the skills CLI)")
     env = {**os.environ, "CI": "true", "NO_COLOR": "1", "DO_NOT_TRACK": "1",
            "DISABLE_TELEMETRY": "1"}
     done = subprocess.run([npx, "-y", SKILLS_CLI, "add", ".", "--list"], cwd=folder, env=env,
@@ -506,6 +511,7 @@ def list_skills(folder: Path) -> tuple[int, str]:
     return int(found.group(1)), output
 
 
+@pytest.mark.index
 def test_npx_skills_lists_the_skill_and_skips_none() -> None:
     count, output = list_skills(ROOT)
     # The CLI skips an invalid SKILL.md silently: every one in the repo must be counted.
@@ -514,6 +520,7 @@ def test_npx_skills_lists_the_skill_and_skips_none() -> None:
     assert re.search(r"^\W*modal-llm-serving\s*$", output, re.MULTILINE), output
 
 
+@pytest.mark.index
 def test_the_skill_as_installed_validates_and_lists(tmp_path: Path) -> None:
     """What `mls skill install` puts in an agent's folder (the skill alone, less its evals)."""
     from modal_llm_serving.skill.install import install_skill
