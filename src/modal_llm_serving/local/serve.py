@@ -125,7 +125,13 @@ def resolve_model(model: str | None, revision: str | None, *,
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the OS picks it); a `host` this machine cannot
-    listen on (a typo, another machine's address) is a one-line UsageError."""
+    listen on (a typo, another machine's address) is a one-line UsageError.
+
+    The port is released again for vLLM, which binds it itself: vLLM takes no listening socket
+    from its caller, but it binds its port first thing (`setup_server` in its launcher, "before
+    the engine is set up"), so the window another process could take it in is the launcher's
+    imports, a second or two; then vLLM exits with "address already in use" in its log, which
+    `mls local serve` shows."""
     try:
         family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family) as probe:
