@@ -1,7 +1,7 @@
 """The embedded model's cache: re-used when whole, rebuilt when half-written or damaged.
 
 The real conversion runs in tests/test_local.py, in
-test_smollm2_answers_paris_and_sigterm_leaves_no_orphans (SmolLM2 answers "Paris"); here a
+test_smollm2_answers_paris_and_ctrl_c_leaves_no_orphans (SmolLM2 answers "Paris"); here a
 stand-in converter keeps these checks fast, since what is tested is the cache's bookkeeping.
 """
 
