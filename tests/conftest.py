@@ -84,12 +84,13 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Work that mostly waits on the network starts as soon as the tests are known, so it runs
-    beside the others: the Python-version resolves (tests/test_python_versions.py), when any of
-    their tests is selected. Whatever is still running when the session ends is stopped."""
-    from tests import test_python_versions as versions
-
-    if any(item.module is versions and item.get_closest_marker("index")
-           for item in session.items if isinstance(item, pytest.Function)):
-        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
-        versions.start_early(factory.mktemp("resolves"))
-        session.config.add_cleanup(versions.stop_early)
+    beside the others instead of after them: each selected test module that defines
+    `start_early(folder)` (the Python-version resolves, the one-line install) and has an
+    `index` test selected gets it called now, and its `stop_early()` when the session ends, so nothing it started outlives it."""
+    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    modules = {item.module for item in session.items
+               if isinstance(item, pytest.Function) and hasattr(item.module, "start_early")
+               and item.get_closest_marker("index")}  # only what the network tests need
+    for module in sorted(modules, key=lambda m: m.__name__):
+        module.start_early(factory.mktemp("early"))
+        session.config.add_cleanup(module.stop_early)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -32,19 +33,44 @@ def one_line_install() -> str:
     return lines[0]
 
 
-def test_one_line_install_into_an_empty_venv_gives_a_working_mls(tmp_path: Path) -> None:
-    line = one_line_install()
-    require_reachable(f"{PYPI_INDEX}/pip/", "the package index")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+# The install, started once (by `start_early`): (folder, its environment, the running install).
+_INSTALL: list[tuple[Path, dict[str, str], subprocess.Popen[bytes]]] = []
+
+
+def start_early(folder: Path) -> None:
+    """Create the empty virtualenv and run the one install line into it, in the background: it
+    mostly waits on the index, so conftest.py starts it as soon as the tests are collected and
+    it runs beside the rest of the suite."""
+    if _INSTALL:
+        return
+    venv = folder / "venv"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(venv),
            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
     # the line as written, run where "./modal-llm-serving" is this checkout
-    (tmp_path / "modal-llm-serving").symlink_to(ROOT)
-    done = subprocess.run(["bash", "-c", f"{line} --quiet"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    (folder / "modal-llm-serving").symlink_to(ROOT)
+    script = f"{shlex.quote(sys.executable)} -m venv venv && {one_line_install()} --quiet"
+    with (folder / "install.log").open("wb") as log:  # the child holds its own copy
+        _INSTALL.append((folder, env, subprocess.Popen(
+            ["bash", "-c", script], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)))
+
+
+def stop_early() -> None:
+    """Stop the install if it is still running when the session ends: nothing outlives it."""
+    for _folder, _env, process in _INSTALL:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_one_line_install_into_an_empty_venv_gives_a_working_mls(tmp_path: Path) -> None:
+    require_reachable(f"{PYPI_INDEX}/pip/", "the package index")
+    start_early(tmp_path)  # started already when conftest.py saw this test selected
+    folder, env, process = _INSTALL[0]
+    venv = folder / "venv"
+    process.wait(timeout=900)
+    log = (folder / "install.log").read_text(encoding="utf-8", errors="replace")
+    assert process.returncode == 0, log[-3000:]
     mls = str(venv / "bin" / "mls")
     version = subprocess.run([mls, "--version"], capture_output=True, text=True, env=env,
                              timeout=60)
