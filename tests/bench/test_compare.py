@@ -17,7 +17,8 @@ from modal_llm_serving.bench.api import run_benchmark
 from modal_llm_serving.bench.options import parse_options
 from modal_llm_serving.cli import cli
 
-SHAPE = {"num_requests": 16, "input_len": "8", "output_len": "8"}
+# 10 rounds of 4 streams: a round the loaded machine delays moves no median
+SHAPE = {"num_requests": 40, "input_len": "8", "output_len": "8"}
 MEDIANS = ("TTFT p50", "TPOT p50", "ITL p50", "E2EL p50")
 
 
@@ -33,7 +34,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       out_dir=root / "shorter")
         assert fast.stats()["errors"] == []
     with MockProcess(ttft_ms=60, itl_ms=10) as slow:
-        run_benchmark(parse_options(slow.url, concurrency="4,8", **SHAPE), out_dir=root / "slow")
+        run_benchmark(parse_options(slow.url, concurrency="4,8", **{**SHAPE, "num_requests": 16}),
+                      out_dir=root / "slow")
         assert slow.stats()["errors"] == []
     return root
 
@@ -125,10 +127,10 @@ def test_outside_strings_are_inert_and_masked(runs: Path, tmp_path: Path) -> Non
     hostile = tmp_path / "hostile"
     shutil.copytree(runs / "same2", hostile)
     summary = json.loads((hostile / "summary.json").read_text())
-    summary["model_id"] = f"evil\x1b]0;title\x07 {secret}"
+    summary["model_id"] = f"evil\x1b]0;title\x07 <i>| {secret}"
     summary["label"] = "|[x](http://a) <b>\x1b[31m"
     (hostile / "summary.json").write_text(json.dumps(summary))
-    result = CliRunner().invoke(cli, ["bench", "compare", str(runs / "same1"), str(hostile),
+    result = CliRunner().invoke(cli, ["bench", "compare", str(hostile), str(runs / "same1"),
                                       "--out", str(tmp_path / "cmp")],
                                 env={"MLS_API_KEY": secret})
     assert result.exit_code == 0, result.output
@@ -137,4 +139,34 @@ def test_outside_strings_are_inert_and_masked(runs: Path, tmp_path: Path) -> Non
                  (tmp_path / "cmp" / "compare.json").read_text()):
         assert secret not in text and "\x1b" not in text and "\x07" not in text
     assert "workloads differ (model" in markdown
-    assert "|[x](http://a)" not in markdown and "<b>" not in markdown
+    assert "|[x](http://a)" not in markdown and "<b>" not in markdown and "<i>" not in markdown
+
+
+def _copy_records(source: Path, target: Path, *, drop: int = 0, shift_ms: float = 0) -> Path:
+    """A run of `source`'s records alone (its summary rebuilt from them), less the first
+    `drop`, each first and last token `shift_ms` later."""
+    target.mkdir()
+    lines = (source / "requests.jsonl").read_text().splitlines()[drop:]
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        for key in ("first_token_ns", "last_token_ns"):
+            record[key] += int(shift_ms * 1_000_000)
+    (target / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return target
+
+
+def test_each_test_of_a_difference_decides_alone(runs: Path, tmp_path: Path) -> None:
+    """With the floor off, the interval decides: one request fewer is within it, 3 ms more on
+    every TTFT is not; with a 20% floor, 3 ms on 30 is within noise again."""
+    base = _copy_records(runs / "same1", tmp_path / "base")
+    fewer = _copy_records(runs / "same1", tmp_path / "fewer", drop=1)
+    later = _copy_records(runs / "same1", tmp_path / "later", shift_ms=3)
+    rows = _rows(_compare(str(base), str(fewer), "--min-diff", "0", out=tmp_path / "c1"), "run")
+    assert rows["TTFT p50"]["diff"] != 0 and rows["TTFT p50"]["verdict"] == "within noise"
+    rows = _rows(_compare(str(base), str(later), "--min-diff", "0", out=tmp_path / "c2"), "run")
+    low, high = rows["TTFT p50"]["ci95"]
+    assert 0 < low <= 3 <= high  # the shift, inside; no change, outside
+    assert rows["TTFT p50"]["verdict"] == "A faster"
+    assert rows["TPOT p50"]["verdict"] == "within noise"  # the gaps did not move
+    rows = _rows(_compare(str(base), str(later), "--min-diff", "20", out=tmp_path / "c3"), "run")
+    assert rows["TTFT p50"]["verdict"] == "within noise"
