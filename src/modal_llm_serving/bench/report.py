@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from modal_llm_serving.bench.cost import cost_lines, cost_markdown
 from modal_llm_serving.bench.metrics import FORMULAS
 from modal_llm_serving.bench.results import read_records, read_summary, sweep_levels
 from modal_llm_serving.display import markdown_text
@@ -52,6 +53,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                      f"SLO attainment {summary['slo_attainment']:.1%} "
                      f"({summary['goodput_config']})")
     lines.append(f"  {'achieved_concurrency':<24} {summary['achieved_concurrency']:>10.2f}")
+    lines += cost_lines(summary)
     lines.append(f"  {'metric (ms)':<20} {'n':>6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}")
     for key, name in _METRICS:
         if f"n_{key}" not in summary:
@@ -92,6 +94,7 @@ def render_report(folder: Path) -> Path:
         parts += _sweep_table(levels)
         if "curve" in plots:
             parts += ["![latency–throughput](latency_throughput.png)", ""]
+    parts += cost_markdown([(slug, summary) for slug, summary, _path in levels])
     for slug, summary, _path in levels:
         parts += _level_section(slug, summary, plots.get(slug, []))
     parts += ["## Definitions", ""] + [f"- **{key}**: {text}" for key, text in FORMULAS.items()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from modal_llm_serving.cli.options import (
 )
 from modal_llm_serving.cli.params import LONGEST_WAIT_S, SECRET, URL, Finite
 from modal_llm_serving.cli.root import cli, interrupted
+from modal_llm_serving.errors import MlsError
 
 
 @cli.group()
@@ -31,6 +33,7 @@ def bench() -> None:
     mls bench run URL --concurrency 1,8,32 -n 200     closed-loop sweep
     mls bench run URL --rate 2,4 --duration 60         open loop (Poisson), from the schedule
     mls bench report results/bench-...                 re-render a saved run
+    mls bench compare results/before results/after     side by side, with the noise
     mls bench cold-start URL --repeat 3 --wait 900     time to first token from zero
     """
 
@@ -50,6 +53,38 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _cost_options(command: Callable[P, R]) -> Callable[P, R]:
+    """Which GPUs served the endpoint, for the measured cost per million tokens."""
+    existing = click.Path(exists=True, dir_okay=False, path_type=Path)
+    options: list[Callable[[Any], Any]] = [
+        click.option("--gpu", "cost_gpu", metavar="TYPE",
+                     help="Cost: the GPU type one container holds, e.g. H100 (catalog price)."),
+        click.option("--gpus", "cost_gpus", type=click.IntRange(1, 64), metavar="N",
+                     help="Cost: GPUs per container [default: 1]."),
+        click.option("--region", "cost_region",
+                     help="Cost: the region the app is pinned to (the price multiplier)."),
+        click.option("--app", "cost_app", type=existing,
+                     help="Cost: read GPU type, count and region from this app file."),
+        click.option("--plan", "cost_plan", type=existing,
+                     help="Cost: GPUs and price from `mls plan --json` output, and its "
+                          "predicted $/M output tokens beside the measured."),
+        click.option("--gpu-catalog", "cost_catalog", envvar="MLS_GPU_CATALOG", type=existing,
+                     help="Cost: TOML file overriding GPU prices [env MLS_GPU_CATALOG]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _pricing(options: dict[str, Any]) -> Any:
+    """The Pricing the cost options give (None without any); they leave `options`."""
+    from modal_llm_serving.bench.cost import choose_pricing
+
+    return choose_pricing(gpu=options.pop("cost_gpu"), n_gpu=options.pop("cost_gpus"),
+                          region=options.pop("cost_region"), app=options.pop("cost_app"),
+                          plan=options.pop("cost_plan"), gpu_catalog=options.pop("cost_catalog"))
 
 
 @bench.command("run")
@@ -113,6 +148,7 @@ def _bench_common(command: Callable[P, R]) -> Callable[P, R]:
 @click.option("--overwrite", is_flag=True,
               help="Replace the results already in --out (without it, a used folder is refused).")
 @click.option("--no-report", is_flag=True, help="Skip the Markdown report and plots.")
+@_cost_options
 def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
               proxy_token_secret: str | None, json_: bool, out: Path | None, overwrite: bool,
               no_report: bool, **options: Any) -> None:
@@ -122,17 +158,25 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
     on stderr; results are written as requests finish, so Ctrl-C keeps what finished.
     """
     from modal_llm_serving.bench.api import run_bench
+    from modal_llm_serving.bench.cost import attach_cost, level_cost
     from modal_llm_serving.bench.options import parse_options
     from modal_llm_serving.bench.report import render_report, summary_lines
     from modal_llm_serving.bench.summary import LevelSummary
 
+    pricing = _pricing(options)  # before any request: a bad app file or plan is one line
     bench_options = parse_options(
         url, headers=request_headers(headers, proxy_token_id, proxy_token_secret), **options)
     chosen: list[Path] = []
 
+    def saved(summary: LevelSummary) -> dict[str, Any]:
+        data = summary.to_dict()
+        if pricing is not None:
+            data["cost"] = level_cost(data, pricing)
+        return data
+
     def on_level(level: Any, summary: LevelSummary) -> None:
         if not json_:
-            say("", *summary_lines(summary.to_dict()))
+            say("", *summary_lines(saved(summary)))
 
     try:
         summaries = run_bench(
@@ -141,6 +185,9 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
             on_level=on_level)
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (cli/root.py)
         words, code = interrupted()
+        if pricing is not None and chosen and chosen[0].is_dir():
+            with contextlib.suppress(MlsError, OSError):  # the interrupt is what is told
+                attach_cost(chosen[0], pricing)
         if chosen and chosen[0].is_dir():
             say("", f"{words}: finished requests and their summary are in {chosen[0]} "
                 f"(`mls bench report {chosen[0]}` renders the report)", err=True)
@@ -148,12 +195,14 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
             say("", f"{words} before any request finished", err=True)
         sys.exit(code)
     out = chosen[0]
+    if pricing is not None:
+        attach_cost(out, pricing)
     if not no_report:
         say(f"report: {render_report(out)}", err=True)
     say(f"results: {out}", err=True)
     if json_:
-        saved = [summary.to_dict() for summary in summaries]
-        echo_json(saved[0] if len(saved) == 1 else saved)
+        dicts = [saved(summary) for summary in summaries]
+        echo_json(dicts[0] if len(dicts) == 1 else dicts)
     if any(summary.measured.completed == 0 for summary in summaries):
         say("no request succeeded at some level; see the errors above", err=True)
         sys.exit(1)
@@ -180,11 +229,19 @@ def _bench_progress() -> Callable[[Any, Any], None]:
 @bench.command("report")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "json_", is_flag=True, help="Print the saved summary as JSON.")
-def bench_report(folder: Path, json_: bool) -> None:
-    """Re-render report.md and plots of a saved run (or sweep) FOLDER."""
+@_cost_options
+def bench_report(folder: Path, json_: bool, **options: Any) -> None:
+    """Re-render report.md and plots of a saved run (or sweep) FOLDER.
+
+    With --gpu/--gpus, --app or --plan, the cost per million tokens is added to its summaries.
+    """
+    from modal_llm_serving.bench.cost import attach_cost
     from modal_llm_serving.bench.report import render_report, summary_lines
     from modal_llm_serving.bench.results import read_summary, read_sweep
 
+    pricing = _pricing(options)
+    if pricing is not None:
+        attach_cost(folder, pricing)
     path = render_report(folder)
     if json_:
         sweep = folder / "sweep.json"
@@ -198,6 +255,41 @@ def bench_report(folder: Path, json_: bool) -> None:
             say(f"note: {skipped} line{'' if one else 's'} of requests.jsonl "
                 f"{'is' if one else 'are'} not a whole record; left out of the summary")
     say(f"report: {path}")
+
+
+@bench.command("compare")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN RUN [RUN...]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for compare.md, compare.json and plots [default: "
+                   "results/compare-<UTC time>]; a new or empty one.")
+@click.option("--min-diff", type=Finite(0, 1000), default=5.0, show_default=True,
+              metavar="PCT", help="Smallest change (percent of the baseline) that counts.")
+@click.option("--json", "json_", is_flag=True, help="Print the comparison as JSON.")
+def bench_compare(runs: tuple[str, ...], out: Path | None, min_diff: float,
+                  json_: bool) -> None:
+    """Compare saved runs (or sweeps) level by level against the first, with each difference's
+    noise (bootstrap interval from the per-request records, and repeats).
+
+    \b
+    mls bench compare results/before results/after
+    mls bench compare before-1,before-2 after-1,after-2    repeats of each setting
+    """
+    from modal_llm_serving.bench.compare import compare_sides, read_side
+    from modal_llm_serving.bench.compare_report import comparison_lines, write_comparison
+
+    if len(runs) < 2:
+        raise click.UsageError("give two or more results folders to compare")
+    if len(runs) > 26:
+        raise click.UsageError(f"{len(runs)} runs; compare at most 26 at once")
+    sides = [read_side(chr(ord("A") + index), [Path(part) for part in run.split(",") if part])
+             for index, run in enumerate(runs)]
+    comparison = compare_sides(sides, min_diff_pct=min_diff)
+    folder = write_comparison(comparison, sides, out=out)
+    if json_:
+        echo_json(comparison)
+    else:
+        say(*comparison_lines(comparison))
+    say(f"comparison: {folder / 'compare.md'}", err=True)
 
 
 @bench.command("cold-start")

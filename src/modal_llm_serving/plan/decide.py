@@ -74,7 +74,7 @@ from modal_llm_serving.plan.types import (
 )
 from modal_llm_serving.recipes.table import Recipe, recipe_for
 
-__all__ = ["latency_frontier", "make_plan", "routing_region"]
+__all__ = ["latency_frontier", "make_plan", "price_multiplier", "routing_region"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +196,9 @@ def routing_region(region: str | None) -> str:
                  if region == prefix or region.startswith(prefix + "-")), "us-east")
 
 
-def _region_multiplier(region: str | None) -> float:
+def price_multiplier(region: str | None) -> float:
+    """What pinning `region` multiplies a GPU's list price by: 1 unpinned, 1.75 for a narrow
+    region (us-east), 1.5 for a broad one (us); the bench's measured cost uses it too."""
     if region is None:
         return 1.0
     return 1.75 if region in NARROW_REGIONS else 1.5
@@ -210,7 +212,7 @@ def _weigh(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform, pat
     """Size every allowed GPU setup for `recipe`: fitting candidates and rejections."""
     util = MEMORY_SHARE[recipe.engine]
     max_model_len = _max_model_len(w, s.facts, pattern, recipe)
-    multiplier = _region_multiplier(_region(w, recipe))
+    multiplier = price_multiplier(_region(w, recipe))
     fits: list[Candidate] = []
     rejected: list[Rejection] = []
     for gpu in gpus.values():
