@@ -114,6 +114,9 @@ def _per_container(capacity: Capacity, replicas: int) -> _PerContainer:
                 ) / replicas
 
     at_best = in_flight(best)
+    if at_best <= 0 or best.request_throughput <= 0:
+        raise UsageError(f"{best.slug} held the SLO but measured no load (nothing in flight "
+                         "or completed); run the benchmark again")
     if following is None:
         most = max(1, math.floor(at_best))
         reason = f"the capacity; no level above {best.slug} was tried"
@@ -171,6 +174,8 @@ def _decide(knobs: list[Knob], capacity: Capacity, load: Load) -> tuple[
         if knob is None:
             continue
         if knob.constant is None:
+            if value == knob.value:
+                continue
             notes.append(f"{knob.written} (line {knob.line}) would be {value}, but it is not a "
                          "module-level UPPER_CASE constant mls tune can set; set it by hand")
             continue
