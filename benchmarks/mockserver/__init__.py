@@ -14,6 +14,10 @@ usage event's `server_timing` carries its stamps (perf_counter_ns, CLOCK_MONOTON
 client stamps with) and `first_late_ns` / `max_late_ns`, how far behind the schedule its first
 and its latest event were written.
 
+Capacity knee, `--knee-streams N --knee-ttft-ms MS` (`MockProcess(knee=(N, MS))`): a stream
+that starts while more than N are answered (itself counted, per process) gets MS more TTFT per
+stream beyond N, so a TTFT SLO holds up to exactly N streams (the truth a capacity search finds).
+
 Faults, `--fault KIND=N` (every Nth request, counted from 1): 503, 429, reset (connection closed
 after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `--stall-s`
 mid-stream), hang (reads the request, never answers), nodone (no `data: [DONE]`), split (events

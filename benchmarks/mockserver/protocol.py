@@ -200,6 +200,14 @@ class Protocol(asyncio.Protocol):
 
     async def _stream(self, chat: bool, n: int, faults: set[str], received: int, *,
                       prompt_len: int) -> None:
+        self.state.streams += 1
+        try:
+            await self._play(chat, n, faults, received, prompt_len=prompt_len)
+        finally:
+            self.state.streams -= 1
+
+    async def _play(self, chat: bool, n: int, faults: set[str], received: int, *,
+                    prompt_len: int) -> None:
         settings = self.state.settings
         transport = self.transport
         assert transport is not None
@@ -207,7 +215,7 @@ class Protocol(asyncio.Protocol):
                         b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = max(1, settings.chunk)
         plan = Plan(self, chat=chat, n=n, chunk=chunk, received=received,
-                    ttft_ns=int(settings.ttft_ms * 1e6),
+                    ttft_ns=int(settings.ttft_ms * 1e6) + self.state.knee_ttft_ns(),
                     gap_ns=int(chunk * settings.itl_ms * 1e6), prompt_len=prompt_len,
                     split="split" in faults, done_marker="nodone" not in faults)
         if not faults:  # the common case: the process's one ticker writes it

@@ -24,6 +24,8 @@ class Settings(argparse.Namespace):
     cold_s: float
     proxy_auth: str | None
     processes: int
+    knee_streams: int
+    knee_ttft_ms: float
     command: list[str]
 
 
@@ -49,6 +51,7 @@ class MockState:
         self.sessions: dict[str, list[int]] = {}
         # answers a test scripted (POST /mock/script); None: the mock answers as itself
         self.scripted: Scripted | None = None
+        self.streams = 0  # completion streams being answered now (for the capacity knee)
 
     def remember(self, path: str, headers: dict[str, str], body: bytes, *, received_ns: int,
                  connection: int, connected_ns: int) -> None:
@@ -61,6 +64,16 @@ class MockState:
 
     def fault_for(self, number: int) -> set[str]:
         return {kind for kind, every in self.faults.items() if number % every == 0}
+
+    def knee_ttft_ns(self) -> int:
+        """The capacity knee (`--knee-streams N --knee-ttft-ms MS`): a stream that starts while
+        more than N are being answered (itself counted) waits MS more for its first token per
+        stream beyond N, so a latency SLO holds up to exactly N streams: a known truth for the
+        capacity at an SLO. Off (0) unless N is given."""
+        beyond = self.streams - self.settings.knee_streams
+        if not self.settings.knee_streams or beyond <= 0:
+            return 0
+        return int(beyond * self.settings.knee_ttft_ms * 1e6)
 
     def stats(self) -> dict[str, object]:
         return {"requests": self.count, "connections": self.connections,

@@ -7,6 +7,7 @@
     │   ├── DatasetError        a benchmark's --dataset file cannot be used (names the line)
     │   └── HubUnreachable      the Hub cannot be asked (offline, no network) and nothing is cached
     ├── PlanRefused             no plan can meet the workload; says what would fit instead
+    ├── SloNotMet               no measured load level met the SLOs; says the lowest's numbers
     ├── EngineNotInstalled      the local engine (vLLM / SGLang) is missing
     ├── EngineStartError        the engine exited or never became ready (carries its last log lines)
     ├── ModelCacheError         the embedded model could not be extracted or converted
@@ -38,6 +39,7 @@ __all__ = [
     "ModelCacheError",
     "PlanRefused",
     "RecipeError",
+    "SloNotMet",
     "UntrustedDataError",
     "UsageError",
     "WorkloadError",
@@ -78,6 +80,10 @@ class WorkloadError(UsageError):
 
 class PlanRefused(MlsError):
     """Raised when no plan can meet the workload; the message says what would fit."""
+
+
+class SloNotMet(MlsError):
+    """Raised when no measured load level met the SLOs; the message gives the lowest's numbers."""
 
 
 class EngineNotInstalled(MlsError):

@@ -135,6 +135,13 @@ CASES: list[Case] = [
     Case("hf-endpoint-not-http-plan", ("plan", "--model", "Qwen/Qwen3-8B-FP8", "--revision",
                                        "{rev}"), 2, env={"HF_ENDPOINT": "ftp://hub"}),
     Case("check-folder-without-apps", ("check", "{tmp}"), 2, setup=a_file("notes.txt")),
+    Case("tune-app-fifo", ("tune", "{tmp}/fifo", "--from", "{tmp}", "--slo", "ttft:p95:1s"), 2,
+         setup=a_fifo, timeout_s=30),
+    Case("tune-from-a-summary-without-its-level", ("tune", str(RECIPE), "--from", "{tmp}",
+                                                   "--slo", "ttft:p95:1s"), 2,
+         setup=a_file("summary.json", b'{"completed": 1, "failed": 0, "duration": 1, '
+                      b'"request_throughput": 1, "output_throughput": 1, '
+                      b'"total_token_throughput": 1, "achieved_concurrency": 1}')),
     # recipes that do not keep the documented contract
     Case("recipe-engine-command-without-defaults", (*LOCAL, "--recipe", "{tmp}/app.py"), 1,
          setup=a_recipe("def engine_command(*, model, revision, served_model_name, host, "

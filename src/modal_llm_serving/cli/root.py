@@ -157,6 +157,7 @@ def cli() -> None:
     mls plan WORKLOAD.toml       GPU, engine settings, predicted ceilings, cost, in plain words
     mls new WORKLOAD.toml -o F   the matching recipe with the plan's settings, checked
     mls check FILE...            an app file against the serving rules (exit 1 on findings)
+    mls tune APP --from RESULTS  the app's concurrency knobs from a benchmark's SLO capacity
     """
 
 
