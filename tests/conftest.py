@@ -87,7 +87,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     beside the others instead of after them: each selected test module that defines
     `start_early(folder)` (the Python-version resolves, the one-line install) and has an
     `index` test selected gets it called now, and its `stop_early()` when the session ends, so nothing it started outlives it."""
-    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore
     modules = {item.module for item in session.items
                if isinstance(item, pytest.Function) and hasattr(item.module, "start_early")
                and item.get_closest_marker("index")}  # only what the network tests need
