@@ -6,6 +6,7 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,10 +74,15 @@ def tiny_local_command(model_path: Path, *, recipe: str = "vllm_online") -> Loca
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalServer]:
-    """One real vLLM serving the tiny model for the whole session; /v1 needs TINY_API_KEY."""
+    """One real vLLM serving the tiny model for the whole session; /v1 needs TINY_API_KEY.
+
+    Prefix caching is vLLM's default for this model (the recipe leaves it on); the server also
+    reports cached prompt tokens in each usage (--enable-prompt-tokens-details, which changes
+    only the usage it writes), so the bench's cached-token count is tested on real vLLM."""
     if engine_build() is None:
         pytest.fail("vLLM is not installed: run `make test`, which installs it")
     command = tiny_local_command(tiny_model_path)
+    command = dataclasses.replace(command, argv=[*command.argv, "--enable-prompt-tokens-details"])
     with start_server(command, api_key=TINY_API_KEY, kv_cache_gib=1) as server:
         server.wait_ready(timeout=300)
         yield server
@@ -86,7 +92,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Work that mostly waits on the network starts as soon as the tests are known, so it runs
     beside the others instead of after them: each selected test module that defines
     `start_early(folder)` (the Python-version resolves, the one-line install) and has an
-    `index` test selected gets it called now, and its `stop_early()` when the session ends, so nothing it started outlives it."""
+    `index` test selected gets it called now, and its `stop_early()` when the session ends, so
+    nothing it started outlives it."""
     factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore
     modules = {item.module for item in session.items
                if isinstance(item, pytest.Function) and hasattr(item.module, "start_early")

@@ -28,6 +28,11 @@ or `Authorization: Bearer ID.SECRET`), as a Modal Endpoint or Server answers. Sc
 test writes byte for byte (`MockProcess.script`, scripted.py), the hostile server of the tests:
 on any route, head included if it likes, trickled a piece at a time or never ending.
 
+GET /metrics answers Prometheus text in vLLM's names: the streams being written
+(vllm:num_requests_running) and an exact prefix cache (a prompt's leading 16-token blocks seen
+before are hits, reported per request as usage.prompt_tokens_details.cached_tokens and summed in
+vllm:prefix_cache_queries/hits), so the engine view of the bench has a truth to meet.
+
 The mock's own failures are recorded and shown by GET /mock/stats (`errors`); tests assert there
 are none, so a bug of the mock never passes for a fate of the client. GET /mock/requests shows the
 latest completion requests as read (path, headers, body, when, on which connection since when),

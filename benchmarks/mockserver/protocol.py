@@ -106,6 +106,11 @@ class Protocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _send_text(self, text: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(text), text))
+
     def _send(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
         assert self.transport is not None
@@ -131,6 +136,8 @@ class Protocol(asyncio.Protocol):
                 return await scripted.play(self.transport, script)
         if path == "/health":
             return self._send(200, {})
+        if path == "/metrics":
+            return self._send_text(state.metrics())
         if path == "/v1/models":
             return self._send(200, {"object": "list", "data": [
                 {"id": state.settings.model, "object": "model"}]})
@@ -164,9 +171,13 @@ class Protocol(asyncio.Protocol):
             turns = state.sessions.setdefault(self.session, [])
             turns.append(len(request.get("messages") or []))
         n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
-        await self._stream(path.endswith("chat/completions"), n, faults, received,
-                           prompt_len=len(tokenize(json.dumps(request.get("messages")
-                                                              or request.get("prompt")))))
+        tokens = tokenize(json.dumps(request.get("messages") or request.get("prompt")))
+        state.running += 1
+        try:
+            await self._stream(path.endswith("chat/completions"), n, faults, received,
+                               prompt_len=len(tokens), cached=state.cached_tokens(tokens))
+        finally:
+            state.running -= 1
         return None
 
     def _remember(self, path: str, body: bytes, received: int) -> None:
@@ -199,15 +210,7 @@ class Protocol(asyncio.Protocol):
         return self._send(404, {"error": {"message": f"no route {path}"}})
 
     async def _stream(self, chat: bool, n: int, faults: set[str], received: int, *,
-                      prompt_len: int) -> None:
-        self.state.streams += 1
-        try:
-            await self._play(chat, n, faults, received, prompt_len=prompt_len)
-        finally:
-            self.state.streams -= 1
-
-    async def _play(self, chat: bool, n: int, faults: set[str], received: int, *,
-                    prompt_len: int) -> None:
+                      prompt_len: int, cached: int) -> None:
         settings = self.state.settings
         transport = self.transport
         assert transport is not None
@@ -217,6 +220,7 @@ class Protocol(asyncio.Protocol):
         plan = Plan(self, chat=chat, n=n, chunk=chunk, received=received,
                     ttft_ns=int(settings.ttft_ms * 1e6) + self.state.knee_ttft_ns(),
                     gap_ns=int(chunk * settings.itl_ms * 1e6), prompt_len=prompt_len,
+                    cached=cached,
                     split="split" in faults, done_marker="nodone" not in faults)
         if not faults:  # the common case: the process's one ticker writes it
             await self.state.ticker.play(plan)
@@ -236,13 +240,14 @@ class Protocol(asyncio.Protocol):
                     self.write(b"data: {not json\n\n", split=False)
             plan.emit(now)
 
-    def finish(self, n: int, prompt_len: int, first_late: int, max_late: int, *, split: bool,
-               done: bool) -> None:
+    def finish(self, n: int, prompt_len: int, cached: int, first_late: int, max_late: int, *,
+               split: bool, done: bool) -> None:
         """The usage event (with the mock's own stamps), [DONE], the end of the body."""
         assert self.transport is not None
         usage = {"object": "chunk", "choices": [],
                  "usage": {"prompt_tokens": prompt_len, "completion_tokens": n,
-                           "total_tokens": prompt_len + n},
+                           "total_tokens": prompt_len + n,
+                           "prompt_tokens_details": {"cached_tokens": cached}},
                  # the mock's own stamps (perf_counter_ns) and lateness: calibration separates
                  # the mock's delays from the client's
                  "server_timing": {"received_ns": self.received_ns, "first_ns": self.first_ns,

@@ -12,6 +12,8 @@ from .ticker import WORDS, Ticker
 FAULTS = ("503", "429", "reset", "malformed", "stall", "hang", "nodone", "split")
 COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
 SEEN = 1000  # the latest completion requests GET /mock/requests shows
+BLOCK = 16  # tokens per prefix-cache block, as vLLM's default block size
+CACHE_BLOCKS = 100_000  # the prefix cache's size; full, it is emptied (a known truth, not LRU)
 
 
 class Settings(argparse.Namespace):
@@ -51,7 +53,41 @@ class MockState:
         self.sessions: dict[str, list[int]] = {}
         # answers a test scripted (POST /mock/script); None: the mock answers as itself
         self.scripted: Scripted | None = None
-        self.streams = 0  # completion streams being answered now (for the capacity knee)
+        # what GET /metrics tells, in vLLM's names: streams being written (the capacity knee
+        # counts them too), and a prefix cache
+        # whose truth is exact (whole blocks of a prompt's tokens seen before, from its start)
+        self.running = 0
+        self.cache: set[int] = set()
+        self.prefix_queries = self.prefix_hits = 0
+
+    def cached_tokens(self, tokens: list[int]) -> int:
+        """Tokens of `tokens` the prefix cache holds (its leading whole blocks seen before, as
+        vLLM's hash chain of blocks), counted in the /metrics counters; then cache its blocks."""
+        if len(self.cache) > CACHE_BLOCKS:
+            self.cache.clear()
+        key, hits, hitting = 0, 0, True
+        for start in range(0, len(tokens) - BLOCK + 1, BLOCK):
+            key = hash((key, *tokens[start:start + BLOCK]))
+            hitting = hitting and key in self.cache
+            hits += BLOCK if hitting else 0
+            self.cache.add(key)
+        self.prefix_queries += len(tokens)
+        self.prefix_hits += hits
+        return hits
+
+    def metrics(self) -> bytes:
+        """GET /metrics: Prometheus text in vLLM 0.32's names (bench/engine.py reads them)."""
+        label = f'{{engine="0",model_name="{self.settings.model}"}}'
+        lines = []
+        for name, kind, value in (
+                ("vllm:num_requests_running", "gauge", self.running),
+                ("vllm:num_requests_waiting", "gauge", 0),
+                ("vllm:kv_cache_usage_perc", "gauge", len(self.cache) / CACHE_BLOCKS),
+                ("vllm:prefix_cache_queries_total", "counter", self.prefix_queries),
+                ("vllm:prefix_cache_hits_total", "counter", self.prefix_hits),
+                ("vllm:num_preemptions_total", "counter", 0)):
+            lines += [f"# TYPE {name} {kind}", f"{name}{label} {float(value)}"]
+        return ("\n".join(lines) + "\n").encode()
 
     def remember(self, path: str, headers: dict[str, str], body: bytes, *, received_ns: int,
                  connection: int, connected_ns: int) -> None:
@@ -70,7 +106,7 @@ class MockState:
         more than N are being answered (itself counted) waits MS more for its first token per
         stream beyond N, so a latency SLO holds up to exactly N streams: a known truth for the
         capacity at an SLO. Off (0) unless N is given."""
-        beyond = self.streams - self.settings.knee_streams
+        beyond = self.running - self.settings.knee_streams
         if not self.settings.knee_streams or beyond <= 0:
             return 0
         return int(beyond * self.settings.knee_ttft_ms * 1e6)

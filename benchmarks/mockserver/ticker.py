@@ -28,13 +28,13 @@ class Plan:
     stream's own task when it has faults to inject)."""
 
     def __init__(self, protocol: Protocol, *, chat: bool, n: int, chunk: int, received: int,
-                 ttft_ns: int, gap_ns: int, prompt_len: int, split: bool = False,
-                 done_marker: bool = True) -> None:
+                 ttft_ns: int, gap_ns: int, prompt_len: int, cached: int = 0,
+                 split: bool = False, done_marker: bool = True) -> None:
         self.protocol, self.chat, self.n, self.chunk = protocol, chat, n, chunk
         self.events = (n + chunk - 1) // chunk
         self.received, self.ttft_ns, self.gap_ns, self.prompt_len = received, ttft_ns, gap_ns, \
             prompt_len
-        self.split, self.done_marker = split, done_marker
+        self.split, self.done_marker, self.cached = split, done_marker, cached
         self.index = 0
         self.first_late = self.max_late = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -60,7 +60,7 @@ class Plan:
         protocol.write(_event(self.chat, self.index, self.chunk, tokens, last), split=self.split)
         self.index += 1
         if last:
-            protocol.finish(self.n, self.prompt_len, self.first_late, self.max_late,
+            protocol.finish(self.n, self.prompt_len, self.cached, self.first_late, self.max_late,
                             split=self.split, done=self.done_marker)
             self.done.set_result(None)
         return not last

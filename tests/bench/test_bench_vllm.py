@@ -102,3 +102,28 @@ def test_vllm_errors_are_recorded(tiny_server: LocalServer, tmp_path: Path) -> N
     summary, _records = _run(tiny_server, tmp_path / "k", concurrency="1", num_requests=2,
                              model="tiny", api_key="wrong-key", input_len="4", output_len="4")
     assert summary["error_counts"] == {"http_401": 2}
+
+
+def test_engine_view_of_a_shared_prefix_run(tiny_server: LocalServer, tmp_path: Path) -> None:
+    """Real vLLM's /metrics read by our strict reader (every name engine.py looks for is there),
+    and a shared-prefix run whose prefix the engine caches: a nonzero hit rate from /metrics and
+    cached tokens in the usage. The prefix spans two of the CPU build's 128-token blocks."""
+    import httpx
+
+    from modal_llm_serving.bench.engine import QUANTITIES, read_snapshot
+
+    answer = httpx.get(f"{tiny_server.base_url}/metrics", timeout=30,
+                       headers={"Authorization": f"Bearer {tiny_server.api_key}"})
+    assert answer.status_code == 200
+    snapshot = read_snapshot(answer.content, t_ns=0)
+    assert snapshot.source == "vllm" and set(snapshot.values) == set(QUANTITIES)
+    summary, records = _run(tiny_server, tmp_path, concurrency="2", num_requests=8,
+                            input_len="16", output_len="4", shared_prefix="1:300",
+                            scrape_interval=0.5)
+    assert summary["completed"] == 8, summary["error_counts"]
+    engine = summary["engine"]
+    assert engine["source"] == "vllm" and engine["prefix_cache_hit_rate"] > 0, engine
+    assert engine["scrapes"] >= 2 and engine["failed_scrapes"] == 0
+    assert engine["mean_ttft_ms"] > 0 and engine["mean_queue_time_ms"] is not None
+    assert all(r["cached_tokens"] is not None for r in records)
+    assert summary["total_cached_tokens"] >= 256 and summary["cached_token_share"] > 0

@@ -218,5 +218,7 @@ def test_ctrl_c_mid_sweep_keeps_the_finished_levels_and_the_one_it_stopped(
     # nothing half-written: no temporaries, no claim left, every file whole
     left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")
                   if path.is_file())
-    assert left == ["c1/requests.jsonl", "c1/summary.json", "c4/requests.jsonl",
-                    "c4/summary.json", "sweep.json"], left  # the report is left to `report`
+    # each level keeps the engine's /metrics timeline, the stopped one too
+    assert left == ["c1/engine_metrics.jsonl", "c1/requests.jsonl", "c1/summary.json",
+                    "c4/engine_metrics.jsonl", "c4/requests.jsonl", "c4/summary.json",
+                    "sweep.json"], left  # the report is left to `report`

@@ -26,8 +26,10 @@ from modal_llm_serving.bench.data import (
     load_jsonl,
     load_sharegpt,
     make_tokenizer,
+    shared_prefix_prompts,
     synthetic_prompts,
 )
+from modal_llm_serving.bench.engine import Scraper, engine_summary, write_timeline
 from modal_llm_serving.bench.options import BenchOptions, Level
 from modal_llm_serving.bench.results import (
     JsonlSink,
@@ -40,6 +42,7 @@ from modal_llm_serving.bench.results import (
 from modal_llm_serving.bench.runner import Progress
 from modal_llm_serving.bench.shards import choose_workers, run_level
 from modal_llm_serving.bench.summary import Context, LevelSummary
+from modal_llm_serving.bench.trace import load_trace, trace_prompts
 from modal_llm_serving.endpoint.client import OpenAIClient, raise_if_client_side
 from modal_llm_serving.errors import EndpointError, MlsError, UsageError
 from modal_llm_serving.local.cpu_info import usable_cores
@@ -89,10 +92,25 @@ def _prompt_pool(options: BenchOptions, tokenizer: Tokenizer, *,
     info: dict[str, Any] = {"tokenizer_source": tokenizer.source,
                             "dataset": options.dataset_format}
     size = max(1, min(count, options.prompt_pool))
-    if options.dataset_format == "synthetic":
+    if options.trace is not None:
+        sessions = load_trace(options.trace)
+        prompts, exact = trace_prompts(tokenizer, sessions, seed=options.seed)
+        info.update(trace_path=str(options.trace), trace_sessions=len(sessions),
+                    trace_duration_s=max(turns[-1].timestamp_s for turns in sessions),
+                    output_len="from the trace", exact_input_fraction=exact)
+    elif options.dataset_format == "synthetic":
         output_len = options.output_len or LengthSpec("fixed", 128)
-        prompts, exact = synthetic_prompts(tokenizer, count=size, input_len=options.input_len,
-                                           output_len=output_len, seed=options.seed)
+        if options.shared_prefix is not None:
+            prefixes, prefix_len = options.shared_prefix
+            prompts, exact = shared_prefix_prompts(
+                tokenizer, count=size, prefixes=prefixes, prefix_len=prefix_len,
+                input_len=options.input_len, output_len=output_len, seed=options.seed)
+            info.update(shared_prefixes=prefixes, shared_prefix_len=prefix_len,
+                        shared_prefix_share=prefix_len / (prefix_len + options.input_len.mean))
+        else:
+            prompts, exact = synthetic_prompts(tokenizer, count=size,
+                                               input_len=options.input_len,
+                                               output_len=output_len, seed=options.seed)
         info.update(input_len=str(options.input_len), output_len=str(output_len),
                     exact_input_fraction=exact)
     else:
@@ -169,14 +187,21 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
             level_progress = functools.partial(progress, level)
         workers = choose_workers(options, level, cores=usable_cores())
         level_options = dataclasses.replace(options, workers=workers)
-        with JsonlSink(folder / "requests.jsonl") as sink:
-            try:
-                summary = run_level(level_options, level, prompts, sink=sink,
-                                    progress=level_progress)
-            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep and summarize what ended
-                _save_interrupted(sink, folder)
-                raise
-        summary = dataclasses.replace(summary, context=Context(
+        scraper = _start_scraper(options)
+        try:
+            with JsonlSink(folder / "requests.jsonl") as sink:
+                try:
+                    summary = run_level(level_options, level, prompts, sink=sink,
+                                        progress=level_progress)
+                except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep what ended
+                    _save_interrupted(sink, folder)
+                    raise
+        except BaseException:
+            with contextlib.suppress(MlsError):  # the first failure is the one to tell
+                _stop_scraper(scraper, folder)
+            raise
+        engine = _stop_scraper(scraper, folder)
+        summary = dataclasses.replace(summary, engine=engine, context=Context(
             date=dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"), data=data_info,
             python=platform.python_version(), platform=sys.platform))
         write_summary(folder, summary)
@@ -186,6 +211,28 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
         if on_level:
             on_level(level, summary)
     return summaries
+
+
+def _start_scraper(options: BenchOptions) -> Scraper | None:
+    """The engine's /metrics scraped while a level runs (engine.py): by one part of a load only
+    (the first container of the in-region app), and not when --scrape-interval is 0."""
+    if not options.scrape_interval_s or any(k for k, _n in options.part):
+        return None
+    scraper = Scraper(options.base_url, options.request_headers(),
+                      interval_s=options.scrape_interval_s)
+    scraper.start()
+    return scraper
+
+
+def _stop_scraper(scraper: Scraper | None, folder: Path) -> dict[str, Any] | None:
+    """Stop scraping; the timeline saved beside the records, and the level's engine view."""
+    if scraper is None:
+        return None
+    scraper.stop()
+    if scraper.snapshots:
+        write_timeline(folder / "engine_metrics.jsonl", scraper.snapshots)
+    return engine_summary(scraper.snapshots, unavailable=scraper.unavailable,
+                          failed=scraper.failed, interval_s=scraper.interval_s)
 
 
 def _save_interrupted(sink: JsonlSink, folder: Path) -> None:

@@ -7,7 +7,9 @@ token count; on the chat endpoint the server's `usage.prompt_tokens` adds its ch
 
 A synthetic prompt of L tokens: L token ids from a random offset in a seeded corpus, decoded, then
 re-tokenized and trimmed or extended until the count is L (decode/encode is not always a round
-trip). Prompts come from a pool of distinct prompts that the run cycles through.
+trip). Prompts come from a pool of distinct prompts that the run cycles through. Shared-prefix
+prompts (`--shared-prefix N:LEN`) open with one of N system prompts of LEN tokens, picked per prompt
+with the seed, then their own distinct text: the prefix a server's cache can reuse.
 
 Length specs: `128` (fixed), `uniform:64:256` (inclusive), `normal:128:32` (mean:std, clipped to
 at least 1).
@@ -36,8 +38,9 @@ from modal_llm_serving.errors import (
 from modal_llm_serving.files import require_regular_file
 from modal_llm_serving.untrusted import read_json, read_json_file
 
-__all__ = ["PREFLIGHT_S", "LengthSpec", "Prompt", "Tokenizer", "load_jsonl", "load_sharegpt",
-           "make_tokenizer", "parse_length", "synthetic_prompts"]
+__all__ = ["PREFLIGHT_S", "LengthSpec", "Prompt", "Tokenizer", "exact_text", "load_jsonl",
+           "load_sharegpt", "make_tokenizer", "parse_length", "shared_prefix_prompts",
+           "synthetic_prompts", "token_corpus"]
 
 # The most one pre-flight request (/v1/models, /tokenize, /detokenize) may take, when --timeout
 # allows that much: they are small answers, and a run should not wait minutes to begin.
@@ -64,9 +67,12 @@ class Prompt:
     """One request's content: text (or chat messages), its input length and output budget."""
 
     text: str
-    input_len: int
+    input_len: int  # the prefix's tokens included
     output_len: int
     messages: tuple[dict[str, str], ...] | None = None
+    prefix: str | None = None  # a shared system prompt sent before the text (and its history)
+    at_s: float | None = None  # a trace's send time, s from its start (trace.py)
+    follows: bool = False  # a trace: the next turn of the session of the prompt before it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,21 +273,47 @@ def synthetic_prompts(tokenizer: Tokenizer, *, count: int, input_len: LengthSpec
                       output_len: LengthSpec, seed: int) -> tuple[list[Prompt], float]:
     """`count` distinct prompts with exact token lengths; returns them and the exact fraction."""
     rng = random.Random(seed)
-    corpus_words = [rng.choice(_WORDS) for _ in range(4096)]
-    corpus = tokenizer.encode(" ".join(corpus_words))
-    if not corpus:
-        raise BenchDataError(f"the tokenizer ({tokenizer.source}) returned no tokens for text")
+    corpus = token_corpus(tokenizer, rng)
     prompts, exact = [], 0
     for _ in range(count):
         target = input_len.sample(rng)
-        text, actual = _exact_text(tokenizer, corpus, target, rng)
+        text, actual = exact_text(tokenizer, corpus, target, rng)
         exact += actual == target
         prompts.append(Prompt(text=text, input_len=actual, output_len=output_len.sample(rng)))
     return prompts, exact / count if count else 1.0
 
 
-def _exact_text(tokenizer: Tokenizer, corpus: list[int], target: int,
-                rng: random.Random) -> tuple[str, int]:
+def shared_prefix_prompts(tokenizer: Tokenizer, *, count: int, prefixes: int, prefix_len: int,
+                          input_len: LengthSpec, output_len: LengthSpec,
+                          seed: int) -> tuple[list[Prompt], float]:
+    """`count` synthetic prompts (their own text of `input_len` tokens), each opening with one of
+    `prefixes` system prompts of `prefix_len` tokens; returns them and the exact fraction."""
+    rng = random.Random(seed ^ 0x5EED)  # apart from the texts' own draws
+    corpus = token_corpus(tokenizer, rng)
+    shared = [exact_text(tokenizer, corpus, prefix_len, rng) for _ in range(prefixes)]
+    texts, exact = synthetic_prompts(tokenizer, count=count, input_len=input_len,
+                                     output_len=output_len, seed=seed)
+    prompts = []
+    for prompt in texts:
+        prefix, prefix_tokens = shared[rng.randrange(prefixes)]
+        prompts.append(dataclasses.replace(prompt, prefix=prefix,
+                                           input_len=prefix_tokens + prompt.input_len))
+    share = sum(tokens == prefix_len for _text, tokens in shared) / prefixes
+    return prompts, exact * share
+
+
+def token_corpus(tokenizer: Tokenizer, rng: random.Random) -> list[int]:
+    """Token ids of a seeded text of 4096 words: prompts are slices of it."""
+    corpus = tokenizer.encode(" ".join(rng.choice(_WORDS) for _ in range(4096)))
+    if not corpus:
+        raise BenchDataError(f"the tokenizer ({tokenizer.source}) returned no tokens for text")
+    return corpus
+
+
+def exact_text(tokenizer: Tokenizer, corpus: list[int], target: int,
+               rng: random.Random) -> tuple[str, int]:
+    """Text of `target` tokens from a random offset of `corpus` (or as near as eight tries of
+    decode and re-encode get); returns it and its actual token count."""
     start = rng.randrange(len(corpus))
     ids = [corpus[(start + i) % len(corpus)] for i in range(target)]
     text, actual = "", 0

@@ -37,6 +37,8 @@ FORMULAS = {
     "slo_attainment": "SLO attainment = good requests / all requests (errors are misses)",
     "achieved_concurrency": "achieved concurrency = Σ (end − send) / duration",
     "duration": "duration = last end − first send, over requests in the window",
+    "cached_token_share": "cached-token share = Σ usage.prompt_tokens_details.cached_tokens / "
+                          "Σ prompt tokens, over the requests whose usage reports it",
 }
 
 
@@ -118,10 +120,12 @@ class Measured:
     n_out_source: str
     tpot_undefined: int  # succeeded with one output token: no TPOT
     goodput: Goodput | None  # None without SLOs
+    total_cached_tokens: int | None = None  # None: no request's usage reported it
+    cached_token_share: float | None = None
 
 
 _FIELDS = ("sent", "end", "ok", "ttft", "tpot", "e2el", "sched_ttft", "sched_e2el", "lag",
-           "n_out", "n_in", "itl_start", "itl_count", "tpot_missing")
+           "n_out", "n_in", "itl_start", "itl_count", "tpot_missing", "cached")
 
 
 class Accumulator:
@@ -150,6 +154,7 @@ class Accumulator:
                           else record.input_len),
             "itl_start": float(len(self._itl)), "itl_count": float(len(record.itl_ns) if ok else 0),
             "tpot_missing": 1.0 if ok and record.tpot_ms is None else 0.0,
+            "cached": float(record.cached_tokens) if record.cached_tokens is not None else nan,
         }
         for name in _FIELDS:
             columns[name].append(values.get(name, nan))
@@ -199,6 +204,9 @@ class Accumulator:
                                                         _zero(c["e2el"][i])))
             goodput = Goodput(slo=slo, good=good, per_s=per(good),
                               attainment=good / len(inside) if inside else 0.0)
+        reported = [i for i in good_rows if not math.isnan(c["cached"][i])]
+        cached = sum(int(c["cached"][i]) for i in reported)
+        prompt_of_reported = sum(c["n_in"][i] for i in reported)
         busy_ms = sum(c["end"][i] - c["sent"][i] for i in inside)
         return Measured(
             duration=duration, completed=len(good_rows), failed=len(inside) - len(good_rows),
@@ -214,7 +222,8 @@ class Accumulator:
                           f"usage.completion_tokens; token events for "
                           f"{self._n_out_from_events} request(s) without usage"),
             tpot_undefined=int(sum(c["tpot_missing"][i] for i in good_rows)),
-            goodput=goodput)
+            goodput=goodput, total_cached_tokens=cached if reported else None,
+            cached_token_share=cached / prompt_of_reported if prompt_of_reported else None)
 
 
 def _or_nan(value: float | None) -> float:

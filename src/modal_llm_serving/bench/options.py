@@ -20,13 +20,14 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from modal_llm_serving.bench.data import LengthSpec, parse_length
+from modal_llm_serving.bench.data import MAX_TOKENS, LengthSpec, parse_length
 from modal_llm_serving.bench.partition import Part, resolve
 from modal_llm_serving.endpoint.client import check_headers, normalize_base_url
 from modal_llm_serving.errors import UsageError
 
 __all__ = ["ARRIVALS", "MAX_WORKERS", "RETRY_STATUSES", "BenchOptions", "Level", "Slo",
-           "check_split", "parse_levels", "parse_options", "parse_slos"]
+           "check_split", "parse_levels", "parse_options", "parse_shared_prefix", "parse_slos",
+           "parse_trace_levels"]
 
 ARRIVALS = ("constant", "poisson", "gamma")
 MAX_LEVELS = 64
@@ -42,8 +43,8 @@ RETRY_STATUSES = (429, 503)
 class Level:
     """One load level of a sweep: streams in flight (closed loop) or requests/s (open loop)."""
 
-    kind: Literal["concurrency", "rate"]
-    value: float  # a whole number of streams, or requests/s (inf: all at once)
+    kind: Literal["concurrency", "rate", "trace"]
+    value: float  # a whole number of streams, requests/s (inf: all at once), or a trace's speed
 
     @property
     def concurrency(self) -> int | None:
@@ -58,12 +59,16 @@ class Level:
         """The level's folder name in a sweep: c8, r2.5, r-inf."""
         if self.kind == "concurrency":
             return f"c{int(self.value)}"
+        if self.kind == "trace":
+            return f"trace-x{self.value:g}"
         return "r-inf" if math.isinf(self.value) else f"r{self.value:g}"
 
     def label(self, arrival: str) -> str:
         """How reports title the level: "concurrency 8", "rate 2/s (poisson)"."""
         if self.kind == "concurrency":
             return f"concurrency {int(self.value)}"
+        if self.kind == "trace":
+            return f"trace replay x{self.value:g}"
         rate = "inf" if math.isinf(self.value) else f"{self.value:g}"
         return f"rate {rate}/s ({arrival})"
 
@@ -111,6 +116,10 @@ class BenchOptions:
     dataset: Path | None  # None: synthetic prompts
     tokenizer: str | None  # None: the server's /tokenize
     turns: int  # turns per conversation (multi-turn sessions reuse their prefix)
+    # synthetic prompts that open with one of N shared system prompts of LEN tokens: (N, LEN)
+    shared_prefix: tuple[int, int] | None
+    trace: Path | None  # replay this trace's arrivals and lengths (levels: its speeds)
+    scrape_interval_s: float  # the engine's /metrics, scraped this often; 0: not at all
     session_header: str  # carries one id per conversation when turns > 1 (sticky routing)
     ignore_eos: bool
     # min_tokens too only when asked: on vLLM it adds a logits processor to every decode step
@@ -131,7 +140,9 @@ class BenchOptions:
 
     @property
     def dataset_format(self) -> str:
-        """synthetic, jsonl or sharegpt."""
+        """synthetic, trace, jsonl or sharegpt."""
+        if self.trace is not None:
+            return "trace"
         if self.dataset is None:
             return "synthetic"
         return "jsonl" if self.dataset.suffix == ".jsonl" else "sharegpt"
@@ -166,7 +177,9 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
                   min_tokens: bool = False, prewarm: bool = True,
                   slos: tuple[str, ...] | list[str] = (), timeout: float = 600.0,
                   stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
-                  transport: str = "raw", workers: int | None = None) -> BenchOptions:
+                  transport: str = "raw", workers: int | None = None,
+                  shared_prefix: str | None = None, trace: Path | None = None,
+                  trace_speed: str | None = None, scrape_interval: float = 1.0) -> BenchOptions:
     """`mls bench run`'s options (named and written as on its command line) as one checked
     value; anything that makes no sense is a UsageError naming the option."""
     given_headers = dict(headers or {})
@@ -182,19 +195,29 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise UsageError(f"{name} {value!r} must be a finite number "
                              f"{'>' if strict else '>='} {minimum:g}")
-    levels = parse_levels(concurrency=concurrency, rate=rate)
-    if dataset is not None and not dataset.is_file():
-        raise UsageError(f"--dataset {dataset} does not exist")
+    if trace is not None or trace_speed is not None:
+        levels = parse_trace_levels(trace, trace_speed, given=bool(concurrency or rate))
+    else:
+        levels = parse_levels(concurrency=concurrency, rate=rate)
+    for option, path in (("--dataset", dataset), ("--trace", trace)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{option} {path} does not exist")
+    if not (math.isfinite(scrape_interval) and (scrape_interval == 0 or
+                                                 MIN_SCRAPE_S <= scrape_interval <= 3600)):
+        raise UsageError(f"--scrape-interval {scrape_interval!r}: give {MIN_SCRAPE_S:g} to 3600 "
+                         "seconds, or 0 to leave the engine's /metrics alone")
     options = BenchOptions(
         base_url=base_url, model=model or None, api_key=api_key,
         headers=tuple(given_headers.items()), endpoint=endpoint, levels=tuple(levels),
         arrival=arrival, burstiness=burstiness, max_concurrency=max_concurrency,
-        # without a duration, a level is 100 requests: every run has a bound
-        num_requests=num_requests if num_requests or duration else 100,
+        # without a duration, a level is 100 requests (or the whole trace): every run has a bound
+        num_requests=num_requests if num_requests or duration or trace else 100,
         duration_s=duration, warmup_s=warmup, cooldown_s=cooldown,
         input_len=parse_length(input_len, option="--input-len"),
         output_len=parse_length(output_len, option="--output-len") if output_len else None,
         dataset=dataset, tokenizer=tokenizer, turns=turns, session_header=session_header,
+        shared_prefix=parse_shared_prefix(shared_prefix) if shared_prefix else None,
+        trace=trace, scrape_interval_s=scrape_interval,
         ignore_eos=ignore_eos, min_tokens=min_tokens, prewarm=prewarm, slo=parse_slos(slos),
         timeout_s=timeout, stall_timeout_s=stall_timeout, retries=retries, seed=seed,
         transport=transport, workers=workers)
@@ -219,6 +242,13 @@ def _check_combinations(options: BenchOptions) -> None:
         raise UsageError(f"--workers {options.workers}: give 1 to {MAX_WORKERS} processes")
     if options.endpoint not in ("chat", "completions"):
         raise UsageError("--endpoint is chat or completions")
+    if options.trace is not None and (options.dataset or options.shared_prefix or
+                                      options.turns > 1):
+        raise UsageError("--trace gives the prompts' lengths and sessions itself; leave out "
+                         "--dataset, --shared-prefix and --turns")
+    if options.shared_prefix is not None and options.dataset is not None:
+        raise UsageError("--shared-prefix builds synthetic prompts; it does not combine with "
+                         "--dataset")
 
 
 def check_split(options: BenchOptions, parts: int) -> None:
@@ -229,6 +259,43 @@ def check_split(options: BenchOptions, parts: int) -> None:
             dataclasses.replace(options, part=((0, parts),)).share(level)
         except ValueError as exc:
             raise UsageError(f"cannot split this load: {exc}; use fewer parts") from None
+
+
+MIN_SCRAPE_S = 0.1  # a scrape costs the engine a page of text; faster tells nothing more
+MAX_SHARED_PREFIXES = PROMPT_POOL  # each prompt of the pool opens with one of them
+MAX_TRACE_SPEED = 1e6
+
+
+def parse_shared_prefix(spec: str) -> tuple[int, int]:
+    """`--shared-prefix N:LEN`: N system prompts of LEN tokens each, shared by the prompts."""
+    count, sep, length = spec.strip().partition(":")
+    if not (sep and count.isdigit() and length.isdigit()):
+        raise UsageError(f"--shared-prefix {spec!r}: write N:LEN (N shared system prompts of LEN "
+                         "tokens each), e.g. --shared-prefix 4:512")
+    if not 1 <= int(count) <= MAX_SHARED_PREFIXES or not 1 <= int(length) <= MAX_TOKENS:
+        raise UsageError(f"--shared-prefix {spec!r}: N is 1 to {MAX_SHARED_PREFIXES} and LEN 1 "
+                         f"to {MAX_TOKENS} tokens")
+    return int(count), int(length)
+
+
+def parse_trace_levels(trace: Path | None, speeds: str | None, *, given: bool) -> list[Level]:
+    """`--trace FILE --trace-speed 1,2`: one level per speed (1: the trace's own clock)."""
+    if trace is None:
+        raise UsageError("--trace-speed scales a --trace; give the trace file too")
+    if given:
+        raise UsageError("--trace sets the load itself (its timestamps); scale it with "
+                         "--trace-speed, not --concurrency or --rate")
+    levels = []
+    for item in (speeds or "1").split(","):
+        try:
+            speed = float(item)
+        except ValueError:
+            speed = math.nan
+        if not 0 < speed <= MAX_TRACE_SPEED or math.isinf(speed):
+            raise UsageError(f"--trace-speed {item.strip()!r}: give a factor > 0 and at most "
+                             f"{MAX_TRACE_SPEED:g} (2 replays twice as fast), e.g. 1,2,4")
+        levels.append(Level("trace", speed))
+    return _distinct_levels("--trace-speed", speeds or "1", levels)
 
 
 # Slower than one request in 11 days has no arrival inside any run (and its gaps overflow the
@@ -269,6 +336,11 @@ def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
                 raise UsageError(f"{option} {item!r} is outside {MIN_RATE:g} to {MAX_RATE:g} "
                                  "requests/s (inf = all at once); e.g. --rate 1,2,4")
             levels.append(Level("rate", value))
+    return _distinct_levels(option, spec, levels)
+
+
+def _distinct_levels(option: str, spec: str, levels: list[Level]) -> list[Level]:
+    """`levels` as given by `option`, unless one repeats or there are too many for a sweep."""
     if len({level.value for level in levels}) != len(levels):
         raise UsageError(f"{option} {spec!r} repeats a value; each level runs once")
     if len(levels) > MAX_LEVELS:

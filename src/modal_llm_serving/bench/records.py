@@ -40,6 +40,7 @@ class RequestRecord:
     token_events: int = 0
     prompt_tokens: int | None = None  # usage.prompt_tokens
     completion_tokens: int | None = None  # usage.completion_tokens (N_out)
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, if sent
     status: int | None = None  # HTTP status of the last attempt
     error: str | None = None  # kind: http_503, timeout, reset, malformed_chunk, connect, ...
     error_detail: str | None = None
@@ -156,7 +157,7 @@ _SAVED_TYPES: dict[str, tuple[type, ...]] = {
     "index": _INT, "input_len": _INT, "max_tokens": _INT, "scheduled_ns": _OPT_INT,
     "sent_ns": _INT, "first_token_ns": _OPT_INT, "last_token_ns": _OPT_INT, "end_ns": _INT,
     "itl_ns": (list,), "token_events": _INT, "prompt_tokens": _OPT_INT,
-    "completion_tokens": _OPT_INT, "status": _OPT_INT, "error": _OPT_STR,
+    "completion_tokens": _OPT_INT, "cached_tokens": _OPT_INT, "status": _OPT_INT, "error": _OPT_STR,
     "error_detail": _OPT_STR, "attempts": _INT, "saw_done": (bool,), "session_id": _OPT_STR,
     "turn": _INT, "text_chars": _INT, "server_timing": (dict, type(None)),
 }

@@ -3,8 +3,9 @@
 Every number sits beside its formula (peers disagree on names: vLLM's TPOT is AIPerf's ITL).
 A saved summary is input (a server named the model and wrote the errors; anyone may edit the
 file): each of its strings enters the report through `markdown_text`, inert and masked.
-Plots: TTFT and TPOT distributions per level (histogram + CDF) and, for a sweep, the
-latency–throughput curve.
+Plots: TTFT and TPOT distributions per level (histogram + CDF), the engine's requests running
+and waiting and its KV-cache usage over time (from engine_metrics.jsonl, when it was scraped)
+and, for a sweep, the latency–throughput curve.
 matplotlib is imported lazily and drawn with the Agg backend (no display needed).
 """
 
@@ -54,6 +55,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                      f"({summary['goodput_config']})")
     lines.append(f"  {'achieved_concurrency':<24} {summary['achieved_concurrency']:>10.2f}")
     lines += cost_lines(summary)
+    if summary.get("cached_token_share") is not None:
+        lines.append(f"  {'cached_token_share':<24} {summary['cached_token_share']:>10.1%}        "
+                     f"{summary.get('total_cached_tokens')} cached prompt tokens "
+                     "(usage.prompt_tokens_details)")
+    lines += [f"  {line}" for line in engine_lines(summary.get("engine"))]
     lines.append(f"  {'metric (ms)':<20} {'n':>6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}")
     for key, name in _METRICS:
         if f"n_{key}" not in summary:
@@ -74,6 +80,33 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                  f"{harness.get('peak_rss_mb') or 0:.0f} MB")
     lines.extend(f"  !! {warning}" for warning in harness.get("warnings", []))
     return lines
+
+
+def engine_lines(engine: dict[str, Any] | None) -> list[str]:
+    """The engine's own view of a level (engine.py), in words; nothing if it was not scraped."""
+    if not engine:
+        return []
+    if engine.get("unavailable"):
+        return [f"engine view: none ({engine['unavailable']})"]
+
+    def e(key: str) -> str:
+        spec = (".1%" if key.endswith(("usage_max", "hit_rate")) else
+                ".2f" if key.startswith("mean") else ".3g")
+        return _number(engine.get(key), spec)
+
+    return [f"engine ({engine.get('source', '?')} /metrics, {e('scrapes')} scrapes): running "
+            f"mean {e('running_mean')} max {e('running_max')}, waiting mean {e('waiting_mean')} "
+            f"max {e('waiting_max')}, KV cache max {e('kv_cache_usage_max')}",
+            f"engine: prefix-cache hit rate {e('prefix_cache_hit_rate')}, preemptions "
+            f"{e('preemptions')}, mean queue time {e('mean_queue_time_ms')} ms, mean engine "
+            f"TTFT {e('mean_ttft_ms')} ms"]
+
+
+def _number(value: Any, spec: str) -> str:
+    """A number of the summary in `spec`'s format; – when there is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return "–"
+    return format(value, spec)
 
 
 def render_report(folder: Path) -> Path:
@@ -179,6 +212,14 @@ def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list
             example = markdown_text(one_line(summary.get("error_examples", {}).get(kind, "")),
                                     120)
             rows.append(f"| {_md(kind)} | {count} | {example} |")
+    if summary.get("cached_token_share") is not None:
+        rows += ["", f"Cached prompt tokens: {summary.get('total_cached_tokens')} "
+                     f"({summary['cached_token_share']:.1%}; {FORMULAS['cached_token_share']})."]
+    if summary.get("engine"):
+        rows += [""] + [f"{_md(line)}  " for line in engine_lines(summary["engine"])]
+        rows += ["(engine TTFT is counted from the request's arrival in the server: client TTFT "
+                 "minus it is the time outside, network and any proxy's queue; the engine's "
+                 "queue time is part of both)"]
     harness = summary.get("harness", {})
     rows += ["", f"Harness health: {_workers(harness)}client CPU "
                  f"{harness.get('client_cpu_fraction_of_one_core') or 0:.0%} of one core, "
@@ -234,6 +275,8 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
         _save_figure(figure, folder / name)
         plt.close(figure)
         made[slug] = [name]
+        if (engine := _engine_plot(plt, folder, slug, summary, path)) is not None:
+            made[slug].append(engine)
     if len(levels) > 1:
         points = [(s["output_throughput"], s.get("p50_ttft_ms"), s.get("p50_tpot_ms"),
                    s.get("label", slug)) for slug, s, _p in levels]
@@ -260,6 +303,41 @@ def _plots(folder: Path, levels: list[tuple[str, dict[str, Any], Path]]) -> dict
         plt.close(figure)
         made["curve"] = ["latency_throughput.png"]
     return made
+
+
+def _engine_plot(plt: Any, folder: Path, slug: str, summary: dict[str, Any],
+                 path: Path) -> str | None:
+    """Requests running and waiting in the engine, and its KV-cache usage, over the level."""
+    points = [line for line in read_records(path / "engine_metrics.jsonl")
+              if isinstance(line.get("t_ns"), int)]
+    if len(points) < 2:
+        return None
+    zero = summary.get("t0_perf_counter_ns")
+    zero = zero if isinstance(zero, int) else points[0]["t_ns"]
+    seconds = [(line["t_ns"] - zero) / 1e9 for line in points]
+
+    def series(key: str) -> list[float]:
+        return [float(value) if isinstance(value := line.get(key), int | float) else math.nan
+                for line in points]
+
+    figure, axis = plt.subplots(figsize=(11, 3.5))
+    axis.step(seconds, series("running"), where="post", label="running")
+    axis.step(seconds, series("waiting"), where="post", label="waiting")
+    axis.set_xlabel("time since the level's start (s)")
+    axis.set_ylabel("requests in the engine")
+    axis.set_ylim(bottom=0)
+    twin = axis.twinx()
+    twin.plot(seconds, [value * 100 for value in series("kv_cache_usage")], color="#55a868",
+              label="KV cache used (%)")
+    twin.set_ylim(0, 105)
+    twin.set_ylabel("KV cache used (%)")
+    figure.legend(loc="upper right", fontsize=8)
+    axis.set_title(f"engine /metrics {redact(str(summary.get('label', '')))}")
+    figure.tight_layout()
+    name = f"engine_{slug}.png" if slug else "engine.png"
+    _save_figure(figure, folder / name)
+    plt.close(figure)
+    return name
 
 
 def _save_figure(figure: Any, path: Path) -> None:

@@ -3,6 +3,7 @@
     OUT/requests.jsonl     one line per request, flushed as it finishes (an interrupted run keeps
                            everything that finished)
     OUT/summary.json       vLLM-compatible keys where the meaning is the same, ours otherwise
+    OUT/engine_metrics.jsonl  the engine's /metrics, one line per scrape (bench/engine.py)
     OUT/report.md, *.png   rendered from the two above (`mls bench report OUT` re-renders)
 A sweep writes one such folder per load level under OUT/, plus OUT/sweep.json.
 """
@@ -138,7 +139,8 @@ def write_summary(folder: Path, summary: LevelSummary) -> None:
     write_json(folder / "summary.json", summary.to_dict())
 
 
-RESULT_FILES = ("requests.jsonl", "summary.json", "sweep.json", "report.md")
+RESULT_FILES = ("requests.jsonl", "summary.json", "sweep.json", "report.md",
+                "engine_metrics.jsonl")
 
 
 def _is_result_file(path: Path) -> bool:
@@ -279,6 +281,15 @@ def _sanitized(data: dict[str, Any]) -> dict[str, Any]:
                        or (key != "warnings" and _number_or_none(value))}
     if not _number_or_none(data["data"].get("exact_input_fraction")):
         data["data"] = {**data["data"], "exact_input_fraction": None}
+    if isinstance(data.get("engine"), dict):  # the engine's view: numbers, and two texts
+        data["engine"] = {key: value for key, value in data["engine"].items()
+                          if (key in ("source", "unavailable") and isinstance(value, str))
+                          or (key not in ("source", "unavailable") and _number_or_none(value))}
+    else:
+        data.pop("engine", None)
+    for key in ("total_cached_tokens", "cached_token_share"):
+        if not _number_or_none(data.get(key)):
+            data.pop(key)
     if not isinstance(data.get("label", ""), str):
         data.pop("label")
     return data

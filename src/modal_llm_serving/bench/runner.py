@@ -8,7 +8,11 @@ optional `max_concurrency` caps requests in flight (waiting for a slot counts as
 
 Multi-turn sessions: a conversation's turns go out one after another, each carrying the previous
 turns (so the server can reuse the prefix) and one session header per conversation, for sticky
-routing. Bounds: a number of requests and/or a duration (no new request starts after it).
+routing. Shared-prefix prompts send their system prompt first in every turn of a conversation.
+Trace replay (trace.py) is an open loop whose schedule is the trace's sessions' first timestamps
+(scaled by the level's speed); a session's later turns go out at their own timestamps or when the
+turn before them has ended, whichever is later.
+Bounds: a number of requests and/or a duration (no new request starts after it).
 Each finished record goes straight to the sink (JSONL), so an interrupted run keeps them.
 
 One loop runs one part of a load (`options.part`, see partition.py): the whole load, or one
@@ -34,6 +38,7 @@ from modal_llm_serving.bench.options import RETRY_STATUSES, BenchOptions, Level
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.stream import RequestSpec, RetryPolicy, send_streaming
 from modal_llm_serving.bench.summary import LevelRun, LevelSummary
+from modal_llm_serving.bench.trace import trace_sessions
 from modal_llm_serving.bench.transport import Transport, make_transport
 from modal_llm_serving.errors import MlsError
 from modal_llm_serving.stopping import run_stoppable
@@ -107,11 +112,15 @@ class LoadRun:
         session_id = f"{self.run_id}-{first_index}" if options.turns > 1 else None
         history: list[dict[str, str]] = []
         index: int | None = first_index
+        prefix = None
         for turn in range(options.turns):
             if index is None:
                 return
             prompt = self.prompts[index % len(self.prompts)]  # any part: the same prompt
-            text = await self.request(index, prompt, history, session_id=session_id, turn=turn,
+            if turn == 0:
+                prefix = prompt.prefix  # the conversation keeps its first system prompt
+            text = await self.request(index, prompt, history, prefix=prefix,
+                                      session_id=session_id, turn=turn,
                                       scheduled_ns=scheduled_ns if turn == 0 else None)
             if text is None:
                 return  # a failed turn ends the conversation: later turns would lack context
@@ -120,8 +129,33 @@ class LoadRun:
                             {"role": "assistant", "content": text}]
                 index = self.take_slot()
 
+    async def trace_session(self, first_index: int, session: range, *,
+                            scheduled_ns: int) -> None:
+        """One session of a trace: its turns in order, each at its own time (scaled) or when
+        the one before it has ended, whichever is later; each carries the turns before it."""
+        session_id = f"{self.run_id}-{first_index}" if len(session) > 1 else None
+        history: list[dict[str, str]] = []
+        index: int | None = first_index
+        for turn, position in enumerate(session):
+            prompt = self.prompts[position]
+            if turn:
+                if (index := self.take_slot()) is None:
+                    return
+                due_ns = max(self.t0_ns + int((prompt.at_s or 0) / self.level.value * 1e9),
+                             time.perf_counter_ns())
+                await _sleep_until(due_ns)
+                scheduled_ns = due_ns - self.t0_ns
+            assert index is not None
+            text = await self.request(index, prompt, history, prefix=None, session_id=session_id,
+                                      turn=turn, scheduled_ns=scheduled_ns)
+            if text is None:
+                return  # as in a conversation: later turns would lack their context
+            history += [{"role": "user", "content": prompt.text},
+                        {"role": "assistant", "content": text}]
+
     async def request(self, index: int, prompt: Prompt, history: list[dict[str, str]], *,
-                      session_id: str | None, turn: int, scheduled_ns: int | None) -> str | None:
+                      prefix: str | None, session_id: str | None, turn: int,
+                      scheduled_ns: int | None) -> str | None:
         options = self.options
         body: dict[str, Any] = {"model": options.model, "stream": True,
                                 "max_tokens": prompt.output_len,
@@ -129,9 +163,11 @@ class LoadRun:
         if self.chat:
             messages = list(prompt.messages) if prompt.messages else [
                 {"role": "user", "content": prompt.text}]
-            body["messages"] = history + messages
+            system = [{"role": "system", "content": prefix}] if prefix is not None else []
+            body["messages"] = system + history + messages
         else:
-            body["prompt"] = "".join(m["content"] + "\n" for m in history) + prompt.text
+            body["prompt"] = (prefix + "\n" if prefix is not None else "") + "".join(
+                m["content"] + "\n" for m in history) + prompt.text
         if options.ignore_eos:
             body["ignore_eos"] = True
         if options.min_tokens:
@@ -186,13 +222,16 @@ class LoadRun:
         options = self.options
         rate = self.level.rate if self.level.rate is not None else math.inf
         # the whole load's schedule, of which this part takes every n-th arrival
-        times = arrivals(rate=rate, arrival=options.arrival, burstiness=options.burstiness,
-                         seed=options.seed)
+        sessions = trace_sessions(self.prompts) if self.level.kind == "trace" else []
+        times = (iter([(self.prompts[session.start].at_s or 0) / self.level.value
+                       for session in sessions]) if sessions else
+                 arrivals(rate=rate, arrival=options.arrival, burstiness=options.burstiness,
+                          seed=options.seed))
         cap = self.part.max_concurrency
         gate = asyncio.Semaphore(cap) if cap else None
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        for _position, offset in self.part.positions(times):
+        for position, offset in self.part.positions(times):
             when_ns = self.t0_ns + int(offset * 1e9)
             budget = self.part.budget
             if (self.deadline_ns is not None and when_ns >= self.deadline_ns) or (
@@ -206,16 +245,20 @@ class LoadRun:
                 if gate is not None:
                     gate.release()
                 break
-            task = loop.create_task(self._gated(index, int(offset * 1e9), gate))
+            task = loop.create_task(self._gated(index, int(offset * 1e9), gate,
+                                                sessions[position] if sessions else None))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _gated(self, index: int, scheduled_ns: int,
-                     gate: asyncio.Semaphore | None) -> None:
+    async def _gated(self, index: int, scheduled_ns: int, gate: asyncio.Semaphore | None,
+                     session: range | None) -> None:
         try:
-            await self.conversation(index, scheduled_ns=scheduled_ns)
+            if session is not None:
+                await self.trace_session(index, session, scheduled_ns=scheduled_ns)
+            else:
+                await self.conversation(index, scheduled_ns=scheduled_ns)
         finally:
             if gate is not None:
                 gate.release()

@@ -73,7 +73,7 @@ def _reset_for_retry(record: RequestRecord) -> None:
     record.first_token_ns = record.last_token_ns = None
     record.itl_ns = []
     record.token_events = 0
-    record.completion_tokens = record.prompt_tokens = None
+    record.completion_tokens = record.prompt_tokens = record.cached_tokens = None
     record.saw_done = False
 
 
@@ -151,6 +151,8 @@ def _handle(data: str, now: int, chat: bool, record: RequestRecord, parts: list[
         record.completion_tokens = chunk.completion_tokens
     if chunk.prompt_tokens is not None:
         record.prompt_tokens = chunk.prompt_tokens
+    if chunk.cached_tokens is not None:
+        record.cached_tokens = chunk.cached_tokens
     if chunk.server_timing is not None:
         record.server_timing = chunk.server_timing
     if not chunk.token_bearing:

@@ -55,6 +55,7 @@ class LevelSummary:
     label: str
     run: LevelRun | None  # None: rebuilt from requests.jsonl alone
     context: Context | None = None  # set when the level is saved
+    engine: dict[str, Any] | None = None  # the engine's own view (engine.py), if scraped
     skipped_lines: int | None = None  # rebuilt: JSONL lines that were not records
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +81,8 @@ class LevelSummary:
             out.update(_context(run, self.context))
         if run is not None and run.containers is not None:
             out["containers"] = run.containers
+        if self.engine is not None:
+            out["engine"] = self.engine
         if self.skipped_lines is not None:
             out.update(rebuilt_from_jsonl=True, skipped_lines=self.skipped_lines,
                        formulas=FORMULAS)
@@ -105,7 +108,9 @@ def _measured(measured: Measured) -> dict[str, Any]:
     out.update(achieved_concurrency=m.achieved_concurrency, error_counts=dict(m.error_counts),
                error_examples=dict(m.error_examples), requests_total=m.requests_total,
                excluded_by_window=m.excluded_by_window, window_ms=list(m.window_ms),
-               n_out_source=m.n_out_source, tpot_undefined=m.tpot_undefined)
+               n_out_source=m.n_out_source, tpot_undefined=m.tpot_undefined,
+               total_cached_tokens=m.total_cached_tokens,
+               cached_token_share=m.cached_token_share)
     if m.goodput is None:
         out["request_goodput"] = None
     else:
@@ -139,7 +144,11 @@ def _saved_options(options: BenchOptions, level: Level) -> dict[str, Any]:
         "rate": level.rate, "arrival": o.arrival, "burstiness": o.burstiness,
         "max_concurrency": o.max_concurrency, "num_requests": o.num_requests,
         "duration_s": o.duration_s, "warmup_s": o.warmup_s, "cooldown_s": o.cooldown_s,
-        "turns": o.turns, "session_header": o.session_header, "ignore_eos": o.ignore_eos,
+        "turns": o.turns, "shared_prefix": o.shared_prefix,
+        "trace": str(o.trace) if o.trace else None, "trace_speed":
+            level.value if level.kind == "trace" else None,
+        "scrape_interval_s": o.scrape_interval_s, "session_header": o.session_header,
+        "ignore_eos": o.ignore_eos,
         "min_tokens": o.min_tokens, "timeout_s": o.timeout_s,
         "stall_timeout_s": o.stall_timeout_s, "retries": o.retries,
         "retry_statuses": RETRY_STATUSES, "slo": o.slo.as_dict() if o.slo else None,

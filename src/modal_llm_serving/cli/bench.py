@@ -32,6 +32,7 @@ def bench() -> None:
     \b
     mls bench run URL --concurrency 1,8,32 -n 200     closed-loop sweep
     mls bench run URL --rate 2,4 --duration 60         open loop (Poisson), from the schedule
+    mls bench run URL --trace trace.jsonl              replay a trace on its own clock
     mls bench report results/bench-...                 re-render a saved run
     mls bench compare results/before results/after     side by side, with the noise
     mls bench cold-start URL --repeat 3 --wait 900     time to first token from zero
@@ -120,6 +121,17 @@ def _pricing(options: dict[str, Any]) -> Any:
               help="Turns per conversation (multi-turn sessions reuse their prefix).")
 @click.option("--session-header", default="Modal-Session-ID", show_default=True,
               help="Header carrying one id per conversation (sticky routing) when --turns > 1.")
+@click.option("--shared-prefix", metavar="N:LEN",
+              help="Prompts open with one of N shared system prompts of LEN tokens (a prefix "
+                   "the server can cache), then their own --input-len tokens.")
+@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path),
+              help="Replay a JSONL trace ({timestamp, input_len, output_len, session_id?} "
+                   "per line) on its own clock, an open loop.")
+@click.option("--trace-speed", metavar="X[,X...]",
+              help="Replay --trace X times as fast; a comma list sweeps [default: 1].")
+@click.option("--scrape-interval", type=Finite(0, 3600), default=1.0, show_default=True,
+              help="Seconds between scrapes of the engine's /metrics while a level runs "
+                   "(0: none).")
 @click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
               help="Ask for exactly the output length (vLLM/SGLang ignore_eos).")
 @click.option("--min-tokens", is_flag=True,

@@ -49,6 +49,9 @@ class Chunk:
     finish_reason: str | None = None
     prompt_tokens: int | None = None  # from `usage`, when this chunk carries it
     completion_tokens: int | None = None
+    # usage.prompt_tokens_details.cached_tokens: prompt tokens the server's prefix cache served
+    # (vLLM sends it with --enable-prompt-tokens-details, SGLang with --enable-cache-report)
+    cached_tokens: int | None = None
     server_timing: dict[str, int] | None = None
     error: str | None = None  # an in-stream error event's message
 
@@ -90,10 +93,13 @@ def read_chunk(payload: object, *, chat: bool) -> Chunk:
     choices = _optional(payload, "choices", list) or []
     if "error" in payload and not choices:
         return Chunk(error=_error_text(payload["error"]))
-    prompt_tokens = completion_tokens = None
+    prompt_tokens = completion_tokens = cached_tokens = None
     if (usage := _optional(payload, "usage", dict)) is not None:
         prompt_tokens = _count(usage, "prompt_tokens")
         completion_tokens = _count(usage, "completion_tokens")
+        details = _optional(usage, "prompt_tokens_details", dict, where="usage")
+        if details is not None:
+            cached_tokens = _count(details, "cached_tokens")
     timing = payload.get("server_timing")
     server_timing = ({key: value for key, value in timing.items()
                       if isinstance(key, str) and is_int(value)}
@@ -101,7 +107,8 @@ def read_chunk(payload: object, *, chat: bool) -> Chunk:
     chunk_id = _optional(payload, "id", str)
     if not choices:
         return Chunk(id=chunk_id, prompt_tokens=prompt_tokens,
-                     completion_tokens=completion_tokens, server_timing=server_timing)
+                     completion_tokens=completion_tokens, cached_tokens=cached_tokens,
+                     server_timing=server_timing)
     for index, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise MalformedResponse(f"choices[{index}] is a {_kind(choice)}, not an object")
@@ -118,7 +125,7 @@ def read_chunk(payload: object, *, chat: bool) -> Chunk:
         bearing = True
     return Chunk(id=chunk_id, text=text, token_bearing=bearing, finish_reason=finish,
                  prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                 server_timing=server_timing)
+                 cached_tokens=cached_tokens, server_timing=server_timing)
 
 
 def read_chat_completion(body: dict[str, Any]) -> ChatCompletion:
