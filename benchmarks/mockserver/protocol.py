@@ -164,9 +164,16 @@ class Protocol(asyncio.Protocol):
             turns = state.sessions.setdefault(self.session, [])
             turns.append(len(request.get("messages") or []))
         n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
-        await self._stream(path.endswith("chat/completions"), n, faults, received,
-                           prompt_len=len(tokenize(json.dumps(request.get("messages")
-                                                              or request.get("prompt")))))
+        prompt_len = len(tokenize(json.dumps(request.get("messages") or request.get("prompt"))))
+        chat = path.endswith("chat/completions")
+        if state.slots is None:
+            await self._stream(chat, n, faults, received, prompt_len=prompt_len)
+            return None
+        async with state.slots.held() as waited:
+            # a request that queued starts its schedule (TTFT, then a token per ITL) when it
+            # gets its slot: the wait is what the client sees added to its TTFT
+            start = time.perf_counter_ns() if waited else received
+            await self._stream(chat, n, faults, start, prompt_len=prompt_len)
         return None
 
     def _remember(self, path: str, body: bytes, received: int) -> None:

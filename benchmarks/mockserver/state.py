@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 
 from .scripted import Scripted
 from .ticker import WORDS, Ticker
@@ -23,6 +26,7 @@ class Settings(argparse.Namespace):
     stall_s: float
     cold_s: float
     proxy_auth: str | None
+    knee: int | None
     processes: int
     command: list[str]
 
@@ -49,6 +53,7 @@ class MockState:
         self.sessions: dict[str, list[int]] = {}
         # answers a test scripted (POST /mock/script); None: the mock answers as itself
         self.scripted: Scripted | None = None
+        self.slots = Slots(settings.knee) if settings.knee else None
 
     def remember(self, path: str, headers: dict[str, str], body: bytes, *, received_ns: int,
                  connection: int, connected_ns: int) -> None:
@@ -65,6 +70,47 @@ class MockState:
     def stats(self) -> dict[str, object]:
         return {"requests": self.count, "connections": self.connections,
                 "sessions": self.sessions, "errors": self.errors}
+
+
+class Slots:
+    """`--knee N`: a server with N slots, as an engine with `--max-num-seqs N` is. A stream holds
+    a slot from its first token's wait to its last token; a request that finds all N taken waits,
+    first come first served, so its TTFT grows with the queue ahead of it."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[bool]:
+        """Hold a slot for the block; yields whether the request had to wait for it."""
+        waited = False
+        if self.free > 0:
+            self.free -= 1
+        else:
+            waited = True
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(turn)
+            try:
+                await turn  # a finishing stream hands its slot straight to the first in line
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # handed the slot just as it was cancelled: pass it on
+                else:
+                    self.waiting.remove(turn)
+                raise
+        try:
+            yield waited
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
 
 
 def tokenize(text: str) -> list[int]:
