@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,14 @@ LIMIT_MS = 50
 SHORT = ["--input-len", "4", "--output-len", str(TOKENS), "--slo", f"ttft:p95:{LIMIT_MS}ms"]
 
 
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """A port bound and never listening: a request that gets past the checks is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @pytest.mark.parametrize(("text", "objective"), [
     ("ttft:p95:500ms", Objective("ttft", 500, 95)),
     ("TPOT:p50:50", Objective("tpot", 50, 50)),  # a bare number is ms
@@ -52,8 +62,9 @@ def test_slo_syntax(text: str, objective: Objective) -> None:
     ["--slo", "ttft:p95:0ms"], ["--slo", "itl:p95:5ms"], ["--slo", "ttft:p95"],
     ["--slo", "ttft:p95:infms"], ["--slo", "ttft:p95:nan"], ["--slo", "ttft:x:p95:5ms"],
 ])
-def test_a_bad_slo_is_one_line_with_the_syntax(args: list[str], tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["bench", "run", "http://127.0.0.1:1", "--model", "m",
+def test_a_bad_slo_is_one_line_with_the_syntax(args: list[str], tmp_path: Path,
+                                              refusing_url: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", "run", refusing_url, "--model", "m",
                                       "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2, result.output
     assert "METRIC:PERCENTILE:LIMIT, e.g. ttft:p95:500ms" in result.output
@@ -72,9 +83,9 @@ def test_a_bad_slo_is_one_line_with_the_syntax(args: list[str], tmp_path: Path) 
     (["--slo", "ttft:p95:1s", "--slo", "ttft:p99:2s"], "gives ttft twice"),
 ])
 def test_search_options_are_checked_before_any_request(args: list[str], message: str,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, refusing_url: str) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["bench", "run", "http://127.0.0.1:1", "--model", "m",
+    result = CliRunner().invoke(cli, ["bench", "run", refusing_url, "--model", "m",
                                       "--out", str(out), *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not out.exists()
