@@ -12,8 +12,8 @@ level runs twice:
    passing end (for streams, or 1 stream apart), or when the budget (`--search-levels`,
    `--search-time`) is spent.
 
-10 % is what the noise of a short level allows: a level of a few hundred requests reads its p95
-a few per cent differently run to run, so a narrower bracket would mostly measure noise.
+10 % is a trade, set by TARGET_WIDTH: each further halving costs a whole level, and a bracket
+much narrower than a level's run-to-run spread would claim more than one run can tell apart.
 
 The capacity is the highest level in the bracket's passing side whose goodput is within
 `GOODPUT_SLACK` of the best goodput that held (more load that brings no more good requests/s is

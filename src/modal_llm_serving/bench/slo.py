@@ -37,9 +37,9 @@ for a concurrency search, requests/s for a rate search):
       "bracketed": true,                         # both ends measured: the knee is inside
       "relative_width": 0.125,                   # (lowest_fail - highest_pass) / highest_pass
       "target_width": 0.1,                       # the search stops at this width (or 1 stream)
-      "stopped": "narrow",                       # see capacity.STOPS
-      "complete": true                           # false: interrupted, the capacity so far
-    }
+      "stopped": "narrow",                       # why it ended: capacity.STOPS
+      "complete": true                           # false: interrupted ("interrupted") or
+    }                                            # killed ("running"): the capacity so far
 """
 
 from __future__ import annotations
