@@ -9,14 +9,17 @@ with thousands of streams where one event loop could not.
 
 Truth: a request's first token event is written `ttft_ms` after its body is read, then one event
 every `itl_ms * chunk` (each carrying `chunk` tokens), on an absolute schedule (no drift).
+
+Capacity, `--knee N`: N slots, as an engine with `--max-num-seqs N` has. A request that finds
+them all taken waits its turn (first come, first served) and its schedule starts when it gets
+one, so past N streams, or past N / S requests/s (S, the service time, is `ttft_ms + (tokens -
+1) * itl_ms` with `--chunk 1`), TTFT grows with the queue. With `--processes P` each process has
+its own N. Without it, every stream is served at once.
+
 A busy mock writes late; it says how late, so its lateness is never blamed on the client: the
 usage event's `server_timing` carries its stamps (perf_counter_ns, CLOCK_MONOTONIC, the clock the
 client stamps with) and `first_late_ns` / `max_late_ns`, how far behind the schedule its first
 and its latest event were written.
-
-Capacity knee, `--knee-streams N --knee-ttft-ms MS` (`MockProcess(knee=(N, MS))`): a stream
-that starts while more than N are answered (itself counted, per process) gets MS more TTFT per
-stream beyond N, so a TTFT SLO holds up to exactly N streams (the truth a capacity search finds).
 
 Faults, `--fault KIND=N` (every Nth request, counted from 1): 503, 429, reset (connection closed
 after half the tokens), malformed (a non-JSON event mid-stream), stall (pauses `--stall-s`

@@ -33,16 +33,17 @@ class MockProcess:
     def __init__(self, *, ttft_ms: float = 50.0, itl_ms: float = 10.0, chunk: int = 1,
                  model: str = "mock", faults: tuple[str, ...] = (), stall_s: float = 5.0,
                  cold_s: float = 0.0, cpu: int | None = None, processes: int = 1,
-                 proxy_auth: str | None = None, knee: tuple[int, float] = (0, 0.0)) -> None:
+                 proxy_auth: str | None = None, knee: int | None = None) -> None:
         argv = [sys.executable, str(ENTRY), "--ttft-ms", str(ttft_ms),
                 "--itl-ms", str(itl_ms), "--chunk", str(chunk), "--model", model,
                 "--stall-s", str(stall_s), "--cold-s", str(cold_s),
-                "--processes", str(processes), "--knee-streams", str(knee[0]),
-                "--knee-ttft-ms", str(knee[1])]
+                "--processes", str(processes)]
         for fault in faults:
             argv += ["--fault", fault]
         if proxy_auth:
             argv += ["--proxy-auth", proxy_auth]
+        if knee is not None:
+            argv += ["--knee", str(knee)]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
                                         start_new_session=True)
         if cpu is not None and hasattr(os, "sched_setaffinity"):

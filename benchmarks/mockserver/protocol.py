@@ -172,12 +172,14 @@ class Protocol(asyncio.Protocol):
             turns.append(len(request.get("messages") or []))
         n = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
         tokens = tokenize(json.dumps(request.get("messages") or request.get("prompt")))
-        state.running += 1
-        try:
-            await self._stream(path.endswith("chat/completions"), n, faults, received,
-                               prompt_len=len(tokens), cached=state.cached_tokens(tokens))
-        finally:
-            state.running -= 1
+        chat = path.endswith("chat/completions")
+        async with state.slot() as start:
+            state.running += 1
+            try:
+                await self._stream(chat, n, faults, received if start is None else start,
+                                   prompt_len=len(tokens), cached=state.cached_tokens(tokens))
+            finally:
+                state.running -= 1
         return None
 
     def _remember(self, path: str, body: bytes, received: int) -> None:
@@ -218,7 +220,7 @@ class Protocol(asyncio.Protocol):
                         b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = max(1, settings.chunk)
         plan = Plan(self, chat=chat, n=n, chunk=chunk, received=received,
-                    ttft_ns=int(settings.ttft_ms * 1e6) + self.state.knee_ttft_ns(),
+                    ttft_ns=int(settings.ttft_ms * 1e6),
                     gap_ns=int(chunk * settings.itl_ms * 1e6), prompt_len=prompt_len,
                     cached=cached,
                     split="split" in faults, done_marker="nodone" not in faults)

@@ -61,13 +61,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     parser.add_argument("--cold-s", type=float, default=0.0)
     parser.add_argument("--proxy-auth", metavar="ID:SECRET",
                         help="answer 401 without these Modal proxy-auth tokens")
+    parser.add_argument("--knee", type=int, metavar="N",
+                        help="serve N streams at a time; more wait their turn (first come, first "
+                             "served), their TTFT growing with the queue, as an engine's "
+                             "--max-num-seqs N does [default: no limit]")
     parser.add_argument("--processes", type=int, default=1,
                         help="serve from N processes on one port (SO_REUSEPORT); request "
                              "counts, faults and /mock/stats are then per process")
-    parser.add_argument("--knee-streams", type=int, default=0, metavar="N",
-                        help="capacity knee: past N streams in flight (per process), each "
-                             "stream beyond N adds --knee-ttft-ms to a new stream's TTFT")
-    parser.add_argument("--knee-ttft-ms", type=float, default=0.0, metavar="MS")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="after --: a command to run against the mock ({url} is replaced), "
                              "e.g. -- mls bench run {url} -c 1,32")
@@ -75,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str, int]:
     MockState(args)  # validates --fault before we say READY
     if args.processes < 1:
         parser.error("--processes must be >= 1")
-    if args.knee_streams < 0 or args.knee_ttft_ms < 0:
-        parser.error("--knee-streams and --knee-ttft-ms must be >= 0")
+    if args.knee is not None and args.knee < 1:
+        parser.error("--knee must be >= 1")
     return args, args.host, args.port
 
 
@@ -88,8 +88,8 @@ def main() -> None:
         with MockProcess(ttft_ms=settings.ttft_ms, itl_ms=settings.itl_ms, chunk=settings.chunk,
                          model=settings.model, faults=tuple(settings.fault),
                          stall_s=settings.stall_s, cold_s=settings.cold_s,
-                         proxy_auth=settings.proxy_auth, processes=settings.processes,
-                         knee=(settings.knee_streams, settings.knee_ttft_ms)) as mock:
+                         proxy_auth=settings.proxy_auth, knee=settings.knee,
+                         processes=settings.processes) as mock:
             print(f"mock at {mock.url}", file=sys.stderr, flush=True)
             code = subprocess.call([part.replace("{url}", mock.url) for part in command])
         raise SystemExit(code)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 
 from .scripted import Scripted
 from .ticker import WORDS, Ticker
@@ -25,9 +28,8 @@ class Settings(argparse.Namespace):
     stall_s: float
     cold_s: float
     proxy_auth: str | None
+    knee: int | None
     processes: int
-    knee_streams: int
-    knee_ttft_ms: float
     command: list[str]
 
 
@@ -53,9 +55,10 @@ class MockState:
         self.sessions: dict[str, list[int]] = {}
         # answers a test scripted (POST /mock/script); None: the mock answers as itself
         self.scripted: Scripted | None = None
-        # what GET /metrics tells, in vLLM's names: streams being written (the capacity knee
-        # counts them too), and a prefix cache
-        # whose truth is exact (whole blocks of a prompt's tokens seen before, from its start)
+        self.slots = Slots(settings.knee) if settings.knee else None
+        # what GET /metrics tells, in vLLM's names: streams being written (each holds one of
+        # the --knee slots), streams queued for one, and a prefix cache whose truth is exact
+        # (whole blocks of a prompt's tokens seen before, from its start)
         self.running = 0
         self.cache: set[int] = set()
         self.prefix_queries = self.prefix_hits = 0
@@ -81,7 +84,8 @@ class MockState:
         lines = []
         for name, kind, value in (
                 ("vllm:num_requests_running", "gauge", self.running),
-                ("vllm:num_requests_waiting", "gauge", 0),
+                ("vllm:num_requests_waiting", "gauge",
+                 len(self.slots.waiting) if self.slots else 0),
                 ("vllm:kv_cache_usage_perc", "gauge", len(self.cache) / CACHE_BLOCKS),
                 ("vllm:prefix_cache_queries_total", "counter", self.prefix_queries),
                 ("vllm:prefix_cache_hits_total", "counter", self.prefix_hits),
@@ -101,19 +105,61 @@ class MockState:
     def fault_for(self, number: int) -> set[str]:
         return {kind for kind, every in self.faults.items() if number % every == 0}
 
-    def knee_ttft_ns(self) -> int:
-        """The capacity knee (`--knee-streams N --knee-ttft-ms MS`): a stream that starts while
-        more than N are being answered (itself counted) waits MS more for its first token per
-        stream beyond N, so a latency SLO holds up to exactly N streams: a known truth for the
-        capacity at an SLO. Off (0) unless N is given."""
-        beyond = self.running - self.settings.knee_streams
-        if not self.settings.knee_streams or beyond <= 0:
-            return 0
-        return int(beyond * self.settings.knee_ttft_ms * 1e6)
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int | None]:
+        """Hold one of the `--knee` slots for the block (no limit without it); yields when a
+        request that queued got its slot (perf_counter_ns), None when it did not wait: its
+        schedule (TTFT, then a token per ITL) starts then, so the wait adds to its TTFT."""
+        if self.slots is None:
+            yield None
+            return
+        async with self.slots.held() as waited:
+            yield time.perf_counter_ns() if waited else None
 
     def stats(self) -> dict[str, object]:
         return {"requests": self.count, "connections": self.connections,
                 "sessions": self.sessions, "errors": self.errors}
+
+
+class Slots:
+    """`--knee N`: a server with N slots, as an engine with `--max-num-seqs N` is. A stream holds
+    a slot from its first token's wait to its last token; a request that finds all N taken waits,
+    first come first served, so its TTFT grows with the queue ahead of it."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self.waiting: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[bool]:
+        """Hold a slot for the block; yields whether the request had to wait for it."""
+        waited = False
+        if self.free > 0:
+            self.free -= 1
+        else:
+            waited = True
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(turn)
+            try:
+                await turn  # a finishing stream hands its slot straight to the first in line
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # handed the slot just as it was cancelled: pass it on
+                else:
+                    self.waiting.remove(turn)
+                raise
+        try:
+            yield waited
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
 
 
 def tokenize(text: str) -> list[int]:

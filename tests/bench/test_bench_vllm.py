@@ -127,3 +127,27 @@ def test_engine_view_of_a_shared_prefix_run(tiny_server: LocalServer, tmp_path: 
     assert engine["mean_ttft_ms"] > 0 and engine["mean_queue_time_ms"] is not None
     assert all(r["cached_tokens"] is not None for r in records)
     assert summary["total_cached_tokens"] >= 256 and summary["cached_token_share"] > 0
+
+
+def test_capacity_search_runs_end_to_end_against_vllm(tiny_server: LocalServer,
+                                                      tmp_path: Path) -> None:
+    """`--search` against a real engine, on small budgets: each level run, judged from its own
+    summary, and the search stopped where it was told to."""
+    from click.testing import CliRunner
+
+    from modal_llm_serving.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "bench", "run", tiny_server.base_url, "--api-key", tiny_server.api_key, "--out",
+        str(tmp_path), "--search", "concurrency", "--slo", "e2el:p95:300s", "--max-level", "2",
+        "-n", "4", "--input-len", "8", "--output-len", "4", "--no-report"])
+    assert result.exit_code == 0, result.output
+    capacity = json.loads((tmp_path / "sweep.json").read_text())["capacity"]
+    assert [(row["slug"], row["passed"]) for row in capacity["levels"]] == [
+        ("c1", True), ("c2", True)]
+    assert capacity["capacity"] == 2 and capacity["stopped"] == "max level"
+    assert not capacity["bracketed"]  # nothing failed: the knee is above --max-level
+    for row in capacity["levels"]:
+        summary = json.loads((tmp_path / row["slug"] / "summary.json").read_text())
+        assert summary["completed"] == 4, summary["error_counts"]
+        assert row["slos"][0]["value_ms"] == summary["p95_e2el_ms"] > 0

@@ -162,7 +162,8 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
                   progress: Callable[[Level, Progress], None] | None = None,
                   on_level: Callable[[Level, LevelSummary], None] | None = None,
                   on_info: Callable[[str], None] | None = None) -> list[LevelSummary]:
-    """Run every level (each to its bounds) and save results; return the level summaries."""
+    """Run every level (each to its bounds), or the capacity search of `options.search`, and
+    save results; return the level summaries."""
     model, served = resolve_model(options.base_url, options.model,
                                   headers=options.request_headers(),
                                   timeout_s=min(PREFLIGHT_S, options.timeout_s))
@@ -175,42 +176,58 @@ def run_benchmark(options: BenchOptions, *, out_dir: Path,
                                          count=options.num_requests or options.prompt_pool)
     say(f"prompts: {len(prompts)} ({data_info['tokenizer_source']})")
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def run_one(level: Level, folder: Path) -> LevelSummary:
+        summary = _run_level(options, level, folder, prompts, data_info, progress=progress)
+        if on_level:
+            on_level(level, summary)
+        return summary
+
+    if options.search is not None:
+        from modal_llm_serving.bench.search import run_search
+
+        return run_search(options, out_dir=out_dir, run_one=run_one, on_info=say)
     levels = options.levels
     summaries: list[LevelSummary] = []
     slugs = [level.slug for level in levels]
     if len(levels) > 1:  # from the start: an interrupted sweep still names its levels
         write_sweep(out_dir, slugs, summaries)
     for level in levels:
-        folder = out_dir / level.slug if len(levels) > 1 else out_dir
-        level_progress = None
-        if progress is not None:
-            level_progress = functools.partial(progress, level)
-        workers = choose_workers(options, level, cores=usable_cores())
-        level_options = dataclasses.replace(options, workers=workers)
-        scraper = _start_scraper(options)
-        try:
-            with JsonlSink(folder / "requests.jsonl") as sink:
-                try:
-                    summary = run_level(level_options, level, prompts, sink=sink,
-                                        progress=level_progress)
-                except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep what ended
-                    _save_interrupted(sink, folder)
-                    raise
-        except BaseException:
-            with contextlib.suppress(MlsError):  # the first failure is the one to tell
-                _stop_scraper(scraper, folder)
-            raise
-        engine = _stop_scraper(scraper, folder)
-        summary = dataclasses.replace(summary, engine=engine, context=Context(
-            date=dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"), data=data_info,
-            python=platform.python_version(), platform=sys.platform))
-        write_summary(folder, summary)
-        summaries.append(summary)
+        summaries.append(run_one(level, out_dir / level.slug if len(levels) > 1 else out_dir))
         if len(levels) > 1:
             write_sweep(out_dir, slugs, summaries)
-        if on_level:
-            on_level(level, summary)
     return summaries
+
+
+def _run_level(options: BenchOptions, level: Level, folder: Path, prompts: list[Prompt],
+               data_info: dict[str, Any], *,
+               progress: Callable[[Level, Progress], None] | None) -> LevelSummary:
+    """One level to its bounds, the engine's /metrics scraped meanwhile; its records, engine
+    timeline and summary saved in `folder`."""
+    level_progress = None
+    if progress is not None:
+        level_progress = functools.partial(progress, level)
+    workers = choose_workers(options, level, cores=usable_cores())
+    level_options = dataclasses.replace(options, workers=workers)
+    scraper = _start_scraper(options)
+    try:
+        with JsonlSink(folder / "requests.jsonl") as sink:
+            try:
+                summary = run_level(level_options, level, prompts, sink=sink,
+                                    progress=level_progress)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: keep and summarize what ended
+                _save_interrupted(sink, folder)
+                raise
+    except BaseException:
+        with contextlib.suppress(MlsError):  # the first failure is the one to tell
+            _stop_scraper(scraper, folder)
+        raise
+    engine = _stop_scraper(scraper, folder)
+    summary = dataclasses.replace(summary, engine=engine, context=Context(
+        date=dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"), data=data_info,
+        python=platform.python_version(), platform=sys.platform))
+    write_summary(folder, summary)
+    return summary
 
 
 def _start_scraper(options: BenchOptions) -> Scraper | None:

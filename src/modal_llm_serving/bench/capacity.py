@@ -1,212 +1,121 @@
-"""The SLO capacity of a saved sweep: the highest load level at which every SLO held.
+"""The SLO capacity of load levels: which held every SLO (slo.judge), the bracket around the
+knee, and the capacity; sweep.json's `capacity` (its shape: slo.py's docstring), read and told.
 
-An SLO is `METRIC:PERCENTILE:LIMIT` (`ttft:p95:500ms`, `tpot:p50:50ms`, `e2el:p99:10s`), judged
-on the percentiles each level's summary already holds. A level holds the SLOs when each one's
-percentile is within its limit and no request failed (a failed request misses every SLO).
-The capacity is the last level of the unbroken run of levels that hold, counted from the lowest
-(a higher level that holds again after one that did not is noise, and is said to be).
+One rule, whoever asks: a capacity search (search.py) writes the object as its levels finish;
+a plain sweep has none, and `capacity_of_levels` derives the same object from its saved levels,
+so `mls tune` reads one shape either way. The rule:
 
->>> slo = parse_slo("ttft:p95:500ms")
->>> levels = [{"level": {"kind": "concurrency", "value": v, "slug": f"c{v}"}, "completed": 9,
-...            "failed": 0, "p95_ttft_ms": ms, "achieved_concurrency": v,
-...            "request_throughput": v} for v, ms in ((8, 120.0), (16, 480.0), (32, 910.0))]
->>> capacity_at_slo(levels, [slo]).best.slug
-'c16'
+- a level holds when `slo.judge` says it held every SLO (each percentile within its limit,
+  failed requests no more than the percentile leaves);
+- the bracket is the highest level that held below the lowest that failed, and that lowest
+  (a level that held above a failed one is noise and does not count);
+- the capacity is the highest level of the bracket's passing side whose goodput is within
+  `GOODPUT_SLACK` of the best goodput that held (more load that brings no more good requests/s
+  is not capacity). A sweep run without these SLOs has no goodput for them: then every level
+  that held counts alike, and the capacity is the bracket's passing end.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.errors import SloNotMet, UsageError
+from modal_llm_serving.bench.slo import Slo, judge
+from modal_llm_serving.errors import UsageError
+from modal_llm_serving.untrusted import read_json_file
 
-__all__ = ["Capacity", "LevelPoint", "SloTarget", "capacity_at_slo", "no_slo_given",
-           "parse_slo", "read_levels"]
+__all__ = ["GOODPUT_SLACK", "STOPS", "bracket", "capacity_lines", "capacity_of_levels",
+           "capacity_result", "no_slo_given", "outcome_lines", "read_capacity", "read_levels"]
 
-METRICS = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2EL"}
-PERCENTILES = ("p50", "p90", "p95", "p99")  # the ones every level's summary holds
-_SLO = re.compile(r"^(\w+):(\w+):([0-9.eE+-]+)\s*(ms|s)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class SloTarget:
-    """One SLO: a metric's percentile must stay at or under a limit (ms)."""
-
-    metric: str  # ttft | tpot | itl | e2el
-    percentile: str  # p50 | p90 | p95 | p99
-    limit_ms: float
-
-    @property
-    def key(self) -> str:
-        """The summary key holding this percentile (vLLM's name): p95_ttft_ms."""
-        return f"{self.percentile}_{self.metric}_ms"
-
-    def words(self) -> str:
-        """How messages name it: "p95 TTFT"."""
-        return f"{self.percentile} {METRICS[self.metric]}"
-
-    def spec(self) -> str:
-        """As written on the command line: ttft:p95:500ms."""
-        return f"{self.metric}:{self.percentile}:{self.limit_ms:g}ms"
+GOODPUT_SLACK = 0.05  # goodput within 5 % of the best counts as the best (noise)
+STOPS = {
+    "narrow": "the bracket is as narrow as the search goes",
+    "max level": "--max-level held every SLO: the knee is above it",
+    "lowest level": "the lowest level possible failed: the knee is below it",
+    "level budget": "--search-levels levels ran",
+    "time budget": "--search-time ran out",
+    "interrupted": "interrupted: the capacity so far",
+    "running": "still running (a search killed outright ends here)",
+    "sweep": "a sweep of the levels given, judged after it ran (no search)",
+}
 
 
-def parse_slo(text: str) -> SloTarget:
-    """`ttft:p95:500ms` (or `e2el:p99:10s`) as an SloTarget; anything else is one UsageError."""
-    match = _SLO.match(text.strip().lower())
-    example = "e.g. --slo ttft:p95:500ms or --slo e2el:p99:10s"
-    if not match:
-        raise UsageError(f"--slo {text!r}: write METRIC:PERCENTILE:LIMIT with a unit, {example}")
-    metric, percentile, number, unit = match.groups()
-    if metric not in METRICS:
-        raise UsageError(f"--slo {text!r}: the metric is one of {', '.join(METRICS)}; {example}")
-    if percentile not in PERCENTILES:
-        raise UsageError(f"--slo {text!r}: the percentile is one of {', '.join(PERCENTILES)} "
-                         f"(what each level's summary holds); {example}")
-    try:
-        limit = float(number) * (1000 if unit == "s" else 1)
-    except ValueError:
-        limit = math.nan
-    if not (limit > 0 and math.isfinite(limit)):
-        raise UsageError(f"--slo {text!r}: the limit must be a number > 0; {example}")
-    return SloTarget(metric, percentile, limit)
+def bracket(verdicts: dict[float, bool]) -> tuple[float | None, float | None]:
+    """(highest level that held below the lowest that failed, lowest that failed); None where
+    no level is on that side. A level that held above a failed one (noise) is not counted."""
+    lowest_fail = min((value for value, passed in verdicts.items() if not passed), default=None)
+    highest_pass = max((value for value, passed in verdicts.items() if passed and (
+        lowest_fail is None or value < lowest_fail)), default=None)
+    return highest_pass, lowest_fail
 
 
-@dataclasses.dataclass(frozen=True)
-class LevelPoint:
-    """One level of a sweep as the capacity reads it: its load, outcome and SLO percentiles."""
 
-    kind: str  # concurrency | rate
-    value: float  # streams in flight, or requests/s
-    slug: str  # c8, r2.5
-    completed: int
-    failed: int
-    observed: dict[str, float | None]  # SloTarget.key -> ms (None: no successful request)
-    achieved_concurrency: float  # requests in flight on average (Little's law, measured)
-    request_throughput: float  # completed requests/s
-    misses: tuple[str, ...]  # why the SLOs did not hold here; () when they did
-
-    @property
-    def holds(self) -> bool:
-        return not self.misses
-
-    def load(self) -> str:
-        """The level in words: "24 streams", "4 req/s"."""
-        if self.kind == "concurrency":
-            return f"{self.value:g} streams"
-        return "all at once" if math.isinf(self.value) else f"{self.value:g} req/s"
-
-
-@dataclasses.dataclass(frozen=True)
-class Capacity:
-    """The SLO capacity of a sweep: the best level, the next one tried, and every level."""
-
-    kind: str
-    slos: tuple[SloTarget, ...]
-    levels: tuple[LevelPoint, ...]  # lowest load first
-    best: LevelPoint  # the highest level of the unbroken run that holds the SLOs
-    next: LevelPoint | None  # the level tried just above it (None: the best is the highest)
-    notes: tuple[str, ...]
-
-    @property
-    def knee_found(self) -> bool:
-        return self.next is not None
-
-    def evidence(self, slo: SloTarget) -> str:
-        """The measured numbers behind the capacity for one SLO: "p95 TTFT 480 ms at c24,
-        910 ms at c32, SLO 500 ms"."""
-        parts = [f"{_ms(self.best.observed[slo.key])} at {self.best.slug}"]
-        if self.next is not None:
-            parts.append(f"{_ms(self.next.observed[slo.key])} at {self.next.slug}")
-        return f"{slo.words()} {', '.join(parts)}, SLO {slo.limit_ms:g} ms"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "slos": [slo.spec() for slo in self.slos],
-                "best": self.best.slug, "value": self.best.value,
-                "next": self.next.slug if self.next else None, "knee_found": self.knee_found,
-                "levels": [{"slug": p.slug, "value": p.value, "holds": p.holds,
-                            "misses": list(p.misses), "failed": p.failed,
-                            **{key: value for key, value in p.observed.items()}}
-                           for p in self.levels],
-                "notes": list(self.notes)}
+def capacity_result(kind: str, slo: Slo, tried: Sequence[tuple[str, float, dict[str, Any] | None]],
+                    *, stopped: str, complete: bool,
+                    target_width: float | None = None) -> dict[str, Any]:
+    """sweep.json's `capacity` (shape in slo.py's docstring) from the levels (slug, load) in the
+    order they ran, each with its verdict (`slo.judge`), or None for one interrupted before its
+    end. `target_width`: how narrow a search meant to go (None: not a search)."""
+    levels = [{"slug": slug, "value": value,
+               "passed": None if verdict is None else verdict["passed"],
+               **({} if verdict is None else {key: verdict[key] for key in (
+                   "goodput", "failed_share", "slos")})}
+              for slug, value, verdict in tried]
+    verdicts = {row["value"]: row["passed"] for row in levels if row["passed"] is not None}
+    low, high = bracket(verdicts)
+    held = [row for row in levels if row["passed"] and (high is None or row["value"] < high)]
+    best = max((row["goodput"] or 0.0 for row in held), default=0.0)
+    chosen = max((row for row in held if (row["goodput"] or 0.0) >= best * (1 - GOODPUT_SLACK)),
+                 key=lambda row: row["value"], default=None)
+    return {
+        "search": kind, "slos": [str(o) for o in slo.objectives()], "levels": levels,
+        "capacity": None if chosen is None else chosen["value"],
+        "capacity_slug": None if chosen is None else chosen["slug"],
+        "capacity_goodput": None if chosen is None else chosen["goodput"],
+        "bracket": {"highest_pass": low, "lowest_fail": high},
+        "bracketed": low is not None and high is not None,
+        "relative_width": None if low is None or high is None else (high - low) / low,
+        "target_width": target_width, "stopped": stopped, "complete": complete,
+    }
 
 
-def _ms(value: float | None) -> str:
-    return "no successful request" if value is None else f"{value:.0f} ms"
 
-
-def _number(summary: Mapping[str, Any], key: str, where: str) -> float:
-    value = summary.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise UsageError(f"{where}: {key!r} is missing or not a number; give a results folder "
-                         "written by `mls bench run`")
-    return float(value)
-
-
-def _point(summary: Mapping[str, Any], slos: Sequence[SloTarget]) -> LevelPoint:
-    level = summary.get("level")
-    where = f"level {summary.get('label', '?')}"
-    if not (isinstance(level, Mapping) and level.get("kind") in ("concurrency", "rate")
-            and isinstance(level.get("slug"), str)):
-        raise UsageError(f"{where}: the summary does not say its load level (rebuilt from an "
-                         "interrupted run?); run that level again")
-    completed, failed = int(_number(summary, "completed", where)), int(
-        _number(summary, "failed", where))
-    observed: dict[str, float | None] = {}
-    misses = []
-    for slo in slos:
-        value = summary.get(slo.key)
-        if isinstance(value, bool) or not isinstance(value, int | float | None):
-            raise UsageError(f"{where}: {slo.key!r} is not a number")
-        observed[slo.key] = None if value is None else float(value)
-        if value is None:
-            misses.append(f"no {METRICS[slo.metric]} measured (no successful request)")
-        elif value > slo.limit_ms:
-            misses.append(f"{slo.words()} {value:.0f} ms > {slo.limit_ms:g} ms")
-    if failed:
-        misses.append(f"{failed} of {completed + failed} requests failed")
-    return LevelPoint(kind=level["kind"], value=_number(level, "value", where),
-                      slug=level["slug"], completed=completed, failed=failed, observed=observed,
-                      achieved_concurrency=_number(summary, "achieved_concurrency", where),
-                      request_throughput=_number(summary, "request_throughput", where),
-                      misses=tuple(misses))
-
-
-def capacity_at_slo(summaries: Sequence[Mapping[str, Any]],
-                    slos: Sequence[SloTarget]) -> Capacity:
-    """The capacity of a sweep (its levels' saved summaries) at `slos`; `SloNotMet` when even
-    the lowest level misses them, saying its numbers against the SLOs."""
-    if not slos:
-        raise UsageError("no SLO to judge the levels by; give one, e.g. --slo ttft:p95:500ms")
+def capacity_of_levels(summaries: Sequence[Mapping[str, Any]], slo: Slo) -> dict[str, Any]:
+    """sweep.json's `capacity` of a plain sweep (its levels' saved summaries), by the rule a
+    search applies, lowest load first; `stopped` is "sweep"."""
     if not summaries:
         raise UsageError("the results hold no finished level; run `mls bench run` first")
-    points = sorted((_point(summary, slos) for summary in summaries), key=lambda p: p.value)
-    kinds = {point.kind for point in points}
-    if len(kinds) > 1:
-        raise UsageError("the results mix closed-loop (concurrency) and open-loop (rate) levels; "
-                         "give one sweep")
-    if not points[0].holds:
-        lowest = points[0]
-        raise SloNotMet(f"no level met the SLO: at the lowest, {lowest.slug} ({lowest.load()}), "
-                        f"{'; '.join(lowest.misses)}; measure lower loads, or relax the SLO")
-    run = 0
-    while run + 1 < len(points) and points[run + 1].holds:
-        run += 1
-    best = points[run]
-    following = points[run + 1] if run + 1 < len(points) else None
-    notes = []
-    if following is None:
-        notes.append(f"capacity is at least {best.load()} ({best.slug}, the highest level "
-                     "tried); run a higher level to find where the SLO breaks")
-    if following is not None and (again := [p.slug for p in points[run + 2:] if p.holds]):
-        notes.append(f"{', '.join(again)} met the SLO again above {following.slug}, which did "
-                     "not: the measurement is noisy; repeat it with more requests")
-    return Capacity(kind=points[0].kind, slos=tuple(slos), levels=tuple(points), best=best,
-                    next=following, notes=tuple(notes))
+    tried = sorted((_judged(summary, slo) for summary in summaries), key=lambda row: row[2])
+    kinds = {kind for kind, *_rest in tried}
+    if len(kinds) > 1 or kinds <= {"trace"}:
+        raise UsageError("the results are not one sweep of closed-loop (concurrency) or "
+                         "open-loop (rate) levels; give one")
+    return capacity_result(kinds.pop(), slo, [row[1:] for row in tried], stopped="sweep",
+                           complete=True)
+
+
+def _judged(summary: Mapping[str, Any], slo: Slo) -> tuple[str, str, float, dict[str, Any]]:
+    """(kind, slug, load, verdict) of one saved level; the file is input, so each number
+    `judge` reads is checked first."""
+    level, where = summary.get("level"), f"level {summary.get('label', '?')}"
+    if not (isinstance(level, Mapping) and isinstance(level.get("slug"), str)
+            and _is_number(level.get("value"))):
+        raise UsageError(f"{where}: the summary does not say its load level (rebuilt from an "
+                         "interrupted run?); run that level again")
+    keys = [f"p{o.percentile}_{o.metric}_ms" for o in slo.objectives() if o.percentile]
+    for key in ("completed", "failed", *keys):
+        value = summary.get(key)
+        if not (_is_number(value) or (value is None and key in keys)):
+            raise UsageError(f"{where}: {key!r} is missing or not a number; give a results "
+                             "folder written by `mls bench run`")
+    return str(level.get("kind")), level["slug"], float(level["value"]), judge(slo, dict(summary))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(
+        value)
 
 
 def read_levels(folder: Path) -> list[dict[str, Any]]:
@@ -233,3 +142,93 @@ def no_slo_given(summaries: Sequence[Mapping[str, Any]]) -> UsageError:
                               f"({', '.join(f'{k} {v:g} ms' for k, v in goodput.items())}); give "
                               f"each with its percentile, e.g. --slo {metric}:p95:{limit:g}ms")
     return UsageError("give the SLO the capacity must hold, e.g. --slo ttft:p95:500ms")
+
+
+def capacity_lines(capacity: dict[str, Any]) -> list[str]:
+    """The search for a terminal: each level's verdict, then the outcome."""
+    what = "sweep" if capacity["stopped"] == "sweep" else "search"
+    lines = [f"capacity {what} ({capacity['search']}) at {', '.join(capacity['slos'])}:"]
+    for row in capacity["levels"]:
+        if row["passed"] is None:
+            lines.append(f"  {row['slug']:<10} interrupted")
+            continue
+        values = ", ".join(f"{v['slo'].split(':')[0]} {_number(v['value_ms'])} ms"
+                           for v in row["slos"])
+        lines.append(f"  {row['slug']:<10} {'held  ' if row['passed'] else 'FAILED'}  {values}"
+                     f", failed {row['failed_share']:.0%}, goodput "
+                     f"{_number(row['goodput'])} req/s")
+    return lines + outcome_lines(capacity)
+
+
+def outcome_lines(capacity: dict[str, Any]) -> list[str]:
+    """The capacity, how sure it is (the bracket, whether the knee is in it) and why the search
+    stopped."""
+    unit = "streams" if capacity["search"] == "concurrency" else "requests/s"
+    low, high = capacity["bracket"]["highest_pass"], capacity["bracket"]["lowest_fail"]
+    name = "capacity" if capacity["complete"] else "capacity so far"
+    if low is None and high is None:
+        return [f"{name}: none (no level finished)"]
+    if capacity["capacity"] is None:
+        lines = [f"{name}: no level held every SLO (lowest tried: {_number(high)} {unit})"]
+    else:
+        lines = [f"{name}: {_number(capacity['capacity'])} {unit} (goodput "
+                 f"{_number(capacity['capacity_goodput'])} req/s)"]
+    if capacity["bracketed"]:
+        lines.append(f"  knee bracketed: held at {_number(low)}, failed at {_number(high)} "
+                     f"({capacity['relative_width']:.0%} apart)")
+    else:
+        lines.append("  knee NOT bracketed: "
+                     + ("no level failed" if high is None else "no level held"))
+    lines.append(f"  stopped: {STOPS.get(capacity['stopped'], capacity['stopped'])}")
+    return lines
+
+
+def _number(value: Any) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def read_capacity(folder: Path) -> dict[str, Any] | None:
+    """A saved search's `capacity` from folder/sweep.json, or None when the folder is not a
+    search or the object is not the shape written (the file is input: anyone may edit it)."""
+    try:
+        sweep = read_json_file(folder / "sweep.json")
+    except (OSError, ValueError):
+        return None
+    capacity = sweep.get("capacity") if isinstance(sweep, dict) else None
+    return capacity if _well_formed(capacity) else None
+
+
+def _well_formed(capacity: Any) -> bool:
+    """The keys and types `capacity_lines` and the report read."""
+    def number(value: Any, *, none: bool = True) -> bool:
+        return (value is None and none) or (
+            isinstance(value, int | float) and not isinstance(value, bool))
+
+    def level(row: Any) -> bool:
+        if not (isinstance(row, dict) and isinstance(row.get("slug"), str)
+                and number(row.get("value"), none=False) and row.get("passed") in (
+                    True, False, None)):
+            return False
+        return row["passed"] is None or (
+            number(row.get("goodput")) and number(row.get("failed_share"), none=False)
+            and isinstance(row.get("slos"), list) and all(
+                isinstance(v, dict) and isinstance(v.get("slo"), str)
+                and number(v.get("value_ms")) and isinstance(v.get("passed"), bool)
+                for v in row["slos"]))
+
+    if not isinstance(capacity, dict):
+        return False
+    ends = capacity.get("bracket")
+    return (capacity.get("search") in ("concurrency", "rate")
+            and isinstance(capacity.get("slos"), list)
+            and all(isinstance(slo, str) for slo in capacity["slos"])
+            and isinstance(capacity.get("levels"), list) and all(map(level, capacity["levels"]))
+            and all(number(capacity.get(key)) for key in (
+                "capacity", "capacity_goodput", "relative_width"))
+            and isinstance(ends, dict) and number(ends.get("highest_pass"))
+            and number(ends.get("lowest_fail"))
+            and isinstance(capacity.get("bracketed"), bool)
+            and (not capacity["bracketed"] or number(capacity["relative_width"], none=False))
+            and isinstance(capacity.get("stopped"), str)
+            and isinstance(capacity.get("complete"), bool))
+

@@ -22,14 +22,16 @@ from typing import Literal
 
 from modal_llm_serving.bench.data import MAX_TOKENS, LengthSpec, parse_length
 from modal_llm_serving.bench.partition import Part, resolve
+from modal_llm_serving.bench.slo import Slo, parse_slos, require_percentiles
 from modal_llm_serving.endpoint.client import check_headers, normalize_base_url
 from modal_llm_serving.errors import UsageError
 
-__all__ = ["ARRIVALS", "MAX_WORKERS", "RETRY_STATUSES", "BenchOptions", "Level", "Slo",
-           "check_split", "parse_levels", "parse_options", "parse_shared_prefix", "parse_slos",
-           "parse_trace_levels"]
+__all__ = ["ARRIVALS", "MAX_WORKERS", "RETRY_STATUSES", "SEARCHES", "BenchOptions", "Level",
+           "Search", "Slo", "check_split", "parse_levels", "parse_options", "parse_shared_prefix",
+           "parse_slos", "parse_trace_levels"]
 
 ARRIVALS = ("constant", "poisson", "gamma")
+SEARCHES = ("concurrency", "rate")
 MAX_LEVELS = 64
 MAX_WORKERS = 256
 # Distinct prompts per run; longer runs cycle through them. 1000 apart, a repeat is far outside
@@ -74,21 +76,13 @@ class Level:
 
 
 @dataclasses.dataclass(frozen=True)
-class Slo:
-    """Service-level objectives in ms; a request is good iff it succeeded and met every one."""
+class Search:
+    """`--search`: the highest level of this kind that holds every SLO (capacity.py)."""
 
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2el_ms: float | None = None
-
-    def as_dict(self) -> dict[str, float]:
-        return {key: value for key, value in (("ttft", self.ttft_ms), ("tpot", self.tpot_ms),
-                                              ("e2el", self.e2el_ms)) if value is not None}
-
-    def met(self, ttft: float, tpot: float, e2el: float) -> bool:
-        return ((self.ttft_ms is None or ttft <= self.ttft_ms)
-                and (self.tpot_ms is None or tpot <= self.tpot_ms)
-                and (self.e2el_ms is None or e2el <= self.e2el_ms))
+    kind: Literal["concurrency", "rate"]
+    max_level: float | None  # the highest level tried (None: no bound but the level budget)
+    max_levels: int  # at most this many levels run
+    max_seconds: float | None  # no level starts after this long (None: no time budget)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +131,8 @@ class BenchOptions:
     part: tuple[tuple[int, int], ...] = ()
     # parts on several machines start at one wall-clock moment (each container's own clock)
     start_at_unix: float | None = None
+    # a capacity search from `levels[0]` instead of a sweep of `levels`
+    search: Search | None = None
 
     @property
     def dataset_format(self) -> str:
@@ -179,7 +175,9 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
                   stall_timeout: float = 120.0, retries: int = 0, seed: int = 0,
                   transport: str = "raw", workers: int | None = None,
                   shared_prefix: str | None = None, trace: Path | None = None,
-                  trace_speed: str | None = None, scrape_interval: float = 1.0) -> BenchOptions:
+                  trace_speed: str | None = None, scrape_interval: float = 1.0,
+                  search: str | None = None, max_level: float | None = None,
+                  search_levels: int = 12, search_time: float | None = None) -> BenchOptions:
     """`mls bench run`'s options (named and written as on its command line) as one checked
     value; anything that makes no sense is a UsageError naming the option."""
     given_headers = dict(headers or {})
@@ -189,12 +187,15 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
     for name, value, minimum, strict in (
             ("--burstiness", burstiness, 0.0, True), ("--duration", duration, 0.0, True),
             ("--warmup", warmup, 0.0, False), ("--cooldown", cooldown, 0.0, False),
-            ("--timeout", timeout, 0.0, True), ("--stall-timeout", stall_timeout, 0.0, True)):
+            ("--timeout", timeout, 0.0, True), ("--stall-timeout", stall_timeout, 0.0, True),
+            ("--max-level", max_level, 0.0, True), ("--search-time", search_time, 0.0, True)):
         if value is None:
             continue
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise UsageError(f"{name} {value!r} must be a finite number "
                              f"{'>' if strict else '>='} {minimum:g}")
+    if search == "rate" and not rate and not concurrency:
+        rate = "1"  # a rate search starts at 1 request/s unless told
     if trace is not None or trace_speed is not None:
         levels = parse_trace_levels(trace, trace_speed, given=bool(concurrency or rate))
     else:
@@ -220,9 +221,45 @@ def parse_options(url: str, *, model: str | None = None, api_key: str | None = N
         trace=trace, scrape_interval_s=scrape_interval,
         ignore_eos=ignore_eos, min_tokens=min_tokens, prewarm=prewarm, slo=parse_slos(slos),
         timeout_s=timeout, stall_timeout_s=stall_timeout, retries=retries, seed=seed,
-        transport=transport, workers=workers)
+        transport=transport, workers=workers,
+        search=None if search is None else _search(search, max_level, search_levels,
+                                                   search_time))
     _check_combinations(options)
+    if options.search is not None:
+        _check_search(options, options.search)
     return options
+
+
+def _search(kind: str, max_level: float | None, max_levels: int,
+            max_seconds: float | None) -> Search:
+    if kind not in SEARCHES:
+        raise UsageError(f"--search {kind!r}: choose concurrency (closed loop) or rate (open "
+                         "loop)")
+    if not 2 <= max_levels <= MAX_LEVELS:
+        raise UsageError(f"--search-levels {max_levels}: give 2 to {MAX_LEVELS} levels")
+    return Search("concurrency" if kind == "concurrency" else "rate", max_level, max_levels,
+                  max_seconds)
+
+
+def _check_search(options: BenchOptions, search: Search) -> None:
+    """A search starts from one level of its own kind and judges each level by SLOs that
+    have a percentile."""
+    require_percentiles(options.slo, "--search")
+    if options.trace is not None:
+        raise UsageError("--search picks its own load levels; it does not combine with --trace")
+    start = options.levels[0]
+    flag = "--concurrency" if search.kind == "concurrency" else "--rate"
+    if len(options.levels) > 1 or start.kind != search.kind:
+        raise UsageError(f"--search {search.kind} starts from one level: give one {flag} "
+                         "value (or none: 1), not a list or the other loop's option")
+    if math.isinf(start.value):
+        raise UsageError("--search rate starts from a finite --rate; inf has no level above")
+    top, ceiling = search.max_level, MAX_STREAMS if search.kind == "concurrency" else MAX_RATE
+    if top is not None and not start.value <= top <= ceiling:
+        raise UsageError(f"--max-level {top:g} must be at least the start {flag} "
+                         f"{start.value:g} and at most {ceiling:g}")
+    if top is not None and search.kind == "concurrency" and not top.is_integer():
+        raise UsageError(f"--max-level {top:g}: a concurrency search counts whole streams")
 
 
 def _check_combinations(options: BenchOptions) -> None:
@@ -301,6 +338,7 @@ def parse_trace_levels(trace: Path | None, speeds: str | None, *, given: bool) -
 # Slower than one request in 11 days has no arrival inside any run (and its gaps overflow the
 # clock); faster than this is `inf` in all but name.
 MIN_RATE, MAX_RATE = 1e-6, 1e9
+MAX_STREAMS = 100_000  # more than one client can hold
 
 
 def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
@@ -321,7 +359,7 @@ def parse_levels(*, concurrency: str | None, rate: str | None) -> list[Level]:
             if not item.isdigit() or int(item) < 1:
                 raise UsageError(f"{option} {item!r} is not a whole number >= 1; e.g. "
                                  "--concurrency 1,4,16")
-            if int(item) > 100_000:
+            if int(item) > MAX_STREAMS:
                 raise UsageError(f"{option} {item} is more streams than one client can hold")
             levels.append(Level("concurrency", int(item)))
         else:
@@ -346,25 +384,3 @@ def _distinct_levels(option: str, spec: str, levels: list[Level]) -> list[Level]
     if len(levels) > MAX_LEVELS:
         raise UsageError(f"{option} has {len(levels)} levels; at most {MAX_LEVELS} per sweep")
     return levels
-
-
-def parse_slos(values: tuple[str, ...] | list[str]) -> Slo | None:
-    """`ttft:500`, `tpot:50`, `e2el:2000` (ms; as vLLM's --goodput) into an Slo, or None."""
-    limits: dict[str, float] = {}
-    for value in values:
-        name, sep, number = value.partition(":")
-        name = name.strip().lower()
-        try:
-            limit = float(number)
-        except ValueError:
-            limit = math.nan
-        if not sep or name not in ("ttft", "tpot", "e2el") or not limit > 0 or \
-                math.isinf(limit):
-            raise UsageError(f"--slo {value!r}: write METRIC:MS with METRIC ttft, tpot or e2el "
-                             "and MS > 0, e.g. --slo ttft:500")
-        if name in limits:
-            raise UsageError(f"--slo gives {name} twice")
-        limits[name] = limit
-    if not limits:
-        return None
-    return Slo(ttft_ms=limits.get("ttft"), tpot_ms=limits.get("tpot"), e2el_ms=limits.get("e2el"))

@@ -127,6 +127,7 @@ def render_report(folder: Path) -> Path:
         parts += _sweep_table(levels)
         if "curve" in plots:
             parts += ["![latency–throughput](latency_throughput.png)", ""]
+    parts += _capacity_section(folder)
     parts += cost_markdown([(slug, summary) for slug, summary, _path in levels])
     for slug, summary, _path in levels:
         parts += _level_section(slug, summary, plots.get(slug, []))
@@ -177,6 +178,30 @@ def _sweep_table(levels: list[tuple[str, dict[str, Any], Path]]) -> list[str]:
             f"{_ms(s.get('p50_e2el_ms'))} | "
             f"{s.get('harness', {}).get('client_cpu_fraction_of_one_core') or 0:.0%} |")
     return [*rows, "", "Latencies in ms. " + FORMULAS["ttft"] + "; " + FORMULAS["tpot"] + ".", ""]
+
+
+def _capacity_section(folder: Path) -> list[str]:
+    """A capacity search's outcome (sweep.json's `capacity`): each level in the order tried,
+    its verdict and each SLO's value, then the capacity, the bracket and why it stopped."""
+    from modal_llm_serving.bench.capacity import outcome_lines, read_capacity
+
+    capacity = read_capacity(folder)
+    if capacity is None:
+        return []
+    rows = ["## Capacity at the SLOs", "",
+            f"SLOs: {_md(', '.join(capacity['slos']))} (a level holds one when that percentile "
+            "is within the limit and no more requests failed than the percentile leaves).", "",
+            "| # | level | verdict | SLO values (ms) | failed | goodput (req/s) |",
+            "|---|---|---|---|---|---|"]
+    for number, row in enumerate(capacity["levels"], 1):
+        if row["passed"] is None:
+            rows.append(f"| {number} | {_md(row['slug'])} | interrupted | – | – | – |")
+            continue
+        values = ", ".join(f"{_md(v['slo'])}: {_ms(v['value_ms'])}" for v in row["slos"])
+        rows.append(f"| {number} | {_md(row['slug'])} | "
+                    f"{'held' if row['passed'] else '**failed**'} | {values} | "
+                    f"{row['failed_share']:.1%} | {_ms(row['goodput'])} |")
+    return [*rows, "", *(f"- {_md(line.strip())}" for line in outcome_lines(capacity)), ""]
 
 
 def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list[str]:

@@ -368,11 +368,14 @@ def read_records(path: Path) -> Records:
     return Records(path)
 
 
-def write_sweep(folder: Path, slugs: list[str], summaries: list[LevelSummary]) -> None:
+def write_sweep(folder: Path, slugs: list[str], summaries: list[LevelSummary], *,
+                capacity: dict[str, Any] | None = None) -> None:
     """The sweep's index: every planned level, and whether all of them finished (written at
-    the start and after each level, so an interrupted sweep still names its levels)."""
+    the start and after each level, so an interrupted sweep still names its levels); a
+    capacity search adds its `capacity` (shape: bench/slo.py)."""
     write_json(folder / "sweep.json", {"levels": slugs, "complete": len(summaries) == len(slugs),
-                                       "summaries": [summary.to_dict() for summary in summaries]})
+                                       "summaries": [summary.to_dict() for summary in summaries],
+                                       **({} if capacity is None else {"capacity": capacity})})
 
 
 def read_sweep(folder: Path) -> Any:

@@ -33,6 +33,7 @@ def bench() -> None:
     mls bench run URL --concurrency 1,8,32 -n 200     closed-loop sweep
     mls bench run URL --rate 2,4 --duration 60         open loop (Poisson), from the schedule
     mls bench run URL --trace trace.jsonl              replay a trace on its own clock
+    mls bench run URL --search concurrency --slo ttft:p95:500ms   capacity at an SLO
     mls bench report results/bench-...                 re-render a saved run
     mls bench compare results/before results/after     side by side, with the noise
     mls bench cold-start URL --repeat 3 --wait 900     time to first token from zero
@@ -136,8 +137,19 @@ def _pricing(options: dict[str, Any]) -> Any:
               help="Ask for exactly the output length (vLLM/SGLang ignore_eos).")
 @click.option("--min-tokens", is_flag=True,
               help="Also send min_tokens = output length (servers without ignore_eos).")
-@click.option("--slo", "slos", multiple=True, metavar="METRIC:MS",
-              help="SLO for goodput, e.g. --slo ttft:500 --slo tpot:50 (ttft, tpot, e2el).")
+@click.option("--slo", "slos", multiple=True, metavar="METRIC:PCT:LIMIT",
+              help="SLO for goodput and --search, e.g. --slo ttft:p95:500ms --slo tpot:p50:50ms "
+                   "(ttft, tpot, e2el; p50, p90, p95, p99; ms or s); vLLM's ttft:500 counts "
+                   "toward goodput only.")
+@click.option("--search", type=click.Choice(["concurrency", "rate"]),
+              help="Find the highest concurrency (closed loop) or rate (open loop) at which "
+                   "every --slo holds, from --concurrency/--rate (one value) or 1.")
+@click.option("--max-level", type=Finite(0, 1e9, min_open=True), metavar="V",
+              help="--search: the highest concurrency or rate to try.")
+@click.option("--search-levels", type=click.IntRange(2, 64), default=12, show_default=True,
+              help="--search: at most this many levels.")
+@click.option("--search-time", type=Finite(0, LONGEST_WAIT_S, min_open=True), metavar="S",
+              help="--search: start no level after S seconds.")
 @click.option("--timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True), default=600.0,
               show_default=True, help="Seconds a request may take in all.")
 @click.option("--stall-timeout", type=Finite(0, LONGEST_WAIT_S, min_open=True),
@@ -167,7 +179,9 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
     """Benchmark the endpoint at URL; write per-request JSONL, summary JSON and a report.
 
     Each level of a sweep runs to its bounds (--num-requests and/or --duration). Progress shows
-    on stderr; results are written as requests finish, so Ctrl-C keeps what finished.
+    on stderr; results are written as requests finish, so Ctrl-C keeps what finished. With
+    --search, the levels are chosen one by one until the capacity at the SLOs is bracketed
+    (sweep.json's "capacity"; exit 1 if no level held them).
     """
     from modal_llm_serving.bench.api import run_bench
     from modal_llm_serving.bench.cost import attach_cost, level_cost
@@ -212,11 +226,27 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
     if not no_report:
         say(f"report: {render_report(out)}", err=True)
     say(f"results: {out}", err=True)
+    if bench_options.search is not None:
+        _capacity_outcome(out, json_=json_)
+        return
     if json_:
         dicts = [saved(summary) for summary in summaries]
         echo_json(dicts[0] if len(dicts) == 1 else dicts)
     if any(summary.measured.completed == 0 for summary in summaries):
         say("no request succeeded at some level; see the errors above", err=True)
+        sys.exit(1)
+
+
+def _capacity_outcome(out: Path, *, json_: bool) -> None:
+    """A search's result: its sweep.json with --json; exit 1 when no level held the SLOs (the
+    levels that failed on the way are the search working, not a failed run)."""
+    from modal_llm_serving.bench.results import read_sweep
+
+    sweep = read_sweep(out)
+    if json_:
+        echo_json(sweep)
+    if sweep["capacity"]["capacity"] is None:
+        say("no level held every SLO; see the levels above", err=True)
         sys.exit(1)
 
 
@@ -259,6 +289,10 @@ def bench_report(folder: Path, json_: bool, **options: Any) -> None:
         sweep = folder / "sweep.json"
         echo_json(read_sweep(folder) if sweep.is_file() else read_summary(folder))
         return
+    from modal_llm_serving.bench.capacity import capacity_lines, read_capacity
+
+    if (capacity := read_capacity(folder)) is not None:
+        say(*capacity_lines(capacity))
     if not (folder / "sweep.json").is_file():
         summary = read_summary(folder)
         say(*summary_lines(summary))

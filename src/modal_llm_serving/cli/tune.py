@@ -25,7 +25,7 @@ if TYPE_CHECKING:
               help="A results folder of `mls bench run` (a sweep of load levels).")
 @click.option("--slo", "slos", multiple=True, metavar="METRIC:PCT:LIMIT",
               help="SLO the capacity must hold (one or more), e.g. ttft:p95:500ms, "
-                   "tpot:p50:50ms, e2el:p99:10s.")
+                   "tpot:p50:50ms, e2el:p99:10s [default: a capacity search's own].")
 @click.option("--headroom", type=Finite(1, 100), default=90.0, show_default=True,
               metavar="PCT", help="Target this percentage of the capacity per container.")
 @click.option("--peak-rps", type=Finite(0, 1e9, min_open=True), metavar="R",
@@ -47,23 +47,25 @@ def tune_command(app_file: Path, results: Path, slos: tuple[str, ...], headroom:
     """Set APP_FILE's concurrency knobs from the SLO capacity measured in RESULTS.
 
     \b
-    The capacity is the highest level of the sweep at which every SLO held (no failed
-    request, each percentile within its limit). From it: target_inputs / target_concurrency
-    (the capacity less the headroom), max_inputs / max_concurrency (the next level tried if
-    no request failed there, else the capacity), the engine's --max-num-seqs (at least the
-    max) and, for a stated peak, MAX_CONTAINERS. Only those UPPER_CASE constants change; the
-    diff shows each change with the numbers behind it, and `mls check` judges the result.
+    The capacity is the one `mls bench run --search` saved in RESULTS; for a plain sweep, the
+    same rule picks it from the levels (each percentile within its limit, failures within what
+    the percentile leaves; the highest such level below the first that failed). From it:
+    target_inputs / target_concurrency (the capacity less the headroom), max_inputs /
+    max_concurrency (the next level tried if no request failed there, else the capacity), the
+    engine's --max-num-seqs (at least the max) and, for a stated peak, MAX_CONTAINERS. Only
+    those UPPER_CASE constants change; the diff shows each change with the numbers behind it,
+    and `mls check` judges the result.
     Exit codes: 0 tuned (written with --write); 1 no level met the SLO, or the result breaks a
     rule the file did not break (then nothing is written); 2 bad input.
     """
-    from modal_llm_serving.bench.capacity import parse_slo
+    from modal_llm_serving.bench.slo import parse_slos
     from modal_llm_serving.recipes.tune import Load, tune_app
 
     if peak_rps is not None and peak_concurrency is not None:
         raise UsageError("give --peak-rps or --peak-concurrency, not both")
     load = Load(headroom=headroom / 100, peak_rps=peak_rps, peak_concurrency=peak_concurrency,
                 idle_min=idle_min, replicas=replicas)
-    tuning = tune_app(app_file, results, [parse_slo(slo) for slo in slos], load, write=write,
+    tuning = tune_app(app_file, results, parse_slos(slos), load, write=write,
                       import_check=not no_import)
     if json_:
         echo_json(tuning.to_dict())
@@ -74,9 +76,9 @@ def tune_command(app_file: Path, results: Path, slos: tuple[str, ...], headroom:
 
 
 def _render(tuning: Tuning) -> None:
-    capacity = tuning.capacity
-    say(f"capacity at {', '.join(s.spec() for s in capacity.slos)}: {capacity.best.load()} "
-        f"({capacity.best.slug}; levels tried: {', '.join(p.slug for p in capacity.levels)})")
+    from modal_llm_serving.bench.capacity import capacity_lines
+
+    say(*capacity_lines(tuning.capacity))
     for change in tuning.changes:
         moved = f"{change.old} -> {change.new}" if change.old != change.new else \
             f"{change.new} (kept)"

@@ -1,7 +1,9 @@
 """`mls tune`: an app's concurrency knobs set from its measured SLO capacity, each with its reason.
 
-The capacity (`bench.capacity`) is per load level of the whole endpoint; divided by the
-containers that served the benchmark, it is per container. The rules:
+The capacity is sweep.json's `capacity`: written by a capacity search (`mls bench run --search`),
+or, for a plain sweep, derived from its levels by the same rule (bench/capacity.py). It is per
+load level of the whole endpoint; divided by the containers that served the benchmark, it is per
+container. The rules:
 
 - target (`target_inputs` / `target_concurrency`): the capacity less the headroom (90 %: Modal
   adds a container before one passes the load that still held the SLO);
@@ -26,18 +28,18 @@ import difflib
 import math
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modal_llm_serving.bench.capacity import (
-    Capacity,
-    LevelPoint,
-    SloTarget,
-    capacity_at_slo,
+    capacity_of_levels,
     no_slo_given,
+    read_capacity,
     read_levels,
 )
-from modal_llm_serving.errors import UsageError
+from modal_llm_serving.bench.slo import Slo, parse_slo, require_percentiles
+from modal_llm_serving.errors import SloNotMet, UsageError
 from modal_llm_serving.files import cannot_write, require_regular_file, write_atomic
 from modal_llm_serving.recipes.knobs import Knob, find_knobs
 from modal_llm_serving.recipes.new import render_source
@@ -73,7 +75,7 @@ class Tuning:
     """What `mls tune` worked out: the changes, the new text, and what `mls check` says of it."""
 
     path: Path
-    capacity: Capacity
+    capacity: dict[str, Any]  # sweep.json's `capacity` (shape: bench/slo.py)
     changes: tuple[Change, ...]
     notes: tuple[str, ...]
     old_text: str
@@ -88,11 +90,61 @@ class Tuning:
             fromfile=str(self.path), tofile=f"{self.path} (tuned)")]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "capacity": self.capacity.to_dict(),
+        return {"path": str(self.path), "capacity": self.capacity,
                 "changes": [dataclasses.asdict(change) for change in self.changes],
                 "notes": list(self.notes), "diff": self.diff(),
                 "findings": [f.to_dict() for f in self.findings],
                 "findings_added": [f.to_dict() for f in self.added], "written": self.written}
+
+
+class _Levels:
+    """The capacity's levels as tune reads them: each level's verdict (the capacity's row) and
+    its saved summary (what it measured: requests in flight, requests/s, failures)."""
+
+    def __init__(self, capacity: dict[str, Any], summaries: list[dict[str, Any]]) -> None:
+        self.kind = capacity["search"]
+        self.rows = sorted((row for row in capacity["levels"] if row["passed"] is not None),
+                           key=lambda row: row["value"])
+        self.summaries = {summary["level"]["slug"]: summary for summary in summaries
+                          if isinstance(summary.get("level"), Mapping)}
+        self.best = next((row for row in self.rows if row["slug"] == capacity["capacity_slug"]),
+                         None)
+        self.next = None if self.best is None else next(
+            (row for row in self.rows if row["value"] > self.best["value"]), None)
+
+    def measured(self, row: dict[str, Any], key: str) -> float:
+        value = self.summaries.get(row["slug"], {}).get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise UsageError(f"level {row['slug']}: its summary.json has no {key!r}; give the "
+                             "results folder `mls bench run` wrote")
+        return float(value)
+
+    def load(self, row: dict[str, Any]) -> str:
+        unit = "streams" if self.kind == "concurrency" else "req/s"
+        return f"{row['value']:g} {unit}"
+
+
+def _words(slo: str) -> str:
+    """How messages name an SLO: "p95 TTFT"."""
+    objective = parse_slo(slo)
+    return f"p{objective.percentile} {objective.metric.upper()}"
+
+
+def _misses(row: dict[str, Any]) -> str:
+    """Why a level did not hold: each SLO it missed, with its numbers."""
+    misses = []
+    for verdict in row["slos"]:
+        if verdict["passed"]:
+            continue
+        limit, value = parse_slo(verdict["slo"]).limit_ms, verdict["value_ms"]
+        if value is None:
+            misses.append(f"no {_words(verdict['slo'])} measured (no successful request)")
+        elif value > limit:
+            misses.append(f"{_words(verdict['slo'])} {value:.0f} ms > {limit:g} ms")
+        else:
+            misses.append(f"{_words(verdict['slo'])} {value:.0f} ms, but {row['failed_share']:.0%}"
+                          " of requests failed")
+    return "; ".join(misses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,49 +158,86 @@ class _PerContainer:
     most_reason: str
 
 
-def _per_container(capacity: Capacity, replicas: int) -> _PerContainer:
-    best, following = capacity.best, capacity.next
+def _per_container(levels: _Levels, replicas: int) -> _PerContainer:
+    best, following = levels.best, levels.next
+    if not levels.rows:
+        raise UsageError("the results hold no finished level; run `mls bench run` first")
+    if best is None:
+        lowest = levels.rows[0]
+        raise SloNotMet(f"no level met the SLO: at the lowest, {lowest['slug']} "
+                        f"({levels.load(lowest)}), {_misses(lowest)}; measure lower loads, or "
+                        "relax the SLO")
 
-    def in_flight(point: LevelPoint) -> float:
-        return (point.value if capacity.kind == "concurrency" else point.achieved_concurrency
-                ) / replicas
+    def in_flight(row: dict[str, Any]) -> float:
+        return (row["value"] if levels.kind == "concurrency" else levels.measured(
+            row, "achieved_concurrency")) / replicas
 
-    at_best = in_flight(best)
-    if at_best <= 0 or best.request_throughput <= 0:
-        raise UsageError(f"{best.slug} held the SLO but measured no load (nothing in flight "
+    at_best, rate = in_flight(best), levels.measured(best, "request_throughput")
+    if at_best <= 0 or rate <= 0:
+        raise UsageError(f"{best['slug']} held the SLO but measured no load (nothing in flight "
                          "or completed); run the benchmark again")
     if following is None:
         most = max(1, math.floor(at_best))
-        reason = f"the capacity; no level above {best.slug} was tried"
-    elif following.failed:
+        reason = f"the capacity; no level above {best['slug']} was tried"
+    elif failed := int(levels.measured(following, "failed")):
         most = max(1, math.floor(at_best))
-        reason = (f"the capacity: at {following.slug}, the next level tried, "
-                  f"{following.failed} of {following.completed + following.failed} "
-                  "requests failed")
+        total = failed + int(levels.measured(following, "completed"))
+        reason = (f"the capacity: at {following['slug']}, the next level tried, {failed} of "
+                  f"{total} requests failed")
     else:
         most = max(1, math.ceil(in_flight(following)))
-        misses = "; ".join(following.misses)
-        reason = (f"{following.slug}, the next level tried, failed no request "
-                  f"({misses}): a container may take that much while more start")
-    return _PerContainer(in_flight=at_best, rate=best.request_throughput / replicas, most=most,
+        held = "held the SLO" if following["passed"] else _misses(following)
+        reason = (f"{following['slug']}, the next level tried, failed no request ({held}): a "
+                  "container may take that much while more start")
+    return _PerContainer(in_flight=at_best, rate=rate / replicas, most=most,
                          most_reason=reason)
 
 
-def _measured(capacity: Capacity) -> str:
-    return "; ".join(capacity.evidence(slo) for slo in capacity.slos)
+def _measured(levels: _Levels) -> str:
+    """The numbers behind the capacity, per SLO: "p95 TTFT 20 ms at c4, 250 ms at c6, SLO
+    100 ms"."""
+    assert levels.best is not None
+    parts = []
+    for number, verdict in enumerate(levels.best["slos"]):
+        seen = [f"{_ms(verdict['value_ms'])} at {levels.best['slug']}"]
+        if levels.next is not None:
+            seen.append(f"{_ms(levels.next['slos'][number]['value_ms'])} at {levels.next['slug']}")
+        parts.append(f"{_words(verdict['slo'])} {', '.join(seen)}, SLO "
+                     f"{parse_slo(verdict['slo']).limit_ms:g} ms")
+    return "; ".join(parts)
 
 
-def _decide(knobs: list[Knob], capacity: Capacity, load: Load) -> tuple[
+def _ms(value: float | None) -> str:
+    return "no successful request" if value is None else f"{value:.0f} ms"
+
+
+def _notes(capacity: dict[str, Any], levels: _Levels) -> list[str]:
+    """What the capacity's numbers leave open: a knee not found, noise, a search cut short."""
+    notes = []
+    high = capacity["bracket"]["lowest_fail"]
+    if high is None and levels.best is not None:
+        notes.append(f"capacity is at least {levels.load(levels.best)} ({levels.best['slug']}, "
+                     "the highest level tried); run a higher level to find where the SLO breaks")
+    if high is not None and (again := [row["slug"] for row in levels.rows
+                                       if row["passed"] and row["value"] > high]):
+        notes.append(f"{', '.join(again)} met the SLO again above a level that did not: the "
+                     "measurement is noisy; repeat it with more requests")
+    if not capacity["complete"]:
+        notes.append("the search did not finish: this is the capacity so far")
+    return notes
+
+
+def _decide(knobs: list[Knob], capacity: dict[str, Any], levels: _Levels, load: Load) -> tuple[
         list[Change], list[str]]:
     """Each knob's value by the rules above, with its reason; notes on what was left alone."""
-    per = _per_container(capacity, load.replicas)
+    per = _per_container(levels, load.replicas)
     by_role: dict[str, Knob] = {knob.role: knob for knob in knobs}
-    unit = "in flight" if capacity.kind == "rate" else "streams"
+    unit = "in flight" if levels.kind == "rate" else "streams"
     where = f" (measured on {load.replicas} containers)" if load.replicas > 1 else ""
     wanted: dict[str, tuple[int, str]] = {}
     target = max(1, math.floor(per.in_flight * load.headroom))
     wanted["target"] = (target, f"{load.headroom:.0%} of the capacity, {per.in_flight:.4g} "
-                                f"{unit} per container{where}: {_measured(capacity)}")
+                                f"{unit} per container{where}: {_measured(levels)}")
     most = max(per.most, target)
     if "max" in by_role:
         wanted["max"] = (most, per.most_reason)
@@ -168,7 +257,7 @@ def _decide(knobs: list[Knob], capacity: Capacity, load: Load) -> tuple[
     if load.idle_min is not None:
         wanted["min_containers"] = (load.idle_min, "warm containers asked for (--idle-min)")
     changes: dict[str, Change] = {}
-    notes: list[str] = list(capacity.notes)
+    notes = _notes(capacity, levels)
     for role, (value, reason) in wanted.items():
         knob = by_role.get(role)
         if knob is None:
@@ -246,7 +335,23 @@ def _check(path: Path, old_text: str, text: str, *,
     return findings, added
 
 
-def tune_app(path: Path, results: Path, slos: list[SloTarget], load: Load, *,
+def capacity_of(results: Path, slo: Slo | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The capacity in `results` and its levels' summaries: a search's own (its SLOs unless
+    others are given), else derived from the sweep's levels at `slo`."""
+    summaries = read_levels(results)
+    saved = read_capacity(results)
+    if saved is not None:
+        given = sorted(str(o) for o in slo.objectives()) if slo else sorted(saved["slos"])
+        if given != sorted(saved["slos"]):
+            raise UsageError(f"{results} is a capacity search at {', '.join(saved['slos'])}; "
+                             "leave out --slo to tune from it, or search again at your SLOs")
+        return saved, summaries
+    if slo is None:
+        raise no_slo_given(summaries)
+    return capacity_of_levels(summaries, require_percentiles(slo, "mls tune")), summaries
+
+
+def tune_app(path: Path, results: Path, slo: Slo | None, load: Load, *,
              write: bool = False, import_check: bool = True) -> Tuning:
     """The app at `path` with its knobs set from the SLO capacity measured in `results`;
     written (atomically) only when `write` and `mls check` finds nothing the original did not
@@ -262,11 +367,8 @@ def tune_app(path: Path, results: Path, slos: list[SloTarget], load: Load, *,
     except (OSError, ValueError, SyntaxError) as exc:
         raise UsageError(f"{path}: cannot read it as Python ({exc}); give the app file") from None
     knobs = find_knobs(src)
-    summaries = read_levels(results)
-    if not slos:
-        raise no_slo_given(summaries)
-    capacity = capacity_at_slo(summaries, slos)
-    changes, notes = _decide(knobs, capacity, load)
+    capacity, summaries = capacity_of(results, slo)
+    changes, notes = _decide(knobs, capacity, _Levels(capacity, summaries), load)
     rendered = render_source(old_text, {change.constant: change.new for change in changes})
     findings, added = _check(path, old_text, rendered.text, import_check=import_check)
     written = False
