@@ -116,21 +116,24 @@ class Scraper:
         self._thread = threading.Thread(target=self._loop, name="mls-metrics", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        """The first scrape now, before the level's first request: the baseline the counters'
+        change over the level is taken from (on the thread it could land after requests had
+        moved them). Then one every `interval_s`, unless that first one failed."""
+        self.scrape()
+        if self.unavailable is None:
+            self._thread.start()
 
     def stop(self) -> None:
         """End the scraping (after one last scrape) and release the connection."""
         self._stop.set()
-        self._thread.join(SCRAPE_TIMEOUT_S * 2 + 1)
+        if self._thread.ident is not None:
+            self._thread.join(SCRAPE_TIMEOUT_S * 2 + 1)
         self._http.close()
 
     def _loop(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval_s):
             self.scrape()
-            if self.unavailable is not None or self._stop.wait(self.interval_s):
-                break
-        if self.unavailable is None:
-            self.scrape()
+        self.scrape()
 
     def scrape(self) -> None:
         """One scrape: a snapshot kept, or the failure noted."""
