@@ -6,7 +6,6 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,13 +75,12 @@ def tiny_local_command(model_path: Path, *, recipe: str = "vllm_online") -> Loca
 def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalServer]:
     """One real vLLM serving the tiny model for the whole session; /v1 needs TINY_API_KEY.
 
-    Prefix caching is vLLM's default for this model (the recipe leaves it on); the server also
-    reports cached prompt tokens in each usage (--enable-prompt-tokens-details, which changes
-    only the usage it writes), so the bench's cached-token count is tested on real vLLM."""
+    Prefix caching is vLLM's default for this model (the recipe leaves it on), and the recipe
+    asks for cached prompt tokens in each usage (--enable-prompt-tokens-details), so the bench's
+    cached-token count is tested on real vLLM."""
     if engine_build() is None:
         pytest.fail("vLLM is not installed: run `make test`, which installs it")
     command = tiny_local_command(tiny_model_path)
-    command = dataclasses.replace(command, argv=[*command.argv, "--enable-prompt-tokens-details"])
     with start_server(command, api_key=TINY_API_KEY, kv_cache_gib=1) as server:
         server.wait_ready(timeout=300)
         yield server

@@ -68,7 +68,11 @@ def test_a_slower_server_is_slower_beyond_noise(runs: Path, tmp_path: Path) -> N
 
 
 def test_the_same_server_twice_is_within_noise(runs: Path, tmp_path: Path) -> None:
-    rows = _rows(_compare(str(runs / "same1"), str(runs / "same2"), out=tmp_path / "cmp"))
+    """Two runs of one mock drift by up to ~10 % between them on a busy 2-core machine (one run's
+    records cannot show that drift, which is why the verdict has a floor): with a 25 % floor they
+    must be within noise, while the slower mock (2x) stays far outside it."""
+    rows = _rows(_compare(str(runs / "same1"), str(runs / "same2"), "--min-diff", "25",
+                          out=tmp_path / "cmp"))
     for metric in MEDIANS:
         assert rows[metric]["verdict"] == "within noise", rows[metric]
     assert rows["error rate"]["verdict"] == "within noise"

@@ -91,6 +91,7 @@ def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVI
         "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", str(MAX_NUM_SEQS),
         "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION), "--kv-cache-dtype", KV_CACHE_DTYPE,
         "--tensor-parallel-size", str(N_GPU),
+        "--enable-prompt-tokens-details",  # usage counts prefix-cache hits: `mls bench` shows them
     ]
     if revision:  # a local checkpoint folder has none
         command += ["--revision", revision]

@@ -71,6 +71,10 @@ class SmokeReport:
                 "steps": [dataclasses.asdict(step) for step in self.steps]}
 
 
+# A GET with less time than this left could only time out: the wait ends with the last answer.
+MIN_POLL_S = 0.05
+
+
 def wait_until_ready(client: OpenAIClient, *, timeout: float,
                      on_wait: Callable[[str], None] = lambda _: None) -> float:
     """Poll GET /health with backoff until 200 or `timeout` seconds; return the seconds waited.
@@ -85,6 +89,9 @@ def wait_until_ready(client: OpenAIClient, *, timeout: float,
     delay, last, polled = 0.5, "no answer yet", False
     while True:
         remaining = timeout - (time.monotonic() - start)
+        if polled and remaining < MIN_POLL_S:  # no time for a GET: say what the last one met
+            raise EndpointTimeout(f"{redact_url(client.base_url)} not ready after "
+                                  f"{timeout:.0f} s (last: {last})")
         cut = min(30.0, remaining) if polled else max(1.0, min(30.0, remaining))
         polled = True
         try:
