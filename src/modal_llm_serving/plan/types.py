@@ -16,10 +16,11 @@ from modal_llm_serving.plan.explain import reasons_for, warnings_for
 from modal_llm_serving.recipes.table import Recipe, settings_from
 
 if TYPE_CHECKING:
+    from modal_llm_serving.plan.cluster import ClusterProposal
     from modal_llm_serving.plan.sizing import Sizing
 
-__all__ = ["Basis", "Candidate", "Fallback", "Plan", "Prediction", "Rejection", "RejectionKind",
-           "TooBig"]
+__all__ = ["Basis", "Candidate", "Fallback", "Layout", "Plan", "Prediction", "Rejection",
+           "RejectionKind", "TooBig"]
 
 # Why the pattern: the workload's goal (with proxy-auth clients, for low latency: the Server
 # form), offline work, a cold start the online app cannot meet, or the default.
@@ -28,8 +29,8 @@ Basis = Literal["goal", "goal-proxy-auth", "offline", "slow-cold-start", "defaul
 # cold-start snapshots (then online with a warm container).
 Fallback = Literal["server-one-gpu", "snapshot-one-gpu"]
 # What ruled a GPU setup out before ranking.
-RejectionKind = Literal["snapshot", "fp8", "mxfp4", "precision", "heads", "memory", "ttft",
-                        "tpot"]
+RejectionKind = Literal["snapshot", "fp8", "mxfp4", "precision", "heads", "memory", "kv",
+                        "ttft", "tpot"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,27 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one replica of the model spreads over GPUs: `nodes` hosts of `gpus_per_node` GPUs
+    each, tensor parallelism `tp` within a host, pipeline parallelism `pp` across hosts, expert
+    parallelism `ep` (GPUs the routed experts spread over; 1: tensor parallelism shards them)
+    and data parallelism `dp` (replicas inside the engine). tp x pp x dp = nodes x
+    gpus_per_node. Every plan that fits one container is 1 node, tp = n_gpu; a model no host
+    holds gets a proposed multi-node layout (`plan/cluster.py`), not yet written as an app."""
+
+    nodes: int
+    gpus_per_node: int
+    tp: int
+    pp: int = 1
+    ep: int = 1
+    dp: int = 1
+
+    def label(self) -> str:
+        text = f"{self.nodes} nodes of {self.gpus_per_node} GPUs, TP {self.tp} x PP {self.pp}"
+        return text + (f", EP {self.ep}" if self.ep > 1 else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +116,9 @@ class Rejection:
     usable_gb: float = 0.0  # memory: what the engine's share of the GPUs holds
     heads: int = 0  # heads: attention heads that do not split over n_gpu
     kv_heads: int = 0  # heads: the KV heads beside them
+    sequences: int = 0  # kv: sequences of the context length the KV cache holds
+    need_sequences: int = 0  # kv: what the workload asks of one container
+    context: int = 0  # kv: that context length, tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +131,7 @@ class TooBig:
     usable_bytes: float  # what `tp` of them give the engine
     smaller: list[tuple[str, float]]  # (precision, weight bytes) that would fit instead
     nodes: int  # containers of `tp` cards multi-node serving would take
+    cluster: ClusterProposal | None = None  # the multi-node layout, where Modal offers one
 
 
 @dataclasses.dataclass
@@ -146,6 +172,12 @@ class Plan:
     alternatives: list[Candidate]  # the next setups in rank order
     chosen: Candidate
     frontier: list[Candidate] = dataclasses.field(default_factory=list)  # low latency only
+
+    @property
+    def layout(self) -> Layout:
+        """One container: 1 node, tensor parallelism over its GPUs (the recipes shard experts
+        by tensor parallelism too)."""
+        return Layout(nodes=1, gpus_per_node=self.n_gpu, tp=self.n_gpu)
 
     @property
     def recipe(self) -> str:
@@ -195,6 +227,7 @@ class Plan:
             "kv_cache_dtype": self.kv_cache_dtype,
             "gpu": dataclasses.asdict(self.gpu),
             "n_gpu": self.n_gpu,
+            "layout": dataclasses.asdict(self.layout),
             "containers_at_peak": self.chosen.containers,
             "cost_per_hour_at_peak": round(self.chosen.cost_per_hour, 4),
             "recipe_settings": self.recipe_settings(),
