@@ -755,3 +755,21 @@ def test_a_model_no_host_holds_is_refused_with_its_cluster_layout(tmp_path: Path
     assert result.exit_code == 1 and not written.exists()
     assert "needs 2 nodes of 8x B200 (TP 8 x PP 2, EP 8)" in result.output
     assert "nothing is written" in result.output
+
+
+def test_a_model_over_one_gpu_weighs_the_precision_its_checkpoints_offer() -> None:
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-235B-A22B",
+                                            "revision": "abcdef1", "gpu": "B200"}))
+    # by hand: 470 GB of bf16 weights need 4x B200 (2 give 2 x (180 x 0.9 - 2) = 320 GB); in
+    # fp8, 234.76 GB of layers + 2 x 1.24 GB of 16-bit vocabulary matrices fit on 2
+    assert (plan.n_gpu, plan.precision) == (4, "bf16")
+    option, = plan.precision_options
+    assert option.precision == "fp8" and option.checkpoint == "Qwen/Qwen3-235B-A22B-FP8"
+    vocabulary = 151936 * 4096 * 2
+    assert option.weights_bytes == pytest.approx(235e9 - vocabulary + 2 * vocabulary)
+    assert option.best is not None and option.best.n_gpu == 2
+    trade = dict(plan.reasons)["precision trade"]
+    assert "at fp8 (Qwen/Qwen3-235B-A22B-FP8) 236 GB and 2x B200 ($12.50/h)" in trade
+    assert "own evals" in trade
+    # one GPU, or a checkpoint already in fp8: nothing to weigh
+    assert plan_of().precision_options == []

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from modal_llm_serving.errors import PlanRefused, WorkloadError
 from modal_llm_serving.facts.gpus import GB, GPU, Platform, lacks_kernels, load_gpu_catalog
-from modal_llm_serving.facts.models import ModelFacts, model_facts
+from modal_llm_serving.facts.models import ModelFacts, builtin_models, model_facts
 from modal_llm_serving.facts.workload import (
     NARROW_REGIONS,
     OUT_OF_SCOPE_TASKS,
@@ -72,6 +72,7 @@ from modal_llm_serving.plan.types import (
     Candidate,
     Fallback,
     Plan,
+    PrecisionOption,
     Rejection,
     RejectionKind,
     TooBig,
@@ -114,8 +115,27 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         basis = "goal-proxy-auth"
     pattern, weighed, fallbacks = _weigh_recipes(w, s, gpus, platform, pattern)
     chosen, ranked = _choose(w, pattern, weighed)
-    return _settle(w, s, platform, weighed, chosen, ranked, pattern=pattern, basis=basis,
+    plan = _settle(w, s, platform, weighed, chosen, ranked, pattern=pattern, basis=basis,
                    online_cold_start_s=online_cold, fallbacks=fallbacks)
+    if chosen.n_gpu > 1:  # over one GPU: what another precision of the checkpoint would take
+        plan.precision_options = _precision_options(w, s, gpus, platform, pattern, weighed)
+    return plan
+
+
+def _precision_options(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
+                       pattern: str, weighed: _Weighed) -> list[PrecisionOption]:
+    """FP8 for a 16-bit checkpoint (its -FP8 sibling where the catalog knows one, else vLLM's
+    online quantization), with the best setup the same workload gets at it. A checkpoint already
+    in FP8 or MXFP4 gains nothing from 16 bits but cost, so it is given no option."""
+    if s.precision not in ("bf16", "fp16"):
+        return []
+    sibling = f"{w.model}-FP8"
+    w8 = dataclasses.replace(w, precision="fp8")
+    s8 = size(w8, s.facts)
+    fits = _weigh(w8, s8, gpus, platform, pattern, weighed.recipe).fits
+    best = _rank(pattern, fits, has_slo=w.ttft_ms is not None or w.tpot_ms is not None)
+    return [PrecisionOption("fp8", sibling if sibling in builtin_models() else None,
+                            s8.weights_bytes, best[0] if best else None)]
 
 
 def _weigh_recipes(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,

@@ -188,6 +188,23 @@ def _gpu(plan: Plan) -> str:
                if plan.alternatives else ""))
 
 
+def _precision_trade(plan: Plan) -> str | None:
+    """What another precision would take, beside what this one takes: memory, cost, quality."""
+    if not plan.precision_options:
+        return None
+    c = plan.chosen
+    parts = [f"at {plan.precision} the weights take {plan.sizing.weights_bytes / GB:.0f} GB and "
+             f"{c.label()} (${c.cost_per_hour:.2f}/h at peak)"]
+    for o in plan.precision_options:
+        where = f" ({o.checkpoint})" if o.checkpoint else " (an FP8 checkpoint of it)"
+        setup = (f"{o.best.label()} (${o.best.cost_per_hour:.2f}/h)" if o.best
+                 else "no single container either")
+        parts.append(f"at {o.precision}{where} {o.weights_bytes / GB:.0f} GB and {setup}")
+    return ("; ".join(parts) + "; FP8 halves weight memory and the bytes each decode step "
+            "reads, usually within a point or two of bf16 on benchmarks: check on your own evals "
+            "before switching (precision = 'fp8')")
+
+
 def _context(plan: Plan) -> str:
     return (f"max model len {plan.max_model_len} tokens"
             + (" (you asked for it)" if plan.workload.context_length else
@@ -268,6 +285,8 @@ def reasons_for(plan: Plan) -> list[tuple[str, str]]:
                     "weights at load (--quantization fp8), halving weight memory and "
                     "the bytes read per decode step"))
     out += [("memory", _memory(plan)), ("gpu", _gpu(plan))]
+    if trade := _precision_trade(plan):
+        out.append(("precision trade", trade))
     if plan.n_gpu > 1:
         out.append(("tensor parallelism", f"{plan.n_gpu} GPUs split the {plan.model.heads} "
                     "attention heads evenly; TP is a power of two and at most 8 per container "

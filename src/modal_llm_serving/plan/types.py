@@ -19,8 +19,18 @@ if TYPE_CHECKING:
     from modal_llm_serving.plan.cluster import ClusterProposal
     from modal_llm_serving.plan.sizing import Sizing
 
-__all__ = ["Basis", "Candidate", "Fallback", "Layout", "Plan", "Prediction", "Rejection",
-           "RejectionKind", "TooBig"]
+__all__ = [
+    "Basis",
+    "Candidate",
+    "Fallback",
+    "Layout",
+    "Plan",
+    "PrecisionOption",
+    "Prediction",
+    "Rejection",
+    "RejectionKind",
+    "TooBig",
+]
 
 # Why the pattern: the workload's goal (with proxy-auth clients, for low latency: the Server
 # form), offline work, a cold start the online app cannot meet, or the default.
@@ -104,6 +114,17 @@ class Candidate:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrecisionOption:
+    """Another precision the checkpoint (or a sibling checkpoint) offers, and the best setup the
+    same workload gets with it: weighed before a model is spread over more GPUs."""
+
+    precision: str
+    checkpoint: str | None  # a sibling repo stored in that precision (e.g. "...-FP8"), if known
+    weights_bytes: float
+    best: Candidate | None  # None: no single container holds it at that precision either
+
+
+@dataclasses.dataclass(frozen=True)
 class Rejection:
     """One GPU setup ruled out before ranking: the rule it broke and the numbers that broke it."""
 
@@ -172,6 +193,8 @@ class Plan:
     alternatives: list[Candidate]  # the next setups in rank order
     chosen: Candidate
     frontier: list[Candidate] = dataclasses.field(default_factory=list)  # low latency only
+    # other precisions weighed for a model over one GPU (the trade is explained, not taken)
+    precision_options: list[PrecisionOption] = dataclasses.field(default_factory=list)
 
     @property
     def layout(self) -> Layout:
@@ -235,6 +258,13 @@ class Plan:
             "reasons": [{"topic": t, "text": x} for t, x in self.reasons],
             "warnings": self.warnings,
             "frontier": [_frontier_entry(c, chosen=c is self.chosen) for c in self.frontier],
+            "precision_options": [
+                {"precision": o.precision, "checkpoint": o.checkpoint,
+                 "weights_gb": round(o.weights_bytes / 1e9, 1),
+                 "gpu": o.best.gpu.name if o.best else None,
+                 "n_gpu": o.best.n_gpu if o.best else None,
+                 "cost_per_hour": round(o.best.cost_per_hour, 4) if o.best else None}
+                for o in self.precision_options],
             "alternatives": [
                 {"gpu": c.gpu.name, "n_gpu": c.n_gpu, "containers": c.containers,
                  "cost_per_hour": round(c.cost_per_hour, 4),
