@@ -732,6 +732,8 @@ def test_a_671b_moe_is_not_put_on_pcie_cards_with_no_room_for_a_batch() -> None:
     assert plan.gpu.nvlink and plan.gpu.name in ("H200", "B200", "B300")
     assert plan.chosen.kv_capacity_tokens * plan.sizing.kv_bytes_per_token > 100e9
     assert "8x RTX-PRO-6000: the KV cache holds 3 sequences" in dict(plan.reasons)["kv room"]
+    assert {"gpu": "RTX-PRO-6000", "n_gpu": 8, "kind": "kv", "sequences": 3,
+            "need_sequences": 8, "context": 8192} in plan.to_dict()["rejected"]
 
 
 def test_the_biggest_single_node_comes_before_several_nodes() -> None:

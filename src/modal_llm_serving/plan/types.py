@@ -258,6 +258,8 @@ class Plan:
             "reasons": [{"topic": t, "text": x} for t, x in self.reasons],
             "warnings": self.warnings,
             "frontier": [_frontier_entry(c, chosen=c is self.chosen) for c in self.frontier],
+            "rejected": [{k: v for k, v in dataclasses.asdict(r).items() if v}
+                         for r in self.rejected],  # each setup ruled out, its rule and numbers
             "precision_options": [
                 {"precision": o.precision, "checkpoint": o.checkpoint,
                  "weights_gb": round(o.weights_bytes / 1e9, 1),
