@@ -21,7 +21,10 @@ from modal_llm_serving.facts.gpus import load_gpu_catalog
 from modal_llm_serving.facts.models import builtin_models, model_facts, model_facts_from_config
 from modal_llm_serving.facts.workload import load_workload, workload_from_mapping
 from modal_llm_serving.plan import SLO_MARGIN, TP_SIZES, explain, make_plan
-from modal_llm_serving.plan.rules import MAX_PLANNED_GPUS
+from modal_llm_serving.plan.cluster import NeedsCluster
+from modal_llm_serving.plan.rules import MAX_PLANNED_GPUS, MIN_SEQUENCES
+from modal_llm_serving.plan.sizing import size
+from modal_llm_serving.plan.types import Layout, Rejection
 
 REV = "220b46e3b2180893580a4454f21f22d3ebb187d3"
 BASE = {"model": "Qwen/Qwen3-8B-FP8", "revision": REV}
@@ -273,11 +276,19 @@ def test_tpot_slo_caps_the_batch() -> None:
 
 
 def test_model_that_fits_nowhere_says_what_would() -> None:
-    with pytest.raises(PlanRefused) as info:
+    with pytest.raises(NeedsCluster) as info:
         make_plan(workload_from_mapping({"model": "meta-llama/Llama-3.1-405B-Instruct",
                                          "revision": "abcdef1", "gpu": "H100"}))
-    text = str(info.value)
-    assert "precision = 'fp8'" in text and "multi-node" in text and "8x H100" in text
+    text, proposal = str(info.value), info.value.proposal
+    assert "precision = 'fp8'" in text and "needs 2 nodes of 8x H100 (TP 8 x PP 2)" in text
+    # by hand: a node gives 8 x (80 GB x 0.9 - 2 GB) = 560 GB; two hold 810 GB of bf16 weights
+    # and 310 GB of KV: x 0.9 / (8192 tokens x 258,048 values x 2 B) = 65 sequences
+    assert proposal.layout == Layout(nodes=2, gpus_per_node=8, tp=8, pp=2)
+    assert proposal.usable_bytes == pytest.approx(1120e9)
+    assert proposal.sequences == 65 and proposal.context == 8192
+    assert proposal.cost_per_hour == pytest.approx(16 * 3.95)
+    # each node reads its own stage: 405 GB at 1 GB/s
+    assert proposal.prediction("cold_start_weights_floor_s").value == pytest.approx(405.0)
 
 
 def test_impossible_slo_says_the_best_achievable() -> None:
@@ -297,8 +308,11 @@ def test_cold_start_with_a_big_model_says_snapshots_need_one_gpu() -> None:
 
 
 def test_budget_too_small_is_refused_with_the_cheapest_price() -> None:
-    with pytest.raises(PlanRefused, match=r"budget_per_hour \$0.2.*\$0.80/h"):
+    # one L4 holds 7 sequences of the default 8192 tokens, fewer than the 8 asked: 2x L4
+    with pytest.raises(PlanRefused, match=r"budget_per_hour \$0.2.*2x L4.*\$1.60/h"):
         plan_of(budget_per_hour=0.2)
+    with pytest.raises(PlanRefused, match=r"budget_per_hour \$0.2.* L4 .*\$0.80/h"):
+        plan_of(budget_per_hour=0.2, context_length=4096)
     assert plan_of(budget_per_hour=2.0, concurrency=16).chosen.cost_per_hour <= 2.0
 
 
@@ -450,6 +464,11 @@ def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, An
     s = plan.sizing
     assert (c.kv_capacity_tokens + 1) * s.kv_bytes_per_token >= (
         plan.max_model_len * s.kv_bytes_per_token_at(plan.max_model_len))
+    # ... and as many of them as the workload must batch: min(concurrency, MIN_SEQUENCES)
+    assert (c.kv_capacity_tokens + 1) * s.kv_bytes_per_token >= min(
+        workload.concurrency, MIN_SEQUENCES) * (
+        plan.max_model_len * s.kv_bytes_per_token_at(plan.max_model_len))
+    assert plan.layout == Layout(nodes=1, gpus_per_node=plan.n_gpu, tp=plan.n_gpu)
     if workload.tpot_ms is not None:
         assert plan.prediction("tpot_floor_ms").value <= workload.tpot_ms * SLO_MARGIN + 1e-9
     if workload.ttft_ms is not None:
@@ -510,6 +529,22 @@ def assert_refusal_is_right(data: dict[str, Any], message: str) -> None:
         for precision in re.findall(r"precision = '(\w+)' \(\d+ GB of weights\)", message):
             again = _refused({**data, "precision": precision}) or ""  # what would fit, fits
             assert " GB usable) in one container" not in again, (precision, again)
+    elif " needs " in message and " nodes of 8x " in message:  # a multi-node proposal
+        nodes, card = re.search(r"needs (\d+) nodes of 8x (\S+) \(TP 8 x PP \1", message
+                                ).groups()  # type: ignore[union-attr]
+        assert 2 <= int(nodes) <= 32 and gpus[card].fabric_gb_s > 0, message
+        single, biggest = re.search(r"one container holds ([\d,]+) GB at most \(8x (\S+)\)",
+                                    message).groups()  # type: ignore[union-attr]
+        weights = _number(r": ([\d,]+) GB of weights", message)
+        assert gpus[biggest].memory_gb == max(gpu.memory_gb for gpu in gpus.values())
+        # the nodes hold what one container cannot
+        assert int(nodes) * 8 * (gpus[card].memory_gb * 0.9 - 2) > weights, message
+        assert _number(r"KV room for (\d+) sequences", message) >= min(
+            data.get("concurrency", 8), MIN_SEQUENCES)
+        assert float(single.replace(",", "")) <= 8 * gpus[biggest].memory_gb
+    elif "maximum context of" in message:
+        assert data.get("input_tokens", 1000) + data.get("output_tokens", 250) > _number(
+            r"maximum context of (\d+) tokens", message)
     elif message.startswith("serving concurrency"):
         assert _number(r"needs (\d+) GPUs", message) > _number(r"stops at (\d+) GPUs", message)
         assert f"stops at {MAX_PLANNED_GPUS} GPUs" in message
@@ -617,3 +652,126 @@ def test_routing_region_follows_the_compute_region(region: str | None, routing: 
     from modal_llm_serving.plan.decide import routing_region
 
     assert routing_region(region) == routing
+
+
+# --- interconnect, KV room and the biggest single node ----------------------------------------
+
+
+def _sizing(model: str, **fields: Any) -> Any:
+    w = workload_from_mapping({"model": model, "revision": "abcdef1", **fields})
+    return size(w, model_facts(model, revision="abcdef1"))
+
+
+def test_tensor_parallelism_pays_its_all_reduces_over_the_cards_link() -> None:
+    gpus, _platform = load_gpu_catalog()
+    s = _sizing("meta-llama/Llama-3.3-70B-Instruct")  # 80 layers, hidden 8192
+    # by hand, batch 16 over 8 GPUs: 2 per layer x 80 layers x (latency + 2*7/8 of
+    # 16 x 8192 x 2 B over the link at 80% of its datasheet figure each way)
+    message = 16 * 8192 * 2
+    nvlink = 160 * (10e-6 + 1.75 * message / (450e9 * 0.8))  # H100: NVLink 4
+    pcie = 160 * (25e-6 + 1.75 * message / (64e9 * 0.8))  # RTX-PRO-6000: PCIe 5
+    assert s.allreduce_seconds(gpus["H100"], 8, 16) == pytest.approx(nvlink)
+    assert s.allreduce_seconds(gpus["RTX-PRO-6000"], 8, 16) == pytest.approx(pcie)
+    assert s.allreduce_seconds(gpus["H100"], 1, 16) == 0.0
+
+
+def test_expert_parallelism_pays_an_all_to_all_per_moe_layer() -> None:
+    gpus, _platform = load_gpu_catalog()
+    s = _sizing("deepseek-ai/DeepSeek-V3")  # 61 layers, hidden 7168, 8 experts per token
+    # by hand, batch 64 over EP 8: each GPU sends its 8 tokens x 8 experts x 7168 x 2 B, 7/8 of
+    # it to other GPUs, and takes the results back: 2 all-to-alls per layer
+    sent = 64 / 8 * 8 * 7168 * 2
+    alltoall = 61 * 2 * (10e-6 + 7 / 8 * sent / 360e9)
+    assert s.alltoall_seconds(gpus["H200"], 8, 64) == pytest.approx(alltoall)
+    # with EP the MoE layers keep one all-reduce (after attention) and trade the other for it
+    reduce_one = 10e-6 + 1.75 * 64 * 7168 * 2 / 360e9
+    assert s.allreduce_seconds(gpus["H200"], 8, 64, ep=8) == pytest.approx(
+        61 * reduce_one + alltoall)
+    dense = _sizing("meta-llama/Llama-3.3-70B-Instruct")
+    assert dense.alltoall_seconds(gpus["H200"], 8, 64) == 0.0
+
+
+def test_a_catalog_with_only_the_nvlink_flag_gets_an_assumed_link(tmp_path: Path) -> None:
+    override = tmp_path / "gpus.toml"
+    override.write_text("[gpus.OLD]\nmemory_gb = 40\nhbm_tb_s = 2.0\nbf16_tflops = 300.0\n"
+                        "fp8_tflops = 0.0\nfp8 = false\nprice_per_hour = 1.0\n"
+                        "price_verified = true\nnvlink = true\n")
+    gpus, _platform = load_gpu_catalog(override)
+    assert gpus["OLD"].link_assumed and gpus["OLD"].link_gb_s == 300.0
+    assert not gpus["H100"].link_assumed and gpus["H100"].link == "NVLink 4"
+    plan = make_plan(workload_from_mapping({"model": "meta-llama/Llama-3.3-70B-Instruct",
+                                            "revision": "abcdef1", "gpu": "OLD"}),
+                     gpu_catalog=override)
+    assert plan.n_gpu > 1
+    assert any("assumed from nvlink = true" in warning for warning in plan.warnings)
+    override.write_text("[gpus.H100]\nlink_gb_s = -1\n")
+    with pytest.raises(UsageError, match="link_gb_s"):
+        load_gpu_catalog(override)
+
+
+def test_b300_and_the_cluster_fabric_are_in_the_catalog_with_their_sources() -> None:
+    gpus, _platform = load_gpu_catalog()
+    b300 = gpus["B300"]
+    assert (b300.memory_gb, b300.hbm_tb_s, b300.bf16_tflops, b300.fp8_tflops) == (
+        288, 8.0, 2250.0, 4500.0)
+    assert b300.link == "NVLink 5" and b300.fabric_gb_s == 800.0 and not b300.price_verified
+    assert {name for name, gpu in gpus.items() if gpu.fabric_gb_s} == {
+        "H100", "H200", "B200", "B300"}
+    text = (Path(__file__).parents[1] / "src/modal_llm_serving/facts/data/gpus.toml").read_text()
+    assert "https://modal.com/docs/guide/multi-node-clusters" in text
+    assert "glennklockwood.com/garden/processors/B300" in text
+
+
+def test_a_671b_moe_is_not_put_on_pcie_cards_with_no_room_for_a_batch() -> None:
+    plan = make_plan(workload_from_mapping({"model": "deepseek-ai/DeepSeek-V3",
+                                            "revision": "abcdef1", "precision": "fp8"}))
+    # by hand: 8 x (96 GB x 0.9 - 2 GB) = 675.2 GB, less 672.85 GB of weights (16-bit
+    # vocabulary matrices) leaves 2.35 GB: x 0.9 / (8192 tokens x 35,136 values x 2 B) = 3
+    assert Rejection("RTX-PRO-6000", 8, "kv", sequences=3, need_sequences=8,
+                     context=8192) in plan.rejected
+    assert plan.gpu.nvlink and plan.gpu.name in ("H200", "B200", "B300")
+    assert plan.chosen.kv_capacity_tokens * plan.sizing.kv_bytes_per_token > 100e9
+    assert "8x RTX-PRO-6000: the KV cache holds 3 sequences" in dict(plan.reasons)["kv room"]
+    assert {"gpu": "RTX-PRO-6000", "n_gpu": 8, "kind": "kv", "sequences": 3,
+            "need_sequences": 8, "context": 8192} in plan.to_dict()["rejected"]
+
+
+def test_the_biggest_single_node_comes_before_several_nodes() -> None:
+    # 1,342 GB of bf16 weights: more than 8x H200 or 8x B200, within 8x B300
+    plan = make_plan(workload_from_mapping({"model": "deepseek-ai/DeepSeek-V3",
+                                            "revision": "abcdef1", "precision": "bf16"}))
+    assert (plan.gpu.name, plan.n_gpu) == ("B300", 8)
+    assert plan.layout == Layout(nodes=1, gpus_per_node=8, tp=8)
+
+
+def test_a_model_no_host_holds_is_refused_with_its_cluster_layout(tmp_path: Path) -> None:
+    args = ["--model", "moonshotai/Kimi-K2-Instruct", "--revision", REV, "--precision", "bf16"]
+    result = CliRunner().invoke(cli, ["plan", *args, "--json"])
+    assert result.exit_code == 1, result.output
+    cluster = json.loads(result.output)["cluster"]
+    assert cluster["layout"] == {"nodes": 2, "gpus_per_node": 8, "tp": 8, "pp": 2, "ep": 8,
+                                 "dp": 1}
+    assert cluster["gpu"] == "B200" and cluster["weights_gb"] > 2000
+    written = tmp_path / "app.py"
+    result = CliRunner().invoke(cli, ["new", *args, "-o", str(written)])
+    assert result.exit_code == 1 and not written.exists()
+    assert "needs 2 nodes of 8x B200 (TP 8 x PP 2, EP 8)" in result.output
+    assert "nothing is written" in result.output
+
+
+def test_a_model_over_one_gpu_weighs_the_precision_its_checkpoints_offer() -> None:
+    plan = make_plan(workload_from_mapping({"model": "Qwen/Qwen3-235B-A22B",
+                                            "revision": "abcdef1", "gpu": "B200"}))
+    # by hand: 470 GB of bf16 weights need 4x B200 (2 give 2 x (180 x 0.9 - 2) = 320 GB); in
+    # fp8, 234.76 GB of layers + 2 x 1.24 GB of 16-bit vocabulary matrices fit on 2
+    assert (plan.n_gpu, plan.precision) == (4, "bf16")
+    option, = plan.precision_options
+    assert option.precision == "fp8" and option.checkpoint == "Qwen/Qwen3-235B-A22B-FP8"
+    vocabulary = 151936 * 4096 * 2
+    assert option.weights_bytes == pytest.approx(235e9 - vocabulary + 2 * vocabulary)
+    assert option.best is not None and option.best.n_gpu == 2
+    trade = dict(plan.reasons)["precision trade"]
+    assert "at fp8 (Qwen/Qwen3-235B-A22B-FP8) 236 GB and 2x B200 ($12.50/h)" in trade
+    assert "own evals" in trade
+    # one GPU, or a checkpoint already in fp8: nothing to weigh
+    assert plan_of().precision_options == []

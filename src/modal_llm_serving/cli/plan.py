@@ -92,6 +92,7 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     """
     from modal_llm_serving.errors import PlanRefused
     from modal_llm_serving.plan import explain, make_plan
+    from modal_llm_serving.plan.cluster import NeedsCluster
 
     workload = _workload(workload_file, assignments, flags)
     try:
@@ -99,7 +100,10 @@ def plan_command(workload_file: Path | None, assignments: tuple[str, ...],
     except PlanRefused as exc:
         if not json_:
             raise
-        echo_json({"refused": str(exc), "workload": workload.to_dict()})  # for tools and agents
+        refusal = {"refused": str(exc), "workload": workload.to_dict()}  # for tools and agents
+        if isinstance(exc, NeedsCluster):  # the multi-node layout a clustered app would take
+            refusal["cluster"] = exc.proposal.to_dict()
+        echo_json(refusal)
         sys.exit(1)
     if json_:
         echo_json(result.to_dict())

@@ -48,6 +48,10 @@ class GPU:
     price_per_hour: float
     price_verified: bool
     nvlink: bool = False  # GPUs of one container linked by NVLink (else PCIe)
+    link: str = ""  # that link by name, e.g. "NVLink 4", "PCIe 5"
+    link_gb_s: float = 0.0  # its datasheet bandwidth per GPU, each direction, GB/s
+    fabric_gb_s: float = 0.0  # RDMA per host where Modal clusters this GPU's hosts (0: none)
+    link_assumed: bool = False  # link and link_gb_s derived from `nvlink` alone (old catalogs)
     bf16: bool = True  # native bf16 tensor cores (Turing has none: it would run fp16 instead)
     achievable: Achievable = Achievable()
 
@@ -105,8 +109,13 @@ class Platform:
     gpu_overhead_gb: float
 
 
-_GPU_FIELDS = {f.name: f for f in dataclasses.fields(GPU) if f.name != "name"}
-_OPTIONAL_GPU_FIELDS = {"nvlink", "bf16", "achievable"}
+_GPU_FIELDS = {f.name: f for f in dataclasses.fields(GPU)
+               if f.name not in ("name", "link_assumed")}
+_OPTIONAL_GPU_FIELDS = {"nvlink", "bf16", "achievable", "link", "link_gb_s", "fabric_gb_s"}
+# What a catalog that gives only `nvlink` gets: the slowest link of each kind Modal offers
+# (NVLink 3 on the A100, 600 GB/s both ways; PCIe Gen4 x16), so TP is never costed as cheaper
+# than it may be. The plan names the GPUs whose link was assumed.
+_ASSUMED_LINK = {True: ("NVLink 3 (assumed)", 300.0), False: ("PCIe 4 (assumed)", 32.0)}
 _PLATFORM_FIELDS = {f.name for f in dataclasses.fields(Platform)}
 
 
@@ -140,6 +149,25 @@ def _achievable(entry: object, where: str) -> Achievable:
         raise UsageError(f"{where}: achievable.source must say where the shares come from")
     return Achievable(hbm=float(entry["hbm"]), bf16=float(entry["bf16"]),
                       fp8=float(entry["fp8"]), source=entry["source"].strip())
+
+
+def _link(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """The intra-node link fields of one catalog entry, checked; derived from `nvlink` when the
+    entry gives no `link_gb_s` (catalogs written before links were recorded)."""
+    for field in ("link_gb_s", "fabric_gb_s"):
+        if field in entry and not _positive(entry[field], zero_ok=field == "fabric_gb_s"):
+            raise UsageError(f"{where}: field '{field}' must be a finite positive number (GB/s, "
+                             f"at most {_LARGEST:g}), got {entry[field]!r}")
+    if "link" in entry and (not isinstance(entry["link"], str) or not entry["link"].strip()):
+        raise UsageError(f"{where}: field 'link' must name the link, e.g. \"NVLink 4\" or "
+                         f"\"PCIe 5\", got {entry['link']!r}")
+    if "link_gb_s" in entry:
+        link = str(entry.get("link") or "")
+        nvlink = entry.get("nvlink", link.upper().startswith("NVLINK"))
+        return {"link": link or ("NVLink" if nvlink else "PCIe"), "nvlink": nvlink,
+                "link_gb_s": float(entry["link_gb_s"]), "link_assumed": False}
+    name, bandwidth = _ASSUMED_LINK[bool(entry.get("nvlink", False))]
+    return {"link": name, "link_gb_s": bandwidth, "link_assumed": True}
 
 
 def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Platform]:
@@ -185,7 +213,8 @@ def load_gpu_catalog(override: Path | None = None) -> tuple[dict[str, GPU], Plat
                 raise UsageError(f"{source}: GPU '{name}' field '{field}' must be true or false, "
                                  f"got {entry[field]!r}")
         share = _achievable(entry.get("achievable", assumed), f"{source}: GPU '{name}'")
-        catalog[name] = GPU(name=name, **{**entry, "achievable": share})
+        catalog[name] = GPU(name=name, **{**entry, **_link(entry, f"{source}: GPU '{name}'"),
+                                          "achievable": share})
     if set(platform) != _PLATFORM_FIELDS:
         raise UsageError(f"{source}: [platform] needs exactly {sorted(_PLATFORM_FIELDS)}")
     for field, value in platform.items():

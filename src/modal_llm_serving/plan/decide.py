@@ -20,16 +20,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import NoReturn
 
 from modal_llm_serving.errors import PlanRefused, WorkloadError
 from modal_llm_serving.facts.gpus import GB, GPU, Platform, lacks_kernels, load_gpu_catalog
-from modal_llm_serving.facts.models import ModelFacts, model_facts
+from modal_llm_serving.facts.models import ModelFacts, builtin_models, model_facts
 from modal_llm_serving.facts.workload import (
     NARROW_REGIONS,
     OUT_OF_SCOPE_TASKS,
     PRECISIONS,
     Workload,
 )
+from modal_llm_serving.plan.cluster import NeedsCluster, propose_cluster
 from modal_llm_serving.plan.explain import (
     context_too_long,
     nothing_fits,
@@ -45,6 +47,7 @@ from modal_llm_serving.plan.rules import (
     MAX_NUM_SEQS_CAP,
     MAX_PLANNED_GPUS,
     MEMORY_SHARE,
+    MIN_SEQUENCES,
     MINUTES,
     OFFLINE_NUM_SEQS_CAP,
     PINNED_PRIMITIVES,
@@ -60,6 +63,7 @@ from modal_llm_serving.plan.sizing import (
     longest_sequence_bytes,
     longest_sequence_fits,
     predictions,
+    sequences_held,
     size,
     weights_bytes_at,
 )
@@ -68,6 +72,7 @@ from modal_llm_serving.plan.types import (
     Candidate,
     Fallback,
     Plan,
+    PrecisionOption,
     Rejection,
     RejectionKind,
     TooBig,
@@ -110,8 +115,27 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
         basis = "goal-proxy-auth"
     pattern, weighed, fallbacks = _weigh_recipes(w, s, gpus, platform, pattern)
     chosen, ranked = _choose(w, pattern, weighed)
-    return _settle(w, s, platform, weighed, chosen, ranked, pattern=pattern, basis=basis,
+    plan = _settle(w, s, platform, weighed, chosen, ranked, pattern=pattern, basis=basis,
                    online_cold_start_s=online_cold, fallbacks=fallbacks)
+    if chosen.n_gpu > 1:  # over one GPU: what another precision of the checkpoint would take
+        plan.precision_options = _precision_options(w, s, gpus, platform, pattern, weighed)
+    return plan
+
+
+def _precision_options(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
+                       pattern: str, weighed: _Weighed) -> list[PrecisionOption]:
+    """FP8 for a 16-bit checkpoint (its -FP8 sibling where the catalog knows one, else vLLM's
+    online quantization), with the best setup the same workload gets at it. A checkpoint already
+    in FP8 or MXFP4 gains nothing from 16 bits but cost, so it is given no option."""
+    if s.precision not in ("bf16", "fp16"):
+        return []
+    sibling = f"{w.model}-FP8"
+    w8 = dataclasses.replace(w, precision="fp8")
+    s8 = size(w8, s.facts)
+    fits = _weigh(w8, s8, gpus, platform, pattern, weighed.recipe).fits
+    best = _rank(pattern, fits, has_slo=w.ttft_ms is not None or w.tpot_ms is not None)
+    return [PrecisionOption("fp8", sibling if sibling in builtin_models() else None,
+                            s8.weights_bytes, best[0] if best else None)]
 
 
 def _weigh_recipes(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
@@ -135,7 +159,7 @@ def _weigh_recipes(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platf
         pattern = "online"
         weighed = _weigh(w, s, gpus, platform, pattern, recipe_for(pattern))
     if not weighed.fits:
-        raise PlanRefused(_nothing_fits(w, s, gpus, platform, pattern, weighed))
+        _refuse(w, s, gpus, platform, pattern, weighed)
     return pattern, weighed, tuple(fallbacks)
 
 
@@ -257,6 +281,11 @@ def _setup(w: Workload, s: Sizing, gpu: GPU, n: int, platform: Platform, *, patt
         need = (s.weights_bytes + longest_sequence_bytes(s, max_model_len)
                 + n * platform.gpu_overhead_gb * GB) / GB
         return Rejection(gpu.name, n, "memory", need_gb=need, usable_gb=n * gpu.memory_gb * util)
+    # ... and as many as the workload needs to batch at all (rules.MIN_SEQUENCES)
+    held, wanted = sequences_held(s, kv_bytes, max_model_len), min(w.concurrency, MIN_SEQUENCES)
+    if held < wanted:
+        return Rejection(gpu.name, n, "kv", sequences=held, need_sequences=wanted,
+                         context=max_model_len)
     prefill = s.prefill_seconds(gpu, n, w.input_tokens)
     if w.ttft_ms is not None and prefill * 1e3 > w.ttft_ms * SLO_MARGIN:
         return Rejection(gpu.name, n, "ttft", floor_ms=prefill * 1e3, slo_ms=w.ttft_ms)
@@ -296,12 +325,15 @@ def _max_batch_for_tpot(s: Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap:
 
 
 def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
-             weighed: _Weighed) -> TooBig:
-    """What one container can hold at most, against what the model needs, and what would fit."""
+             weighed: _Weighed, pattern: str) -> TooBig:
+    """What one container can hold at most, against what the model needs, what would fit, and
+    (where snapshots do not pin one GPU) the multi-node layout that would."""
     allowed = [g for g in gpus.values() if not w.gpu or g.name == w.gpu]
     biggest = max(allowed, key=lambda g: g.memory_gb)
     tp = 1 if weighed.recipe.snapshots else max(n for n in TP_SIZES if n <= w.max_gpus)
-    sequence = longest_sequence_bytes(s, weighed.max_model_len)
+    # the weights and the fewest sequences of the context length a container must batch
+    sequence = longest_sequence_bytes(s, weighed.max_model_len) * min(w.concurrency,
+                                                                      MIN_SEQUENCES)
     need = s.weights_bytes + sequence
     node = engine_bytes(biggest, tp, util=weighed.util, platform=platform)
     smaller = []
@@ -310,16 +342,25 @@ def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
             weights = weights_bytes_at(s.facts, precision)
             if weights + sequence < node:
                 smaller.append((precision, weights))
+    cluster = None
+    if pattern != "cold-start" and w.max_gpus == 8:
+        cluster = propose_cluster(w, s, gpus, platform, max_model_len=weighed.max_model_len,
+                                  util=weighed.util)
     return TooBig(need_bytes=need, tp=tp, biggest=biggest, usable_bytes=node, smaller=smaller,
-                  nodes=max(2, math.ceil(need / node)))
+                  nodes=max(2, math.ceil(need / node)), cluster=cluster)
 
 
-def _nothing_fits(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
-                  pattern: str, weighed: _Weighed) -> str:
-    too_small = any(r.kind == "memory" for r in weighed.rejected)
-    return nothing_fits(
-        w, s, pattern=pattern, max_model_len=weighed.max_model_len, rejected=weighed.rejected,
-        too_big=_too_big(w, s, gpus, platform, weighed) if too_small else None)
+def _refuse(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
+            pattern: str, weighed: _Weighed) -> NoReturn:
+    """Raise why no setup fits: NeedsCluster (with the layout) where only several hosts would
+    hold the model, else PlanRefused."""
+    too_small = any(r.kind in ("memory", "kv") for r in weighed.rejected)
+    too_big = _too_big(w, s, gpus, platform, weighed, pattern) if too_small else None
+    message = nothing_fits(w, s, pattern=pattern, max_model_len=weighed.max_model_len,
+                           rejected=weighed.rejected, too_big=too_big)
+    if too_big is not None and too_big.cluster is not None:
+        raise NeedsCluster(message, proposal=too_big.cluster)
+    raise PlanRefused(message)
 
 
 # --- ranking -----------------------------------------------------------------------------------

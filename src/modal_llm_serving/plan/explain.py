@@ -17,12 +17,14 @@ from modal_llm_serving.plan.rules import (
     KV_HEADROOM,
     LATENCY_TIE,
     MAX_PLANNED_GPUS,
+    MIN_SEQUENCES,
     PINNED_PRIMITIVES,
     PROXY_REGIONS_SEEN,
     SLO_MARGIN,
 )
 
 if TYPE_CHECKING:
+    from modal_llm_serving.plan.cluster import ClusterProposal
     from modal_llm_serving.plan.sizing import Sizing
     from modal_llm_serving.plan.types import Candidate, Plan, Rejection, TooBig
 
@@ -111,6 +113,8 @@ def _rejection(r: Rejection) -> str:
         "heads": f"{r.heads} attention heads ({r.kv_heads} KV heads) do not split over "
                  f"{r.n_gpu} GPUs",
         "memory": f"needs {r.need_gb:.1f} GB, has {r.usable_gb:.1f} GB usable",
+        "kv": f"the KV cache holds {r.sequences} sequences of {r.context} tokens after the "
+              f"weights, fewer than the {r.need_sequences} one container must batch",
         "ttft": f"prefill floor {r.floor_ms:.0f} ms > {SLO_MARGIN:.0%} of ttft_ms {r.slo_ms:g}",
         "tpot": f"decode floor {r.floor_ms:.1f} ms/token > {SLO_MARGIN:.0%} of tpot_ms "
                 f"{r.slo_ms:g}",
@@ -184,6 +188,23 @@ def _gpu(plan: Plan) -> str:
                if plan.alternatives else ""))
 
 
+def _precision_trade(plan: Plan) -> str | None:
+    """What another precision would take, beside what this one takes: memory, cost, quality."""
+    if not plan.precision_options:
+        return None
+    c = plan.chosen
+    parts = [f"at {plan.precision} the weights take {plan.sizing.weights_bytes / GB:.0f} GB and "
+             f"{c.label()} (${c.cost_per_hour:.2f}/h at peak)"]
+    for o in plan.precision_options:
+        where = f" ({o.checkpoint})" if o.checkpoint else " (an FP8 checkpoint of it)"
+        setup = (f"{o.best.label()} (${o.best.cost_per_hour:.2f}/h)" if o.best
+                 else "no single container either")
+        parts.append(f"at {o.precision}{where} {o.weights_bytes / GB:.0f} GB and {setup}")
+    return ("; ".join(parts) + "; FP8 halves weight memory and the bytes each decode step "
+            "reads, usually within a point or two of bf16 on benchmarks: check on your own evals "
+            "before switching (precision = 'fp8')")
+
+
 def _context(plan: Plan) -> str:
     return (f"max model len {plan.max_model_len} tokens"
             + (" (you asked for it)" if plan.workload.context_length else
@@ -255,12 +276,17 @@ def reasons_for(plan: Plan) -> list[tuple[str, str]]:
         out.append(("primitive", _PRIMITIVES[plan.primitive]))
     if excluded := _excluded(plan.rejected):
         out.append(("excluded", excluded))
+    if short := [r for r in plan.rejected if r.kind == "kv"]:
+        out.append(("kv room", "; ".join(f"{r.n_gpu}x {r.gpu}: {_rejection(r)}"
+                                         for r in short[:4])))
     out.append(("model", _model(plan.model)))
     if plan.quantization == "fp8":
         out.append(("precision", "fp8 from a 16-bit checkpoint: vLLM quantizes the "
                     "weights at load (--quantization fp8), halving weight memory and "
                     "the bytes read per decode step"))
     out += [("memory", _memory(plan)), ("gpu", _gpu(plan))]
+    if trade := _precision_trade(plan):
+        out.append(("precision trade", trade))
     if plan.n_gpu > 1:
         out.append(("tensor parallelism", f"{plan.n_gpu} GPUs split the {plan.model.heads} "
                     "attention heads evenly; TP is a power of two and at most 8 per container "
@@ -291,6 +317,10 @@ def warnings_for(plan: Plan) -> list[str]:
     if not gpu.price_verified:
         out.append(f"the {gpu.name} price (${gpu.price_per_hour}/h) is not verified: "
                    "check https://modal.com/pricing or override it with --gpu-catalog")
+    if gpu.link_assumed and plan.n_gpu > 1:
+        out.append(f"the GPU catalog gives {gpu.name} no link bandwidth: {gpu.link}, "
+                   f"{gpu.link_gb_s:g} GB/s each way, was assumed from nvlink = "
+                   f"{str(gpu.nvlink).lower()}; add link and link_gb_s to your --gpu-catalog")
     if gpu.name == "T4":
         out.append("T4 (Turing) has no bf16 and no FlashAttention: vLLM runs it in fp16 "
                    "with slower attention kernels; check your engine version supports it")
@@ -408,13 +438,21 @@ def nothing_fits(w: Workload, s: Sizing, *, pattern: str, max_model_len: int,
         return "no GPU setup fits: " + "; ".join(
             f"{r.n_gpu}x {r.gpu}: {_rejection(r)}" for r in rejected[:6])
     t = too_big
+    smaller = " or ".join(f"precision = '{precision}' ({weights / GB:.0f} GB of weights)"
+                          for precision, weights in t.smaller)
+    if t.cluster is not None and pattern != "cold-start":
+        return (f"{s.facts.name} at {s.precision} needs {cluster_summary(t.cluster)}; one "
+                f"container holds {t.usable_bytes / GB:.0f} GB at most ({t.tp}x "
+                f"{t.biggest.name})" + (f"; one would fit with {smaller}" if smaller else "")
+                + "; no recipe serves several nodes yet, so nothing is written (--json gives "
+                "the layout)")
+    batch = min(w.concurrency, MIN_SEQUENCES)
     text = (f"{s.facts.name} at {s.precision} needs about {t.need_bytes / GB:.0f} GB for weights "
-            f"and one {max_model_len}-token sequence, more than {t.tp}x {t.biggest.name} "
-            f"({t.usable_bytes / GB:.0f} GB usable) in one container")
-    if t.smaller:
-        text += "; it would fit with " + " or ".join(
-            f"precision = '{precision}' ({weights / GB:.0f} GB of weights)"
-            for precision, weights in t.smaller)
+            f"and {batch} sequence{'s' if batch > 1 else ''} of {max_model_len} tokens, more "
+            f"than {t.tp}x {t.biggest.name} ({t.usable_bytes / GB:.0f} GB usable) in one "
+            "container")
+    if smaller:
+        text += f"; it would fit with {smaller}"
     if pattern == "cold-start":
         return text + ("; GPU snapshots need a single GPU: drop goal = 'cold-start' to use "
                        "tensor parallelism (with a warm container for fast first requests)")
@@ -424,3 +462,16 @@ def nothing_fits(w: Workload, s: Sizing, *, pattern: str, max_model_len: int,
     if w.gpu or w.max_gpus < 8:
         text += "; you also restricted gpu/max_gpus: lift that to see more options"
     return text
+
+
+def cluster_summary(c: ClusterProposal) -> str:
+    """The multi-node layout in one clause, with its numbers."""
+    lay = c.layout
+    per_seq = c.prediction("decode_tok_s_per_seq").value
+    load = c.prediction("cold_start_weights_floor_s").value
+    return (f"{lay.nodes} nodes of {lay.gpus_per_node}x {c.gpu.name} (TP {lay.tp} x PP "
+            f"{lay.pp}" + (f", EP {lay.ep}" if lay.ep > 1 else "") + f"): "
+            f"{c.weights_bytes / GB:.0f} GB of weights, KV room for {c.sequences} sequences of "
+            f"{c.context} tokens, ${c.cost_per_hour:.2f}/h, ~{per_seq:.0f} tok/s per sequence, "
+            f"each node loads {c.weights_bytes / lay.pp / GB:.0f} GB from the Volume "
+            f"(>= {load:.0f} s)")

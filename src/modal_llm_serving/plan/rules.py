@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 __all__ = [
-    "ALLREDUCE",
+    "COLLECTIVE_LATENCY_S",
+    "FABRIC_LATENCY_S",
     "GATED_ORGS",
     "KV_HEADROOM",
     "LATENCY_TIE",
+    "LINK_SHARE",
     "MAX_NUM_SEQS_CAP",
     "MAX_PLANNED_GPUS",
     "MEMORY_SHARE",
     "MINUTES",
+    "MIN_SEQUENCES",
     "OFFLINE_NUM_SEQS_CAP",
     "PINNED_PRIMITIVES",
     "PROXY_REGIONS_SEEN",
@@ -32,11 +35,24 @@ GATED_ORGS = ("meta-llama/", "google/", "mistralai/")
 # --mem-fraction-static) when the app sets none: SGLang keeps more memory for itself.
 MEMORY_SHARE = {"vllm": 0.90, "sglang": 0.85}
 KV_HEADROOM = 0.9  # plan on 90% of the computed KV capacity (fragmentation, prefix blocks)
-# Tensor parallelism all-reduces activations twice per layer per step; each costs a latency
+# Tensor parallelism all-reduces activations twice per layer per step, expert parallelism
+# sends each token to its experts' GPUs and back (an all-to-all); each collective costs a latency
 # however small the message (which caps what TP buys at batch 1: without it the roofline would
-# call 8 GPUs 8x faster, which no engine reaches) plus the message over the link. Estimates:
-# NVLink ~10 us and ~300 GB/s per GPU; PCIe ~25 us and ~25 GB/s.
-ALLREDUCE = {True: (10e-6, 300e9), False: (25e-6, 25e9)}  # nvlink -> (latency s, bytes/s)
+# call 8 GPUs 8x faster, which no engine reaches) plus its bytes over the GPU's link (the
+# catalog's link_gb_s). Latency estimates: NVLink ~10 us, PCIe ~25 us (through the host).
+COLLECTIVE_LATENCY_S = {True: 10e-6, False: 25e-6}  # nvlink -> seconds per collective
+# The share of a link's datasheet bandwidth a collective reaches: 380 of NVLink 4's 450 GB/s
+# each way measured peer to peer on an H100 SXM (https://github.com/NVIDIA/nccl/issues/1264).
+LINK_SHARE = 0.8
+# Pipeline parallelism across hosts passes each token's activations from stage to stage over the
+# cluster's RDMA fabric: a few microseconds a hop (estimate) plus the bytes.
+FABRIC_LATENCY_S = 5e-6
+# KV room is judged against the workload, not "anything above zero": a container must hold at
+# least min(concurrency, MIN_SEQUENCES) sequences as long as its context length (requests that
+# long are admitted, so a few arriving together must fit), or continuous batching has nothing
+# to batch: a 671B model over 8 cards with room for 3 sequences of 8k tokens is not a serving
+# setup. Replicas cover concurrency above it. Set a shorter context_length to fit a smaller card.
+MIN_SEQUENCES = 8
 # A decode step's fixed cost per layer, however few bytes it reads: the kernels one layer launches
 # (norms, projections, attention, activation), each with a floor. Fitted on an H100 to an
 # engine-shaped decoder replayed from a CUDA graph (docs/PERFORMANCE.md, "The plan beside an

@@ -16,16 +16,18 @@ from modal_llm_serving.facts.gpus import GB, GPU, Platform
 from modal_llm_serving.facts.models import ModelFacts, experts_touched_fraction
 from modal_llm_serving.facts.workload import PRECISIONS, Workload
 from modal_llm_serving.plan.rules import (
-    ALLREDUCE,
+    COLLECTIVE_LATENCY_S,
     FP8_LAYER_EXTRA_S,
     KV_HEADROOM,
     LAYER_STEP_S,
+    LINK_SHARE,
     MOE_LAYER_EXTRA_S,
 )
 from modal_llm_serving.plan.types import Candidate, Prediction
 
-__all__ = ["Sizing", "cold_start_seconds", "engine_bytes", "longest_sequence_bytes",
-           "longest_sequence_fits", "predictions", "size", "weights_bytes_at"]
+__all__ = ["Sizing", "cold_start_seconds", "engine_bytes", "link_bytes_s",
+           "longest_sequence_bytes", "longest_sequence_fits", "predictions", "sequences_held",
+           "size", "weights_bytes_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +91,29 @@ class Sizing:
         return (max(memory, compute) + self.fixed_step_seconds
                 + self.allreduce_seconds(gpu, n, batch))
 
-    def allreduce_seconds(self, gpu: GPU, n: int, batch: int) -> float:
-        """2 all-reduces per layer of `batch` x hidden activations (2 bytes), ring algorithm."""
+    def allreduce_seconds(self, gpu: GPU, n: int, batch: int, *, ep: int = 1) -> float:
+        """Tensor parallelism over `n` GPUs: 2 ring all-reduces per layer (after attention and
+        after the MLP) of `batch` x hidden activations at 2 bytes, each GPU sending
+        2*(n-1)/n of the message over its link. With expert parallelism (`ep` > 1, MoE) the
+        MLP's all-reduce becomes the all-to-all of `alltoall_seconds`."""
         if n == 1:
             return 0.0
-        latency, bandwidth = ALLREDUCE[gpu.nvlink]
         message = batch * self.facts.hidden * 2
-        return 2 * self.facts.layers * (latency + 2 * (n - 1) / n * message / bandwidth)
+        one = (COLLECTIVE_LATENCY_S[gpu.nvlink]
+               + 2 * (n - 1) / n * message / link_bytes_s(gpu))
+        if ep > 1 and self.facts.is_moe:
+            return self.facts.layers * one + self.alltoall_seconds(gpu, ep, batch)
+        return 2 * self.facts.layers * one
+
+    def alltoall_seconds(self, gpu: GPU, ep: int, batch: int) -> float:
+        """Expert parallelism over `ep` GPUs: per MoE layer (every layer counted) each GPU sends
+        its `batch`/ep tokens' activations (hidden x 2 bytes) to the GPUs of their k experts,
+        (ep-1)/ep of them elsewhere, and takes the results back: two all-to-alls."""
+        if ep == 1 or not self.facts.is_moe:
+            return 0.0
+        sent = (batch / ep) * self.facts.experts_per_token * self.facts.hidden * 2
+        one = COLLECTIVE_LATENCY_S[gpu.nvlink] + (ep - 1) / ep * sent / link_bytes_s(gpu)
+        return self.facts.layers * 2 * one
 
     def prefill_seconds(self, gpu: GPU, n: int, prompt: int) -> float:
         f = self.facts
@@ -106,6 +124,12 @@ class Sizing:
 
     def _flops(self, gpu: GPU) -> float:
         return gpu.flops_s(fp8=self.precision == "fp8")
+
+
+def link_bytes_s(gpu: GPU) -> float:
+    """Bytes/s a collective moves per GPU over the card's intra-node link: its datasheet
+    bandwidth each way times LINK_SHARE."""
+    return gpu.link_gb_s * 1e9 * LINK_SHARE
 
 
 def weights_bytes_at(facts: ModelFacts, precision: str) -> float:
@@ -160,6 +184,14 @@ def longest_sequence_fits(s: Sizing, kv_bytes: float, max_model_len: int) -> boo
     return (int(kv_bytes * KV_HEADROOM / longest) if kv_bytes > 0 else 0) >= max_model_len
 
 
+def sequences_held(s: Sizing, kv_bytes: float, max_model_len: int) -> int:
+    """How many sequences of `max_model_len` tokens `kv_bytes` of KV cache hold after the
+    KV_HEADROOM margin (the plan asks for min(concurrency, MIN_SEQUENCES) of them)."""
+    if kv_bytes <= 0:
+        return 0
+    return int(kv_bytes * KV_HEADROOM / (max_model_len * s.kv_bytes_per_token_at(max_model_len)))
+
+
 def cold_start_seconds(s: Sizing, platform: Platform, n: int) -> tuple[float, float, float]:
     """(weights floor, without snapshots, with snapshots) in seconds."""
     load = s.weights_bytes / (platform.volume_read_gb_s * GB)
@@ -183,6 +215,7 @@ def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
                      "ctx_avg": s.ctx_avg, "n_gpu": n, "hbm_bytes_s": bw,
                      "active_params": s.facts.active_params, "flops_s": tf}
     decode_inputs["allreduce_s"] = s.allreduce_seconds(gpu, n, b)
+    decode_inputs["link_bytes_s"] = link_bytes_s(gpu)
     decode_inputs["W_gathered"] = s.gathered_bytes
     decode_inputs["fixed_s"] = s.fixed_step_seconds
     step_formula = ("step(B) = max((W_touched(B) + B*ctx_avg*kv_bytes_per_token) / "
@@ -192,7 +225,8 @@ def predictions(w: Workload, s: Sizing, c: Candidate, platform: Platform, *,
                     f"{MOE_LAYER_EXTRA_S * 1e6:.0f} us for MoE routing), the kernels' floor "
                     "measured on an H100; "
                     "allreduce_s = 2*layers*(latency + 2*(n_gpu-1)/n_gpu*B*hidden*2/link_bytes_s)"
-                    " when n_gpu > 1 (NVLink 10 us, 300 GB/s; PCIe 25 us, 25 GB/s); "
+                    f" when n_gpu > 1 (latency: NVLink 10 us, PCIe 25 us; link_bytes_s: "
+                    f"{gpu.link} {gpu.link_gb_s:g} GB/s x {LINK_SHARE:g}); "
                     "W_gathered: the untied input embedding table, read a row per token"
                     + ("; MoE: W_touched(B) = W_bytes - W_gathered - W_experts*(1-k/E)^B"
                        if s.facts.is_moe else "; W_touched = W_bytes - W_gathered"))

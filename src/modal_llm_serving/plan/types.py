@@ -16,10 +16,21 @@ from modal_llm_serving.plan.explain import reasons_for, warnings_for
 from modal_llm_serving.recipes.table import Recipe, settings_from
 
 if TYPE_CHECKING:
+    from modal_llm_serving.plan.cluster import ClusterProposal
     from modal_llm_serving.plan.sizing import Sizing
 
-__all__ = ["Basis", "Candidate", "Fallback", "Plan", "Prediction", "Rejection", "RejectionKind",
-           "TooBig"]
+__all__ = [
+    "Basis",
+    "Candidate",
+    "Fallback",
+    "Layout",
+    "Plan",
+    "PrecisionOption",
+    "Prediction",
+    "Rejection",
+    "RejectionKind",
+    "TooBig",
+]
 
 # Why the pattern: the workload's goal (with proxy-auth clients, for low latency: the Server
 # form), offline work, a cold start the online app cannot meet, or the default.
@@ -28,8 +39,8 @@ Basis = Literal["goal", "goal-proxy-auth", "offline", "slow-cold-start", "defaul
 # cold-start snapshots (then online with a warm container).
 Fallback = Literal["server-one-gpu", "snapshot-one-gpu"]
 # What ruled a GPU setup out before ranking.
-RejectionKind = Literal["snapshot", "fp8", "mxfp4", "precision", "heads", "memory", "ttft",
-                        "tpot"]
+RejectionKind = Literal["snapshot", "fp8", "mxfp4", "precision", "heads", "memory", "kv",
+                        "ttft", "tpot"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +55,27 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one replica of the model spreads over GPUs: `nodes` hosts of `gpus_per_node` GPUs
+    each, tensor parallelism `tp` within a host, pipeline parallelism `pp` across hosts, expert
+    parallelism `ep` (GPUs the routed experts spread over; 1: tensor parallelism shards them)
+    and data parallelism `dp` (replicas inside the engine). tp x pp x dp = nodes x
+    gpus_per_node. Every plan that fits one container is 1 node, tp = n_gpu; a model no host
+    holds gets a proposed multi-node layout (`plan/cluster.py`), not yet written as an app."""
+
+    nodes: int
+    gpus_per_node: int
+    tp: int
+    pp: int = 1
+    ep: int = 1
+    dp: int = 1
+
+    def label(self) -> str:
+        text = f"{self.nodes} nodes of {self.gpus_per_node} GPUs, TP {self.tp} x PP {self.pp}"
+        return text + (f", EP {self.ep}" if self.ep > 1 else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +114,17 @@ class Candidate:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrecisionOption:
+    """Another precision the checkpoint (or a sibling checkpoint) offers, and the best setup the
+    same workload gets with it: weighed before a model is spread over more GPUs."""
+
+    precision: str
+    checkpoint: str | None  # a sibling repo stored in that precision (e.g. "...-FP8"), if known
+    weights_bytes: float
+    best: Candidate | None  # None: no single container holds it at that precision either
+
+
+@dataclasses.dataclass(frozen=True)
 class Rejection:
     """One GPU setup ruled out before ranking: the rule it broke and the numbers that broke it."""
 
@@ -94,6 +137,9 @@ class Rejection:
     usable_gb: float = 0.0  # memory: what the engine's share of the GPUs holds
     heads: int = 0  # heads: attention heads that do not split over n_gpu
     kv_heads: int = 0  # heads: the KV heads beside them
+    sequences: int = 0  # kv: sequences of the context length the KV cache holds
+    need_sequences: int = 0  # kv: what the workload asks of one container
+    context: int = 0  # kv: that context length, tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +152,7 @@ class TooBig:
     usable_bytes: float  # what `tp` of them give the engine
     smaller: list[tuple[str, float]]  # (precision, weight bytes) that would fit instead
     nodes: int  # containers of `tp` cards multi-node serving would take
+    cluster: ClusterProposal | None = None  # the multi-node layout, where Modal offers one
 
 
 @dataclasses.dataclass
@@ -146,6 +193,14 @@ class Plan:
     alternatives: list[Candidate]  # the next setups in rank order
     chosen: Candidate
     frontier: list[Candidate] = dataclasses.field(default_factory=list)  # low latency only
+    # other precisions weighed for a model over one GPU (the trade is explained, not taken)
+    precision_options: list[PrecisionOption] = dataclasses.field(default_factory=list)
+
+    @property
+    def layout(self) -> Layout:
+        """One container: 1 node, tensor parallelism over its GPUs (the recipes shard experts
+        by tensor parallelism too)."""
+        return Layout(nodes=1, gpus_per_node=self.n_gpu, tp=self.n_gpu)
 
     @property
     def recipe(self) -> str:
@@ -195,6 +250,7 @@ class Plan:
             "kv_cache_dtype": self.kv_cache_dtype,
             "gpu": dataclasses.asdict(self.gpu),
             "n_gpu": self.n_gpu,
+            "layout": dataclasses.asdict(self.layout),
             "containers_at_peak": self.chosen.containers,
             "cost_per_hour_at_peak": round(self.chosen.cost_per_hour, 4),
             "recipe_settings": self.recipe_settings(),
@@ -202,6 +258,15 @@ class Plan:
             "reasons": [{"topic": t, "text": x} for t, x in self.reasons],
             "warnings": self.warnings,
             "frontier": [_frontier_entry(c, chosen=c is self.chosen) for c in self.frontier],
+            "rejected": [{k: v for k, v in dataclasses.asdict(r).items() if v}
+                         for r in self.rejected],  # each setup ruled out, its rule and numbers
+            "precision_options": [
+                {"precision": o.precision, "checkpoint": o.checkpoint,
+                 "weights_gb": round(o.weights_bytes / 1e9, 1),
+                 "gpu": o.best.gpu.name if o.best else None,
+                 "n_gpu": o.best.n_gpu if o.best else None,
+                 "cost_per_hour": round(o.best.cost_per_hour, 4) if o.best else None}
+                for o in self.precision_options],
             "alternatives": [
                 {"gpu": c.gpu.name, "n_gpu": c.n_gpu, "containers": c.containers,
                  "cost_per_hour": round(c.cost_per_hour, 4),
