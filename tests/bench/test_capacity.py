@@ -168,6 +168,25 @@ def test_concurrency_search_finds_the_mocks_knee(tmp_path: Path) -> None:
             "max_concurrency"] == row["value"]
 
 
+def test_the_cost_at_the_capacity_is_the_capacity_levels_measured_cost(tmp_path: Path) -> None:
+    """With a GPU given, the search ends with what a million tokens cost at the highest load
+    that met the SLOs: that level's measured throughput at the catalog's price (2x H100 at
+    $3.95 per GPU-hour, unpinned), in the terminal and in the report."""
+    with MockProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS, knee=KNEE) as mock:
+        result = CliRunner().invoke(cli, ["bench", "run", mock.url, "--out", str(tmp_path),
+                                          *SHORT, "--search", "concurrency", "-c", "2",
+                                          "-n", "12", "--gpu", "H100", "--gpus", "2"])
+    assert result.exit_code == 0, result.output
+    capacity = json.loads((tmp_path / "sweep.json").read_text())["capacity"]
+    level = json.loads((tmp_path / capacity["capacity_slug"] / "summary.json").read_text())
+    expected = 2 * 3.95 / (3600 * level["output_throughput"]) * 1e6
+    [line] = [line for line in result.stdout.splitlines()
+              if line.startswith("cost at the capacity")]
+    assert f"({capacity['capacity_slug']}): ${expected:.4g} per million output tokens" in line
+    assert "2x H100 at $7.9/h" in line
+    assert line.replace("$", "\\$") in (tmp_path / "report.md").read_text()  # Markdown-escaped
+
+
 def test_rate_search_finds_the_mocks_rate_knee(tmp_path: Path) -> None:
     """Open loop, constant arrivals: nothing queues below N / S requests/s. Above it the queue
     grows by (rate - knee) requests a second, so a level of D seconds that is only slightly

@@ -24,7 +24,8 @@ from modal_llm_serving.display import markdown_text
 from modal_llm_serving.errors import UsageError
 from modal_llm_serving.untrusted import read_json_file
 
-__all__ = ["FORMULA", "Pricing", "attach_cost", "choose_pricing", "cost_lines", "cost_markdown",
+__all__ = ["FORMULA", "Pricing", "attach_cost", "capacity_cost_line", "choose_pricing",
+           "cost_lines", "cost_markdown",
            "level_cost", "pricing_from_app", "pricing_from_flags", "pricing_from_plan", "read_cost"]
 
 FORMULA = ("$/M tok = price_per_gpu_hour × n_gpu × region_multiplier / (3600 × tok/s) × 1e6, "
@@ -242,6 +243,28 @@ def read_cost(summary: dict[str, Any]) -> dict[str, Any] | None:
                 value, bool) and math.isfinite(value)):
             return None
     return cost
+
+
+def capacity_cost_line(capacity: dict[str, Any], folder: Path) -> str | None:
+    """What a million tokens cost at the SLO capacity (the capacity level's saved cost): the
+    price of serving at the highest load that met every SLO. None without a capacity or a
+    cost."""
+    slug = capacity.get("capacity_slug")
+    if not isinstance(slug, str) or not (folder / slug / "summary.json").is_file():
+        return None
+    try:
+        cost = read_cost(read_json_file(folder / slug / "summary.json"))
+    except (OSError, ValueError):  # a broken summary: the report says so elsewhere
+        return None
+    if cost is None or cost.get("usd_per_mtok_output") is None:
+        return None
+    line = (f"cost at the capacity ({slug}): ${_usd(cost['usd_per_mtok_output'])} per million "
+            f"output tokens, ${_usd(cost.get('usd_per_mtok_total'))} per million total "
+            f"({cost['n_gpu']}x {cost['gpu']} at ${_usd(cost['usd_per_hour'])}/h)")
+    if cost.get("plan_error_pct") is not None:
+        line += (f"; the plan predicted ${_usd(cost.get('plan_usd_per_mtok_output'))} "
+                 f"({_pct(cost['plan_error_pct'])})")
+    return line
 
 
 def _usd(value: float | None) -> str:

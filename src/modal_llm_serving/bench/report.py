@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from modal_llm_serving.bench.cost import cost_lines, cost_markdown
+from modal_llm_serving.bench.cost import capacity_cost_line, cost_lines, cost_markdown
 from modal_llm_serving.bench.metrics import FORMULAS
 from modal_llm_serving.bench.results import read_records, read_summary, sweep_levels
 from modal_llm_serving.display import markdown_text
@@ -201,7 +201,10 @@ def _capacity_section(folder: Path) -> list[str]:
         rows.append(f"| {number} | {_md(row['slug'])} | "
                     f"{'held' if row['passed'] else '**failed**'} | {values} | "
                     f"{row['failed_share']:.1%} | {_ms(row['goodput'])} |")
-    return [*rows, "", *(f"- {_md(line.strip())}" for line in outcome_lines(capacity)), ""]
+    outcome = outcome_lines(capacity)
+    if (cost := capacity_cost_line(capacity, folder)) is not None:
+        outcome.append(cost)
+    return [*rows, "", *(f"- {_md(line.strip())}" for line in outcome), ""]
 
 
 def _level_section(slug: str, summary: dict[str, Any], plots: list[str]) -> list[str]:

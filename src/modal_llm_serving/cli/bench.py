@@ -240,11 +240,14 @@ def bench_run(url: str, headers: tuple[str, ...], proxy_token_id: str | None,
 def _capacity_outcome(out: Path, *, json_: bool) -> None:
     """A search's result: its sweep.json with --json; exit 1 when no level held the SLOs (the
     levels that failed on the way are the search working, not a failed run)."""
+    from modal_llm_serving.bench.cost import capacity_cost_line
     from modal_llm_serving.bench.results import read_sweep
 
     sweep = read_sweep(out)
     if json_:
         echo_json(sweep)
+    elif (cost := capacity_cost_line(sweep["capacity"], out)) is not None:
+        say(cost)
     if sweep["capacity"]["capacity"] is None:
         say("no level held every SLO; see the levels above", err=True)
         sys.exit(1)
@@ -290,9 +293,12 @@ def bench_report(folder: Path, json_: bool, **options: Any) -> None:
         echo_json(read_sweep(folder) if sweep.is_file() else read_summary(folder))
         return
     from modal_llm_serving.bench.capacity import capacity_lines, read_capacity
+    from modal_llm_serving.bench.cost import capacity_cost_line
 
     if (capacity := read_capacity(folder)) is not None:
         say(*capacity_lines(capacity))
+        if (cost := capacity_cost_line(capacity, folder)) is not None:
+            say(cost)
     if not (folder / "sweep.json").is_file():
         summary = read_summary(folder)
         say(*summary_lines(summary))
