@@ -21,7 +21,9 @@ CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py",
          "clean_mls022_tp_matches_gpus.py", "clean_mls023_fits.py",
          "clean_mls024_context_within_model.py", "clean_mls025_precision_supported.py",
          "clean_mls026_startup_timeout.py", "clean_mls027_concurrency_matches_batch.py",
-         "clean_mls028_gated_with_token.py", "clean_mls029_extra_model_pinned.py")
+         "clean_mls028_gated_with_token.py", "clean_mls029_extra_model_pinned.py",
+         # the clustered rules' clean twin
+         "clean_cluster.py")
 # fixture -> the exact rule ids it must produce (static + import with the real Modal SDK)
 BAD = {
     "mls001_unpinned_revision.py": {"MLS001"},
@@ -62,6 +64,11 @@ BAD = {
     "mls029_unpinned_extra_model.py": {"MLS029"},
     # how the engine is launched
     "mls030_shell_command.py": {"MLS030"},
+    # Modal's clustered containers; the SDK refuses a count of no whole clusters at import
+    "mls031_cluster_containers_not_whole.py": {"MLS031", "MLS017"},
+    "mls032_cluster_partial_host.py": {"MLS032"},
+    "mls033_cluster_without_rdma.py": {"MLS033"},
+    "mls034_cluster_parallel_vs_gpus.py": {"MLS034"},
 }
 
 

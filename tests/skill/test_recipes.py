@@ -60,11 +60,13 @@ HERE = Path(__file__).resolve().parent
 RECIPES = table.RECIPE_NAMES
 VLLM_RECIPES = tuple(r.name for r in table.RECIPES if r.engine == "vllm")
 SERVERS = tuple(r.name for r in table.RECIPES if r.engine == "vllm" and r.primitive)
+CLUSTERED = tuple(r.name for r in table.RECIPES if "multi-node" in r.patterns)
 # the recipes whose engine listens on loopback behind a route allow-list forwarder
 FORWARDING = tuple(r.name for r in table.RECIPES
                    if any(s.name == "PUBLIC_ROUTES" for s in r.settings))
 # what each file is, in verify.pattern_of's words: its pattern, or "server" for the Server form
-PATTERNS = {r.name: "server" if r.proxy_auth else r.patterns[0] for r in table.RECIPES}
+PATTERNS = {r.name: "server" if r.proxy_auth and not set(r.patterns) & {"multi-node"}
+            else r.patterns[0] for r in table.RECIPES}
 
 
 # --- every recipe: compiles, imports alone, gives Modal its settings, sizes ----------------------
@@ -110,11 +112,12 @@ def test_recipe_gives_modal_its_settings(name: str, spy_modal: Callable[[Path], 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_plain_and_within_its_size(name: str) -> None:
     """Nothing generated or copied from the toolkit; the online one ≤ 270 lines, the Server
-    form (forwarder, snapshots and sessions in one file) ≤ 365, the batch job (which also reads,
-    resumes and writes a dataset) ≤ 420, the others ≤ 330."""
+    forms (forwarder, snapshots and sessions, or a cluster's ranks, in one file) ≤ 365, the
+    batch job (which also reads, resumes and writes a dataset) ≤ 420, the others ≤ 330."""
     source = recipe_path(name).read_text()
     assert "# BEGIN" not in source and "modal_llm_serving" not in source
-    limit = {"vllm_online": 270, "vllm_server": 365, "qwen3_throughput": 420}.get(name, 330)
+    limit = {"vllm_online": 270, "vllm_server": 365, "vllm_multi_node": 365,
+             "qwen3_throughput": 420}.get(name, 330)
     assert len(source.splitlines()) <= limit
 
 
