@@ -321,7 +321,10 @@ def verify_engine_command(module: ModuleType) -> Any:
 # The CPU transforms as README's table states them, written out here rather than read from
 # `transforms.CPU_TRANSFORMS`, so that a transform that drifts from its documentation fails.
 CPU_DROPPED = ("--tensor-parallel-size", "--gpu-memory-utilization", "--kv-cache-memory-bytes",
-               "--kv-cache-dtype", "--enable-sleep-mode", "--dtype", "--compilation-config")
+               "--kv-cache-dtype", "--enable-sleep-mode", "--dtype", "--compilation-config",
+               # a clustered recipe's rank 0 runs whole on one machine
+               "--pipeline-parallel-size", "--nnodes", "--node-rank", "--master-addr",
+               "--master-port", "--enable-expert-parallel")
 CPU_ADDED = "--enforce-eager"
 
 

@@ -6,8 +6,8 @@ table `mls check --list` prints. A new rule is a row here, a function in the mod
 readiness, the smoke path, patterns, concurrency, endpoints; `security`: secrets, auth, dev mode;
 `regions`: where a server runs and routes; `startup`: whether the app can start at all, judged
 against the model's facts; `cluster`: apps on Modal's clustered containers; `imports`:
-importing the file), one line in
-`run._static_findings`, and a fixture in tests/fixtures/check that fires it.
+importing the file), one line in `run._static_findings`, and a fixture in tests/fixtures/check
+that fires it.
 """
 
 from __future__ import annotations
