@@ -60,13 +60,11 @@ HERE = Path(__file__).resolve().parent
 RECIPES = table.RECIPE_NAMES
 VLLM_RECIPES = tuple(r.name for r in table.RECIPES if r.engine == "vllm")
 SERVERS = tuple(r.name for r in table.RECIPES if r.engine == "vllm" and r.primitive)
-CLUSTERED = tuple(r.name for r in table.RECIPES if "multi-node" in r.patterns)
 # the recipes whose engine listens on loopback behind a route allow-list forwarder
 FORWARDING = tuple(r.name for r in table.RECIPES
                    if any(s.name == "PUBLIC_ROUTES" for s in r.settings))
 # what each file is, in verify.pattern_of's words: its pattern, or "server" for the Server form
-PATTERNS = {r.name: "server" if r.proxy_auth and not set(r.patterns) & {"multi-node"}
-            else r.patterns[0] for r in table.RECIPES}
+PATTERNS = {r.name: "server" if r.proxy_auth else r.patterns[0] for r in table.RECIPES}
 
 
 # --- every recipe: compiles, imports alone, gives Modal its settings, sizes ----------------------

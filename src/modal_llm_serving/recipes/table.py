@@ -138,11 +138,12 @@ RECIPES: tuple[Recipe, ...] = (
                *_AUTOSCALING[1:], *_KV_CACHE_GIB,
                *_KEPT, *_VLLM, *_HTTP, *_FORWARDER, *_SNAPSHOT,
                Setting("EXIT_GRACE_PERIOD", int), Setting("RETRY_INTERVAL", int))),
-    # Several 8-GPU hosts per copy of the model, on Modal's clustered containers (a Server).
-    # The plan does not choose clusters yet: N_NODES, RDMA, ENABLE_EXPERT_PARALLEL and the
-    # Server's settings are the recipe's own until it does (then: sources like the others).
-    Recipe("vllm_multi_node", ("multi-node",), "vllm", "app.server", proxy_auth=True,
-           settings=(
+    # Several 8-GPU hosts per copy of the model, on Modal's clustered containers: a Server, so
+    # its clients send Modal proxy auth, but the pattern's own recipe (`proxy_auth` marks a
+    # Server *form* chosen for such clients, with its one-GPU snapshots). The plan does not
+    # choose clusters yet: N_NODES, RDMA, ENABLE_EXPERT_PARALLEL and the Server's settings are
+    # the recipe's own until it does (then: sources like the others').
+    Recipe("vllm_multi_node", ("multi-node",), "vllm", "app.server", settings=(
                *_MODEL, *_SERVED_NAME, *_ENGINE,
                Setting("N_NODES", int), Setting("RDMA", bool),
                Setting("ENABLE_EXPERT_PARALLEL", bool), Setting("MASTER_PORT", int),
