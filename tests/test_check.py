@@ -339,6 +339,18 @@ def test_a_tunnel_is_an_extra_port() -> None:
     assert [f.rule.id for f in check_source(source)] == ["MLS015"]
 
 
+def test_the_deprecated_experimental_clustered_is_read_as_a_cluster_too() -> None:
+    """`modal.experimental.clustered` (deprecated in SDK 1.6.4, still accepted) is the same
+    decorator to the cluster rules: a cluster of 2 x 8 GPUs, so tensor 8 alone leaves half."""
+    clean = (FIXTURES / "clean_cluster.py").read_text()
+    source = clean.replace("@modal.clustered(size=N_NODES, rdma=True)",
+                           "@modal.experimental.clustered(size=N_NODES)")
+    assert source != clean
+    assert [f.rule.id for f in check_source(source)] == ["MLS033"]
+    broken = source.replace('"--pipeline-parallel-size", str(N_NODES),', "")
+    assert sorted(f.rule.id for f in check_source(broken)) == ["MLS033", "MLS034"]
+
+
 def test_static_checks_never_crash_on_real_python() -> None:
     """Any Python file gets findings or none, never an exception (here: this repository's)."""
     root = Path(__file__).resolve().parents[1]
