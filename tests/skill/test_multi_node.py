@@ -5,8 +5,10 @@ clustered container at start) is simulated, and the recipe's code reads it throu
 (`modal.Cluster.from_context()`): every rank gets its part, and each rank's command passes vLLM's
 own parser. A worker rank's @modal.enter runs for real against a loopback rank 0 and a stand-in
 `vllm` on PATH (a shell script that records its arguments): it is ready only when rank 0 is,
-and fails at once when its own engine exits. The file's Modal settings and rank 0's command are
-checked with the other recipes (test_recipes.py, through tests/verify.py).
+and fails at once when its own engine exits. Rank 0's @modal.enter runs against the stand-in
+engine of standin/sglang (the same OpenAI routes and /health). A rank whose engine dies ends its
+container. The file's Modal settings and rank 0's command are checked with the other recipes
+(test_recipes.py, through tests/verify.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import contextlib
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +31,9 @@ import pytest
 
 from modal_llm_serving.local.engine_args import parse_vllm_serve
 from modal_llm_serving.recipes.files import load_recipe, recipe_path
+from modal_llm_serving.recipes.new import render_source
+
+from .standin import sglang_standin
 
 RECIPE = "vllm_multi_node"
 IPV6 = ["fd00::1", "fd00::2", "fd00::3", "fd00::4"]
@@ -155,3 +162,69 @@ def test_a_worker_rank_fails_at_once_when_its_engine_exits(
         with pytest.raises(RuntimeError, match=rf"vLLM exited with code 3 before "
                                                rf"http://127.0.0.1:{zero.port}/health"):
             start(container)
+
+
+# --- rank 0's start, against a stand-in engine ----------------------------------------------------
+
+
+def test_rank_zero_waits_for_its_engine_warms_up_then_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 runs its own command (a `vllm` on PATH that runs the stand-in engine of
+    standin/sglang: /health 503 until "every rank is up", then OpenAI chat), waits through the
+    503s, warms up once under the user's key; its engine is rank 0's: the API, not headless."""
+    monkeypatch.setenv("MLS_API_KEY", "user-key")
+    with sglang_standin(monkeypatch, tmp_path, health=(503, 503)) as engine:
+        script = tmp_path / "bin" / "vllm"
+        script.write_text('#!/bin/sh\nexec python -m sglang.launch_server "$@"\n')
+        script.chmod(0o755)
+        text = render_source(recipe_path(RECIPE).read_text(), {
+            "ENGINE_PORT": engine.port, "RETRY_INTERVAL": 0}).text  # bound in the command
+        path = tmp_path / "multi_node_rank0.py"
+        path.write_text(text)
+        r = load_recipe(path, module_name=path.stem)
+        monkeypatch.setattr(r, "PORT", 0)  # the forwarder's port: the OS's pick, read at start
+        simulate_cluster(monkeypatch, 0, ["127.0.0.1", "127.0.0.2"])
+        user_cls = r.VLLMCluster._get_user_cls()
+        container = object.__new__(user_cls)
+        try:
+            user_cls.start._get_raw_f()(container)
+            seen = engine.requests()
+            assert [(q["path"], q["status"]) for q in seen] == [
+                ("/health", 503), ("/health", 503), ("/health", 200),
+                ("/v1/chat/completions", 200)]
+            assert seen[-1]["authorization"] == "Bearer user-key"
+        finally:
+            user_cls.stop._get_raw_f()(container)
+        assert container.engine.wait(timeout=30) == -signal.SIGTERM  # type: ignore[attr-defined]
+    args = parse_vllm_serve(container.engine.args)  # type: ignore[attr-defined]
+    assert (args.node_rank, args.headless, args.master_addr) == (0, False, "127.0.0.1")
+    assert (args.host, args.port) == ("127.0.0.1", engine.port)
+
+
+# --- a rank whose engine exits ends its container ------------------------------------------------
+
+WATCH = """
+import importlib.util, subprocess, sys, threading
+spec = importlib.util.spec_from_file_location("recipe", sys.argv[1])
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
+stopping = threading.Event()
+if sys.argv[2] == "stopping":
+    stopping.set()
+recipe.stop_when_exits(subprocess.Popen(["sh", "-c", "exit 3"]), stopping)
+print("still running")
+"""
+
+
+@pytest.mark.parametrize("stopping", [False, True], ids=["engine-died", "our-own-exit"])
+def test_a_rank_whose_engine_exits_ends_its_container(stopping: bool) -> None:
+    """In a fresh Python (the watchdog signals its own process): an engine that dies ends the
+    container with SIGTERM, as Modal stops one; one stopped by @exit does not."""
+    done = subprocess.run([sys.executable, "-u", "-c", WATCH, str(recipe_path(RECIPE)),
+                           "stopping" if stopping else "running"],
+                          capture_output=True, text=True, timeout=120)
+    if stopping:
+        assert (done.returncode, done.stdout) == (0, "still running\n"), done.stderr[-2000:]
+    else:
+        assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+        assert done.stdout == "vLLM exited with code 3: stopping this container\n"

@@ -240,6 +240,7 @@ app = modal.App(APP_NAME)
 class VLLMCluster:
     @modal.enter()
     def start(self) -> None:
+        self.stopping = threading.Event()  # set by @exit: the engine's exit is then expected
         rank, addresses = cluster_role()
         command, env = node_command(rank, addresses)
         api_key = os.environ[API_KEY_ENV]
@@ -249,11 +250,10 @@ class VLLMCluster:
             url = f"http://127.0.0.1:{ENGINE_PORT}"
             wait_until_ready(url, headers={}, timeout=STARTUP_TIMEOUT, process=self.engine)
             stream_chat(url, headers=request_headers(api_key))  # first-request work, now
-            start_forwarder(url)
+            start_forwarder(url, port=PORT)
         else:  # no API here: up when rank 0 is, which needs this rank's workers
             wait_until_ready(f"http://{addresses[0]}:{PORT}", headers={},
                              timeout=STARTUP_TIMEOUT, process=self.engine)
-        self.stopping = threading.Event()
         threading.Thread(target=stop_when_exits, args=(self.engine, self.stopping),
                          daemon=True).start()
 
