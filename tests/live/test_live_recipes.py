@@ -150,7 +150,7 @@ def test_server_recipe_live(deployed: Callable[[str], str], api_key: str,
 @pytest.mark.live
 def test_multi_node_recipe_live(deployed: Callable[[str], str], api_key: str,
                                 tmp_path: Path) -> None:
-    """Two clustered `H100:8` containers (16 GPUs) and a first build that downloads ~690 GB:
+    """Two clustered `H100:8` containers (16 GPUs) and a first build that downloads hundreds of GB:
     asked for by name (MLS_LIVE_CLUSTER=1) on top of the credentials the others need."""
     import modal
 

@@ -36,8 +36,8 @@ MINUTES = 60  # seconds
 
 # ## Choose the model, the hosts and the regions
 
-# DeepSeek-V3 in its native FP8 is about 690 GB: more than one host of 8 H100s (640 GB), so two
-# hosts. The revision is a commit of the Hub repo (its model-card erratum), never a branch.
+# DeepSeek-V3's native FP8 weights are about 670 GB: more than one host of 8 H100s (640 GB), so
+# two hosts. The revision is a Hub commit (huggingface.co/deepseek-ai/DeepSeek-V3/commit/<it>).
 
 MODEL_NAME = "deepseek-ai/DeepSeek-V3"
 MODEL_REVISION = "0cf17482555fbf7bc49273e499647cc71c2bd7a7"
