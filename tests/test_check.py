@@ -351,6 +351,18 @@ def test_the_deprecated_experimental_clustered_is_read_as_a_cluster_too() -> Non
     assert sorted(f.rule.id for f in check_source(broken)) == ["MLS033", "MLS034"]
 
 
+@pytest.mark.parametrize(("nnodes", "said"), [
+    ("", "@clustered(size=2) but the engine command sets no --nnodes: each container would "
+         "start an engine on its own GPUs alone"),
+    ('"--nnodes", "3", ', "--nnodes 3 against @clustered(size=2)")])
+def test_the_engine_node_count_must_be_the_cluster_size(nnodes: str, said: str) -> None:
+    clean = (FIXTURES / "clean_cluster.py").read_text()
+    source = clean.replace('"--nnodes", str(N_NODES), ', nnodes)
+    assert source != clean
+    findings = check_source(source)
+    assert [(f.rule.id, f.detail) for f in findings] == [("MLS034", said)]
+
+
 def test_static_checks_never_crash_on_real_python() -> None:
     """Any Python file gets findings or none, never an exception (here: this repository's)."""
     root = Path(__file__).resolve().parents[1]
