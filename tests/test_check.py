@@ -14,6 +14,8 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.recipes.files import recipe_path
 from modal_llm_serving.recipes.table import RECIPE_NAMES as RECIPES
 
+from .test_recipes import NOT_PLANNED
+
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
 SKILL_FILES = Path(__file__).parent.parent / "skills" / "modal-llm-serving" / "evals" / "files"
 CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py",
@@ -21,7 +23,9 @@ CLEAN = ("clean_online.py", "clean_low_latency.py", "clean_server.py",
          "clean_mls022_tp_matches_gpus.py", "clean_mls023_fits.py",
          "clean_mls024_context_within_model.py", "clean_mls025_precision_supported.py",
          "clean_mls026_startup_timeout.py", "clean_mls027_concurrency_matches_batch.py",
-         "clean_mls028_gated_with_token.py", "clean_mls029_extra_model_pinned.py")
+         "clean_mls028_gated_with_token.py", "clean_mls029_extra_model_pinned.py",
+         # the clustered rules' clean twin
+         "clean_cluster.py")
 # fixture -> the exact rule ids it must produce (static + import with the real Modal SDK)
 BAD = {
     "mls001_unpinned_revision.py": {"MLS001"},
@@ -62,6 +66,11 @@ BAD = {
     "mls029_unpinned_extra_model.py": {"MLS029"},
     # how the engine is launched
     "mls030_shell_command.py": {"MLS030"},
+    # Modal's clustered containers; the SDK refuses a count of no whole clusters at import
+    "mls031_cluster_containers_not_whole.py": {"MLS031", "MLS017"},
+    "mls032_cluster_partial_host.py": {"MLS032"},
+    "mls033_cluster_without_rdma.py": {"MLS033"},
+    "mls034_cluster_parallel_vs_gpus.py": {"MLS034"},
 }
 
 
@@ -328,6 +337,30 @@ def test_a_tunnel_is_an_extra_port() -> None:
         "    url = serve.get_web_url()\n    with modal.forward(9000) as tunnel:\n"
         "        print(tunnel.url)\n")
     assert [f.rule.id for f in check_source(source)] == ["MLS015"]
+
+
+def test_the_deprecated_experimental_clustered_is_read_as_a_cluster_too() -> None:
+    """`modal.experimental.clustered` (deprecated in SDK 1.6.4, still accepted) is the same
+    decorator to the cluster rules: a cluster of 2 x 8 GPUs, so tensor 8 alone leaves half."""
+    clean = (FIXTURES / "clean_cluster.py").read_text()
+    source = clean.replace("@modal.clustered(size=N_NODES, rdma=True)",
+                           "@modal.experimental.clustered(size=N_NODES)")
+    assert source != clean
+    assert [f.rule.id for f in check_source(source)] == ["MLS033"]
+    broken = source.replace('"--pipeline-parallel-size", str(N_NODES),', "")
+    assert sorted(f.rule.id for f in check_source(broken)) == ["MLS033", "MLS034"]
+
+
+@pytest.mark.parametrize(("nnodes", "said"), [
+    ("", "@clustered(size=2) but the engine command sets no --nnodes: each container would "
+         "start an engine on its own GPUs alone"),
+    ('"--nnodes", "3", ', "--nnodes 3 against @clustered(size=2)")])
+def test_the_engine_node_count_must_be_the_cluster_size(nnodes: str, said: str) -> None:
+    clean = (FIXTURES / "clean_cluster.py").read_text()
+    source = clean.replace('"--nnodes", str(N_NODES), ', nnodes)
+    assert source != clean
+    findings = check_source(source)
+    assert [(f.rule.id, f.detail) for f in findings] == [("MLS034", said)]
 
 
 def test_static_checks_never_crash_on_real_python() -> None:
@@ -610,7 +643,8 @@ IMPORTED = ("dense-gated-70b", "server-cold-start")  # these two also imported w
 
 
 def test_the_matrix_covers_every_recipe() -> None:
-    assert {recipe for _, recipe in MATRIX.values()} == set(RECIPES)
+    """Every recipe a plan can choose (`mls new` writes no recipe the planner does not pick)."""
+    assert {recipe for _, recipe in MATRIX.values()} == set(RECIPES) - NOT_PLANNED
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))

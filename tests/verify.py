@@ -74,6 +74,7 @@ def spy_modal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Spie
         wrap(modal.Image, attr, f"Image.{attr}")
     wrap(modal, "concurrent", "concurrent")
     wrap(modal, "web_server", "web_server")
+    wrap(modal, "clustered", "clustered")
     wrap(modal.experimental, "http_server", "http_server")
     original_enter = modal.enter
 
@@ -104,6 +105,8 @@ def pattern_of(module: ModuleType) -> str:
         return "low-latency"
     if hasattr(module, "VLLMServer"):
         return "server"
+    if hasattr(module, "VLLMCluster"):
+        return "multi-node"
     return "cold-start" if getattr(module, "ENABLE_MEMORY_SNAPSHOT", None) is not None else "online"
 
 
@@ -196,6 +199,8 @@ def verify_modal_settings(spied: Spied) -> str:
         enters = {args[0]: kwargs.get("snap") for args, kwargs in spied.calls["enter"]}
         assert enters == {"start_and_sleep": r.ENABLE_MEMORY_SNAPSHOT, "wake": False}
         assert spied.image_env()["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    elif pattern == "multi-node":
+        _verify_cluster(spied)
     else:
         info = r.Worker._get_class_service_function().info()
         deco = spied.one("App.cls")
@@ -214,6 +219,31 @@ def verify_modal_settings(spied: Spied) -> str:
         assert loop.timeout == r.JOB_TIMEOUT == 24 * 3600
         assert spied.image_env()["HF_XET_HIGH_PERFORMANCE"] == "1"
     return pattern
+
+
+def _verify_cluster(spied: Spied) -> None:
+    """The clustered Server: whole hosts, RDMA, container counts in whole clusters, proxy auth."""
+    r = spied.recipe
+    info = r.VLLMCluster._get_service_function().info()
+    deco = spied.one("App.server")
+    _verify_common(spied, info, deco, cache_path=r.VLLM_CACHE_PATH)
+    assert spied.one("clustered") == {"size": r.N_NODES, "rdma": r.RDMA}
+    assert (info.cluster_info.size, info.cluster_info.rdma) == (r.N_NODES, True)
+    assert r.N_NODES >= 2 and r.N_GPU == 8, "a clustered container takes all 8 GPUs of its host"
+    for knob in ("min_containers", "max_containers", "buffer_containers"):
+        assert deco[knob] % r.N_NODES == 0, f"{knob} counts containers: whole clusters only"
+    assert deco.get("unauthenticated", False) is False, "proxy auth stays on"
+    assert deco["port"] == r.PORT and deco["compute_region"] == r.REGION
+    assert deco["routing_region"] == r.ROUTING_REGION
+    assert deco["max_concurrency"] == info.concurrency_info.max_inputs == r.MAX_CONCURRENCY
+    assert r.TARGET_CONCURRENCY <= r.MAX_CONCURRENCY <= r.MAX_NUM_SEQS
+    assert deco["exit_grace_period"] == r.EXIT_GRACE_PERIOD
+    assert [args[0] for args, _ in spied.calls["enter"]] == ["start"]
+    (_, download), build = spied.calls["Image.run_function"][0]  # weights once, at build
+    assert download is r.download_weights and build["volumes"] == {r.HF_CACHE_PATH:
+                                                                   r.hf_cache_volume}
+    args, _ = spied.calls["Image.uv_pip_install"][0]
+    assert f"vllm=={r.VLLM_VERSION}" in args
 
 
 def vllm_engine_args(args: argparse.Namespace) -> Any:
@@ -277,6 +307,11 @@ def verify_engine_command(module: ModuleType) -> Any:
     assert engine.gpu_memory_utilization == r.GPU_MEMORY_UTILIZATION
     assert engine.tensor_parallel_size == r.N_GPU
     assert engine.kv_cache_dtype == r.KV_CACHE_DTYPE
+    if pattern_of(r) == "multi-node":  # rank 0's command: the API, TP x PP over the hosts
+        assert (engine.pipeline_parallel_size, engine.nnodes) == (r.N_NODES, r.N_NODES)
+        assert (engine.node_rank, args.headless) == (0, False)
+        assert engine.tensor_parallel_size * engine.pipeline_parallel_size == r.N_NODES * r.N_GPU
+        assert engine.enable_expert_parallel is r.ENABLE_EXPERT_PARALLEL
     if pattern_of(r) in ("cold-start", "server"):
         assert engine.enable_sleep_mode
         assert engine.kv_cache_memory_bytes == r.KV_CACHE_GIB * 2**30
@@ -286,7 +321,10 @@ def verify_engine_command(module: ModuleType) -> Any:
 # The CPU transforms as README's table states them, written out here rather than read from
 # `transforms.CPU_TRANSFORMS`, so that a transform that drifts from its documentation fails.
 CPU_DROPPED = ("--tensor-parallel-size", "--gpu-memory-utilization", "--kv-cache-memory-bytes",
-               "--kv-cache-dtype", "--enable-sleep-mode", "--dtype", "--compilation-config")
+               "--kv-cache-dtype", "--enable-sleep-mode", "--dtype", "--compilation-config",
+               # a clustered recipe's rank 0 runs whole on one machine
+               "--pipeline-parallel-size", "--nnodes", "--node-rank", "--master-addr",
+               "--master-port", "--enable-expert-parallel")
 CPU_ADDED = "--enforce-eager"
 
 

@@ -145,3 +145,24 @@ def test_server_recipe_live(deployed: Callable[[str], str], api_key: str,
     smoke_and_bench(url, api_key=api_key, tmp_path=tmp_path, extra=[])
     bare = httpx.get(f"{url}/health", timeout=60)
     assert bare.status_code in (401, 403), "proxy auth must be on"
+
+
+@pytest.mark.live
+def test_multi_node_recipe_live(deployed: Callable[[str], str], api_key: str,
+                                tmp_path: Path) -> None:
+    """Two clustered `H100:8` containers (16 GPUs) and a first build that downloads hundreds of GB:
+    asked for by name (MLS_LIVE_CLUSTER=1) on top of the credentials the others need."""
+    import modal
+
+    if os.environ.get("MLS_LIVE_CLUSTER") != "1":
+        pytest.skip("set MLS_LIVE_CLUSTER=1 to deploy a 2 x H100:8 cluster (billed by the hour)")
+    if not (os.environ.get("MODAL_PROXY_TOKEN_ID") and os.environ.get("MODAL_PROXY_TOKEN_SECRET")):
+        pytest.skip("set MODAL_PROXY_TOKEN_ID and MODAL_PROXY_TOKEN_SECRET (a Modal proxy token)")
+    app_name = deployed("vllm_multi_node")
+    url = modal.Server.from_name(app_name, "VLLMCluster").get_url()
+    assert url, "the deployed Server has no URL"
+    smoke_and_bench(url, api_key=api_key, tmp_path=tmp_path, extra=[])
+    assert httpx.get(f"{url}/health", timeout=60).status_code in (401, 403), "proxy auth is on"
+    headers = {"Modal-Key": os.environ["MODAL_PROXY_TOKEN_ID"],
+               "Modal-Secret": os.environ["MODAL_PROXY_TOKEN_SECRET"]}
+    assert httpx.get(f"{url}/metrics", headers=headers, timeout=60).status_code == 404

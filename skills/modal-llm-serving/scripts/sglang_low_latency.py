@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from secrets import token_urlsafe
+from secrets import token_hex
 
 import modal
 import modal.experimental
@@ -216,7 +216,7 @@ class SGLangServer:
     @modal.enter()
     def start(self) -> None:
         api_key = os.environ[API_KEY_ENV]
-        locked = token_urlsafe(32)  # an admin key nobody knows: management endpoints stay shut
+        locked = token_hex(32)  # an admin key nobody knows (hex: never starts with "-", a flag)
         self.engine = subprocess.Popen(engine_command(api_key=api_key, admin_api_key=locked))
         base_url = f"http://127.0.0.1:{PORT}"
         wait_until_ready(base_url, timeout=STARTUP_TIMEOUT, process=self.engine)

@@ -5,8 +5,9 @@ table `mls check --list` prints. A new rule is a row here, a function in the mod
 (`pinning`: revisions, engine versions; `storage`: Volumes, caches, downloads; `serving`:
 readiness, the smoke path, patterns, concurrency, endpoints; `security`: secrets, auth, dev mode;
 `regions`: where a server runs and routes; `startup`: whether the app can start at all, judged
-against the model's facts; `imports`: importing the file), one line in
-`run._static_findings`, and a fixture in tests/fixtures/check that fires it.
+against the model's facts; `cluster`: apps on Modal's clustered containers; `imports`:
+importing the file), one line in `run._static_findings`, and a fixture in tests/fixtures/check
+that fires it.
 """
 
 from __future__ import annotations
@@ -170,6 +171,25 @@ RULES: tuple[Rule, ...] = (
          "the shell sits between Modal and the engine's signals",
          "pass the command as an argv list, subprocess.Popen(argv), without shell=True; keep "
          "secrets in env=, not in the command"),
+    Rule("MLS031", "cluster-containers-not-whole",
+         "a clustered app's min_containers, max_containers or buffer_containers is not a "
+         "multiple of the cluster size: they count containers, and Modal refuses the deploy",
+         "write each as a multiple of size, e.g. max_containers = 2 * N_NODES for two clusters"),
+    Rule("MLS032", "cluster-partial-host",
+         "a clustered container asks for fewer GPUs than its host has: Modal gives a cluster "
+         "whole hosts, so each container must take all of them",
+         "ask for every GPU of the host, gpu=\"TYPE:8\", and size the engine to it"),
+    Rule("MLS033", "cluster-without-rdma",
+         "a cluster of several containers on GPUs whose hosts Modal joins with RDMA does not "
+         "ask for it: every step's traffic between hosts crosses the slower private network",
+         "pass rdma=True to @modal.clustered(size=..., rdma=True)"),
+    Rule("MLS034", "cluster-parallel-vs-gpus",
+         "the engine's tensor x pipeline x data parallelism is not the cluster's GPUs (nodes x "
+         "GPUs per container), or its node count is missing or not the cluster size: the "
+         "engine fails at start, waits for ranks that never come, or leaves GPUs idle",
+         "set tensor parallelism to the GPUs of a host and pipeline parallelism to the nodes "
+         "(vLLM --tensor-parallel-size 8 --pipeline-parallel-size N --nnodes N), N the size "
+         "of @modal.clustered"),
 )
 _BY_ID = {rule.id: rule for rule in RULES}
 

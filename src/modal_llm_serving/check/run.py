@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-from modal_llm_serving.check import pinning, regions, security, serving, startup, storage
+from modal_llm_serving.check import cluster, pinning, regions, security, serving, startup, storage
 from modal_llm_serving.check.app import engines, model_reference, patterns
 from modal_llm_serving.check.imports import import_findings
 from modal_llm_serving.check.rules import Finding, finding
@@ -50,6 +50,10 @@ def _static_findings(src: Source, *, gpu_catalog: Path | None) -> list[Finding]:
         *startup.gated_without_token(src, can_start),  # MLS028
         *startup.unpinned_extra_models(src, can_start),  # MLS029
         *security.shell_command(src),  # MLS030
+        *cluster.containers_not_whole_clusters(src, can_start),  # MLS031
+        *cluster.partial_host(src, can_start),  # MLS032
+        *cluster.no_rdma(src, can_start),  # MLS033
+        *cluster.parallel_vs_cluster(src, can_start),  # MLS034
     ]
 
 

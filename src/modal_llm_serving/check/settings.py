@@ -20,9 +20,9 @@ from modal_llm_serving.check.source import UNKNOWN, Source, dotted, kwarg, line_
 from modal_llm_serving.local.argv import options
 
 __all__ = ["MODAL_DEFAULT_TIMEOUT", "GpuRequest", "Limit", "OtherModel", "Setting",
-           "concurrency", "engine_command_found", "engine_settings", "gpu_requests",
-           "hf_token_provided", "modal_functions", "other_models", "readiness_waits",
-           "startup_limit", "whole"]
+           "clustered", "concurrency", "engine_command_found", "engine_settings",
+           "gpu_requests", "hf_token_provided", "modal_functions", "other_models",
+           "readiness_waits", "startup_limit", "whole"]
 
 MODAL_DEFAULT_TIMEOUT = 300  # seconds: a Modal Function's timeout (and startup) when none is set
 
@@ -46,6 +46,8 @@ class GpuRequest:
     line: int
     definition: Definition
     call: ast.Call  # the decorator call that asks for it
+    nodes: int = 1  # containers per copy of the model: @modal.clustered(size=N), else 1
+    cluster: ast.Call | None = None  # the @modal.clustered(...) call, where there is one
 
 
 class Limit(NamedTuple):
@@ -72,6 +74,7 @@ _SETTINGS = {
     "tp_size": "tensor_parallel_size",
     "pipeline_parallel_size": "pipeline_parallel_size", "pp_size": "pipeline_parallel_size",
     "data_parallel_size": "data_parallel_size", "dp": "data_parallel_size",
+    "nnodes": "nnodes",  # vLLM's and SGLang's multi-node flag alike
     "dp_size": "data_parallel_size", "enable_dp_attention": "enable_dp_attention",
     "max_model_len": "max_model_len", "context_length": "max_model_len",
     "max_num_seqs": "max_num_seqs", "max_running_requests": "max_num_seqs",
@@ -122,8 +125,20 @@ def gpu_requests(src: Source) -> tuple[list[GpuRequest], list[str]]:
             if not kind or number is None or number < 1:
                 unknown.append(f"gpu={ast.unparse(node)}")
                 continue
-            found.append(GpuRequest(spec, kind, number, line_of(call), definition, call))
+            cluster = clustered(src, definition)
+            nodes = whole(src.resolve(kwarg(cluster, "size"))) if cluster else 1
+            found.append(GpuRequest(spec, kind, number, line_of(call), definition, call,
+                                    nodes=nodes if nodes and nodes > 0 else 1, cluster=cluster))
     return found, unknown
+
+
+def clustered(src: Source, definition: Definition) -> ast.Call | None:
+    """The `@modal.clustered(size=..., rdma=...)` call on `definition` (the SDK's public name and
+    the deprecated `modal.experimental.clustered` alike), or None."""
+    for decorated, decorator in src.decorators("clustered"):
+        if decorated is definition and isinstance(decorator, ast.Call):
+            return decorator
+    return None
 
 
 def _spread(src: Source, node: ast.expr) -> Any:

@@ -196,6 +196,8 @@ def tp_vs_gpus(src: Source, st: Startup) -> list[Finding]:
             f" x data {data}" if data > 1 else "")
         uses = tp * pipeline * data
         for request in st.requests:
+            if request.nodes > 1:  # a cluster's GPUs are the cluster rules' (MLS034)
+                continue
             gives = f"gpu={request.text!r} gives each container {request.count}"
             if uses < request.count:
                 found.append(finding("MLS022", src.path, setting.line or request.line,
@@ -227,7 +229,9 @@ def does_not_fit(src: Source, st: Startup) -> list[Finding]:
         gpu = st.gpus.get(request.type)
         if gpu is None:
             continue
-        n = min(request.count, st.gpus_per_replica()) if st.command_found else request.count
+        # a cluster's copy of the model spans its containers: GPUs per container x nodes
+        gpus = request.count * request.nodes
+        n = min(gpus, st.gpus_per_replica()) if st.command_found else gpus
         usable = engine_bytes(gpu, n, util=util, platform=st.platform)
         if longest_sequence_fits(s, usable - s.weights_bytes, max_len):
             continue

@@ -61,6 +61,15 @@ CPU_TRANSFORMS: tuple[CpuTransform, ...] = (
                  "or AMX)"),
     CpuTransform("compilation_config", "drop",
                  "CUDA-graph capture sizes and compile settings for a GPU; eager mode below"),
+    # A clustered recipe's command (rank 0's) spans several hosts; here it runs whole on one.
+    CpuTransform("pipeline_parallel_size", "drop",
+                 "one CPU device: the hosts a clustered recipe splits its layers over are absent"),
+    CpuTransform("nnodes", "drop", "one machine: rank 0 would wait for the other hosts forever"),
+    CpuTransform("node_rank", "drop", "one machine, so no rank among hosts"),
+    CpuTransform("master_addr", "drop", "the cluster's rendezvous address: no cluster here"),
+    CpuTransform("master_port", "drop", "the cluster's rendezvous port: no cluster here"),
+    CpuTransform("enable_expert_parallel", "drop",
+                 "experts split over a host's GPUs; one CPU device holds them all"),
     CpuTransform("enforce_eager", "set",
                  "no CUDA graphs to capture, and torch.compile on a CPU adds a minute to every "
                  "start: eager mode starts in seconds"),

@@ -138,6 +138,21 @@ RECIPES: tuple[Recipe, ...] = (
                *_AUTOSCALING[1:], *_KV_CACHE_GIB,
                *_KEPT, *_VLLM, *_HTTP, *_FORWARDER, *_SNAPSHOT,
                Setting("EXIT_GRACE_PERIOD", int), Setting("RETRY_INTERVAL", int))),
+    # Several 8-GPU hosts per copy of the model, on Modal's clustered containers: a Server, so
+    # its clients send Modal proxy auth, but the pattern's own recipe (`proxy_auth` marks a
+    # Server *form* chosen for such clients, with its one-GPU snapshots). The plan does not
+    # choose clusters yet: N_NODES, RDMA, ENABLE_EXPERT_PARALLEL and the Server's settings are
+    # the recipe's own until it does (then: sources like the others').
+    Recipe("vllm_multi_node", ("multi-node",), "vllm", "app.server", settings=(
+               *_MODEL, *_SERVED_NAME, *_ENGINE,
+               Setting("N_NODES", int), Setting("RDMA", bool),
+               Setting("ENABLE_EXPERT_PARALLEL", bool), Setting("MASTER_PORT", int),
+               Setting("ROUTING_REGION", str, "routing_region"),
+               Setting("TARGET_CONCURRENCY", int), Setting("MAX_CONCURRENCY", int),
+               Setting("MIN_CONTAINERS", int), Setting("MAX_CONTAINERS", int),
+               Setting("BUFFER_CONTAINERS", int),
+               *_KEPT, *_VLLM, *_HTTP, *_FORWARDER,
+               Setting("EXIT_GRACE_PERIOD", int), Setting("RETRY_INTERVAL", int))),
 )
 RECIPE_NAMES = tuple(recipe.name for recipe in RECIPES)
 

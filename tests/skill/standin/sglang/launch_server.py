@@ -6,8 +6,12 @@ recipe's container start calls:
 
 - /health (and /health_generate): 503 while "starting" (SGLang's answer until its warm-up is
   done), as many times as the test scripts, then 200; no key needed, as in SGLang.
-- POST /v1/chat/completions: 401 without `Authorization: Bearer <--api-key>`, 503 before /health
-  has answered 200, else a short answer, streamed as server-sent events when asked.
+- POST /v1/chat/completions: 401 without `Authorization: Bearer <--api-key>` (or, as vLLM reads
+  it, $VLLM_API_KEY), 503 before /health has answered 200, else a short answer, streamed as
+  server-sent events when asked.
+
+A `vllm` on PATH that execs this module stands in for `vllm serve` the same way (the OpenAI
+routes and /health are the same; vLLM's other arguments are left unread).
 
 It serves on the listening socket the test bound (received over a Unix socket: the port is bound
 once, by the test) and exits with an error if that is not the `--port` it was given. Each request
@@ -110,7 +114,8 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser(prog="sglang.launch_server (stand-in)")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--api-key", required=True)
+    key = os.environ.get("VLLM_API_KEY")  # `vllm serve` reads its key from the environment
+    parser.add_argument("--api-key", required=key is None, default=key)
     args, _ = parser.parse_known_args()  # the rest is SGLang's to check (the parser tests)
     if SETTINGS.get("exit") is not None:
         sys.exit(SETTINGS["exit"])
