@@ -57,18 +57,19 @@ def partial_host(src: Source, st: Startup) -> list[Finding]:
 
 def no_rdma(src: Source, st: Startup) -> list[Finding]:
     """MLS033: a cluster of several containers without rdma=True on GPUs whose hosts Modal
-    clusters over RDMA (the catalog's NVLink boards); other GPUs are not judged."""
+    clusters over RDMA (the catalog's `fabric_gb_s`); other GPUs are not judged."""
     found: list[Finding] = []
     for request in _clustered(st):
         assert request.cluster is not None
         gpu = st.gpus.get(request.type)
-        if request.nodes < 2 or gpu is None or not gpu.nvlink:
+        if request.nodes < 2 or gpu is None or not gpu.fabric_gb_s:
             continue
         if src.resolve(kwarg(request.cluster, "rdma")) is not True:
             found.append(finding("MLS033", src.path, line_of(request.cluster),
                                  f"@clustered(size={request.nodes}) on {request.type} without "
                                  "rdma=True: the ranks talk over the private IP network "
-                                 "(about 50 Gbps) instead of RDMA (3,200 Gbps per host)"))
+                                 f"(about 50 Gbps) instead of RDMA ({gpu.fabric_gb_s * 8:,.0f} "
+                                 "Gbps per host)"))
     return found
 
 
