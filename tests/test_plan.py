@@ -775,3 +775,17 @@ def test_a_model_over_one_gpu_weighs_the_precision_its_checkpoints_offer() -> No
     assert "own evals" in trade
     # one GPU, or a checkpoint already in fp8: nothing to weigh
     assert plan_of().precision_options == []
+
+
+def test_quantized_weights_keep_the_vocabulary_matrices_at_16_bits() -> None:
+    """FP8 (or INT4) checkpoints quantize the layers, not the embedding table and the LM head:
+    Qwen3-8B (untied, vocab 151,936 x hidden 4,096, twice) is 9.4 GB in FP8, not 8.2."""
+    from modal_llm_serving.facts.models import model_facts
+    from modal_llm_serving.plan.sizing import weights_bytes_at
+
+    facts = model_facts("Qwen/Qwen3-8B")
+    vocabulary = 2 * 151936 * 4096
+    assert weights_bytes_at(facts, "fp8") == pytest.approx((8.2e9 - vocabulary) + 2 * vocabulary)
+    assert weights_bytes_at(facts, "int4") == pytest.approx(
+        (8.2e9 - vocabulary) * 0.5 + 2 * vocabulary)
+    assert weights_bytes_at(facts, "bf16") == pytest.approx(8.2e9 * 2)
