@@ -262,7 +262,8 @@ def test_online_recipe_server_passes_the_smoke_test(tiny_server: LocalServer,
 def test_recipe_own_smoke_client_passes_through_its_forwarder(
         name: str, fronts: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     recipe = load_recipe(recipe_path(name))
-    no_proxy = {"proxy_auth": False} if name == "vllm_server" else {}  # no Modal proxy here
+    servers = ("vllm_server", "vllm_multi_node")  # the Server form: no Modal proxy here
+    no_proxy = {"proxy_auth": False} if name in servers else {}
     recipe.run_smoke(fronts[name], api_key=TINY_API_KEY, model="tiny", ready_timeout=30,
                      **no_proxy)
     out = capsys.readouterr().out
