@@ -37,8 +37,11 @@ def mock() -> Iterator[Any]:
 def start(url: str, out: Path, *extra: str, requests: int = 100_000,
           limit_bytes: int | None = None) -> subprocess.Popen[str]:
     """`mls bench run` in its own process (each request about 50 ms at 2 streams)."""
-    def limit_file_size() -> None:  # in the child only: its writes past this get EFBIG
-        if limit_bytes is not None:
+    def in_the_child() -> None:
+        # SIGHUP as a terminal gives it: a suite run under `nohup` passes it on ignored, and the
+        # toolkit rightly keeps an ignored SIGHUP (stopping.py), which the SIGHUP case would see
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if limit_bytes is not None:  # its writes past this get EFBIG
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     argv = [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", url, "-c", "2",
@@ -46,7 +49,7 @@ def start(url: str, out: Path, *extra: str, requests: int = 100_000,
             "--out", str(out), *extra]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=limit_file_size)
+                            preexec_fn=in_the_child)
 
 
 def wait_for(done: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
