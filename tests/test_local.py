@@ -30,6 +30,7 @@ from modal_llm_serving.local.embedded_model import DEFAULT_MODEL_ID
 from modal_llm_serving.local.install import checkout_root, engine_install_command
 from modal_llm_serving.local.serve import free_port, local_command, resolve_model, start_server
 from modal_llm_serving.recipes.files import recipe_path
+from tests.terminal import as_in_a_terminal
 
 from .conftest import TINY_API_KEY
 from .hub_server import HubRepo, running_hub
@@ -144,6 +145,7 @@ def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]
         [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--port", str(port),
          "--log-file", str(tmp_path / "smollm2.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=as_in_a_terminal,
         env={**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")})
     yield process, port
     if process.poll() is None:

@@ -26,6 +26,7 @@ from benchmarks.mockserver import MockProcess
 from modal_llm_serving.bench.api import run_benchmark
 from modal_llm_serving.bench.options import parse_options
 from modal_llm_serving.cli import cli
+from tests.terminal import as_in_a_terminal
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,7 @@ def test_interrupted_run_keeps_finished_requests(tmp_path: Path) -> None:
             [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", server.url, "-c",
              "2", "-n", "100000", "--output-len", "10", "--input-len", "4", "--out",
              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=as_in_a_terminal)
         deadline = time.monotonic() + 60
         jsonl = tmp_path / "requests.jsonl"
         while time.monotonic() < deadline:

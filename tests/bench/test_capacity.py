@@ -27,6 +27,7 @@ from modal_llm_serving.bench.search import TARGET_WIDTH, next_level
 from modal_llm_serving.bench.slo import Objective, judge, parse_slo, parse_slos
 from modal_llm_serving.cli import cli
 from tests.bench.test_bench_mock import _records
+from tests.terminal import as_in_a_terminal
 
 # The knee: 4 slots, TTFT 10 ms, then 4 more tokens 20 ms apart: a stream holds its slot
 # S = 90 ms, so the mock serves 4 streams, or 4 / 0.09 = 44.4 requests/s. Below the knee TTFT is
@@ -216,7 +217,7 @@ def test_an_interrupted_search_keeps_its_levels_and_the_capacity_so_far(
              "--search", "concurrency", "-n", "6", "--out", str(tmp_path), "--no-report",
              "--input-len", "4", "--output-len", "3", "--slo", "ttft:p95:10s"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=as_in_a_terminal)
         assert process.stdout is not None
         for line in process.stdout:  # the first level's summary: the second one starts
             if line.startswith("concurrency 1:"):

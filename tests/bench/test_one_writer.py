@@ -26,6 +26,7 @@ from benchmarks.mockserver import MockProcess
 from modal_llm_serving.bench.records import RequestRecord
 from modal_llm_serving.bench.results import read_records
 from modal_llm_serving.cli import cli
+from tests.terminal import as_in_a_terminal
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,7 @@ def start(url: str, out: Path, *extra: str, requests: int = 100_000,
           limit_bytes: int | None = None) -> subprocess.Popen[str]:
     """`mls bench run` in its own process (each request about 50 ms at 2 streams)."""
     def in_the_child() -> None:
-        # SIGHUP as a terminal gives it: a suite run under `nohup` passes it on ignored, and the
-        # toolkit rightly keeps an ignored SIGHUP (stopping.py), which the SIGHUP case would see
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        as_in_a_terminal()
         if limit_bytes is not None:  # its writes past this get EFBIG
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
@@ -198,7 +197,7 @@ def test_ctrl_c_mid_sweep_keeps_the_finished_levels_and_the_one_it_stopped(
             [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", server.url, "-c",
              "1,4,16", "-n", "3", "--output-len", "4", "--input-len", "4", "--out",
              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=as_in_a_terminal)
         wait_for(lambda: server.stats()["requests"] >= 6, what="the second level's 3 requests")
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)

@@ -36,6 +36,7 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.errors import UsageError
 from tests.bench.test_bench import arrival_times
 from tests.bench.test_bench_mock import _records, _run, _ttft_as_promised
+from tests.terminal import as_in_a_terminal
 
 EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "40"))
 splits = st.lists(st.integers(1, 6), min_size=1, max_size=3)  # e.g. [containers, workers]
@@ -200,7 +201,7 @@ def test_ctrl_c_keeps_every_workers_records(mock: Any, tmp_path: Path) -> None:
         [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", mock.url, "-c", "8",
          "-n", "100000", "--output-len", "10", "--input-len", "4", "--workers", "2", "--out",
          str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=as_in_a_terminal)
     deadline = time.monotonic() + 60
     jsonl = tmp_path / "requests.jsonl"
     while time.monotonic() < deadline and not (jsonl.is_file() and jsonl.stat().st_size > 20000):
