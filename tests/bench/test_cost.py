@@ -5,6 +5,7 @@ from flags, an app file (the real recipe) and a real `mls plan --json`, and the 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.mockserver import MockProcess
-from modal_llm_serving.bench.cost import level_cost, pricing_from_app, pricing_from_flags
+from modal_llm_serving.bench.cost import (
+    capacity_cost_line,
+    level_cost,
+    pricing_from_app,
+    pricing_from_flags,
+)
 from modal_llm_serving.cli import cli
 from modal_llm_serving.skill import skill_dir
 
@@ -94,6 +100,14 @@ def test_run_with_gpu_flags_saves_the_cost_at_each_level(mock: Any, tmp_path: Pa
     sweep = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert all(s["cost"]["gpu"] == "L40S" for s in sweep["summaries"])
     assert result.output.count("cost: 2x L40S at $6.83/h") == 2
+
+    # the capacity line reads only a level folder of this sweep (the name comes from a file)
+    shutil.copytree(tmp_path / "run" / "c2", tmp_path / "elsewhere")
+    cost = capacity_cost_line({"capacity_slug": "c2"}, tmp_path / "run")
+    assert cost is not None and cost.startswith("cost at the capacity (c2): $"), cost
+    assert "2x L40S" in cost
+    assert capacity_cost_line({"capacity_slug": "../elsewhere"}, tmp_path / "run") is None
+    assert capacity_cost_line({"capacity_slug": "c9"}, tmp_path / "run") is None
 
 
 @pytest.mark.parametrize(("flags", "words"), [

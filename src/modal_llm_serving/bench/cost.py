@@ -250,11 +250,12 @@ def capacity_cost_line(capacity: dict[str, Any], folder: Path) -> str | None:
     price of serving at the highest load that met every SLO. None without a capacity or a
     cost."""
     slug = capacity.get("capacity_slug")
-    if not isinstance(slug, str) or not (folder / slug / "summary.json").is_file():
+    # only a level folder of this sweep: the name comes from a file anyone could have edited
+    if not isinstance(slug, str) or slug not in (sweep_levels(folder) or []):
         return None
-    try:
-        cost = read_cost(read_json_file(folder / slug / "summary.json"))
-    except (OSError, ValueError):  # a broken summary: the report says so elsewhere
+    try:  # read as every other summary is: checked, rebuilt from requests.jsonl if need be
+        cost = read_cost(read_summary(folder / slug))
+    except (OSError, ValueError, UsageError):  # unreadable: the report says so elsewhere
         return None
     if cost is None or cost.get("usd_per_mtok_output") is None:
         return None
