@@ -165,4 +165,7 @@ def test_multi_node_recipe_live(deployed: Callable[[str], str], api_key: str,
     assert httpx.get(f"{url}/health", timeout=60).status_code in (401, 403), "proxy auth is on"
     headers = {"Modal-Key": os.environ["MODAL_PROXY_TOKEN_ID"],
                "Modal-Secret": os.environ["MODAL_PROXY_TOKEN_SECRET"]}
-    assert httpx.get(f"{url}/metrics", headers=headers, timeout=60).status_code == 404
+    # the engine's /metrics: through proxy auth, and then only with the app's key
+    assert httpx.get(f"{url}/metrics", headers=headers, timeout=60).status_code == 401
+    keyed = {**headers, "Authorization": f"Bearer {api_key}"}
+    assert httpx.get(f"{url}/metrics", headers=keyed, timeout=60).status_code == 200

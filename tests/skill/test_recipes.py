@@ -109,12 +109,12 @@ def test_recipe_gives_modal_its_settings(name: str, spy_modal: Callable[[Path], 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_plain_and_within_its_size(name: str) -> None:
-    """Nothing generated or copied from the toolkit; the online one ≤ 270 lines, the Server
-    forms (forwarder, snapshots and sessions, or a cluster's ranks, in one file) ≤ 365, the
+    """Nothing generated or copied from the toolkit; the online one ≤ 275 lines, the Server
+    forms (forwarder, snapshots and sessions, or a cluster's ranks, in one file) ≤ 372, the
     batch job (which also reads, resumes and writes a dataset) ≤ 420, the others ≤ 330."""
     source = recipe_path(name).read_text()
     assert "# BEGIN" not in source and "modal_llm_serving" not in source
-    limit = {"vllm_online": 270, "vllm_server": 365, "vllm_multi_node": 365,
+    limit = {"vllm_online": 275, "vllm_server": 372, "vllm_multi_node": 372,
              "qwen3_throughput": 420}.get(name, 330)
     assert len(source.splitlines()) <= limit
 
@@ -240,8 +240,8 @@ def fronts(tiny_server: LocalServer) -> dict[str, str]:
     """Each forwarding recipe's own forwarder on a public port, the real engine behind it."""
     urls = {}
     for name in FORWARDING:
-        port = load_recipe(recipe_path(name)).start_forwarder(tiny_server.base_url,
-                                                              host="127.0.0.1", port=0)
+        port = load_recipe(recipe_path(name)).start_forwarder(
+            tiny_server.base_url, api_key=TINY_API_KEY, host="127.0.0.1", port=0)
         urls[name] = f"http://127.0.0.1:{port}"  # a daemon thread: it ends with the tests
     return urls
 
@@ -325,9 +325,13 @@ def test_forwarder_keeps_the_api_key_requirement(forwarder: str) -> None:
 @pytest.mark.engine
 def test_forwarder_hides_what_the_engine_would_answer(forwarder: str,
                                                       tiny_server: LocalServer) -> None:
-    """Paths the real engine serves (200 there) are 404 through the forwarder."""
+    """Paths the real engine serves (200 there) are 404 through the forwarder; its /metrics,
+    open there, passes only with the key."""
     auth = {"Authorization": f"Bearer {TINY_API_KEY}"}
-    for method, path, body in (("GET", "/metrics", None), ("GET", "/version", None),
+    assert httpx.get(f"{tiny_server.base_url}/metrics").status_code == 200  # no key needed
+    assert httpx.get(f"{forwarder}/metrics").status_code == 401
+    assert httpx.get(f"{forwarder}/metrics", headers=auth).status_code == 200
+    for method, path, body in (("GET", "/version", None),
                                ("POST", "/tokenize", {"model": "tiny", "prompt": "a"}),
                                ("GET", "/openapi.json", None)):
         direct = httpx.request(method, f"{tiny_server.base_url}{path}", json=body, headers=auth)
@@ -351,7 +355,7 @@ def test_forwarder_never_forwards_dev_endpoints(name: str) -> None:
     upstream = web.Application()
     upstream.router.add_route("*", "/{path:.*}", record)
     with serving(upstream) as engine_url:
-        port = recipe.start_forwarder(engine_url, host="127.0.0.1", port=0)
+        port = recipe.start_forwarder(engine_url, api_key="k", host="127.0.0.1", port=0)
         base = f"http://127.0.0.1:{port}"
         blocked_requests_reach_nothing(base, seen)
 
@@ -381,16 +385,52 @@ def blocked_requests_reach_nothing(base: str, seen: list[str]) -> None:
 
 
 
+METRICS_TEXT = b"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 3.0\n"
+
+
+@pytest.mark.parametrize("name", FORWARDING)
+def test_forwarder_passes_metrics_only_with_the_app_key(name: str) -> None:
+    """vLLM serves /metrics to anyone; through the forwarder only a request carrying the app's
+    key gets it. Any other request is refused there (401) and never reaches the engine."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def metrics(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(body=METRICS_TEXT, content_type="text/plain")
+
+    upstream = web.Application()
+    upstream.router.add_get("/metrics", metrics)
+    key = "s3cret-key"
+    with serving(upstream) as engine_url:
+        port = load_recipe(recipe_path(name)).start_forwarder(engine_url, api_key=key,
+                                                              host="127.0.0.1", port=0)
+        url = f"http://127.0.0.1:{port}/metrics"
+        refused = [{}, {"Authorization": "Bearer"}, {"Authorization": "Bearer s3cret-kez"},
+                   {"Authorization": f"Bearer {key}x"}, {"Authorization": key},
+                   {"Authorization": f"Basic {key}"}, {"X-Api-Key": key},
+                   {"Authorization": "Bearer s3cret-k\u00e9y".encode()}]
+        for headers in refused:
+            answer = httpx.get(url, headers=headers)
+            assert answer.status_code == 401, (headers, answer.status_code)
+        assert seen == [], f"refused scrapes reached the engine: {seen}"
+        assert httpx.post(url, headers={"Authorization": f"Bearer {key}"}).status_code == 404
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200 and answer.content == METRICS_TEXT
+    assert seen == [f"Bearer {key}"]  # the key goes on, as on /v1: vLLM checks it there
+
+
 @pytest.mark.parametrize("name", FORWARDING)
 def test_forwarder_answers_502_when_the_engine_is_down_and_refuses_a_taken_port(
         name: str) -> None:
     recipe = load_recipe(recipe_path(name))
     down = f"http://127.0.0.1:{refusing_port()}"
-    port = recipe.start_forwarder(down, host="127.0.0.1", port=0)
+    port = recipe.start_forwarder(down, api_key="k", host="127.0.0.1", port=0)
     answer = httpx.get(f"http://127.0.0.1:{port}/health")
     assert answer.status_code == 502 and "engine down" in answer.text
     with pytest.raises(OSError):  # the port is taken now: it fails where it starts
-        recipe.start_forwarder(down, host="127.0.0.1", port=port)
+        recipe.start_forwarder(down, api_key="k", host="127.0.0.1", port=port)
 
 
 @pytest.mark.parametrize("name", FORWARDING)
@@ -417,8 +457,8 @@ def test_forwarder_passes_each_event_on_as_the_engine_sends_it(name: str) -> Non
     upstream.router.add_post("/v1/chat/completions", engine)
     received = b""
     with serving(upstream) as engine_url:
-        port = load_recipe(recipe_path(name)).start_forwarder(engine_url, host="127.0.0.1",
-                                                              port=0)
+        port = load_recipe(recipe_path(name)).start_forwarder(engine_url, api_key="k",
+                                                              host="127.0.0.1", port=0)
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
                           json={"stream": True}, timeout=120) as answer:
             for data in answer.iter_raw():

@@ -13,6 +13,7 @@
 # listens on loopback behind a forwarder that exposes only what clients need.
 
 import asyncio
+import hmac
 import json
 import os
 import socket
@@ -105,27 +106,33 @@ def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVI
 # ## Expose only what clients need
 
 # The forwarder passes exactly PUBLIC_ROUTES and 404s the rest without contacting the engine, so
-# the dev endpoints, /docs and /metrics stay private, for one loopback hop (1–3 ms, measured).
+# the dev endpoints and /docs stay private, for one loopback hop (1–3 ms, measured). vLLM's
+# /metrics has no key either; it passes only with the app's key, compared in constant time.
 
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
                  ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+KEYED_ROUTES = {("GET", "/metrics")}  # the engine's own view (`mls bench`): key holders only
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "te"}
 
 
-def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT) -> int:
-    """Serve PUBLIC_ROUTES on `port` in a background thread, streaming through; return the port."""
+def start_forwarder(engine_url: str, *, api_key: str, host: str = "0.0.0.0",
+                    port: int = PORT) -> int:
+    """Serve PUBLIC_ROUTES, KEYED_ROUTES to `api_key`, on `port` from a thread; return the port."""
     from aiohttp import ClientError, ClientSession, ClientTimeout, web  # ships with vLLM
 
-    session = None
+    session, bearer = None, f"Bearer {api_key}".encode()
 
     def passable(headers) -> dict:  # headers about one connection are not passed on
         return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
     async def forward(request: web.Request) -> web.StreamResponse:
         nonlocal session
-        # Exact match on the decoded path: "/v1/../sleep" or "//sleep" match nothing.
-        if (request.method, request.path) not in PUBLIC_ROUTES:
+        route = (request.method, request.path)  # exact, decoded: "//sleep" matches nothing
+        if route not in PUBLIC_ROUTES | KEYED_ROUTES:
             return web.json_response({"error": {"message": "not found"}}, status=404)
+        given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
+        if route in KEYED_ROUTES and not hmac.compare_digest(given, bearer):
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
         # No total timeout: a long generation streams for as long as it takes.
         session = session or ClientSession(engine_url, auto_decompress=False,
                                            timeout=ClientTimeout(total=None, sock_connect=10))
@@ -216,7 +223,7 @@ class VLLMColdStart:
 
     @modal.web_server(port=PORT, startup_timeout=5 * MINUTES)
     def serve(self) -> None:
-        start_forwarder(self.engine_url)
+        start_forwarder(self.engine_url, api_key=self.api_key)
 
     @modal.exit()
     def stop(self) -> None:

@@ -20,6 +20,7 @@
 #    whose /health answers once vLLM has heard from every rank's workers. The others wait for it.
 
 import asyncio
+import hmac
 import json
 import os
 import signal
@@ -147,26 +148,32 @@ def node_command(rank: int, addresses: list[str]) -> tuple[list[str], dict[str, 
 # ## Expose only what clients need
 
 # On rank 0 a forwarder passes exactly PUBLIC_ROUTES to vLLM and 404s the rest, so vLLM's other
-# endpoints stay inside the container.
+# endpoints stay inside the container; its /metrics (no key in vLLM) passes with the app's key.
 
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
                  ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+KEYED_ROUTES = {("GET", "/metrics")}  # the engine's own view (`mls bench`): key holders only
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "te"}
 
 
-def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT) -> int:
-    """Serve PUBLIC_ROUTES on `port` in a background thread, streaming through; return the port."""
+def start_forwarder(engine_url: str, *, api_key: str, host: str = "0.0.0.0",
+                    port: int = PORT) -> int:
+    """Serve PUBLIC_ROUTES, KEYED_ROUTES to `api_key`, on `port` from a thread; return the port."""
     from aiohttp import ClientError, ClientSession, ClientTimeout, web  # ships with vLLM
 
-    session = None
+    session, bearer = None, f"Bearer {api_key}".encode()
 
     def passable(headers) -> dict:  # headers about one connection are not passed on
         return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
     async def forward(request: web.Request) -> web.StreamResponse:
         nonlocal session
-        if (request.method, request.path) not in PUBLIC_ROUTES:  # exact, decoded path
+        route = (request.method, request.path)  # exact, decoded: "//sleep" matches nothing
+        if route not in PUBLIC_ROUTES | KEYED_ROUTES:
             return web.json_response({"error": {"message": "not found"}}, status=404)
+        given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
+        if route in KEYED_ROUTES and not hmac.compare_digest(given, bearer):
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
         session = session or ClientSession(engine_url, auto_decompress=False,
                                            timeout=ClientTimeout(total=None, sock_connect=10))
         try:
@@ -250,7 +257,7 @@ class VLLMCluster:
             url = f"http://127.0.0.1:{ENGINE_PORT}"
             wait_until_ready(url, headers={}, timeout=STARTUP_TIMEOUT, process=self.engine)
             stream_chat(url, headers=request_headers(api_key))  # first-request work, now
-            start_forwarder(url, port=PORT)
+            start_forwarder(url, api_key=api_key, port=PORT)
         else:  # no API here: up when rank 0 is, which needs this rank's workers
             wait_until_ready(f"http://{addresses[0]}:{PORT}", headers={},
                              timeout=STARTUP_TIMEOUT, process=self.engine)

@@ -11,6 +11,7 @@
 # offline tokens per dollar (`qwen3_throughput.py`) is the goal.
 
 import asyncio
+import hmac
 import json
 import os
 import socket
@@ -104,26 +105,32 @@ def engine_command(*, model: str = MODEL_NAME, revision: str | None = MODEL_REVI
 # every path public, including vLLM 0.32's `POST /invocations`: a chat completion with no key. So
 # a small forwarder on the public port passes only PUBLIC_ROUTES and answers 404 to the rest
 # without contacting the engine, for one loopback hop (1–3 ms of time to first token, measured).
+# vLLM's /metrics has no key either; it passes only with the app's key, compared in constant time.
 
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/v1/models"),
                  ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+KEYED_ROUTES = {("GET", "/metrics")}  # the engine's own view (`mls bench`): key holders only
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "te"}
 
 
-def start_forwarder(engine_url: str, *, host: str = "0.0.0.0", port: int = PORT) -> int:
-    """Serve PUBLIC_ROUTES on `port` in a background thread, streaming through; return the port."""
+def start_forwarder(engine_url: str, *, api_key: str, host: str = "0.0.0.0",
+                    port: int = PORT) -> int:
+    """Serve PUBLIC_ROUTES, KEYED_ROUTES to `api_key`, on `port` from a thread; return the port."""
     from aiohttp import ClientError, ClientSession, ClientTimeout, web  # ships with vLLM
 
-    session = None
+    session, bearer = None, f"Bearer {api_key}".encode()
 
     def passable(headers) -> dict:  # headers about one connection are not passed on
         return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
     async def forward(request: web.Request) -> web.StreamResponse:
         nonlocal session
-        # Exact match on the decoded path: "/v1/../sleep" or "//sleep" match nothing.
-        if (request.method, request.path) not in PUBLIC_ROUTES:
+        route = (request.method, request.path)  # exact, decoded: "//sleep" matches nothing
+        if route not in PUBLIC_ROUTES | KEYED_ROUTES:
             return web.json_response({"error": {"message": "not found"}}, status=404)
+        given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
+        if route in KEYED_ROUTES and not hmac.compare_digest(given, bearer):
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
         # No total timeout: a long generation streams for as long as it takes.
         session = session or ClientSession(engine_url, auto_decompress=False,
                                            timeout=ClientTimeout(total=None, sock_connect=10))
@@ -195,11 +202,12 @@ app = modal.App(APP_NAME)
 @modal.concurrent(max_inputs=MAX_INPUTS, target_inputs=TARGET_INPUTS)  # requests per replica
 @modal.web_server(port=PORT, startup_timeout=STARTUP_TIMEOUT)
 def serve() -> None:
-    env = {**os.environ, "VLLM_API_KEY": os.environ[API_KEY_ENV]}  # in env: argv is visible
+    api_key = os.environ[API_KEY_ENV]
+    env = {**os.environ, "VLLM_API_KEY": api_key}  # in env: argv is visible
     process = subprocess.Popen(engine_command(), env=env)
     engine_url = f"http://127.0.0.1:{ENGINE_PORT}"
     wait_until_healthy(engine_url, timeout=STARTUP_TIMEOUT, process=process)
-    start_forwarder(engine_url)
+    start_forwarder(engine_url, api_key=api_key)
 
 
 def wait_until_healthy(base_url: str, *, timeout: float, process=None, per_try=5.0) -> None:

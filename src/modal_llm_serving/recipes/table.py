@@ -93,7 +93,7 @@ _VLLM = (Setting("VLLM_VERSION", str), Setting("VLLM_CACHE_PATH", str))
 _HTTP = (Setting("PORT", int), Setting("API_KEY_SECRET", str), Setting("API_KEY_ENV", str),
          Setting("SCALEDOWN_WINDOW", int))
 _FORWARDER = (Setting("ENGINE_PORT", int), Setting("PUBLIC_ROUTES", set),
-              Setting("HOP_BY_HOP", set))
+              Setting("KEYED_ROUTES", set), Setting("HOP_BY_HOP", set))
 _SNAPSHOT = (Setting("ENABLE_MEMORY_SNAPSHOT", bool), Setting("ENABLE_GPU_SNAPSHOT", bool))
 
 RECIPES: tuple[Recipe, ...] = (
