@@ -28,6 +28,7 @@ from modal_llm_serving.bench.prometheus import (
     parse,
 )
 from modal_llm_serving.cli import cli
+from modal_llm_serving.recipes.files import load_recipe, recipe_path
 
 NAMES = {"vllm:num_requests_running", "vllm:prefix_cache_hits_total"}
 
@@ -133,6 +134,42 @@ def test_the_scraper_sends_the_headers_the_bench_sends(tmp_path: Path) -> None:
                        headers={"Modal-Key": "wk-id", "Modal-Secret": "ws-secret"})
     assert summary["completed"] == 2
     assert summary["engine"]["source"] == "vllm", summary["engine"]
+
+
+APP_KEY = "the-apps-key"
+
+
+@pytest.fixture(scope="module")
+def deployed(mock: Any) -> str:
+    """The mock behind the vLLM recipe's own forwarder, as a deployed app serves it."""
+    port = load_recipe(recipe_path("vllm_online")).start_forwarder(
+        mock.url, api_key=APP_KEY, host="127.0.0.1", port=0)
+    return f"http://127.0.0.1:{port}"  # a daemon thread: it ends with the tests
+
+
+@pytest.mark.parametrize(("key", "says"), [
+    (APP_KEY, None),
+    (None, "GET /metrics answered 401: a deployed app passes it only with its key; "
+           "pass --api-key"),
+    ("not-the-key", "GET /metrics answered 401: the key was refused; check --api-key against "
+                    "the app's key"),
+], ids=["the-key", "no-key", "another-key"])
+def test_a_deployed_apps_engine_view_comes_with_its_key(
+        deployed: str, key: str | None, says: str | None, tmp_path: Path) -> None:
+    """The recipe's forwarder passes /metrics only with the app's key; `mls bench run` sends
+    the key it was given, and without it (or with another) says why the view is missing."""
+    out = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["bench", "run", deployed, "-c", "2", "-n", "4",
+                                      "--output-len", "4", "--out", str(out), "--no-report",
+                                      *(["--api-key", key] if key else [])])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["completed"] == 4  # the mock itself asks for no key: the run is the same
+    if says is None:
+        assert saved["engine"]["source"] == "vllm" and saved["engine"]["scrapes"] >= 2
+    else:
+        assert saved["engine"] == {"unavailable": says}
+        assert result.output.count(f"engine view: none ({says}") == 1
 
 
 def test_a_refused_connection_is_noted_not_raised() -> None:

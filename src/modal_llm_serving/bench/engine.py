@@ -9,8 +9,10 @@ change over the level), with the headers the benchmark sends (the key, the proxy
 
 An absent endpoint (an error status, a refused connection, an answer that is not Prometheus text
 or has no vLLM or SGLang metrics) is noted once, in the summary, and never fails the run; later
-failed scrapes are counted. Each scrape is one bounded call (`deadline.fetch`: one overall
-deadline, a bounded body) and its text is read by the strict parser (prometheus.py).
+failed scrapes are counted. A 401 or 403 is told with its likely cause: the skill's vLLM recipes
+pass /metrics (open in vLLM itself) only to a request that carries the app's key. Each scrape is
+one bounded call (`deadline.fetch`: one overall deadline, a bounded body) and its text is read by
+the strict parser (prometheus.py).
 
 Where each name is defined (checked against the versions this toolkit pins):
 - vLLM 0.32, `vllm/v1/metrics/loggers.py` (`PrometheusStatLogger.__init__`):
@@ -111,6 +113,7 @@ class Scraper:
         self.snapshots: list[Snapshot] = []
         self.unavailable: str | None = None  # why no scrape worked (set once, at the first)
         self.failed = 0  # scrapes that failed after one worked
+        self._keyed = any(name.lower() == "authorization" for name in headers)
         self._http = bounded(httpx.Client(headers=headers, timeout=SCRAPE_TIMEOUT_S))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mls-metrics", daemon=True)
@@ -141,7 +144,7 @@ class Scraper:
             response = fetch(self._http, "GET", self.url, seconds=SCRAPE_TIMEOUT_S,
                              max_bytes=MAX_BYTES)
             if response.status_code != 200:
-                raise EndpointError(f"GET /metrics answered {response.status_code}")
+                raise EndpointError(_refusal(response.status_code, keyed=self._keyed))
             snapshot = read_snapshot(response.content, t_ns=time.perf_counter_ns())
         except PrometheusTextError as exc:
             self._failed(f"GET /metrics is not an engine's Prometheus text ({exc})")
@@ -161,6 +164,19 @@ class Scraper:
             self.failed += 1
         else:
             self.unavailable = one_line(why, 200)
+
+
+def _refusal(status: int, *, keyed: bool) -> str:
+    """Why /metrics answered `status` instead of the engine's text, in a line the user can act on
+    (`keyed`: the scrape carried an Authorization header)."""
+    said = f"GET /metrics answered {status}"
+    if status in (401, 403) and not keyed:
+        return f"{said}: a deployed app passes it only with its key; pass --api-key"
+    if status in (401, 403):
+        return f"{said}: the key was refused; check --api-key against the app's key"
+    if status == 404:
+        return f"{said}: the endpoint does not serve it"
+    return said
 
 
 def engine_summary(snapshots: list[Snapshot], *, unavailable: str | None = None,
