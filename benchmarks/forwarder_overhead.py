@@ -35,7 +35,7 @@ FORWARDER = """
 import sys, threading
 from modal_llm_serving.recipes.files import load_recipe, recipe_path
 recipe = load_recipe(recipe_path(sys.argv[3]))
-recipe.start_forwarder(sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]))
+recipe.start_forwarder(sys.argv[1], api_key=sys.argv[4], host="127.0.0.1", port=int(sys.argv[2]))
 threading.Event().wait()
 """
 
@@ -98,7 +98,7 @@ def main() -> int:
             server.wait_ready(timeout=300)
             port = free_port()
             forwarder = subprocess.Popen([sys.executable, "-c", FORWARDER, server.base_url,
-                                          str(port), options.recipe])
+                                          str(port), options.recipe, KEY])
             paths = {"direct": server.base_url, "forwarder": f"http://127.0.0.1:{port}"}
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
             try:
