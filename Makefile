@@ -44,8 +44,11 @@ local: install-serve
 serve: install-serve
 	$(BIN)/mls local serve $(ARGS)
 
+# The suite on several processes (tests/conftest.py groups them: the vLLM tests on one, the
+# package-index tests on another, the rest by module); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 4
 test: install lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks skills

@@ -6,11 +6,18 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from modal_llm_serving.local.serve import (
     LocalCommand,
@@ -23,6 +30,12 @@ from tests.ports import REFUSING_URL
 from tests.tiny_model import build_tiny_model
 
 TINY_API_KEY = "test-key-not-a-secret"
+
+# No property test is timed: hypothesis's 200 ms per example is a wall-clock bound a loaded
+# 2-core machine breaks (a first example that imports numpy took 302 ms), and a slow example is
+# not a wrong one. Loaded before any test module builds its own settings from it.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,16 +99,143 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
         yield server
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Work that mostly waits on the network starts as soon as the tests are known, so it runs
-    beside the others instead of after them: each selected test module that defines
+# The suite runs on several worker processes (pytest-xdist, `make test`), grouped so that:
+# - every test that runs vLLM is on one worker, in collection order: one engine at a time on the
+#   machine and one session server (`tiny_server`), never two competing for 2 cores;
+# - the index tests are on one worker, which starts their long network work at once;
+# - the rest go by module, so a module's fixtures (a mock server, a recipe import) start once.
+# Those two groups go first: they are the longest, and the others fill in around them.
+# (xdist's own `--dist loadgroup` cannot carry this: it renames a test's node id, which pytest 9
+# no longer lets a plugin do. So the workers, which know each test's marks and fixtures, write
+# the groups into the run's folder, and the controller's scheduler reads them.)
+ENGINE_GROUP = "engine"
+INDEX_GROUP = "index"
+RUN_FOLDER = "MLS_TEST_RUN_FOLDER"  # set by the controller, inherited by its workers
+
+
+def _group(item: pytest.Item) -> str:
+    if item.get_closest_marker("engine") or "tiny_server" in getattr(item, "fixturenames", ()):
+        return ENGINE_GROUP
+    if item.get_closest_marker("index"):
+        return INDEX_GROUP
+    return item.nodeid.split("::", 1)[0]
+
+
+def _on_a_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _run_folder() -> Path | None:
+    folder = os.environ.get(RUN_FOLDER)
+    return Path(folder) if folder else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller of a run on workers makes the folder they share (before it starts them,
+    so they inherit its name) and removes it when the run is over."""
+    if getattr(config.option, "numprocesses", None) and not _on_a_worker(config):
+        folder = tempfile.mkdtemp(prefix="mls-test-run-")
+        os.environ[RUN_FOLDER] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = {ENGINE_GROUP: 0, INDEX_GROUP: 1}
+    items.sort(key=lambda item: first.get(_group(item), 2))  # stable: the rest keep their order
+    folder = _run_folder()
+    if _on_a_worker(config) and folder is not None:  # every worker writes the same map
+        groups = json.dumps({item.nodeid: _group(item) for item in items})
+        worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+        (folder / f"groups-{worker}.json").write_text(groups, encoding="utf-8")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole groups to a worker, in the order collected (engine, index, then each module)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") not in ("load", "loadscope", "loadfile", "loadgroup"):
+        return None  # `--dist each`, `worksteal`: as asked
+    folder = _run_folder()
+    assert folder is not None, "pytest_configure sets the run folder before the workers start"
+    groups: dict[str, str] = {}
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if not groups:  # read when scheduling starts: every worker has collected by then
+                path = next(folder.glob("groups-*.json"))
+                groups.update(json.loads(path.read_text(encoding="utf-8")))
+            return groups[nodeid]
+
+    config.option.loadscopereorder = False  # keep the collected order: the longest first
+    return GroupScheduling(config, log)
+
+
+# A test marked `alone` measures time against a bound the machine's other work would break
+# (the harness's own health, TTFT against the mock's known truth): it waits until the tests
+# running on the other workers end, and they wait for it. A readers-writer lock over two files
+# every worker of the run shares: others pass the gate and hold `share` shared for their test;
+# an `alone` test holds the gate (no new test starts) and then `share` exclusively (the running
+# ones have ended).
+@contextlib.contextmanager
+def machine_share(config: pytest.Config, *, alone: bool) -> Iterator[None]:
+    folder = _run_folder()
+    if not _on_a_worker(config) or folder is None:  # one process: nothing runs beside a test
+        yield
+        return
+    with open(folder / "gate.lock", "a+b") as gate, open(folder / "share.lock", "a+b") as share:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if alone:
+            fcntl.flock(share, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(share, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(share, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Around a test's whole run, its fixtures' set-up and tear-down included (a session
+    server's start is work the machine does too)."""
+    with machine_share(item.config, alone=item.get_closest_marker("alone") is not None):
+        return (yield)
+
+
+def _start_early(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Work that mostly waits on the network starts as soon as it can, so it runs beside the
+    other tests instead of before its own: each selected test module that defines
     `start_early(folder)` (the Python-version resolves, the one-line install) and has an
-    `index` test selected gets it called now, and its `stop_early()` when the session ends, so
+    `index` test selected gets it called once, and its `stop_early()` when the session ends, so
     nothing it started outlives it."""
-    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore
-    modules = {item.module for item in session.items
+    if config.stash.get(_EARLY_STARTED, False):
+        return
+    config.stash[_EARLY_STARTED] = True
+    modules = {item.module for item in items
                if isinstance(item, pytest.Function) and hasattr(item.module, "start_early")
                and item.get_closest_marker("index")}  # only what the network tests need
     for module in sorted(modules, key=lambda m: m.__name__):
-        module.start_early(factory.mktemp("early"))
-        session.config.add_cleanup(module.stop_early)
+        folder = Path(tempfile.mkdtemp(prefix="mls-early-"))
+        config.add_cleanup(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
+        module.start_early(folder)
+        config.add_cleanup(module.stop_early)  # runs first: stopped, then its folder removed
+
+
+_EARLY_STARTED = pytest.StashKey[bool]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """One process: the early work starts as soon as the tests are known. On workers, every
+    worker collects every test but only one runs the index group: that one starts it when its
+    first index test comes up (the group is the first unit it is sent)."""
+    if not _on_a_worker(session.config):
+        _start_early(session.config, session.items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _on_a_worker(item.config) and item.get_closest_marker("index"):
+        _start_early(item.config, item.session.items)

@@ -391,8 +391,9 @@ def test_a_dict_with_an_unhashable_key_still_gives_its_other_keys() -> None:
 
 # --- whether the app can start (MLS022-MLS029) ------------------------------------------------
 
-STARTUP = {name: next(iter(rules)) for name, rules in BAD.items()
-           if next(iter(rules)) >= "MLS022"}
+# each fixture's own rule is the one its name starts with (a set's order is the hash seed's)
+STARTUP = {name: name.split("_")[0].upper() for name in BAD
+           if name.split("_")[0].upper() >= "MLS022"}
 # rules whose finding rests on the model's facts, and so names where they came from
 FROM_FACTS = {"MLS023", "MLS024", "MLS025"}
 

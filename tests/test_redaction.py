@@ -119,8 +119,9 @@ def commands(url: str, options: list[str], out: Path, *, mode: str) -> list[list
     return [
         ["smoke", url, "--ready-timeout", "5", *options],
         ["smoke", url, "--ready-timeout", "5", "--json", *options],
+        # no report here: the two `bench report` below render it from what the run saved
         ["bench", "run", url, "-n", "2", "--input-len", "8", "--output-len", "4",
-         "--out", str(out), "--timeout", "10", *model, *options],
+         "--out", str(out), "--timeout", "10", "--no-report", *model, *options],
         ["bench", "report", str(out)],
         ["bench", "report", str(out), "--json"],
         ["bench", "cold-start", url, "--model", "m", "--timeout", "3", *options],

@@ -145,7 +145,12 @@ def test_capacity_search_runs_end_to_end_against_vllm(tiny_server: LocalServer,
     capacity = json.loads((tmp_path / "sweep.json").read_text())["capacity"]
     assert [(row["slug"], row["passed"]) for row in capacity["levels"]] == [
         ("c1", True), ("c2", True)]
-    assert capacity["capacity"] == 2 and capacity["stopped"] == "max level"
+    # both held: the capacity is the higher load unless its goodput fell short of the lower's
+    # (2 streams of a CPU engine sharing 2 cores with other work can serve fewer good requests
+    # a second than 1), by the documented rule: the highest load within 5 % of the best goodput
+    one, two = (row["goodput"] for row in capacity["levels"])
+    assert capacity["capacity"] == (2 if two >= 0.95 * max(one, two) else 1), capacity
+    assert capacity["stopped"] == "max level"
     assert not capacity["bracketed"]  # nothing failed: the knee is above --max-level
     for row in capacity["levels"]:
         summary = json.loads((tmp_path / row["slug"] / "summary.json").read_text())

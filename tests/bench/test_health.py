@@ -7,6 +7,7 @@ themselves, one row each, on the judge's inputs.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -84,16 +85,26 @@ print(lags[int(0.99 * (len(lags) - 1))])
 """
 
 
+@pytest.mark.alone
 def test_a_client_with_the_machine_to_itself_raises_none(mock: MockProcess,
                                                          tmp_path: Path) -> None:
     control = subprocess.Popen([sys.executable, "-c", PROBE], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     try:
         # closed loop, 2 streams: little for one core to do (an open loop's dispatch lag is
-        # judged on the thresholds below)
-        warnings = _warnings(mock.url, tmp_path, load={"concurrency": "2"})
+        # judged on the thresholds below). `mls bench run` in a process of its own, as a user
+        # runs it: inside the test process, a full garbage collection of the suite's heap
+        # (vLLM, hypothesis: over 1 GB) stalled the loop 12 ms.
+        run = subprocess.run(
+            [sys.executable, "-m", "modal_llm_serving.cli", "bench", "run", mock.url, "-c", "2",
+             "--duration", str(DURATION_S), "--input-len", "4", "--output-len", "4",
+             "--no-report", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     finally:
         machine_lag_ms = float(control.communicate(input="", timeout=60)[0])
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] > 20
+    warnings = summary["harness"]["warnings"]
     # 2 streams use a few % of a core, however busy the machine (CPU time counts only when run)
     assert not [warning for warning in warnings if "of a CPU core" in warning], warnings
     # the loop lag does depend on the machine: on this shared 2-core box the harness's loop
