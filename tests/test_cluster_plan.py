@@ -170,6 +170,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         new = CliRunner().invoke(cli, ["new", "--model", model, "--revision", REV, *rest,
                                        "-o", str(output)])
         assert new.exit_code == 0, new.output
+        assert "(multi-node pattern, 2 x 8x H100)" in new.output
         assert "mls check: no findings" in new.output
         apps[name] = output
     return apps
