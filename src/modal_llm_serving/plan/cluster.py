@@ -152,7 +152,8 @@ def cluster_predictions(s: Sizing, gpu: GPU, layout: Layout,
               "fabric_bytes_s": gpu.fabric_gb_s * 1e9 * LINK_SHARE}
     return [
         Prediction("decode_tok_s_per_seq", 1 / cluster_step_seconds(s, gpu, layout, 1), "tok/s",
-                   "1 / (W_touched(1)/(tp*hbm_bytes_s) + fixed_s + collectives_s + hops_s); "
+                   "1 / step(1); step(B) = max(W_touched(B)/(tp*hbm_bytes_s), "
+                   "2*active_params*B/(tp*flops_s)) + fixed_s + collectives_s + hops_s; "
                    "stages run in turn for one token; collectives_s: TP all-reduces (and EP "
                    "all-to-alls) within a host; hops_s = (pp-1)*(5 us + hidden*2/fabric_bytes_s)",
                    inputs),
