@@ -275,17 +275,19 @@ def test_tpot_slo_caps_the_batch() -> None:
     assert tight.prediction("tpot_floor_ms").value <= 8 * SLO_MARGIN
 
 
-def test_model_that_fits_nowhere_says_what_would() -> None:
-    with pytest.raises(NeedsCluster) as info:
+def test_model_that_fits_no_host_says_what_would_where_the_workload_rules_a_cluster_out() -> None:
+    with pytest.raises(NeedsCluster) as info:  # the clustered recipe serves online only
         make_plan(workload_from_mapping({"model": "meta-llama/Llama-3.1-405B-Instruct",
-                                         "revision": "abcdef1", "gpu": "H100"}))
+                                         "revision": "abcdef1", "gpu": "H100",
+                                         "goal": "throughput"}))
     text, proposal = str(info.value), info.value.proposal
     assert "precision = 'fp8'" in text and "needs 2 nodes of 8x H100 (TP 8 x PP 2)" in text
+    assert "serves the online pattern only, not throughput" in text
     # by hand: a node gives 8 x (80 GB x 0.9 - 2 GB) = 560 GB; two hold 810 GB of bf16 weights
-    # and 310 GB of KV: x 0.9 / (8192 tokens x 258,048 values x 2 B) = 65 sequences
+    # and 310 GB of KV: x 0.9 / (2048 tokens x 258,048 values x 2 B) = 263 sequences
     assert proposal.layout == Layout(nodes=2, gpus_per_node=8, tp=8, pp=2)
     assert proposal.usable_bytes == pytest.approx(1120e9)
-    assert proposal.sequences == 65 and proposal.context == 8192
+    assert proposal.sequences == 263 and proposal.context == 2048
     assert proposal.cost_per_hour == pytest.approx(16 * 3.95)
     # each node reads its own stage: 405 GB at 1 GB/s
     assert proposal.prediction("cold_start_weights_floor_s").value == pytest.approx(405.0)
@@ -468,7 +470,16 @@ def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, An
     assert (c.kv_capacity_tokens + 1) * s.kv_bytes_per_token >= min(
         workload.concurrency, MIN_SEQUENCES) * (
         plan.max_model_len * s.kv_bytes_per_token_at(plan.max_model_len))
-    assert plan.layout == Layout(nodes=1, gpus_per_node=plan.n_gpu, tp=plan.n_gpu)
+    copies = plan.max_containers
+    if plan.cluster is None:
+        assert plan.layout == Layout(nodes=1, gpus_per_node=plan.n_gpu, tp=plan.n_gpu)
+    else:  # whole hosts, the engine's parallel sizes are the cluster's GPUs, whole clusters
+        lay = plan.layout
+        assert (plan.pattern, plan.recipe, plan.n_gpu) == ("multi-node", "vllm_multi_node.py", 8)
+        assert lay.nodes >= 2 and lay.tp * lay.pp == lay.nodes * lay.gpus_per_node == 8 * lay.nodes
+        assert plan.max_containers % lay.nodes == 0 and plan.min_containers % lay.nodes == 0
+        copies = plan.max_containers // lay.nodes
+        assert plan.recipe_settings()["N_NODES"] == lay.nodes and plan.rdma
     if workload.tpot_ms is not None:
         assert plan.prediction("tpot_floor_ms").value <= workload.tpot_ms * SLO_MARGIN + 1e-9
     if workload.ttft_ms is not None:
@@ -476,7 +487,7 @@ def test_any_workload_gets_a_sound_plan_or_a_reasoned_refusal(data: dict[str, An
     if workload.budget_per_hour is not None:
         assert c.cost_per_hour <= workload.budget_per_hour + 1e-9
     if plan.pattern != "throughput":
-        assert plan.max_containers * plan.target_inputs >= workload.concurrency
+        assert copies * plan.target_inputs >= workload.concurrency
     for prediction in plan.predictions:
         assert prediction.value > 0 and prediction.formula
 
@@ -529,6 +540,14 @@ def assert_refusal_is_right(data: dict[str, Any], message: str) -> None:
         for precision in re.findall(r"precision = '(\w+)' \(\d+ GB of weights\)", message):
             again = _refused({**data, "precision": precision}) or ""  # what would fit, fits
             assert " GB usable) in one container" not in again, (precision, again)
+    elif " nodes of 8x " in message and "one container holds" not in message:
+        # a cluster holds the model, but not this workload: an SLO, the budget, the GPU cap
+        if "misses your SLOs" in message:
+            assert "tpot_ms" in data or "ttft_ms" in data, message
+        elif "over budget_per_hour" in message:
+            assert _number(r"cost \$([\d,.]+)/h at peak", message) > data["budget_per_hour"]
+        else:
+            assert f"this planner stops at {MAX_PLANNED_GPUS}" in message, message
     elif " needs " in message and " nodes of 8x " in message:  # a multi-node proposal
         nodes, card = re.search(r"needs (\d+) nodes of 8x (\S+) \(TP 8 x PP \1", message
                                 ).groups()  # type: ignore[union-attr]
@@ -744,19 +763,19 @@ def test_the_biggest_single_node_comes_before_several_nodes() -> None:
     assert plan.layout == Layout(nodes=1, gpus_per_node=8, tp=8)
 
 
-def test_a_model_no_host_holds_is_refused_with_its_cluster_layout(tmp_path: Path) -> None:
+def test_a_model_no_host_holds_is_planned_on_its_cluster_layout(tmp_path: Path) -> None:
     args = ["--model", "moonshotai/Kimi-K2-Instruct", "--revision", REV, "--precision", "bf16"]
     result = CliRunner().invoke(cli, ["plan", *args, "--json"])
-    assert result.exit_code == 1, result.output
-    cluster = json.loads(result.output)["cluster"]
-    assert cluster["layout"] == {"nodes": 2, "gpus_per_node": 8, "tp": 8, "pp": 2, "ep": 8,
-                                 "dp": 1}
-    assert cluster["gpu"] == "B200" and cluster["weights_gb"] > 2000
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["layout"] == {"nodes": 2, "gpus_per_node": 8, "tp": 8, "pp": 2, "ep": 8,
+                              "dp": 1}
+    assert plan["cluster"]["gpu"] == "B200" and plan["cluster"]["weights_gb"] > 2000
+    # the checkpoint is fp8: a bf16 plan names a bf16 checkpoint to serve, so nothing is written
     written = tmp_path / "app.py"
     result = CliRunner().invoke(cli, ["new", *args, "-o", str(written)])
-    assert result.exit_code == 1 and not written.exists()
-    assert "needs 2 nodes of 8x B200 (TP 8 x PP 2, EP 8)" in result.output
-    assert "nothing is written" in result.output
+    assert result.exit_code == 2 and not written.exists()
+    assert "at bf16, but its checkpoint is fp8" in result.output
 
 
 def test_a_model_over_one_gpu_weighs_the_precision_its_checkpoints_offer() -> None:

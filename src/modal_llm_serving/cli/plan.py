@@ -135,8 +135,9 @@ def new_command(workload_file: Path | None, assignments: tuple[str, ...],
         echo_json(result.to_dict())
     else:
         plan = result.plan
+        hosts = f"{plan.layout.nodes} x " if plan.cluster is not None else ""  # per copy
         say(f"wrote {output} from {result.recipe.name} ({plan.pattern} pattern, "
-            f"{plan.chosen.label()})")
+            f"{hosts}{plan.chosen.label()})")
         for name, (old, new) in result.render.changed.items():
             say(f"  {name}: {old} -> {new}")
         if result.render.missing:

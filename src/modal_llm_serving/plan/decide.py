@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import NoReturn
 
 from modal_llm_serving.errors import PlanRefused, WorkloadError
 from modal_llm_serving.facts.gpus import GB, GPU, Platform, lacks_kernels, load_gpu_catalog
@@ -31,7 +30,13 @@ from modal_llm_serving.facts.workload import (
     PRECISIONS,
     Workload,
 )
-from modal_llm_serving.plan.cluster import NeedsCluster, propose_cluster
+from modal_llm_serving.plan.cluster import (
+    ClusterProposal,
+    NeedsCluster,
+    cluster_candidate,
+    propose_cluster,
+    serving_predictions,
+)
 from modal_llm_serving.plan.explain import (
     context_too_long,
     nothing_fits,
@@ -41,6 +46,7 @@ from modal_llm_serving.plan.explain import (
     too_many_gpus,
     unknown_gpu,
 )
+from modal_llm_serving.plan.explain_cluster import cluster_refused
 from modal_llm_serving.plan.rules import (
     KV_HEADROOM,
     LATENCY_TIE,
@@ -60,6 +66,7 @@ from modal_llm_serving.plan.sizing import (
     Sizing,
     cold_start_seconds,
     engine_bytes,
+    largest_batch_within,
     longest_sequence_bytes,
     longest_sequence_fits,
     predictions,
@@ -114,10 +121,14 @@ def make_plan(w: Workload, *, gpu_catalog: Path | None = None) -> Plan:
     if recipe_for(pattern, proxy_auth=w.proxy_auth).proxy_auth and pattern == "low-latency":
         basis = "goal-proxy-auth"
     pattern, weighed, fallbacks = _weigh_recipes(w, s, gpus, platform, pattern)
-    chosen, ranked = _choose(w, pattern, weighed)
-    plan = _settle(w, s, platform, weighed, chosen, ranked, pattern=pattern, basis=basis,
-                   online_cold_start_s=online_cold, fallbacks=fallbacks)
-    if chosen.n_gpu > 1:  # over one GPU: what another precision of the checkpoint would take
+    if not weighed.fits:  # only several hosts hold it: the clustered recipe serves it online
+        plan = _settle_cluster(w, s, platform, weighed, _cluster_or_refuse(
+            w, s, gpus, platform, pattern, weighed), basis=basis, fallbacks=fallbacks)
+    else:
+        chosen, ranked = _choose(w, pattern, weighed)
+        plan = _settle(w, s, platform, weighed, chosen, ranked, pattern=pattern, basis=basis,
+                       online_cold_start_s=online_cold, fallbacks=fallbacks)
+    if plan.n_gpu > 1:  # over one GPU: what another precision of the checkpoint would take
         plan.precision_options = _precision_options(w, s, gpus, platform, pattern, weighed)
     return plan
 
@@ -141,7 +152,7 @@ def _precision_options(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: P
 def _weigh_recipes(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
                    pattern: str) -> tuple[str, _Weighed, tuple[Fallback, ...]]:
     """The pattern's recipe with its GPU setups, after any single-GPU fallback; refused when no
-    setup fits."""
+    setup fits, unless only several hosts would hold the model (then `fits` is empty)."""
     recipe = recipe_for(pattern, proxy_auth=w.proxy_auth)
     fallbacks: list[Fallback] = []
     weighed = _weigh(w, s, gpus, platform, pattern, recipe)
@@ -158,8 +169,8 @@ def _weigh_recipes(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platf
         fallbacks.append("snapshot-one-gpu")
         pattern = "online"
         weighed = _weigh(w, s, gpus, platform, pattern, recipe_for(pattern))
-    if not weighed.fits:
-        _refuse(w, s, gpus, platform, pattern, weighed)
+    if not weighed.fits and pattern != "online":  # the clustered recipe serves online only
+        _cluster_or_refuse(w, s, gpus, platform, pattern, weighed)
     return pattern, weighed, tuple(fallbacks)
 
 
@@ -292,7 +303,7 @@ def _setup(w: Workload, s: Sizing, gpu: GPU, n: int, platform: Platform, *, patt
     capacity = max(0, kv_tokens // s.seq_tokens)
     ceiling = OFFLINE_NUM_SEQS_CAP if pattern == "throughput" else MAX_NUM_SEQS_CAP
     step1 = s.step_seconds(gpu, n, 1)
-    slo_batch = _max_batch_for_tpot(s, gpu, n, w.tpot_ms, min(ceiling, max(capacity, 1)), step1)
+    slo_batch = _max_batch_for_tpot(s, gpu, n, w.tpot_ms, min(ceiling, max(capacity, 1)))
     if w.tpot_ms is not None and slo_batch == 0:
         return Rejection(gpu.name, n, "tpot", floor_ms=step1 * 1e3, slo_ms=w.tpot_ms)
     batch = slo_batch if pattern == "throughput" else min(slo_batch, w.concurrency)
@@ -306,22 +317,12 @@ def _setup(w: Workload, s: Sizing, gpu: GPU, n: int, platform: Platform, *, patt
                      prefill_s=prefill, price_multiplier=multiplier)
 
 
-def _max_batch_for_tpot(s: Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap: int,
-                        step1_s: float) -> int:
+def _max_batch_for_tpot(s: Sizing, gpu: GPU, n: int, tpot_ms: float | None, cap: int) -> int:
     """Largest batch whose decode step still meets the TPOT SLO (0 if even 1 misses)."""
     if tpot_ms is None:
         return cap
-    budget_ms = tpot_ms * SLO_MARGIN
-    if step1_s * 1e3 > budget_ms:
-        return 0
-    lo, hi = 1, cap
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if s.step_seconds(gpu, n, mid) * 1e3 <= budget_ms:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_batch_within(lambda batch: s.step_seconds(gpu, n, batch) * 1e3,
+                                tpot_ms * SLO_MARGIN, cap)
 
 
 def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
@@ -350,12 +351,16 @@ def _too_big(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
                   nodes=max(2, math.ceil(need / node)), cluster=cluster)
 
 
-def _refuse(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
-            pattern: str, weighed: _Weighed) -> NoReturn:
-    """Raise why no setup fits: NeedsCluster (with the layout) where only several hosts would
-    hold the model, else PlanRefused."""
+def _cluster_or_refuse(w: Workload, s: Sizing, gpus: dict[str, GPU], platform: Platform,
+                       pattern: str, weighed: _Weighed) -> ClusterProposal:
+    """The multi-node layout where only several hosts hold the model and the pattern is online;
+    else raise why no setup fits: NeedsCluster (with the layout) or PlanRefused. A host that
+    holds it but misses an SLO is refused so: a token passes a cluster's stages in turn."""
     too_small = any(r.kind in ("memory", "kv") for r in weighed.rejected)
     too_big = _too_big(w, s, gpus, platform, weighed, pattern) if too_small else None
+    slow = any(r.kind in ("ttft", "tpot") for r in weighed.rejected)
+    if too_big is not None and too_big.cluster is not None and pattern == "online" and not slow:
+        return too_big.cluster
     message = nothing_fits(w, s, pattern=pattern, max_model_len=weighed.max_model_len,
                            rejected=weighed.rejected, too_big=too_big)
     if too_big is not None and too_big.cluster is not None:
@@ -454,3 +459,42 @@ def _settle(w: Workload, s: Sizing, platform: Platform, weighed: _Weighed, chose
         predictions=predictions(w, s, chosen, platform, cold=cold),
         rejected=weighed.rejected, alternatives=[c for c in ranked if c is not chosen][:3],
         chosen=chosen, frontier=latency_frontier(ranked) if pattern == "low-latency" else [])
+
+
+def _settle_cluster(w: Workload, s: Sizing, platform: Platform, weighed: _Weighed,
+                    proposal: ClusterProposal, *, basis: Basis,
+                    fallbacks: tuple[Fallback, ...]) -> Plan:
+    """Every setting of the clustered recipe for `proposal`: container counts in whole clusters,
+    one copy warm only where the workload's cold start asks for it, a startup limit that covers
+    reading every weight off the Volume (as `mls check` MLS026 asks)."""
+    recipe = recipe_for("multi-node")
+    region = _region(w, recipe)
+    chosen = cluster_candidate(w, s, proposal, multiplier=price_multiplier(region))
+    message = cluster_refused(w, s, proposal, chosen)  # None: the cluster serves it
+    if chosen is None or message:
+        raise NeedsCluster(message or "", proposal=proposal)
+    nodes = proposal.layout.nodes
+    max_num_seqs = max(1, min(MAX_NUM_SEQS_CAP, chosen.kv_capacity_tokens // s.seq_tokens,
+                              chosen.batch * 2))
+    cold = proposal.prediction("cold_start_without_snapshot_s").value
+    every_weight = s.weights_bytes / (platform.volume_read_gb_s * GB)
+    startup = max(min(60 * MINUTES, max(20 * MINUTES, math.ceil(cold * 4 / MINUTES) * MINUTES)),
+                  math.ceil(every_weight / MINUTES + 1) * MINUTES)
+    min_containers = nodes if w.cold_start_s is not None and w.cold_start_s < cold else 0
+    return Plan(
+        workload=w, model=s.facts, sizing=s, platform=platform, pattern="multi-node",
+        basis=basis, online_cold_start_s=None, fallbacks=fallbacks, recipe_row=recipe,
+        gpu=chosen.gpu, n_gpu=chosen.n_gpu, max_model_len=weighed.max_model_len,
+        max_num_seqs=max_num_seqs, gpu_memory_utilization=weighed.util, target_inputs=chosen.batch,
+        max_inputs=max(chosen.batch, min(max_num_seqs, math.ceil(chosen.batch * 1.25))),
+        min_containers=min_containers, max_containers=max(chosen.containers, min_containers),
+        buffer_containers=0, region=region, routing_region=routing_region(region),
+        proxy_regions=[region] if region else [], served_model_name=w.served_model_name or w.model,
+        hf_secret="huggingface" if needs_hf_token(w.model, gated=s.facts.gated) else None,
+        engine_kv_cache_dtype=_engine_kv_cache_dtype(w.kv_cache_dtype, recipe.engine),
+        startup_timeout_s=startup,
+        quantization=("fp8" if w.precision == "fp8" and s.facts.native_precision in (
+            "bf16", "fp16") else None),
+        kv_cache_gib=0,  # the clustered recipe does not snapshot: no reservation to keep lean
+        predictions=serving_predictions(w, s, proposal, chosen), rejected=weighed.rejected,
+        alternatives=[], chosen=chosen, cluster=proposal)

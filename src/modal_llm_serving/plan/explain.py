@@ -62,6 +62,7 @@ _PREDICTION_LABELS = {
     "cold_start_weights_floor_s": "cold start floor: weights off the Volume",
     "cold_start_without_snapshot_s": "cold start without snapshots",
     "cold_start_with_snapshot_s": "cold start with snapshots",
+    "weights_per_node_gb": "weights each node loads",
 }
 
 
@@ -344,8 +345,10 @@ def explain(plan: Plan) -> str:
            f"{plan.engine}, recipe {plan.recipe}",
            f"  {c.label()} per container, {_containers(c.containers)} at peak, "
            f"${c.cost_per_hour:.2f}/h at peak"
-           + (f", region {plan.region}" if plan.region else ""),
-           "", "why:"]
+           + (f", region {plan.region}" if plan.region else "")]
+    if plan.cluster is not None:  # the containers are whole hosts of one cluster per copy
+        out.append(f"  cluster: {plan.layout.label()} per copy of the model")
+    out += ["", "why:"]
     out += [f"  - {topic}: {text}" for topic, text in plan.reasons]
     if plan.frontier:
         out += ["", "latency frontier (no setup is both cheaper and faster than these; "
@@ -444,8 +447,8 @@ def nothing_fits(w: Workload, s: Sizing, *, pattern: str, max_model_len: int,
         return (f"{s.facts.name} at {s.precision} needs {cluster_summary(t.cluster)}; one "
                 f"container holds {t.usable_bytes / GB:.0f} GB at most ({t.tp}x "
                 f"{t.biggest.name})" + (f"; one would fit with {smaller}" if smaller else "")
-                + "; no recipe serves several nodes yet, so nothing is written (--json gives "
-                "the layout)")
+                + f"; the multi-node recipe serves the online pattern only, not {pattern}, so "
+                "nothing is written (drop goal for the online plan; --json gives the layout)")
     batch = min(w.concurrency, MIN_SEQUENCES)
     text = (f"{s.facts.name} at {s.precision} needs about {t.need_bytes / GB:.0f} GB for weights "
             f"and {batch} sequence{'s' if batch > 1 else ''} of {max_model_len} tokens, more "
@@ -457,8 +460,8 @@ def nothing_fits(w: Workload, s: Sizing, *, pattern: str, max_model_len: int,
         return text + ("; GPU snapshots need a single GPU: drop goal = 'cold-start' to use "
                        "tensor parallelism (with a warm container for fast first requests)")
     text += (f"; otherwise it needs multi-node serving (about {t.nodes} nodes of {t.tp}x "
-             f"{t.biggest.name}, modal.experimental.clustered with pipeline parallelism across "
-             "nodes), which this tool does not plan")
+             f"{t.biggest.name}), which this tool plans only on whole 8-GPU hosts of a GPU "
+             "Modal clusters (H100, H200, B200, B300)")
     if w.gpu or w.max_gpus < 8:
         text += "; you also restricted gpu/max_gpus: lift that to see more options"
     return text

@@ -11,6 +11,7 @@ head.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from modal_llm_serving.facts.gpus import GB, GPU, Platform
 from modal_llm_serving.facts.models import ModelFacts, experts_touched_fraction
@@ -25,9 +26,9 @@ from modal_llm_serving.plan.rules import (
 )
 from modal_llm_serving.plan.types import Candidate, Prediction
 
-__all__ = ["Sizing", "cold_start_seconds", "engine_bytes", "link_bytes_s",
-           "longest_sequence_bytes", "longest_sequence_fits", "predictions", "sequences_held",
-           "size", "weights_bytes_at"]
+__all__ = ["Sizing", "cold_start_seconds", "engine_bytes", "largest_batch_within",
+           "link_bytes_s", "longest_sequence_bytes", "longest_sequence_fits", "predictions",
+           "sequences_held", "size", "weights_bytes_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +191,21 @@ def sequences_held(s: Sizing, kv_bytes: float, max_model_len: int) -> int:
     if kv_bytes <= 0:
         return 0
     return int(kv_bytes * KV_HEADROOM / (max_model_len * s.kv_bytes_per_token_at(max_model_len)))
+
+
+def largest_batch_within(step: Callable[[int], float], budget: float, cap: int) -> int:
+    """The largest batch up to `cap` whose decode step `step(batch)` takes at most `budget` (in
+    step's unit; 0 if even one sequence does not): steps grow with the batch, so a bisection."""
+    if step(1) > budget:
+        return 0
+    lo, hi = 1, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if step(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def cold_start_seconds(s: Sizing, platform: Platform, n: int) -> tuple[float, float, float]:

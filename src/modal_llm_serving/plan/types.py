@@ -13,6 +13,7 @@ from modal_llm_serving.facts.gpus import GPU, Platform
 from modal_llm_serving.facts.models import ModelFacts
 from modal_llm_serving.facts.workload import Workload
 from modal_llm_serving.plan.explain import reasons_for, warnings_for
+from modal_llm_serving.plan.explain_cluster import cluster_reasons
 from modal_llm_serving.recipes.table import Recipe, settings_from
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class Layout:
     parallelism `ep` (GPUs the routed experts spread over; 1: tensor parallelism shards them)
     and data parallelism `dp` (replicas inside the engine). tp x pp x dp = nodes x
     gpus_per_node. Every plan that fits one container is 1 node, tp = n_gpu; a model no host
-    holds gets a proposed multi-node layout (`plan/cluster.py`), not yet written as an app."""
+    holds gets a multi-node layout (`plan/cluster.py`), served by the clustered recipe."""
 
     nodes: int
     gpus_per_node: int
@@ -195,12 +196,28 @@ class Plan:
     frontier: list[Candidate] = dataclasses.field(default_factory=list)  # low latency only
     # other precisions weighed for a model over one GPU (the trade is explained, not taken)
     precision_options: list[PrecisionOption] = dataclasses.field(default_factory=list)
+    # several hosts per copy of the model (pattern "multi-node"): the layout and its figures;
+    # then n_gpu is the GPUs of one host and the container counts are whole clusters
+    cluster: ClusterProposal | None = None
 
     @property
     def layout(self) -> Layout:
-        """One container: 1 node, tensor parallelism over its GPUs (the recipes shard experts
-        by tensor parallelism too)."""
+        """The cluster's layout; else one container: 1 node, tensor parallelism over its GPUs
+        (the single-node recipes shard experts by tensor parallelism too)."""
+        if self.cluster is not None:
+            return self.cluster.layout
         return Layout(nodes=1, gpus_per_node=self.n_gpu, tp=self.n_gpu)
+
+    @property
+    def rdma(self) -> bool:
+        """Whether the hosts of this GPU are linked by Modal's RDMA fabric (the catalog's
+        fabric_gb_s): a cluster asks for it where it exists."""
+        return bool(self.gpu.fabric_gb_s)
+
+    @property
+    def expert_parallel(self) -> bool:
+        """Whether the layout spreads a MoE model's routed experts over GPUs (EP > 1)."""
+        return self.layout.ep > 1
 
     @property
     def recipe(self) -> str:
@@ -225,7 +242,7 @@ class Plan:
     @property
     def reasons(self) -> list[tuple[str, str]]:
         """(topic, plain-words explanation) for each decision."""
-        return reasons_for(self)
+        return cluster_reasons(self) if self.cluster is not None else reasons_for(self)
 
     @property
     def warnings(self) -> list[str]:
@@ -251,6 +268,7 @@ class Plan:
             "gpu": dataclasses.asdict(self.gpu),
             "n_gpu": self.n_gpu,
             "layout": dataclasses.asdict(self.layout),
+            "cluster": self.cluster.to_dict() if self.cluster is not None else None,
             "containers_at_peak": self.chosen.containers,
             "cost_per_hour_at_peak": round(self.chosen.cost_per_hour, 4),
             "recipe_settings": self.recipe_settings(),

@@ -140,17 +140,18 @@ RECIPES: tuple[Recipe, ...] = (
                Setting("EXIT_GRACE_PERIOD", int), Setting("RETRY_INTERVAL", int))),
     # Several 8-GPU hosts per copy of the model, on Modal's clustered containers: a Server, so
     # its clients send Modal proxy auth, but the pattern's own recipe (`proxy_auth` marks a
-    # Server *form* chosen for such clients, with its one-GPU snapshots). The plan does not
-    # choose clusters yet: N_NODES, RDMA, ENABLE_EXPERT_PARALLEL and the Server's settings are
-    # the recipe's own until it does (then: sources like the others').
+    # Server *form* chosen for such clients, with its one-GPU snapshots). The plan picks it when
+    # only several hosts hold the model (`plan/cluster.py`): N_GPU is one host's GPUs, the
+    # container counts are whole clusters (multiples of N_NODES).
     Recipe("vllm_multi_node", ("multi-node",), "vllm", "app.server", settings=(
                *_MODEL, *_SERVED_NAME, *_ENGINE,
-               Setting("N_NODES", int), Setting("RDMA", bool),
-               Setting("ENABLE_EXPERT_PARALLEL", bool), Setting("MASTER_PORT", int),
+               Setting("N_NODES", int, "layout.nodes"), Setting("RDMA", bool, "rdma"),
+               Setting("ENABLE_EXPERT_PARALLEL", bool, "expert_parallel"),
+               Setting("MASTER_PORT", int),
                Setting("ROUTING_REGION", str, "routing_region"),
-               Setting("TARGET_CONCURRENCY", int), Setting("MAX_CONCURRENCY", int),
-               Setting("MIN_CONTAINERS", int), Setting("MAX_CONTAINERS", int),
-               Setting("BUFFER_CONTAINERS", int),
+               Setting("TARGET_CONCURRENCY", int, "target_inputs"),
+               Setting("MAX_CONCURRENCY", int, "max_inputs"),
+               *_AUTOSCALING[1:],
                *_KEPT, *_VLLM, *_HTTP, *_FORWARDER,
                Setting("EXIT_GRACE_PERIOD", int), Setting("RETRY_INTERVAL", int))),
 )
