@@ -100,21 +100,25 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
 
 
 # The suite runs on several worker processes (pytest-xdist, `make test`), grouped so that:
-# - every test that runs vLLM is on one worker, in collection order: one engine at a time on the
-#   machine and one session server (`tiny_server`), never two competing for 2 cores;
+# - the tests that use the session server (`tiny_server`) are on one worker, so it starts once;
+#   the other vLLM tests (each starts an engine of its own: `mls local serve`, the throughput
+#   recipe's `LLM`) on one other, so at most two engines share the machine at a time;
 # - the index tests are on one worker, which starts their long network work at once;
 # - the rest go by module, so a module's fixtures (a mock server, a recipe import) start once.
-# Those two groups go first: they are the longest, and the others fill in around them.
+# Those three groups go first: they are the longest, and the others fill in around them.
 # (xdist's own `--dist loadgroup` cannot carry this: it renames a test's node id, which pytest 9
 # no longer lets a plugin do. So the workers, which know each test's marks and fixtures, write
 # the groups into the run's folder, and the controller's scheduler reads them.)
+SESSION_ENGINE_GROUP = "session-engine"
 ENGINE_GROUP = "engine"
 INDEX_GROUP = "index"
 RUN_FOLDER = "MLS_TEST_RUN_FOLDER"  # set by the controller, inherited by its workers
 
 
 def _group(item: pytest.Item) -> str:
-    if item.get_closest_marker("engine") or "tiny_server" in getattr(item, "fixturenames", ()):
+    if "tiny_server" in getattr(item, "fixturenames", ()):
+        return SESSION_ENGINE_GROUP
+    if item.get_closest_marker("engine"):
         return ENGINE_GROUP
     if item.get_closest_marker("index"):
         return INDEX_GROUP
@@ -140,8 +144,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    first = {ENGINE_GROUP: 0, INDEX_GROUP: 1}
-    items.sort(key=lambda item: first.get(_group(item), 2))  # stable: the rest keep their order
+    first = {ENGINE_GROUP: 0, SESSION_ENGINE_GROUP: 1, INDEX_GROUP: 2}
+    items.sort(key=lambda item: first.get(_group(item), 3))  # stable: the rest keep their order
     folder = _run_folder()
     if _on_a_worker(config) and folder is not None:  # every worker writes the same map
         groups = json.dumps({item.nodeid: _group(item) for item in items})
