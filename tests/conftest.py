@@ -104,12 +104,18 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
 #   the other vLLM tests (each starts an engine of its own: `mls local serve`, the throughput
 #   recipe's `LLM`) on one other, so at most two engines share the machine at a time;
 # - the index tests are on one worker, which starts their long network work at once;
+# - the modules that read commands with the engines' own parsers (importing vLLM costs ~9 s of
+#   CPU, SGLang ~5 s, in each process that does) are on one worker, so they are imported once;
 # - the rest go by module, so a module's fixtures (a mock server, a recipe import) start once.
-# Those three groups go first: they are the longest, and the others fill in around them.
+# Those four groups go first: they are the longest, and the others fill in around them.
 # (xdist's own `--dist loadgroup` cannot carry this: it renames a test's node id, which pytest 9
 # no longer lets a plugin do. So the workers, which know each test's marks and fixtures, write
 # the groups into the run's folder, and the controller's scheduler reads them.)
 SESSION_ENGINE_GROUP = "session-engine"
+PARSERS_GROUP = "engine-parsers"
+PARSER_MODULES = {"tests/skill/test_recipes.py", "tests/skill/test_multi_node.py",
+                  "tests/test_render.py", "tests/test_cluster_plan.py", "tests/test_tune.py",
+                  "tests/test_engine_args.py", "tests/test_model_facts.py"}
 ENGINE_GROUP = "engine"
 INDEX_GROUP = "index"
 RUN_FOLDER = "MLS_TEST_RUN_FOLDER"  # set by the controller, inherited by its workers
@@ -122,7 +128,8 @@ def _group(item: pytest.Item) -> str:
         return ENGINE_GROUP
     if item.get_closest_marker("index"):
         return INDEX_GROUP
-    return item.nodeid.split("::", 1)[0]
+    module = item.nodeid.split("::", 1)[0]
+    return PARSERS_GROUP if module in PARSER_MODULES else module
 
 
 def _on_a_worker(config: pytest.Config) -> bool:
@@ -144,8 +151,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    first = {ENGINE_GROUP: 0, SESSION_ENGINE_GROUP: 1, INDEX_GROUP: 2}
-    items.sort(key=lambda item: first.get(_group(item), 3))  # stable: the rest keep their order
+    first = {ENGINE_GROUP: 0, SESSION_ENGINE_GROUP: 1, INDEX_GROUP: 2, PARSERS_GROUP: 3}
+    items.sort(key=lambda item: first.get(_group(item), 4))  # stable: the rest keep their order
     folder = _run_folder()
     if _on_a_worker(config) and folder is not None:  # every worker writes the same map
         groups = json.dumps({item.nodeid: _group(item) for item in items})
