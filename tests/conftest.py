@@ -6,8 +6,6 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -26,6 +24,7 @@ from modal_llm_serving.local.serve import (
     local_command,
     start_server,
 )
+from tests.machine import machine_share
 from tests.ports import REFUSING_URL
 from tests.tiny_model import build_tiny_model
 
@@ -182,37 +181,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return GroupScheduling(config, log)
 
 
-# A test marked `alone` measures time against a bound the machine's other work would break
-# (the harness's own health, TTFT against the mock's known truth): it waits until the tests
-# running on the other workers end, and they wait for it. A readers-writer lock over two files
-# every worker of the run shares: others pass the gate and hold `share` shared for their test;
-# an `alone` test holds the gate (no new test starts) and then `share` exclusively (the running
-# ones have ended).
-@contextlib.contextmanager
-def machine_share(config: pytest.Config, *, alone: bool) -> Iterator[None]:
-    folder = _run_folder()
-    if not _on_a_worker(config) or folder is None:  # one process: nothing runs beside a test
-        yield
-        return
-    with open(folder / "gate.lock", "a+b") as gate, open(folder / "share.lock", "a+b") as share:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        if alone:
-            fcntl.flock(share, fcntl.LOCK_EX)
-        else:
-            fcntl.flock(share, fcntl.LOCK_SH)
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(share, fcntl.LOCK_UN)
-            fcntl.flock(gate, fcntl.LOCK_UN)
-
-
+# A test marked `alone` runs with nothing beside it: tests/machine.py.
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """Around a test's whole run, its fixtures' set-up and tear-down included (a session
     server's start is work the machine does too)."""
-    with machine_share(item.config, alone=item.get_closest_marker("alone") is not None):
+    folder = _run_folder() if _on_a_worker(item.config) else None
+    with machine_share(folder, alone=item.get_closest_marker("alone") is not None):
         return (yield)
 
 
