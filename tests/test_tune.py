@@ -26,6 +26,7 @@ from modal_llm_serving.bench.capacity import capacity_of_levels, read_levels
 from modal_llm_serving.bench.slo import parse_slos
 from modal_llm_serving.cli import cli
 from modal_llm_serving.recipes.files import load_recipe, recipe_path
+from tests.machine import machine_to_itself
 
 from .verify import Spied, spy_modal, verify_engine_command, verify_modal_settings
 
@@ -49,7 +50,7 @@ def _bench(url: str, out: Path, *args: str) -> Path:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Closed loop at 2, 4 and 6 streams; every request served (goodput thresholds saved)."""
-    with MockProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS, knee=KNEE) as mock:
+    with machine_to_itself(), MockProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS, knee=KNEE) as mock:
         folder = _bench(mock.url, tmp_path_factory.mktemp("sweep"), "-c", "2,4,6", "-n", "24",
                         "--slo", "ttft:100")
         assert mock.stats()["errors"] == []
@@ -60,7 +61,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2, 4 and 8 streams with a 0.5 s request timeout; a stream holds its slot S = 20 + 3 x 100
     = 320 ms, so at 8 the 4 that queue need 2 S = 640 ms and fail."""
-    with MockProcess(ttft_ms=TTFT_MS, itl_ms=100, knee=KNEE) as mock:
+    with machine_to_itself(), MockProcess(ttft_ms=TTFT_MS, itl_ms=100, knee=KNEE) as mock:
         return _bench(mock.url, tmp_path_factory.mktemp("failing"), "-c", "2,4,8", "-n", "16",
                       "--timeout", "0.5")
 
@@ -118,7 +119,7 @@ def test_the_capacity_of_a_sweep_is_the_mocks_knee(sweep: Path) -> None:
 def test_a_search_is_tuned_from_its_own_capacity(tmp_path: Path) -> None:
     """A capacity search's sweep.json is what tune reads: its SLOs, its capacity; other SLOs
     than the search's are refused rather than judged on levels chosen for another knee."""
-    with MockProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS, knee=KNEE) as mock:
+    with machine_to_itself(), MockProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS, knee=KNEE) as mock:
         search = _bench(mock.url, tmp_path / "search", "--search", "concurrency", "-c", "2",
                         "-n", "12", "--slo", SLO)
     saved = json.loads((search / "sweep.json").read_text())["capacity"]
@@ -239,7 +240,7 @@ def test_open_loop_capacity_counts_requests_in_flight(tmp_path: Path) -> None:
     """Constant arrivals with 8 slots each held S = 20 + 3 x 10 = 50 ms (160 req/s): 50 and 100
     req/s keep 2.5 and 5 streams in flight, none queued; 1000 req/s queues them, the 31st of
     32 waiting ~120 ms for a slot. Per container: in flight and req/s at 100 req/s."""
-    with MockProcess(ttft_ms=20, itl_ms=10, knee=8) as mock:
+    with machine_to_itself(), MockProcess(ttft_ms=20, itl_ms=10, knee=8) as mock:
         sweep = _bench(mock.url, tmp_path / "open", "-r", "50,100,1000", "--arrival",
                        "constant", "-n", "32")
     app = _copy("vllm_online", tmp_path)
