@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +117,25 @@ def test_the_install_command_names_make_only_in_a_checkout(gpu: bool) -> None:
     assert in_checkout == f"{for_pip} (or, in the checkout {root}: make serve)"
 
 
+def test_the_engine_temp_folder_is_private_and_short_enough_for_its_sockets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM binds Unix sockets at <TMPDIR>/<uuid4>, which must fit in 107 bytes: a temporary
+    folder that leaves room is used as given, a deeper one (a test runner's) gives way to /tmp."""
+    shallow = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    try:
+        for given, parent in ((shallow, shallow), (deep, Path("/tmp"))):
+            monkeypatch.setattr(tempfile, "tempdir", str(given))
+            first, second = local.engine_temp_dir(), local.engine_temp_dir()
+            assert first.parent == second.parent == parent and first != second
+            assert len(os.fsencode(first / "0123abcd-0123-4567-89ab-0123456789ab")) <= 107
+            first.rmdir()
+            second.rmdir()
+    finally:
+        shutil.rmtree(shallow)
+
+
 @pytest.mark.engine
 def test_engine_dying_at_start_shows_its_log(tmp_path: Path, tiny_model_path: Path) -> None:
     broken = tmp_path / "broken"
@@ -131,6 +152,7 @@ def test_engine_dying_at_start_shows_its_log(tmp_path: Path, tiny_model_path: Pa
         server.wait_ready(timeout=240)
     assert "exited with code" in str(caught.value)
     assert "no-such-model-type" in caught.value.log_tail or "NoSuchModel" in caught.value.log_tail
+    assert server.temp_dir is not None and not server.temp_dir.exists()  # an engine that died too
 
 
 # --- the real packaged model, through the real CLI process -------------------------------------
@@ -139,20 +161,32 @@ def test_engine_dying_at_start_shows_its_log(tmp_path: Path, tiny_model_path: Pa
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`mls local serve` with its defaults, as `make local` runs it. vLLM's cache starts empty, so
-    this start inspects the model class (MLS_VLLM_INSPECT_MODEL_IN_PROCESS has work to do)."""
+    this start inspects the model class (MLS_VLLM_INSPECT_MODEL_IN_PROCESS has work to do). Its
+    temporary folder is the test's own, so what the run leaves there can be seen."""
     port = free_port()
+    (tmp_path / "tmp").mkdir()
     process = subprocess.Popen(
         [sys.executable, "-m", "modal_llm_serving", "local", "serve", "--port", str(port),
          "--log-file", str(tmp_path / "smollm2.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         preexec_fn=as_in_a_terminal,
-        env={**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")})
+        env={**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"),
+             "TMPDIR": str(tmp_path / "tmp")})
     yield process, port
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    if process.poll() is None:  # the test failed before its Ctrl-C: this one stops the engine
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     assert process.stdout is not None
     process.stdout.close()
+
+
+def auxiliary_vector(process: psutil.Process) -> bytes:
+    """What the kernel gave the process's program at exec (addresses, random bytes' place)."""
+    return Path(f"/proc/{process.pid}/auxv").read_bytes()
 
 
 def describe(process: psutil.Process) -> str:
@@ -194,15 +228,20 @@ def test_smollm2_answers_paris_and_ctrl_c_leaves_no_orphans(
     assert sorted(map(describe, engine)) == ["VLLM::EngineCore", "api-server"]
     server = next(p for p in engine if describe(p) == "api-server")
     [core] = server.children()
-    # MLS_VLLM_FORK_ENGINE_CORE: the engine core was forked, never exec'd, so it still has the
-    # environment the API server started with; a spawned one would carry the platform's
-    # VLLM_WORKER_MULTIPROC_METHOD=spawn
-    assert core.environ().get("VLLM_WORKER_MULTIPROC_METHOD") is None
+    # MLS_VLLM_FORK_ENGINE_CORE: the engine core was forked, never exec'd, so it has the API
+    # server's auxiliary vector (the kernel writes a new one, with new addresses, at each exec;
+    # /proc's environ and cmdline cannot tell: vLLM's process titles overwrite both)
+    assert auxiliary_vector(core) == auxiliary_vector(server)
     # MLS_VLLM_INSPECT_MODEL_IN_PROCESS: the model class was inspected in the API server. vLLM's
     # own way runs a fresh Python for it, which the server waits for, so its CPU time (importing
     # torch and vLLM: 9 s on 2 cores) would count in the server's finished children's time
     finished = server.cpu_times()
     assert finished.children_user + finished.children_system < 1.0, finished
+    # the engine's temporary folder is a private one, with vLLM's IPC sockets in it (in /tmp:
+    # the test's TMPDIR is too deep for a socket path)
+    given = Path(psutil.Process(process.pid).environ()["TMPDIR"])
+    engine_temp = Path(server.environ()["TMPDIR"])
+    assert engine_temp.parent == Path("/tmp") and any(engine_temp.iterdir())
 
     # Ctrl-C (the terminal sends SIGINT to `mls`; the engine runs in a session of its own)
     process.send_signal(signal.SIGINT)
@@ -212,6 +251,11 @@ def test_smollm2_answers_paris_and_ctrl_c_leaves_no_orphans(
         "stopping the engine", "interrupted"]  # the exit-code table's line, and nothing else
     _, alive = psutil.wait_procs(engine, timeout=10)
     assert alive == [], f"processes left after Ctrl-C: {alive}"
+    assert not engine_temp.exists(), f"left after Ctrl-C: {list(engine_temp.iterdir())}"
+    # nothing else either, but torch's own per-user cache (the first start's model conversion
+    # imports torch in `mls`), which torch keeps there on purpose
+    left = [path.name for path in given.iterdir() if not path.name.startswith("torchinductor_")]
+    assert left == [], f"files left in the temporary folder after Ctrl-C: {left}"
 
 
 # --- the command read from a recipe ---------------------------------------------------------

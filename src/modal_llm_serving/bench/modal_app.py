@@ -75,8 +75,10 @@ app = modal.App("mls-bench-client")
 def run_in_region(options: BenchOptions) -> dict[str, Any]:
     import tempfile
 
-    # a fresh folder per call: a warm container may run the next level of a sweep
-    return run_here(options, out_dir=Path(tempfile.mkdtemp(prefix="mls-bench-")))
+    # a fresh folder per call, gone once its files are in the answer: a warm container may run
+    # the next level of a sweep
+    with tempfile.TemporaryDirectory(prefix="mls-bench-") as folder:
+        return run_here(options, out_dir=Path(folder))
 
 
 def run_here(options: BenchOptions, *, out_dir: Path) -> dict[str, Any]:

@@ -8,7 +8,8 @@ command, with its reason. `start_server` launches that argv through `launcher` (
 CPU build's CLI work) in a process group of its own, with its output in a log file.
 `LocalServer.wait_ready` returns only once /v1/models lists the served id (a /health from some
 other process on the port proves nothing) and fails fast, with the log's last lines, if the engine
-dies. `stop` ends the whole group, so no engine-core child is left behind.
+dies. `stop` ends the whole group, so no engine-core child is left behind, and removes the
+engine's private temporary folder, so none of its socket files is left either.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import dataclasses
 import importlib.metadata
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +61,7 @@ __all__ = [
     "LocalCommand",
     "LocalServer",
     "engine_build",
+    "engine_temp_dir",
     "free_port",
     "launcher_argv",
     "local_command",
@@ -68,6 +72,10 @@ __all__ = [
 DEFAULT_KV_CACHE_GIB = 1  # KV cache space for the CPU build; keeps the default server under 4 GiB
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _STOP_GRACE = 20.0  # seconds the engine gets to exit after SIGTERM, before SIGKILL
+# vLLM binds its ZeroMQ sockets at <TMPDIR>/<uuid4>, and a Unix socket's path holds 107 bytes
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME = len("/") + 36
+_TEMP_PREFIX = "mls-vllm-"  # mkdtemp adds 8 characters
 # Why each keyword override of a recipe's engine_command() differs here.
 _OVERRIDE_REASONS = {
     "model": "the model served here (the embedded default unless --model)",
@@ -274,6 +282,9 @@ class LocalServer:
     served_model_name: str
     log_path: Path
     api_key: str | None = None
+    # the engine's TMPDIR, removed by stop(): vLLM names its ZeroMQ sockets and its
+    # torch.distributed rendezvous file there, and a stopped engine does not unlink them
+    temp_dir: Path | None = None
 
     def __enter__(self) -> LocalServer:
         return self
@@ -315,7 +326,17 @@ class LocalServer:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        """SIGTERM the engine's process group, then SIGKILL what is left after `_STOP_GRACE` s."""
+        """SIGTERM the engine's process group, then SIGKILL what is left after `_STOP_GRACE` s.
+
+        Then remove the engine's temporary folder (once no process of the group can write to it).
+        """
+        try:
+            self._end_process_group()
+        finally:
+            if self.temp_dir is not None:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _end_process_group(self) -> None:
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -329,6 +350,17 @@ class LocalServer:
         # children that outlived the leader still carry its group id
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def engine_temp_dir() -> Path:
+    """A new private folder for the engine's temporary files, in this process's temporary folder
+    if a socket path inside it fits in a Unix socket address, else in /tmp (a deep TMPDIR, such
+    as a test runner's, would stop vLLM at its first socket)."""
+    for parent in (tempfile.gettempdir(), "/tmp"):
+        longest = len(os.fsencode(parent)) + 1 + len(_TEMP_PREFIX) + 8 + _SOCKET_NAME
+        if longest <= _SOCKET_PATH_MAX:
+            break
+    return Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=parent))
 
 
 def start_server(command: LocalCommand, *, api_key: str | None = None,
@@ -359,10 +391,16 @@ def start_server(command: LocalCommand, *, api_key: str | None = None,
         env.setdefault(variable, value)
     if Path(command.model).exists():
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no Hub lookups
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            launcher_argv(command.argv), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    temp_dir = engine_temp_dir()
+    env["TMPDIR"] = str(temp_dir)  # vLLM's IPC sockets go here, unless VLLM_RPC_BASE_PATH
+    try:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                launcher_argv(command.argv), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     return LocalServer(process=process, base_url=f"http://{bind_host}:{command.port}",
                        served_model_name=command.served_model_name, log_path=log_path,
-                       api_key=api_key)
+                       api_key=api_key, temp_dir=temp_dir)
