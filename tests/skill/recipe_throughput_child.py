@@ -6,8 +6,8 @@ A file of its own, run in a subprocess, because vLLM's engine core is a spawned 
 re-imports the main module: it must be an importable file with a `__main__` guard, and the
 version shim must be imported first so the child gets it too. The recipe's own functions do the
 work (`llm_kwargs`, `label_batch` with its structured-output choice, `write_results`,
-`done_ids`, `summarize`, `report_lines`) on its first N sample records; only the model and the
-CPU transforms differ from what runs on Modal.
+`done_ids`, `summarize`, `report_lines`) on its first N sample records; only the model, the
+CPU transforms and the CPU environment (the caller passes it) differ from what runs on Modal.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-import modal_llm_serving.local.launcher  # noqa: F401  (must come before vLLM)
+from modal_llm_serving.local import launcher  # must come before vLLM
 
 
 def main(model_dir: str, results_dir: str, out: str, n: int) -> None:
@@ -25,6 +25,8 @@ def main(model_dir: str, results_dir: str, out: str, n: int) -> None:
     from vllm import LLM
 
     from modal_llm_serving.recipes.files import load_recipe, recipe_path
+
+    launcher.apply_switches()  # the CPU environment's, as `mls local` starts vLLM
 
     recipe = load_recipe(recipe_path("qwen3_throughput"))
     kwargs = llm_kwargs_for_local_cpu(recipe.llm_kwargs(model=model_dir, revision=None))

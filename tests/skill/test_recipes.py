@@ -37,6 +37,7 @@ from modal_llm_serving.cli import cli
 from modal_llm_serving.endpoint.smoke import run_smoke
 from modal_llm_serving.local.engine_args import parse_sglang
 from modal_llm_serving.local.serve import LocalServer, engine_build, launcher_argv
+from modal_llm_serving.local.transforms import CPU_ENVIRONMENT
 from modal_llm_serving.recipes import table
 from modal_llm_serving.recipes.files import load_recipe, recipe_path
 from modal_llm_serving.recipes.new import render_source
@@ -741,8 +742,10 @@ def test_throughput_recipe_labels_sample_records_on_vllm_llm(tmp_path: Path) -> 
     from modal_llm_serving.local.embedded_model import ensure_default_model
 
     n, out, results = 3, tmp_path / "result.json", tmp_path / "results"
+    # the CPU environment `mls local` starts vLLM with: here the engine core runs inside this
+    # process (VLLM_ENABLE_V1_MULTIPROCESSING=0), half the CPU time of a spawned one
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", **{e.variable: e.value for e in CPU_ENVIRONMENT}}
     done = subprocess.run(
         [sys.executable, str(HERE / "recipe_throughput_child.py"), str(ensure_default_model()),
          str(results), str(out), str(n)],

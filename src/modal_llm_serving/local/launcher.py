@@ -71,13 +71,19 @@ def _inspect_model_in_process() -> None:
     registry._run_in_subprocess = run_here
 
 
-def main() -> int:
-    from vllm.entrypoints.cli.main import main as vllm_main
-
+def apply_switches() -> None:
+    """Do what the MLS_VLLM_* variables set ask for, before vLLM starts an engine: `main` calls
+    it, and so does any process that runs vLLM's `LLM` class itself on the CPU build."""
     if os.environ.get("MLS_VLLM_FORK_ENGINE_CORE") == "1":
         _fork_engine_core()
     if os.environ.get("MLS_VLLM_INSPECT_MODEL_IN_PROCESS") == "1":
         _inspect_model_in_process()
+
+
+def main() -> int:
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    apply_switches()
     sys.argv[0] = "vllm"
     vllm_main()
     return 0
