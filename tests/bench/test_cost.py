@@ -130,3 +130,4 @@ def test_a_wrong_cost_option_is_one_line_exit_2(tmp_path: Path, flags: list[str]
     result = CliRunner().invoke(cli, ["bench", "report", str(tmp_path / "run"), *args])
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -185,12 +185,15 @@ def test_every_relative_link_resolves() -> None:
 def test_link_checker_reports_what_is_broken(tmp_path: Path) -> None:
     copy = tmp_path / "modal-llm-serving"
     shutil.copytree(SKILL, copy)
+    (tmp_path / "outside.md").write_text("# here, but not in the skill\n")
     with (copy / "SKILL.md").open("a", encoding="utf-8") as handle:
         handle.write("\n[a](references/nope.md) [b](../../README.md) "
-                     "[c](references/vllm-throughput.md#no-such-heading)\n")
+                     "[c](references/vllm-throughput.md#no-such-heading) [d](../outside.md)\n")
     problems = "\n".join(broken_links(copy))
     assert "references/nope.md: no such file" in problems
     assert "../../README.md: no such file" in problems or "leaves the skill folder" in problems
+    # a file that exists, but outside the folder: copied alone, the skill would lose it
+    assert "SKILL.md -> ../outside.md: leaves the skill folder" in problems
     assert "no heading with anchor #no-such-heading" in problems
 
 
