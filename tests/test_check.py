@@ -639,6 +639,9 @@ MATRIX: dict[str, tuple[dict[str, object], str]] = {
                           "concurrency": 32}, "vllm_online"),
     "block-configs": ({"model": "nvidia/Llama-3_3-Nemotron-Super-49B-v1", "concurrency": 8},
                       "vllm_online"),
+    # 810 GB of bf16 weights: no 8x H100 host holds them, so whole hosts of a cluster
+    "cluster-bf16-405b": ({"model": "meta-llama/Llama-3.1-405B-Instruct", "precision": "bf16",
+                           "gpu": "H100"}, "vllm_multi_node"),
 }
 IMPORTED = ("dense-gated-70b", "server-cold-start")  # these two also imported with the SDK
 
