@@ -149,9 +149,11 @@ def test_a_hostile_sweep_index_is_refused_in_one_line(tmp_path_factory: pytest.T
     (folder / "sweep.json").write_bytes(sweep)
     with pytest.raises(ValueError):
         read_json_file(folder / "sweep.json")
+    before = sorted(folder.rglob("*"))
     result = CliRunner().invoke(cli, ["bench", "report", str(folder), "--json"])
     assert result.exit_code == 2, result.output
     assert "sweep.json is unusable" in result.output and "Traceback" not in result.output
+    assert sorted(folder.rglob("*")) == before  # refused before any report was written
 
 
 @SETTINGS

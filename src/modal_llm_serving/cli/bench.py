@@ -284,13 +284,17 @@ def bench_report(folder: Path, json_: bool, **options: Any) -> None:
     from modal_llm_serving.bench.report import render_report, summary_lines
     from modal_llm_serving.bench.results import read_summary, read_sweep
 
+    def read_results() -> Any:
+        return read_sweep(folder) if (folder / "sweep.json").is_file() else read_summary(folder)
+
     pricing = _pricing(options)
+    if json_:
+        read_results()  # what --json prints must be readable before anything is written
     if pricing is not None:
         attach_cost(folder, pricing)
     path = render_report(folder)
     if json_:
-        sweep = folder / "sweep.json"
-        echo_json(read_sweep(folder) if sweep.is_file() else read_summary(folder))
+        echo_json(read_results())  # again: with the cost just attached
         return
     from modal_llm_serving.bench.capacity import capacity_lines, read_capacity
     from modal_llm_serving.bench.cost import capacity_cost_line
