@@ -74,8 +74,9 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _STOP_GRACE = 20.0  # seconds the engine gets to exit after SIGTERM, before SIGKILL
 # vLLM binds its ZeroMQ sockets at <TMPDIR>/<uuid4>, and a Unix socket's path holds 107 bytes
 _SOCKET_PATH_MAX = 107
-_SOCKET_NAME = len("/") + 36
-_TEMP_PREFIX = "mls-vllm-"  # mkdtemp adds 8 characters
+_TEMP_PREFIX = "mls-vllm-"
+# what a socket's path adds to the parent folder's: "/mls-vllm-" + mkdtemp's 8 + "/" + a uuid4
+_SOCKET_PATH_IN_PARENT = 1 + len(_TEMP_PREFIX) + 8 + 1 + 36
 # Why each keyword override of a recipe's engine_command() differs here.
 _OVERRIDE_REASONS = {
     "model": "the model served here (the embedded default unless --model)",
@@ -356,10 +357,9 @@ def engine_temp_dir() -> Path:
     """A new private folder for the engine's temporary files, in this process's temporary folder
     if a socket path inside it fits in a Unix socket address, else in /tmp (a deep TMPDIR, such
     as a test runner's, would stop vLLM at its first socket)."""
-    for parent in (tempfile.gettempdir(), "/tmp"):
-        longest = len(os.fsencode(parent)) + 1 + len(_TEMP_PREFIX) + 8 + _SOCKET_NAME
-        if longest <= _SOCKET_PATH_MAX:
-            break
+    parent = tempfile.gettempdir()
+    if len(os.fsencode(parent)) + _SOCKET_PATH_IN_PARENT > _SOCKET_PATH_MAX:
+        parent = "/tmp"
     return Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=parent))
 
 
