@@ -44,9 +44,10 @@ local: install-serve
 serve: install-serve
 	$(BIN)/mls local serve $(ARGS)
 
-# The suite on several processes (tests/conftest.py groups them: the vLLM tests on one, the
-# package-index tests on another, the rest by module); TEST_WORKERS=0 runs it in this process.
-TEST_WORKERS ?= 4
+# The suite on three processes, grouped by tests/conftest.py (the vLLM tests, the package-index
+# tests, the rest by module). Three, not four: on 2 cores the suite is CPU-bound, and a fourth
+# worker made it slower (docs/PERFORMANCE.md). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 3
 test: install lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 

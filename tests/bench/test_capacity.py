@@ -169,6 +169,23 @@ def test_concurrency_search_finds_the_mocks_knee(tmp_path: Path) -> None:
             "max_concurrency"] == row["value"]
 
 
+def test_a_search_where_no_level_holds_exits_1_in_one_line(tmp_path: Path) -> None:
+    """A 1 ms TTFT SLO against a mock whose first token takes 10 ms: the first level fails, the
+    search halves to one stream, which fails too, and stops there; the run exits 1 with one line
+    saying so, and sweep.json has no capacity."""
+    with MockProcess(ttft_ms=TTFT_MS, itl_ms=ITL_MS, knee=KNEE) as mock:
+        result = CliRunner().invoke(cli, [
+            "bench", "run", mock.url, "--out", str(tmp_path), "--input-len", "4",
+            "--output-len", str(TOKENS), "--slo", "ttft:p95:1ms", "--search", "concurrency",
+            "-c", "2", "-n", "6", "--no-report"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == "no level held every SLO; see the levels above"
+    assert "Traceback" not in result.output
+    capacity = json.loads((tmp_path / "sweep.json").read_text())["capacity"]
+    assert capacity["capacity"] is None and capacity["stopped"] == "lowest level"
+    assert [row["value"] for row in capacity["levels"]] == [2, 1]
+
+
 def test_the_cost_at_the_capacity_is_the_capacity_levels_measured_cost(tmp_path: Path) -> None:
     """With a GPU given, the search ends with what a million tokens cost at the highest load
     that met the SLOs: that level's measured throughput at the catalog's price (2x H100 at
